@@ -1,0 +1,131 @@
+//! The config file exactly as operators write it. Unknown keys are errors (a typo must not silently turn a
+//! security check off). `config/ringseal.toml` documents every key; a test parses it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Limits;
+use crate::tls::verify::AllowList;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub tls: FileTls,
+    #[serde(default)]
+    pub inbound: Vec<FileInbound>,
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub protocols: Vec<String>,
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    #[serde(default = "yes")]
+    pub require_client_auth: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInbound {
+    pub listen: String,
+    pub forward: String,
+    #[serde(default)]
+    pub require_endpoint_verification: bool,
+    #[serde(default)]
+    pub allow: Option<FileAllow>,
+}
+
+/// `allow = { ou = [...], cn = [...], dns = [...], ip = [...], uri = [...] }`: a peer is accepted when any
+/// listed value matches its certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAllow {
+    #[serde(default)]
+    pub ou: Vec<String>,
+    #[serde(default)]
+    pub cn: Vec<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    #[serde(default)]
+    pub ip: Vec<String>,
+    #[serde(default)]
+    pub uri: Vec<String>,
+}
+
+impl FileAllow {
+    pub fn into_allow_list(self) -> Result<AllowList, String> {
+        let ip = self
+            .ip
+            .iter()
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map(crate::tls::verify::canonical_ip)
+                    .map_err(|_| format!("ip entry {s:?} is not an IP address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let list = AllowList {
+            ou: self.ou,
+            cn: self.cn,
+            dns: self
+                .dns
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            ip,
+            uri: self.uri,
+        };
+        if list.is_empty() {
+            return Err(
+                "the allow-list is present but lists nothing, which would refuse every peer; \
+                 list at least one ou, cn, dns, ip or uri, or remove it"
+                    .into(),
+            );
+        }
+        Ok(list)
+    }
+}
+
+/// `[limits]`; a missing key takes its default from [`Limits::default`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLimits {
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub close_linger: Duration,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            handshake_timeout: l.handshake_timeout,
+            connect_timeout: l.connect_timeout,
+            idle_timeout: l.idle_timeout.unwrap_or_default(),
+            close_linger: l.close_linger,
+            max_connections: l.max_connections,
+            shutdown_grace: l.shutdown_grace,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}

@@ -1,0 +1,402 @@
+//! Configuration: the TOML file as written by operators (`file` structs, `deny_unknown_fields`) and the
+//! validated runtime [`Config`] it converts into exactly once. Everything downstream takes the runtime
+//! types and never re-checks: addresses are parsed, durations are [`Duration`]s, cipher suite names are
+//! rustls suites, and the certificate files are already loaded into a [`TlsMaterial`].
+
+mod file;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
+
+use crate::tls::material::{MaterialError, TlsFiles, TlsMaterial};
+use crate::tls::suites::{self, SuiteError};
+use crate::tls::verify::AllowList;
+
+pub use file::FileConfig;
+
+/// Errors that stop ringseal before it binds a port. Each names the file and key and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: cannot read: {source} (check the path given to --config)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "config {path}: {key} = {value:?} is not an IP:port address ({why}); write e.g. {example}"
+    )]
+    Address {
+        path: PathBuf,
+        key: String,
+        value: String,
+        why: String,
+        example: &'static str,
+    },
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("config {path}: {source}")]
+    Suites { path: PathBuf, source: SuiteError },
+    #[error("config {path}: {source}")]
+    Material {
+        path: PathBuf,
+        source: MaterialError,
+    },
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tls: TlsSettings,
+    pub inbound: Vec<Inbound>,
+    pub limits: Limits,
+}
+
+/// `[tls]`: our identity, whom we trust, and how we negotiate.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Where the material came from; `None` for in-memory material (the demo, tests).
+    pub files: Option<TlsFiles>,
+    pub material: Arc<TlsMaterial>,
+    pub versions: Vec<&'static SupportedProtocolVersion>,
+    pub suites: Vec<SupportedCipherSuite>,
+    pub require_client_auth: bool,
+}
+
+/// One `[[inbound]]` listener: mutual TLS in, plaintext out to the local storage port.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub listen: SocketAddr,
+    pub forward: SocketAddr,
+    pub require_endpoint_verification: bool,
+    pub allow: AllowList,
+}
+
+/// `[limits]`: every phase of a connection has a deadline.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// `None`: connections may be idle forever (internode connections are long-lived).
+    pub idle_timeout: Option<Duration>,
+    /// How long a half-closed connection may wait for the other direction to finish.
+    pub close_linger: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            close_linger: Duration::from_secs(30),
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file, loading every certificate and key it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses config text; relative file names in it are resolved against `path`'s directory.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        file.validate(path)
+    }
+}
+
+impl FileConfig {
+    /// Converts the file structs into the runtime [`Config`]: the one place where input is checked.
+    pub fn validate(self, path: &Path) -> Result<Config, ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+
+        let versions =
+            suites::parse_protocols(&self.tls.protocols).map_err(|source| ConfigError::Suites {
+                path: path.to_owned(),
+                source,
+            })?;
+        let provider = crate::tls::provider();
+        let suites = suites::parse_cipher_suites(&self.tls.cipher_suites, &versions, &provider)
+            .map_err(|source| ConfigError::Suites {
+                path: path.to_owned(),
+                source,
+            })?;
+
+        let files = TlsFiles {
+            cert: base.join(&self.tls.cert),
+            key: base.join(&self.tls.key),
+            ca: base.join(&self.tls.ca),
+        };
+        let material = TlsMaterial::load(&files).map_err(|source| ConfigError::Material {
+            path: path.to_owned(),
+            source,
+        })?;
+        material
+            .check_suites(&suites, &files.key)
+            .map_err(|source| ConfigError::Material {
+                path: path.to_owned(),
+                source,
+            })?;
+
+        if self.inbound.is_empty() {
+            return Err(invalid(
+                "inbound",
+                "no [[inbound]] listener is configured; add one with listen = \"0.0.0.0:7001\" and \
+                 forward = \"127.0.0.1:7000\""
+                    .into(),
+            ));
+        }
+        let mut inbound = Vec::with_capacity(self.inbound.len());
+        for (i, l) in self.inbound.into_iter().enumerate() {
+            let listen = parse_addr(
+                path,
+                &format!("inbound[{i}].listen"),
+                &l.listen,
+                "0.0.0.0:7001",
+            )?;
+            let forward = parse_addr(
+                path,
+                &format!("inbound[{i}].forward"),
+                &l.forward,
+                "127.0.0.1:7000",
+            )?;
+            if forward.port() == 0 || forward.ip().is_unspecified() {
+                return Err(invalid(
+                    &format!("inbound[{i}].forward"),
+                    format!(
+                        "{forward} cannot be connected to; name the storage port's address, e.g. 127.0.0.1:7000"
+                    ),
+                ));
+            }
+            let allow = l
+                .allow
+                .map(|a| a.into_allow_list())
+                .transpose()
+                .map_err(|m| invalid(&format!("inbound[{i}].allow"), m))?
+                .unwrap_or_default();
+            if l.require_endpoint_verification && !self.tls.require_client_auth {
+                return Err(invalid(
+                    &format!("inbound[{i}].require_endpoint_verification"),
+                    "endpoint verification checks the client certificate, so it needs \
+                     tls.require_client_auth = true"
+                        .into(),
+                ));
+            }
+            if !allow.is_empty() && !self.tls.require_client_auth {
+                return Err(invalid(
+                    &format!("inbound[{i}].allow"),
+                    "an allow-list checks the client certificate, so it needs tls.require_client_auth = true"
+                        .into(),
+                ));
+            }
+            inbound.push(Inbound {
+                listen,
+                forward,
+                require_endpoint_verification: l.require_endpoint_verification,
+                allow,
+            });
+        }
+        for (i, a) in inbound.iter().enumerate() {
+            if let Some(j) = inbound[..i].iter().position(|b| b.listen == a.listen) {
+                return Err(invalid(
+                    &format!("inbound[{i}].listen"),
+                    format!("{} is also used by inbound[{j}]", a.listen),
+                ));
+            }
+        }
+
+        let l = self.limits;
+        if l.max_connections == 0 {
+            return Err(invalid(
+                "limits.max_connections",
+                "must be at least 1 (10000 is a good default)".into(),
+            ));
+        }
+        for (key, d) in [
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.connect_timeout", l.connect_timeout),
+            ("limits.close_linger", l.close_linger),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than 0s".into()));
+            }
+        }
+        let limits = Limits {
+            handshake_timeout: l.handshake_timeout,
+            connect_timeout: l.connect_timeout,
+            idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
+            close_linger: l.close_linger,
+            max_connections: l.max_connections,
+            shutdown_grace: l.shutdown_grace,
+        };
+
+        Ok(Config {
+            tls: TlsSettings {
+                files: Some(files),
+                material: Arc::new(material),
+                versions,
+                suites,
+                require_client_auth: self.tls.require_client_auth,
+            },
+            inbound,
+            limits,
+        })
+    }
+}
+
+/// What `ringseal check` prints: everything `run` would do, after every file was loaded.
+pub fn describe(c: &Config) -> String {
+    use crate::tls::suites::{iana_name, protocol_name};
+    use crate::tls::x509::fmt_time;
+    use std::fmt::Write;
+    let mut out = String::new();
+    let m = &c.tls.material;
+    let days = |t: std::time::SystemTime| {
+        t.duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| d.as_secs() / 86400)
+    };
+    let _ = writeln!(out, "config OK");
+    if let Some(f) = &c.tls.files {
+        let _ = writeln!(
+            out,
+            "identity   {} (key {})",
+            f.cert.display(),
+            f.key.display()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  subject  {}\n  issuer   {}\n  valid    {} .. {} ({} days left)\n  IP SANs  {}\n  DNS SANs {}",
+        m.identity.subject,
+        m.identity.issuer,
+        fmt_time(m.identity.not_before),
+        fmt_time(m.identity.not_after),
+        days(m.identity.not_after),
+        m.identity.ip_sans(),
+        if m.identity.dns.is_empty() {
+            "none".into()
+        } else {
+            m.identity.dns.join(", ")
+        },
+    );
+    if let Some(f) = &c.tls.files {
+        let _ = writeln!(
+            out,
+            "trust      {} ({} CA certificate(s))",
+            f.ca.display(),
+            m.cas.len()
+        );
+    }
+    for ca in &m.cas {
+        let _ = writeln!(
+            out,
+            "  CA       {} (until {})",
+            ca.subject,
+            fmt_time(ca.not_after)
+        );
+    }
+    let versions: Vec<_> = c
+        .tls
+        .versions
+        .iter()
+        .map(|v| protocol_name(v.version))
+        .collect();
+    let suites: Vec<_> = c.tls.suites.iter().map(|s| iana_name(*s)).collect();
+    let _ = writeln!(out, "protocols  {}", versions.join(", "));
+    let _ = writeln!(out, "suites     {}", suites.join(", "));
+    let _ = writeln!(
+        out,
+        "client auth {}",
+        if c.tls.require_client_auth {
+            "required"
+        } else {
+            "optional (peers without a certificate are accepted)"
+        }
+    );
+    for (i, l) in c.inbound.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "inbound[{i}] listen {} -> forward {} (endpoint verification {}, allow {})",
+            l.listen,
+            l.forward,
+            if l.require_endpoint_verification {
+                "on"
+            } else {
+                "off"
+            },
+            l.allow
+        );
+    }
+    let l = &c.limits;
+    let _ = writeln!(
+        out,
+        "limits     handshake {}, connect {}, idle {}, linger {}, max {} connections, shutdown grace {}",
+        humantime::format_duration(l.handshake_timeout),
+        humantime::format_duration(l.connect_timeout),
+        l.idle_timeout
+            .map_or("none".into(), |d| humantime::format_duration(d).to_string()),
+        humantime::format_duration(l.close_linger),
+        l.max_connections,
+        humantime::format_duration(l.shutdown_grace),
+    );
+    out
+}
+
+fn parse_addr(
+    path: &Path,
+    key: &str,
+    value: &str,
+    example: &'static str,
+) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        let why = if value.contains(':') && value.parse::<std::net::IpAddr>().is_ok() {
+            "an IPv6 address with a port is written in brackets, e.g. [::1]:7001".to_owned()
+        } else if !value.contains(':') {
+            "the port is missing".to_owned()
+        } else if value
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.parse::<std::net::IpAddr>().is_err())
+        {
+            "host names are not resolved; give the IP address".to_owned()
+        } else {
+            "the port must be a number from 0 to 65535".to_owned()
+        };
+        ConfigError::Address {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            value: value.to_owned(),
+            why,
+            example,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

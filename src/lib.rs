@@ -1,0 +1,149 @@
+//! ringseal: mutual TLS for Apache Cassandra's internode traffic, as a sidecar.
+//!
+//! The path a byte takes, and the module that owns each step:
+//!
+//! * [`config`]: the TOML file -> a validated runtime [`config::Config`] (certificates already loaded).
+//! * [`tls`]: our identity and trust ([`tls::material`]), suite/protocol names ([`tls::suites`]), peer
+//!   verification on webpki + endpoint verification + allow-list ([`tls::verify`]).
+//! * [`listener`]: accept under a permit, sniff, handshake under a deadline, verify, then connect the
+//!   storage port ([`listener::inbound`]).
+//! * [`relay`]: the only code that moves bytes; half-close, resets and deadlines.
+//! * [`metrics`]: every metric name and label value.
+//! * [`pki`]: throwaway certificates (rcgen) for the demo and tests.
+//! * [`demo`]: `ringseal demo`, the whole thing on loopback with a live summary.
+//!
+//! [`Server::bind`] then [`Server::serve`] (or [`run`]) is the whole sidecar; `main` only parses the
+//! command line and config and calls it.
+
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod listener;
+pub mod metrics;
+pub mod pki;
+pub mod relay;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+use listener::inbound::InboundListener;
+
+/// Binding failed: the message names the config key and address.
+#[derive(Debug, thiserror::Error)]
+#[error("inbound[{index}].listen {addr}: cannot listen: {source}{hint}")]
+pub struct BindError {
+    pub index: usize,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+    pub hint: &'static str,
+}
+
+/// A sidecar with its listeners bound, ready to serve.
+pub struct Server {
+    config: Config,
+    inbound: Vec<InboundListener>,
+}
+
+/// What shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Connections still open when `shutdown_grace` ran out, cut then.
+    pub cut: usize,
+}
+
+impl Server {
+    /// Binds every listener (nothing is accepted until [`Server::serve`]).
+    pub async fn bind(config: Config) -> Result<Self, BindError> {
+        let mut inbound = Vec::with_capacity(config.inbound.len());
+        for (index, l) in config.inbound.iter().enumerate() {
+            let bound = InboundListener::bind(l, &config.tls, &config.limits)
+                .await
+                .map_err(|source| BindError {
+                    index,
+                    addr: l.listen,
+                    hint: match source.kind() {
+                        std::io::ErrorKind::AddrInUse => {
+                            " (another process listens there: is a second ringseal running?)"
+                        }
+                        std::io::ErrorKind::AddrNotAvailable => {
+                            " (that address is not configured on this host)"
+                        }
+                        std::io::ErrorKind::PermissionDenied => {
+                            " (ports below 1024 need privileges)"
+                        }
+                        _ => "",
+                    },
+                    source,
+                })?;
+            inbound.push(bound);
+        }
+        Ok(Self { config, inbound })
+    }
+
+    /// The bound inbound addresses, in config order (useful with port 0).
+    pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
+        self.inbound
+            .iter()
+            .map(InboundListener::local_addr)
+            .collect()
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting, lets open connections finish for
+    /// `limits.shutdown_grace`, and cuts the rest.
+    pub async fn serve(self, shutdown: CancellationToken) -> Drained {
+        metrics::describe();
+        let permits = Arc::new(Semaphore::new(self.config.limits.max_connections));
+        let cut = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        for (l, cfg) in self.inbound.into_iter().zip(&self.config.inbound) {
+            l.log_start(cfg);
+            accept_loops.push(tokio::spawn(l.serve(
+                permits.clone(),
+                shutdown.clone(),
+                cut.clone(),
+                tracker.clone(),
+            )));
+        }
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        // The listening sockets are closed now: new peers get a refusal and reconnect elsewhere later.
+        tracker.close();
+        let grace = self.config.limits.shutdown_grace;
+        let open = tracker.len();
+        if open > 0 {
+            tracing::info!(
+                "stopped accepting; waiting up to {} for {open} open connection(s)",
+                humantime::format_duration(grace)
+            );
+        }
+        let mut drained = Drained { cut: 0 };
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            drained.cut = tracker.len();
+            cut.cancel();
+            tracker.wait().await;
+            tracing::warn!(
+                "shutdown grace of {} ran out: cut {} connection(s)",
+                humantime::format_duration(grace),
+                drained.cut
+            );
+        } else {
+            tracing::info!("all connections finished; exiting");
+        }
+        drained
+    }
+}
+
+/// Binds and serves `config` until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Drained, BindError> {
+    Ok(Server::bind(config).await?.serve(shutdown).await)
+}

@@ -1,0 +1,308 @@
+//! Inbound: accept mutual TLS from a peer node, verify it, and only then connect to the local storage
+//! port and relay.
+//!
+//! Per connection: permit -> sniff the first bytes (not TLS: refuse) -> handshake under
+//! `handshake_timeout`, with the verifier deciding inside it -> connect `forward` under `connect_timeout`
+//! -> relay. No connection to `forward` exists before the peer is fully verified.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::sniff::{Sniffed, sniff};
+use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
+use crate::config::{Inbound, Limits, TlsSettings};
+use crate::metrics::{self, ActiveConnection, Direction, Reason};
+use crate::relay::{self, Close, RelayLimits};
+use crate::tls::suites::{iana_name, protocol_name};
+use crate::tls::verify::{PeerPolicy, PeerVerifier, classify};
+use crate::tls::x509::CertInfo;
+
+/// Identical refusals from one address are logged once per minute.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// A bound inbound listener.
+pub struct InboundListener {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    listen: SocketAddr,
+    forward: SocketAddr,
+    /// The config every connection uses, unless endpoint verification needs a verifier bound to the
+    /// peer's address.
+    config: Arc<ServerConfig>,
+    verifier: Arc<PeerVerifier>,
+    provider: Arc<CryptoProvider>,
+    endpoint_verification: bool,
+    tls: TlsSettings,
+    limits: Limits,
+    refusals: RateLimit<RefusalKey>,
+    backend_log: RateLimit<()>,
+    accept_log: RateLimit<&'static str>,
+}
+
+impl InboundListener {
+    /// Binds the listening socket. Errors name the address (in use, not local, no permission).
+    pub async fn bind(cfg: &Inbound, tls: &TlsSettings, limits: &Limits) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let listen = listener.local_addr()?;
+        let policy = Arc::new(PeerPolicy {
+            allow: cfg.allow.clone(),
+        });
+        let provider = crate::tls::provider_for(tls);
+        let verifier = Arc::new(crate::tls::client_verifier(tls, provider.clone(), policy));
+        let config = crate::tls::server_config(tls, provider.clone(), verifier.clone());
+        let shared = Arc::new(Shared {
+            listen,
+            forward: cfg.forward,
+            config,
+            verifier,
+            provider,
+            endpoint_verification: cfg.require_endpoint_verification,
+            tls: tls.clone(),
+            limits: limits.clone(),
+            refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
+            backend_log: RateLimit::new(Duration::from_secs(10)),
+            accept_log: RateLimit::new(Duration::from_secs(10)),
+        });
+        Ok(Self { listener, shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.listen
+    }
+
+    /// The start-up line, in the spirit of Cassandra's "Starting Encrypted Messaging Service on TLS port".
+    pub fn log_start(&self, cfg: &Inbound) {
+        let s = &self.shared;
+        let protocols: Vec<_> = s
+            .tls
+            .versions
+            .iter()
+            .map(|v| protocol_name(v.version))
+            .collect();
+        let suites: Vec<_> = s.tls.suites.iter().map(|c| iana_name(*c)).collect();
+        tracing::info!(
+            "starting inbound mTLS listener on {} forwarding to {} (protocols {}; cipher suites {}; \
+             client auth {}; endpoint verification {}; allow {})",
+            s.listen,
+            s.forward,
+            protocols.join(","),
+            suites.join(","),
+            if s.tls.require_client_auth {
+                "required"
+            } else {
+                "OPTIONAL"
+            },
+            if cfg.require_endpoint_verification {
+                "on"
+            } else {
+                "off"
+            },
+            cfg.allow,
+        );
+    }
+
+    /// Accepts until `shutdown`, spawning each connection on `tracker`; `cut` aborts live connections.
+    pub async fn serve(
+        self,
+        permits: Arc<Semaphore>,
+        shutdown: CancellationToken,
+        cut: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        while let Some((stream, peer, permit)) =
+            super::accept(&self.listener, &permits, &shutdown, &self.shared.accept_log).await
+        {
+            let shared = self.shared.clone();
+            let cut = cut.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = cut.cancelled() => {}
+                    _ = handle(stream, peer, &shared) => {}
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
+    let started = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let result =
+        match tokio::time::timeout(s.limits.handshake_timeout, handshake(stream, peer, s)).await {
+            Ok(r) => r,
+            Err(_) => Err(Refusal::new(
+                Reason::Timeout,
+                format!(
+                    "handshake not completed within limits.handshake_timeout ({})",
+                    humantime::format_duration(s.limits.handshake_timeout)
+                ),
+            )),
+        };
+    let (tls, conn) = match result {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
+            if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
+                tracing::warn!(
+                    peer = %peer,
+                    listen = %s.listen,
+                    reason = refusal.reason.as_str(),
+                    "refused {peer}: {}{}",
+                    refusal.message,
+                    suppressed_note(n)
+                );
+            }
+            return;
+        }
+    };
+    let protocol = conn.protocol_version().map_or("unknown", protocol_name);
+    let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
+    metrics::handshake_ok(Direction::Inbound, protocol, suite, started.elapsed());
+    let subject = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(CertInfo::parse)
+        .map(|i| i.subject)
+        .unwrap_or_else(|| "(no certificate)".into());
+    tracing::debug!(peer = %peer, "accepted {peer} \"{subject}\" ({protocol}, {suite})");
+
+    let backend = match tokio::time::timeout(
+        s.limits.connect_timeout,
+        TcpStream::connect(s.forward),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!(
+                    "no answer within limits.connect_timeout ({})",
+                    humantime::format_duration(s.limits.connect_timeout)
+                ),
+            };
+            metrics::backend_failure(Direction::Inbound);
+            if let Some(n) = s.backend_log.check(()) {
+                tracing::warn!(
+                    peer = %peer,
+                    "cannot connect to forward address {} for verified peer {peer}: {why}; closing its TLS \
+                     connection (is Cassandra running and listening on its storage port?){}",
+                    s.forward,
+                    suppressed_note(n)
+                );
+            }
+            relay::close(tls, rustls::Connection::Server(conn)).await;
+            return;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+
+    let active = ActiveConnection::start(Direction::Inbound, true);
+    let limits = RelayLimits {
+        idle: s.limits.idle_timeout,
+        linger: s.limits.close_linger,
+    };
+    let outcome = relay::relay(
+        tls,
+        rustls::Connection::Server(conn),
+        backend,
+        limits,
+        active.bytes.clone(),
+    )
+    .await;
+    metrics::closed(Direction::Inbound, outcome.close.label());
+    match &outcome.close {
+        Close::Clean | Close::PeerNoCloseNotify | Close::PeerReset | Close::BackendReset => {
+            tracing::debug!(
+                peer = %peer,
+                "closed {peer}: {:?}; {} bytes to {}, {} bytes to peer",
+                outcome.close,
+                outcome.to_backend,
+                s.forward,
+                outcome.to_peer
+            );
+        }
+        other => tracing::info!(
+            peer = %peer,
+            "closed {peer}: {other:?}; {} bytes to {}, {} bytes to peer",
+            outcome.to_backend,
+            s.forward,
+            outcome.to_peer
+        ),
+    }
+}
+
+/// Sniffs, then runs the rustls handshake. On success the socket and the established connection are
+/// handed back for the relay (any application data the peer already sent stays buffered inside `conn`).
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    s: &Shared,
+) -> Result<(TcpStream, rustls::ServerConnection), Refusal> {
+    let mut first = [0u8; 8];
+    let n = stream
+        .peek(&mut first)
+        .await
+        .map_err(|e| Refusal::new(Reason::Io, format!("reading the first bytes failed: {e}")))?;
+    if n == 0 {
+        return Err(Refusal::new(
+            Reason::Io,
+            "peer closed the connection without sending anything",
+        ));
+    }
+    match sniff(&first[..n]) {
+        Sniffed::Tls => {}
+        Sniffed::Ssl2Hello => {
+            return Err(Refusal::new(
+                Reason::ProtocolVersion,
+                Sniffed::Ssl2Hello.to_string(),
+            ));
+        }
+        other => return Err(Refusal::new(Reason::NotTls, format!("peer sent {other}"))),
+    }
+
+    let config = if s.endpoint_verification {
+        // The verifier must know the peer's address and rustls gives it none, so this connection gets a
+        // config whose verifier is bound to it (cheap: the key, roots and provider are shared `Arc`s).
+        let verifier = Arc::new(s.verifier.for_endpoint(peer.ip()));
+        crate::tls::server_config(&s.tls, s.provider.clone(), verifier)
+    } else {
+        s.config.clone()
+    };
+    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+        Ok(tls) => {
+            let (tcp, conn) = tls.into_inner();
+            Ok((tcp, conn))
+        }
+        Err(e) => Err(refusal_from_io(&e)),
+    }
+}
+
+fn refusal_from_io(e: &std::io::Error) -> Refusal {
+    if let Some(tls_err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        let (reason, message) = classify(tls_err);
+        return Refusal::new(reason, message);
+    }
+    let message = match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            "peer closed the connection in the middle of the handshake".to_owned()
+        }
+        std::io::ErrorKind::ConnectionReset => {
+            "peer reset the connection in the middle of the handshake".to_owned()
+        }
+        _ => format!("handshake failed: {e}"),
+    };
+    Refusal::new(Reason::Io, message)
+}

@@ -1,0 +1,191 @@
+//! Listeners: accept under a connection permit, hand each connection to its own task, never exit on an
+//! accept error. `inbound` terminates mutual TLS; `sniff` recognises what a peer sent when it was not TLS.
+
+pub mod inbound;
+pub mod sniff;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Reason;
+
+/// Accepts the next connection once a permit is free. Returns `None` when `shutdown` fires.
+///
+/// Accept errors never end the loop: running out of descriptors (EMFILE/ENFILE) or memory backs off
+/// (10 ms doubling to 1 s) with a rate-limited warning, because retrying at once would spin on the
+/// same error; per-connection errors (ECONNABORTED) are retried immediately.
+pub async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    log: &RateLimit<&'static str>,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            p = permits.clone().acquire_owned() => p.ok()?,
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => return Some((stream, peer, permit)),
+            Err(e) if is_resource_exhaustion(&e) => {
+                drop(permit);
+                if let Some(suppressed) = log.check("accept") {
+                    tracing::warn!(
+                        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                        "cannot accept connections: {e}; retrying in {backoff:?} (raise the open-file limit, \
+                         e.g. LimitNOFILE in the systemd unit){}",
+                        suppressed_note(suppressed)
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::debug!("accept: {e}");
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// A refused connection: why, in a word for metrics and a sentence for the log.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Rate limit for log lines: per key, the first event in a window is logged, the rest are counted and
+/// reported with the next line that gets through. A scanner hammering the port produces one line per
+/// (reason, address) per window, not one per connection. The table is bounded; when full, stale keys are
+/// dropped, and if that is not enough everything is logged under one shared key.
+pub struct RateLimit<K> {
+    window: Duration,
+    state: Mutex<HashMap<Option<K>, (Instant, u64)>>,
+}
+
+const RATE_LIMIT_KEYS: usize = 4096;
+
+impl<K: std::hash::Hash + Eq + Clone> RateLimit<K> {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(n)`: log now, `n` similar events were suppressed since the last line. `None`: suppress.
+    pub fn check(&self, key: K) -> Option<u64> {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.len() >= RATE_LIMIT_KEYS && !state.contains_key(&Some(key.clone())) {
+            state.retain(|_, (since, _)| now.duration_since(*since) < self.window);
+        }
+        let slot = if state.len() >= RATE_LIMIT_KEYS && !state.contains_key(&Some(key.clone())) {
+            None
+        } else {
+            Some(key)
+        };
+        match state.get_mut(&slot) {
+            Some((since, suppressed)) if now.duration_since(*since) < self.window => {
+                *suppressed += 1;
+                None
+            }
+            Some((since, suppressed)) => {
+                let n = *suppressed;
+                *since = now;
+                *suppressed = 0;
+                Some(n)
+            }
+            None => {
+                state.insert(slot, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Key for refusal log lines.
+pub type RefusalKey = (Reason, IpAddr);
+
+pub fn suppressed_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} similar suppressed)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_logs_first_then_counts() {
+        let rl = RateLimit::new(Duration::from_secs(3600));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(rl.check((Reason::UnknownCa, ip)), Some(0));
+        assert_eq!(rl.check((Reason::UnknownCa, ip)), None);
+        assert_eq!(rl.check((Reason::UnknownCa, ip)), None);
+        // A different reason or peer is a different key.
+        assert_eq!(rl.check((Reason::Expired, ip)), Some(0));
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(rl.check((Reason::UnknownCa, other)), Some(0));
+    }
+
+    #[test]
+    fn rate_limit_reports_suppressed_after_window() {
+        let rl = RateLimit::new(Duration::ZERO);
+        assert_eq!(rl.check("k"), Some(0));
+        // Zero window: every event gets through, nothing is suppressed.
+        assert_eq!(rl.check("k"), Some(0));
+        let rl = RateLimit::new(Duration::from_millis(30));
+        assert_eq!(rl.check("k"), Some(0));
+        assert_eq!(rl.check("k"), None);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(rl.check("k"), Some(1));
+    }
+
+    #[test]
+    fn rate_limit_table_is_bounded() {
+        let rl = RateLimit::new(Duration::from_secs(3600));
+        for i in 0..(RATE_LIMIT_KEYS as u32 + 100) {
+            rl.check(i);
+        }
+        assert!(rl.state.lock().unwrap().len() <= RATE_LIMIT_KEYS + 1);
+        // Past the bound, new keys share one slot: the first gets through, the next is suppressed.
+        assert_eq!(rl.check(u32::MAX), None);
+    }
+}

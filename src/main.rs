@@ -1,0 +1,108 @@
+//! Thin entry point: parse the command line, load and validate the config (exit 64 with one message if
+//! it is wrong), then hand over to the library.
+
+#![deny(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringseal::cli::{Cli, Command};
+use ringseal::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// EX_USAGE from sysexits.h: the configuration (or command line) is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Demo { .. }));
+    // Every relayed connection holds two descriptors; the default soft limit (often 1024) would cap a
+    // busy node far below limits.max_connections. The hard limit is the administrator's decision.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!("cannot raise the open-file limit: {e}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(on_signals(shutdown.clone()));
+                match ringseal::run(config, shutdown).await {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => config_error(&e),
+                }
+            })
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", ringseal::config::describe(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Demo { duration } => runtime.block_on(async {
+            let stop = CancellationToken::new();
+            tokio::spawn(on_signals(stop.clone()));
+            match ringseal::demo::run(duration, stop).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+    }
+}
+
+fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// SIGTERM or SIGINT: graceful shutdown. A second one exits at once.
+async fn on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop ringseal with SIGKILL");
+        return;
+    };
+    for round in 0..2 {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        if round == 0 {
+            tracing::info!("{name}: shutting down");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("{name} again: exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+fn init_logging(demo: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if demo { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("RINGSEAL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

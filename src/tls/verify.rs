@@ -1,0 +1,313 @@
+//! Deciding whether a peer is who the cluster says it may be.
+//!
+//! The chain, validity period and key usage (clientAuth) are checked by rustls-webpki through rustls's
+//! `WebPkiClientVerifier`; on top of it [`PeerVerifier`] adds what Cassandra operators expect:
+//! `require_endpoint_verification` (the peer's source IP must be an IP SAN of its certificate) and an
+//! optional identity allow-list. All of it runs inside the handshake, so a refused peer receives a TLS
+//! alert and nothing is ever forwarded for it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError,
+    PeerIncompatible, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use super::x509::{CertInfo, fmt_time, unix};
+use crate::metrics::Reason;
+
+/// `allow = { ou, cn, dns, ip, uri }`: a certificate is allowed when any listed value matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    pub ou: Vec<String>,
+    pub cn: Vec<String>,
+    /// Lower-cased.
+    pub dns: Vec<String>,
+    /// Canonical (IPv4-mapped IPv6 addresses are stored as IPv4).
+    pub ip: Vec<IpAddr>,
+    pub uri: Vec<String>,
+}
+
+impl AllowList {
+    pub fn is_empty(&self) -> bool {
+        self.ou.is_empty()
+            && self.cn.is_empty()
+            && self.dns.is_empty()
+            && self.ip.is_empty()
+            && self.uri.is_empty()
+    }
+
+    fn allows(&self, c: &CertInfo) -> bool {
+        c.ou.iter().any(|v| self.ou.contains(v))
+            || c.cn.iter().any(|v| self.cn.contains(v))
+            || c.dns
+                .iter()
+                .any(|v| self.dns.contains(&v.to_ascii_lowercase()))
+            || c.ips.iter().any(|v| self.ip.contains(&canonical_ip(*v)))
+            || c.uris.iter().any(|v| self.uri.contains(v))
+    }
+}
+
+impl fmt::Display for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (k, v) in [
+            ("ou", &self.ou),
+            ("cn", &self.cn),
+            ("dns", &self.dns),
+            ("uri", &self.uri),
+        ] {
+            if !v.is_empty() {
+                parts.push(format!("{k}={}", v.join("|")));
+            }
+        }
+        if !self.ip.is_empty() {
+            let ips: Vec<_> = self.ip.iter().map(ToString::to_string).collect();
+            parts.push(format!("ip={}", ips.join("|")));
+        }
+        if parts.is_empty() {
+            f.write_str("any")
+        } else {
+            f.write_str(&parts.join(" "))
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack socket reports for an IPv4 peer) are
+/// the IPv4 address: a certificate lists `10.0.0.1`, and the two must compare equal.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Our own refusals, carried through rustls as `CertificateError::Other` so the handshake fails with an
+/// alert; [`classify`] turns them back into a reason and a message.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyRefusal {
+    #[error(
+        "endpoint verification failed: peer address {peer} is not an IP SAN of its certificate \"{subject}\" \
+         (IP SANs: {sans}); reissue the certificate with this IP (e.g. `ringseal certs node --ip {peer}`) or \
+         set require_endpoint_verification = false"
+    )]
+    EndpointMismatch {
+        peer: IpAddr,
+        subject: String,
+        sans: String,
+    },
+    #[error(
+        "identity not allowed: certificate \"{subject}\" matches no entry of the allow-list ({allowed})"
+    )]
+    IdentityNotAllowed { subject: String, allowed: String },
+}
+
+/// The checks a listener adds on top of the chain: shared by every connection of that listener.
+#[derive(Debug, Default)]
+pub struct PeerPolicy {
+    pub allow: AllowList,
+}
+
+/// A client certificate verifier: webpki for the chain, then endpoint verification (when `peer_ip` is set)
+/// and the allow-list.
+#[derive(Debug)]
+pub struct PeerVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    policy: Arc<PeerPolicy>,
+    peer_ip: Option<IpAddr>,
+}
+
+impl PeerVerifier {
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, policy: Arc<PeerPolicy>) -> Self {
+        Self {
+            inner,
+            policy,
+            peer_ip: None,
+        }
+    }
+
+    /// The same verifier, additionally requiring `peer` to be an IP SAN of the client certificate.
+    pub fn for_endpoint(&self, peer: IpAddr) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            policy: self.policy.clone(),
+            peer_ip: Some(canonical_ip(peer)),
+        }
+    }
+
+    fn check_policy(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error> {
+        let refuse = |r: PolicyRefusal| {
+            Err(Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(r)),
+            )))
+        };
+        if let Some(peer) = self.peer_ip {
+            let ee = webpki::EndEntityCert::try_from(end_entity)
+                .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            let name = ServerName::IpAddress(peer.into());
+            if ee.verify_is_valid_for_subject_name(&name).is_err() {
+                let info = CertInfo::parse(end_entity);
+                return refuse(PolicyRefusal::EndpointMismatch {
+                    peer,
+                    subject: info
+                        .as_ref()
+                        .map_or_else(String::new, |i| i.subject.clone()),
+                    sans: info.map_or_else(|| "none".into(), |i| i.ip_sans()),
+                });
+            }
+        }
+        if !self.policy.allow.is_empty() {
+            let info = CertInfo::parse(end_entity)
+                .ok_or(Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            if !self.policy.allow.allows(&info) {
+                return refuse(PolicyRefusal::IdentityNotAllowed {
+                    subject: info.subject,
+                    allowed: self.policy.allow.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.check_policy(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Turns a handshake error into a metrics reason and a sentence for the log.
+pub fn classify(err: &Error) -> (Reason, String) {
+    use CertificateError as C;
+    match err {
+        Error::NoCertificatesPresented => (
+            Reason::NoCertificate,
+            "peer presented no client certificate (tls.require_client_auth = true)".into(),
+        ),
+        Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => (
+                Reason::UnknownCa,
+                "certificate is not signed by a CA in the trust bundle tls.ca (unknown CA)".into(),
+            ),
+            C::BadSignature => (Reason::BadSignature, "certificate signature is invalid".into()),
+            #[allow(deprecated)]
+            C::UnsupportedSignatureAlgorithm
+            | C::UnsupportedSignatureAlgorithmContext { .. }
+            | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => (
+                Reason::BadSignature,
+                "certificate is signed with an unsupported algorithm (e.g. SHA-1 or MD5)".into(),
+            ),
+            C::Expired => (Reason::Expired, "certificate has expired".into()),
+            C::ExpiredContext { time, not_after } => (
+                Reason::Expired,
+                format!(
+                    "certificate expired at {} (now {})",
+                    fmt_time(unix(not_after)),
+                    fmt_time(unix(time))
+                ),
+            ),
+            C::NotValidYet => (Reason::NotYetValid, "certificate is not valid yet".into()),
+            C::NotValidYetContext { time, not_before } => (
+                Reason::NotYetValid,
+                format!(
+                    "certificate is not valid before {} (now {}; check both clocks)",
+                    fmt_time(unix(not_before)),
+                    fmt_time(unix(time))
+                ),
+            ),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => (
+                Reason::InvalidPurpose,
+                "certificate's extended key usage does not include clientAuth; internode certificates \
+                 need both serverAuth and clientAuth"
+                    .into(),
+            ),
+            C::Revoked => (Reason::Revoked, "certificate has been revoked".into()),
+            C::Other(OtherError(e)) => match e.downcast_ref::<PolicyRefusal>() {
+                Some(r @ PolicyRefusal::EndpointMismatch { .. }) => {
+                    (Reason::EndpointMismatch, r.to_string())
+                }
+                Some(r @ PolicyRefusal::IdentityNotAllowed { .. }) => {
+                    (Reason::IdentityNotAllowed, r.to_string())
+                }
+                None => (Reason::Other, format!("certificate refused: {e}")),
+            },
+            other => (Reason::Other, format!("certificate refused: {other:?}")),
+        },
+        Error::PeerIncompatible(p) => {
+            use PeerIncompatible as P;
+            match p {
+                P::SupportedVersionsExtensionRequired
+                | P::Tls12NotOffered
+                | P::Tls12NotOfferedOrEnabled
+                | P::ServerTlsVersionIsDisabledByOurConfig
+                | P::ServerDoesNotSupportTls12Or13 => (
+                    Reason::ProtocolVersion,
+                    "no shared protocol version (the peer offers only versions tls.protocols does not allow)"
+                        .into(),
+                ),
+                P::NoCipherSuitesInCommon => (
+                    Reason::NoSharedCipher,
+                    "no shared cipher suite (compare the peer's suites with tls.cipher_suites)".into(),
+                ),
+                other => (
+                    Reason::NoSharedCipher,
+                    format!("no shared parameters: {other:?}"),
+                ),
+            }
+        }
+        Error::AlertReceived(a) => (
+            Reason::PeerAlert,
+            format!("peer aborted the handshake with alert {a:?} (it refused our certificate or settings)"),
+        ),
+        Error::InvalidMessage(m) => (Reason::Other, format!("malformed TLS message: {m:?}")),
+        other => (Reason::Other, other.to_string()),
+    }
+}
