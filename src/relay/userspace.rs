@@ -252,6 +252,12 @@ impl Relay {
                 self.tls_app_dead = true;
                 self.cin_pos = self.cin_len;
             }
+            if self.down == Phase::Open && !self.tls_app_dead {
+                // rustls 0.23 holds the KeyUpdate it owes the peer (after a KeyUpdate with
+                // update_requested) until the application next writes; an empty write releases it into
+                // the send queue without producing a record.
+                let _ = self.conn.writer().write(&[]);
+            }
             if self.conn.wants_write() {
                 // Records rustls produced by itself (KeyUpdate response, alert) go out now, not when the
                 // backend next has something to say.

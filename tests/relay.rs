@@ -1,0 +1,408 @@
+//! The relay's promises, end to end through an in-process sidecar: nothing lost, half-close both ways
+//! in both orders, the documented policy for truncation and resets, records rustls queues on its own
+//! flushed promptly, and every deadline (linger, idle, shutdown grace) enforced.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+const MIB: usize = 1024 * 1024;
+const STREAM: usize = 64 * MIB;
+
+/// Writes `len` bytes of seeded random data; returns their SHA-256.
+async fn send_seeded(w: &mut (impl AsyncWrite + Unpin), seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        rng.fill_bytes(&mut buf[..n]);
+        hash.update(&buf[..n]);
+        w.write_all(&buf[..n]).await.unwrap();
+        left -= n;
+    }
+    hash.finalize().to_vec()
+}
+
+/// Reads to a clean end of stream; returns (length, SHA-256). Panics on an error (e.g. a TLS stream
+/// that ended without close_notify, which tokio-rustls reports as UnexpectedEof).
+async fn recv_all(r: &mut (impl AsyncRead + Unpin)) -> (usize, Vec<u8>) {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await.expect("stream must end cleanly");
+        if n == 0 {
+            return (total, hash.finalize().to_vec());
+        }
+        hash.update(&buf[..n]);
+        total += n;
+    }
+}
+
+fn expected_hash(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        rng.fill_bytes(&mut buf[..n]);
+        hash.update(&buf[..n]);
+        left -= n;
+    }
+    hash.finalize().to_vec()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum First {
+    Peer,
+    Backend,
+}
+
+/// Full duplex: both sides stream 64 MiB at once. The side that closes second sends half, waits for the
+/// other side's end of stream, then sends the other half through the half-closed connection.
+async fn stream_both_ways(first: First) {
+    const PEER_SEED: u64 = 1;
+    const BACKEND_SEED: u64 = 2;
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let (eof_tx, eof_rx) = oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let got = recv_all(&mut r).await;
+            let _ = eof_tx.send(());
+            got
+        });
+        let sent = if first == First::Backend {
+            let h = send_seeded(&mut w, BACKEND_SEED, STREAM).await;
+            w.shutdown().await.unwrap();
+            h
+        } else {
+            // Half now, the rest after the peer's close_notify arrived here as a FIN.
+            let mut rng_all = Vec::new();
+            send_halves(&mut w, BACKEND_SEED, eof_rx, &mut rng_all).await;
+            w.shutdown().await.unwrap();
+            rng_all
+        };
+        (sent, reader.await.unwrap())
+    });
+
+    let pki = Pki::new();
+    let sidecar = Sidecar::start(config(&pki, backend_addr)).await;
+    let tls = connect(&client(pki.roots(), Some(&pki.node)), sidecar.addr)
+        .await
+        .unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    let (eof_tx, eof_rx) = oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let got = recv_all(&mut r).await;
+        let _ = eof_tx.send(());
+        got
+    });
+    let peer_sent = if first == First::Peer {
+        let h = send_seeded(&mut w, PEER_SEED, STREAM).await;
+        w.shutdown().await.unwrap(); // close_notify, then FIN
+        h
+    } else {
+        let mut h = Vec::new();
+        send_halves(&mut w, PEER_SEED, eof_rx, &mut h).await;
+        w.shutdown().await.unwrap();
+        h
+    };
+    let (peer_got_len, peer_got) = within("peer reading", reader).await.unwrap();
+    let (backend_sent, (backend_got_len, backend_got)) = within("backend", backend).await.unwrap();
+
+    assert_eq!(peer_sent, expected_hash(PEER_SEED, STREAM));
+    assert_eq!(backend_sent, expected_hash(BACKEND_SEED, STREAM));
+    assert_eq!(backend_got_len, STREAM, "backend received every byte");
+    assert_eq!(backend_got, peer_sent, "backend received the peer's bytes unchanged");
+    assert_eq!(peer_got_len, STREAM, "peer received every byte");
+    assert_eq!(peer_got, backend_sent, "peer received the backend's bytes unchanged");
+    assert_eq!(sidecar.stop().await.cut, 0);
+}
+
+/// Sends the first half of a seeded stream, waits for `other_closed`, sends the second half. The
+/// resulting hash is that of the whole stream.
+async fn send_halves(
+    w: &mut (impl AsyncWrite + Unpin),
+    seed: u64,
+    other_closed: oneshot::Receiver<()>,
+    hash_out: &mut Vec<u8>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sent = 0;
+    let mut waiter = Some(other_closed);
+    while sent < STREAM {
+        if sent >= STREAM / 2 {
+            if let Some(rx) = waiter.take() {
+                within("the other side's close", rx).await.unwrap();
+            }
+        }
+        rng.fill_bytes(&mut buf);
+        hash.update(&buf);
+        w.write_all(&buf).await.unwrap();
+        sent += buf.len();
+    }
+    *hash_out = hash.finalize().to_vec();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_each_way_peer_closes_first() {
+    stream_both_ways(First::Peer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_each_way_backend_closes_first() {
+    stream_both_ways(First::Backend).await;
+}
+
+/// A TLS client whose TCP socket can be taken back, to end it without close_notify or with a reset.
+async fn raw_client(pki: &Pki, sidecar: SocketAddr) -> Tls {
+    connect(&client(pki.roots(), Some(&pki.node)), sidecar)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn peer_without_close_notify_still_delivers_everything_then_fin() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Sink).await;
+    let sidecar = Sidecar::start(config(&pki, backend.addr)).await;
+    let mut tls = raw_client(&pki, sidecar.addr).await;
+    let data = vec![7u8; 3 * MIB + 123];
+    tls.write_all(&data).await.unwrap();
+    tls.flush().await.unwrap();
+    let (tcp, _conn) = tls.into_inner();
+    drop(tcp); // FIN without close_notify
+    backend.wait_finished(1).await;
+    assert_eq!(backend.received.lock().unwrap()[0].len(), data.len());
+    assert_eq!(backend.endings.lock().unwrap()[0], "eof", "backend sees a FIN, not a reset");
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn peer_reset_after_data_backend_gets_bytes_then_fin() {
+    let pki = Pki::new();
+    // A backend that reports how much it has read so far, so the reset comes after delivery.
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return (total, "eof".to_string()),
+                Ok(n) => {
+                    total += n;
+                    count_tx.send_replace(total);
+                }
+                Err(e) => return (total, format!("{:?}", e.kind())),
+            }
+        }
+    });
+    let sidecar = Sidecar::start(config(&pki, backend_addr)).await;
+    let mut tls = raw_client(&pki, sidecar.addr).await;
+    let data = vec![9u8; MIB];
+    tls.write_all(&data).await.unwrap();
+    tls.flush().await.unwrap();
+    within("delivery", count_rx.wait_for(|n| *n == data.len()))
+        .await
+        .unwrap();
+    let (tcp, _conn) = tls.into_inner();
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tcp); // RST
+    let (total, ending) = within("backend close", backend).await.unwrap();
+    assert_eq!(total, data.len());
+    assert_eq!(ending, "eof", "the reset becomes a FIN towards the backend");
+    assert_eq!(sidecar.stop().await.cut, 0, "the connection ended, nothing left to cut");
+}
+
+#[tokio::test]
+async fn backend_reset_peer_gets_bytes_then_close_notify() {
+    let pki = Pki::new();
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(&vec![5u8; 2 * MIB]).await.unwrap();
+        go_rx.await.unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s); // RST
+    });
+    let sidecar = Sidecar::start(config(&pki, backend_addr)).await;
+    let mut tls = raw_client(&pki, sidecar.addr).await;
+    let mut got = vec![0u8; 2 * MIB];
+    within("data", tls.read_exact(&mut got)).await.unwrap();
+    assert!(got.iter().all(|b| *b == 5));
+    go_tx.send(()).unwrap();
+    let mut rest = Vec::new();
+    // Ok(0): the sidecar sent close_notify (tokio-rustls reports a missing one as an error).
+    let n = within("close", tls.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(n, 0);
+    drop(tls);
+    assert_eq!(sidecar.stop().await.cut, 0, "the relay ended once the peer closed too");
+}
+
+/// rustls queues a KeyUpdate response on its own when the peer asks for one; the relay must send it
+/// while the backend is silent (tokio-rustls would only write it on the next write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_update_answered_while_backend_is_quiet() {
+    use std::io::{Read, Write};
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let sidecar = Sidecar::start(config(&pki, backend.addr)).await;
+    let cfg = client(pki.roots(), Some(&pki.node));
+    let addr = sidecar.addr;
+    tokio::task::spawn_blocking(move || {
+        let name = rustls::pki_types::ServerName::IpAddress(LOCALHOST.into());
+        let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        // Prove the connection is accepted end to end first.
+        conn.writer().write_all(b"before").unwrap();
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            conn.complete_io(&mut sock).unwrap();
+            let mut buf = [0u8; 64];
+            match conn.reader().read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, b"before");
+
+        // Ask for a key update and send nothing else: the only record that can come back is the
+        // sidecar's own KeyUpdate.
+        conn.refresh_traffic_keys().unwrap();
+        while conn.wants_write() {
+            conn.write_tls(&mut sock).unwrap();
+        }
+        let n = conn
+            .read_tls(&mut sock)
+            .expect("the sidecar must answer the KeyUpdate without waiting for backend data");
+        assert!(n > 0);
+        let state = conn.process_new_packets().unwrap();
+        assert_eq!(state.plaintext_bytes_to_read(), 0, "no application data, only the KeyUpdate");
+
+        // Both sides use the new keys now: data still flows.
+        conn.writer().write_all(b"after").unwrap();
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            conn.complete_io(&mut sock).unwrap();
+            let mut buf = [0u8; 64];
+            match conn.reader().read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, b"after");
+    })
+    .await
+    .unwrap();
+    sidecar.stop().await;
+}
+
+/// A backend that reads to EOF and then keeps its socket open forever.
+async fn stubborn_backend() -> SocketAddr {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn close_linger_bounds_a_half_closed_connection() {
+    let pki = Pki::new();
+    let mut cfg = config(&pki, stubborn_backend().await);
+    cfg.limits.close_linger = Duration::from_millis(300);
+    let sidecar = Sidecar::start(cfg).await;
+    let tls = raw_client(&pki, sidecar.addr).await;
+    let (mut r, mut w) = tokio::io::split(tls);
+    w.shutdown().await.unwrap(); // half-close; the backend never closes its side
+    let mut rest = Vec::new();
+    // The sidecar gives up after close_linger and drops the connection (no close_notify: it was not
+    // a clean end), so the read ends with an error or EOF instead of hanging.
+    let _ = within("linger", r.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    assert_eq!(sidecar.stop().await.cut, 0);
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_a_silent_connection() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let mut cfg = config(&pki, backend.addr);
+    cfg.limits.idle_timeout = Some(Duration::from_millis(300));
+    let sidecar = Sidecar::start(cfg).await;
+    let mut tls = raw_client(&pki, sidecar.addr).await;
+    echo(&mut tls, b"still here").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within("idle close", tls.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    backend.wait_finished(1).await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_then_cuts_and_counts() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let mut cfg = config(&pki, backend.addr);
+    cfg.limits.shutdown_grace = Duration::from_millis(300);
+    let sidecar = Sidecar::start(cfg).await;
+    let addr = sidecar.addr;
+    let c = client(pki.roots(), Some(&pki.node));
+    let mut open = connect(&c, addr).await.unwrap();
+    echo(&mut open, b"x").await.unwrap();
+    let mut finishing = connect(&c, addr).await.unwrap();
+    echo(&mut finishing, b"y").await.unwrap();
+
+    sidecar.shutdown.cancel();
+    // One connection finishes by itself during the grace period...
+    finishing.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within("clean end", finishing.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    // ...the other is still open when the grace runs out and is cut.
+    let drained = within("drain", sidecar.task).await.unwrap();
+    assert_eq!(drained.cut, 1);
+    // The listener is closed: new connections are refused.
+    assert!(TcpStream::connect(addr).await.is_err());
+    let mut rest = Vec::new();
+    let _ = within("cut connection", open.read_to_end(&mut rest)).await;
+}
