@@ -524,6 +524,7 @@ fn invalid_configs_fail_with_their_message() {
             }
             Err(e) => e.to_string(),
         };
+        eprintln!("TMPDEBUG {name}: {msg}");
         let prefix = format!("config {}: ", config_path.display());
         if !msg.starts_with(&prefix) {
             failures.push(format!(

@@ -237,7 +237,12 @@ pub fn classify(err: &Error) -> (Reason, String) {
                 Reason::UnknownCa,
                 "certificate is not signed by a CA in the trust bundle tls.ca (unknown CA)".into(),
             ),
-            C::BadSignature => (Reason::BadSignature, "certificate signature is invalid".into()),
+            C::BadSignature => (
+                Reason::BadSignature,
+                "certificate signature does not verify against the CA of the same name in tls.ca \
+                 (signed by another key: a CA regenerated under the same name, or a forgery)"
+                    .into(),
+            ),
             #[allow(deprecated)]
             C::UnsupportedSignatureAlgorithm
             | C::UnsupportedSignatureAlgorithmContext { .. }

@@ -1,0 +1,283 @@
+//! The real binary: start-up lines, refusal log lines and their rate limit, a dead backend, descriptor
+//! exhaustion, and SIGTERM's drain-then-cut.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running `ringseal run` whose stderr is collected line by line.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// Writes the PKI and a config (with `extra` appended to `[[inbound]]` ... `[limits]`) and starts.
+    fn start(pki: &Pki, forward: SocketAddr, limits: &str, prefix: &[&str]) -> (Self, SocketAddr) {
+        let dir = tempfile::tempdir().unwrap();
+        pki.write(dir.path());
+        let config = dir.path().join("ringseal.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n\
+                 [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n\n[limits]\n{limits}\n"
+            ),
+        )
+        .unwrap();
+        let mut proc = Self::spawn(prefix, &config, dir);
+        let line = proc.wait_for("starting inbound mTLS listener");
+        let addr = line
+            .split("listener on ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        (proc, addr)
+    }
+
+    fn spawn(prefix: &[&str], config: &Path, dir: tempfile::TempDir) -> Self {
+        let bin = env!("CARGO_BIN_EXE_ringseal");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RINGSEAL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// The next line containing `needle` (bounded wait).
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no line containing {needle:?}; stderr so far:\n{}", self.seen.join("\n"));
+    }
+
+    /// Every line received so far (and during the next `settle`).
+    fn drain(&mut self, settle: Duration) -> &[String] {
+        while let Ok(line) = self.lines.recv_timeout(settle) {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ringseal did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count(lines: &[String], needle: &str) -> usize {
+    lines.iter().filter(|l| l.contains(needle)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_line_refusal_lines_and_their_rate_limit() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let (mut proc, addr) = Proc::start(&pki, backend.addr, "", &[]);
+    let start = proc.seen.last().unwrap().clone();
+    for part in [
+        format!("forwarding to {}", backend.addr).as_str(),
+        "protocols TLSv1.3,TLSv1.2",
+        "TLS_AES_256_GCM_SHA384",
+        "client auth required",
+        "endpoint verification off",
+    ] {
+        assert!(start.contains(part), "{part:?} missing from {start:?}");
+    }
+
+    // 20 identical refusals from one address: one warn line.
+    let anonymous = client(pki.roots(), None);
+    for _ in 0..20 {
+        assert!(roundtrip(&anonymous, LOCALHOST, addr).await.is_err());
+    }
+    let line = proc.wait_for("refused 127.0.0.1");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("no client certificate"), "{line}");
+    assert!(line.contains("reason=\"no_certificate\"") || line.contains("reason=no_certificate"), "{line}");
+    // A different reason is a different line.
+    let other = ringseal::pki::Ca::new("OtherCluster").unwrap();
+    let stranger = other.issue(&ringseal::pki::NodeSpec::new("x", &[LOCALHOST])).unwrap();
+    let impostor = client(pki.roots(), Some(&stranger));
+    assert!(roundtrip(&impostor, LOCALHOST, addr).await.is_err());
+    let line = proc.wait_for("unknown CA");
+    assert!(line.contains("refused 127.0.0.1"), "{line}");
+    // A CA regenerated under the same name: named as such.
+    let twin = Pki::new();
+    let forged = client(pki.roots(), Some(&twin.node));
+    assert!(roundtrip(&forged, LOCALHOST, addr).await.is_err());
+    let line = proc.wait_for("reason=\"bad_signature\"");
+    assert!(line.contains("regenerated under the same name"), "{line}");
+    // And the proxy still serves.
+    let good = client(pki.roots(), Some(&pki.node));
+    roundtrip(&good, LOCALHOST, addr).await.unwrap();
+    let lines = proc.drain(Duration::from_millis(300));
+    assert_eq!(count(lines, "no client certificate"), 1, "rate-limited:\n{}", lines.join("\n"));
+    assert_eq!(backend.accepted(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backend_closes_tls_promptly_with_one_line() {
+    let pki = Pki::new();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (mut proc, addr) = Proc::start(&pki, dead, "", &[]);
+    let good = client(pki.roots(), Some(&pki.node));
+    for _ in 0..5 {
+        let mut tls = connect(&good, addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        // close_notify arrives promptly: a clean end of stream.
+        let n = within("close", tokio::io::AsyncReadExt::read(&mut tls, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+    let line = proc.wait_for("cannot connect to forward address");
+    assert!(line.contains(&dead.to_string()), "{line}");
+    assert!(line.contains("Connection refused") || line.contains("refused"), "{line}");
+    let lines = proc.drain(Duration::from_millis(300));
+    assert_eq!(
+        count(lines, "cannot connect to forward address"),
+        1,
+        "one line, not one per connection:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_cuts_and_logs_how_many() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let (mut proc, addr) = Proc::start(&pki, backend.addr, "shutdown_grace = \"500ms\"", &[]);
+    let good = client(pki.roots(), Some(&pki.node));
+    let mut open = connect(&good, addr).await.unwrap();
+    echo(&mut open, b"live").await.unwrap();
+    proc.signal("TERM");
+    proc.wait_for("stopped accepting; waiting up to 500ms for 1 open connection");
+    let line = proc.wait_for("cut 1 connection(s)");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(proc.wait_exit().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_idle_listener_exits_at_once() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let (mut proc, _) = Proc::start(&pki, backend.addr, "", &[]);
+    proc.signal("INT");
+    proc.wait_for("all connections finished");
+    assert!(proc.wait_exit().success());
+}
+
+/// With 32 descriptors, accepting runs out (EMFILE): ringseal warns, backs off and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_exhaustion_backs_off_and_recovers() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "prlimit (util-linux) is required in CI");
+        eprintln!("skipping: prlimit not installed");
+        return;
+    }
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let (mut proc, addr) = Proc::start(&pki, backend.addr, "", &["prlimit", "--nofile=32"]);
+    let good = client(pki.roots(), Some(&pki.node));
+    // Hold connections until accept fails; each relayed one costs ringseal two descriptors.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        if let Ok(Ok(mut tls)) =
+            tokio::time::timeout(Duration::from_millis(500), connect(&good, addr)).await
+        {
+            if echo(&mut tls, b"x").await.is_ok() {
+                held.push(tls);
+            }
+        }
+    }
+    let line = proc.wait_for("cannot accept connections");
+    assert!(line.contains("Too many open files"), "{line}");
+    assert!(held.len() < 40, "the limit was never reached");
+    drop(held);
+    // Descriptors come back; the listener is still there.
+    let mut ok = false;
+    for _ in 0..100 {
+        if roundtrip(&good, LOCALHOST, addr).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "ringseal did not recover after descriptors were freed");
+    assert!(proc.child.try_wait().unwrap().is_none(), "ringseal exited");
+}
