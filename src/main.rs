@@ -72,19 +72,27 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
 /// SIGTERM or SIGINT: graceful shutdown. A second one exits at once.
 async fn on_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::warn!("cannot install signal handlers; stop ringseal with SIGKILL");
         return;
     };
-    for round in 0..2 {
+    let mut round = 0;
+    while round < 2 {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                // Without a handler SIGHUP would kill the process; `systemctl reload` must not.
+                tracing::warn!("SIGHUP: reloading certificates is not supported yet; restart ringseal to load new files");
+                continue;
+            }
         };
-        if round == 0 {
+        round += 1;
+        if round == 1 {
             tracing::info!("{name}: shutting down");
             shutdown.cancel();
         } else {

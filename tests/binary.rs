@@ -98,7 +98,10 @@ impl Proc {
                 Err(_) => break,
             }
         }
-        panic!("no line containing {needle:?}; stderr so far:\n{}", self.seen.join("\n"));
+        panic!(
+            "no line containing {needle:?}; stderr so far:\n{}",
+            self.seen.join("\n")
+        );
     }
 
     /// Every line received so far (and during the next `settle`).
@@ -165,10 +168,15 @@ async fn start_line_refusal_lines_and_their_rate_limit() {
     let line = proc.wait_for("refused 127.0.0.1");
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("no client certificate"), "{line}");
-    assert!(line.contains("reason=\"no_certificate\"") || line.contains("reason=no_certificate"), "{line}");
+    assert!(
+        line.contains("reason=\"no_certificate\"") || line.contains("reason=no_certificate"),
+        "{line}"
+    );
     // A different reason is a different line.
     let other = ringseal::pki::Ca::new("OtherCluster").unwrap();
-    let stranger = other.issue(&ringseal::pki::NodeSpec::new("x", &[LOCALHOST])).unwrap();
+    let stranger = other
+        .issue(&ringseal::pki::NodeSpec::new("x", &[LOCALHOST]))
+        .unwrap();
     let impostor = client(pki.roots(), Some(&stranger));
     assert!(roundtrip(&impostor, LOCALHOST, addr).await.is_err());
     let line = proc.wait_for("unknown CA");
@@ -183,7 +191,12 @@ async fn start_line_refusal_lines_and_their_rate_limit() {
     let good = client(pki.roots(), Some(&pki.node));
     roundtrip(&good, LOCALHOST, addr).await.unwrap();
     let lines = proc.drain(Duration::from_millis(300));
-    assert_eq!(count(lines, "no client certificate"), 1, "rate-limited:\n{}", lines.join("\n"));
+    assert_eq!(
+        count(lines, "no client certificate"),
+        1,
+        "rate-limited:\n{}",
+        lines.join("\n")
+    );
     assert_eq!(backend.accepted(), 1);
 }
 
@@ -207,7 +220,10 @@ async fn dead_backend_closes_tls_promptly_with_one_line() {
     }
     let line = proc.wait_for("cannot connect to forward address");
     assert!(line.contains(&dead.to_string()), "{line}");
-    assert!(line.contains("Connection refused") || line.contains("refused"), "{line}");
+    assert!(
+        line.contains("Connection refused") || line.contains("refused"),
+        "{line}"
+    );
     let lines = proc.drain(Duration::from_millis(300));
     assert_eq!(
         count(lines, "cannot connect to forward address"),
@@ -233,10 +249,16 @@ async fn sigterm_drains_then_cuts_and_logs_how_many() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_idle_listener_exits_at_once() {
+async fn sighup_survives_and_sigint_exits_at_once() {
     let pki = Pki::new();
     let backend = Backend::start(Mode::Echo).await;
-    let (mut proc, _) = Proc::start(&pki, backend.addr, "", &[]);
+    let (mut proc, addr) = Proc::start(&pki, backend.addr, "", &[]);
+    // SIGHUP must not kill it (its default action would).
+    proc.signal("HUP");
+    proc.wait_for("SIGHUP: reloading certificates is not supported yet");
+    roundtrip(&client(pki.roots(), Some(&pki.node)), LOCALHOST, addr)
+        .await
+        .unwrap();
     proc.signal("INT");
     proc.wait_for("all connections finished");
     assert!(proc.wait_exit().success());
@@ -246,7 +268,10 @@ async fn sigterm_with_idle_listener_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_backs_off_and_recovers() {
     if Command::new("prlimit").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "prlimit (util-linux) is required in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "prlimit (util-linux) is required in CI"
+        );
         eprintln!("skipping: prlimit not installed");
         return;
     }

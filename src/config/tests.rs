@@ -70,6 +70,8 @@ impl Material {
                 ..NodeSpec::new("expired-node", &[localhost])
             })
             .unwrap();
+        // Random letters and digits: no PEM markers, no DER. With this seed the text starts with the digit
+        // '0' (0x30, also the first byte of every DER certificate), which cert-garbage.toml relies on.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7001);
         let garbage: String = (0..40)
             .map(|_| {
@@ -80,6 +82,7 @@ impl Material {
             })
             .collect();
 
+        assert!(garbage.starts_with('0'), "{garbage}");
         let d = dir.path();
         let write = |name: &str, bytes: &[u8]| {
             let p = d.join(name);
@@ -95,8 +98,14 @@ impl Material {
             ("empty", write("empty.pem", b"")),
             ("garbage", write("garbage.pem", garbage.as_bytes())),
             ("der_cert", write("node.der", node.cert_der.as_ref())),
-            ("expired_cert", write("expired.crt", expired.cert_pem.as_bytes())),
-            ("expired_key", write("expired.key", expired.key_pem.as_bytes())),
+            (
+                "expired_cert",
+                write("expired.crt", expired.cert_pem.as_bytes()),
+            ),
+            (
+                "expired_key",
+                write("expired.key", expired.key_pem.as_bytes()),
+            ),
             ("ca_as_key", ca_path),
             ("dir", d.to_owned()),
         ];
@@ -490,59 +499,124 @@ fn dns_allow_entries_are_lower_cased_and_ips_canonical() {
     assert_eq!(c.inbound[0].forward, addr("[::1]:7000"));
 }
 
-/// One file of `tests/invalid-configs/`: the config text and the substrings its error must contain.
-fn invalid_case(path: &Path) -> (String, Vec<String>) {
-    let text = read(path);
-    let expect: Vec<String> = text
-        .lines()
-        .map_while(|l| l.strip_prefix("# expect: "))
-        .map(str::to_owned)
-        .collect();
-    assert!(
-        !expect.is_empty() && expect.iter().all(|e| !e.trim().is_empty()),
-        "{}: the first line must be `# expect: <substring of the error message>`",
-        path.display()
-    );
-    (text, expect)
+/// What the header of an invalid config asks of its error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// `# expect: S`: the message contains S.
+    Contains,
+    /// `# expect-not: S`: the message does not contain S (e.g. a wrong hint).
+    Lacks,
 }
 
+/// One file of `tests/invalid-configs/`, read.
+struct InvalidCase {
+    name: String,
+    text: String,
+    /// `(check, substring, todo)`. `todo` lines (`# todo-expect:`, `# todo-expect-not:`) describe a message
+    /// src does not produce yet; only [`invalid_config_messages_after_src_fixes`] checks them.
+    checks: Vec<(Check, String, bool)>,
+}
+
+impl InvalidCase {
+    fn read(path: &Path) -> Self {
+        let text = read(path);
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let mut checks = Vec::new();
+        for line in text.lines() {
+            let Some(d) = line.strip_prefix("# ") else {
+                break;
+            };
+            let (todo, d) = d.strip_prefix("todo-").map_or((false, d), |d| (true, d));
+            let (check, want) = if let Some(w) = d.strip_prefix("expect: ") {
+                (Check::Contains, w)
+            } else if let Some(w) = d.strip_prefix("expect-not: ") {
+                (Check::Lacks, w)
+            } else {
+                break;
+            };
+            assert!(!want.trim().is_empty(), "{name}: empty `{line}`");
+            checks.push((check, want.to_owned(), todo));
+        }
+        assert!(
+            text.starts_with("# expect: "),
+            "{name}: the first line must be `# expect: <substring of the error message>`"
+        );
+        Self { name, text, checks }
+    }
+
+    /// Writes the case with its placeholders filled into the material directory and loads it; returns
+    /// the failed checks (`todo`: check the `todo-` lines instead of the others).
+    fn run(&self, m: &Material, todo: bool) -> Vec<String> {
+        let origin = Path::new(&self.name);
+        let config_path = m.dir.path().join(&self.name);
+        std::fs::write(&config_path, m.substitute(&self.text, origin)).unwrap();
+        let name = &self.name;
+        let msg = match Config::load(&config_path) {
+            Ok(c) => return vec![format!("{name}: accepted:\n{}", describe(&c))],
+            Err(e) => e.to_string(),
+        };
+        let mut failures = Vec::new();
+        let prefix = format!("config {}: ", config_path.display());
+        if !msg.starts_with(&prefix) {
+            failures.push(format!("{name}: does not start with {prefix:?}:\n{msg}"));
+        }
+        if todo && msg.contains('\n') {
+            failures.push(format!("{name}: not one line:\n{msg}"));
+        }
+        for (check, want, is_todo) in &self.checks {
+            if *is_todo != todo {
+                continue;
+            }
+            let want = m.substitute(want, origin);
+            match check {
+                Check::Contains if !msg.contains(&want) => {
+                    failures.push(format!("{name}: want {want:?} in:\n{msg}"));
+                }
+                Check::Lacks if msg.contains(&want) => {
+                    failures.push(format!("{name}: unwanted {want:?} in:\n{msg}"));
+                }
+                _ => {}
+            }
+        }
+        failures
+    }
+}
+
+fn invalid_cases() -> Vec<InvalidCase> {
+    let cases: Vec<_> = toml_files(&manifest_dir().join("tests/invalid-configs"))
+        .iter()
+        .map(|p| InvalidCase::read(p))
+        .collect();
+    assert!(cases.len() >= 30, "only {} invalid configs", cases.len());
+    cases
+}
+
+fn assert_no_failures(failures: &[String], cases: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} failed check(s) over {cases} invalid configs:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// Each file of `tests/invalid-configs/` is refused with its `# expect:` message, naming the config file.
 #[test]
 fn invalid_configs_fail_with_their_message() {
     let m = Material::generate();
-    let cases = toml_files(&manifest_dir().join("tests/invalid-configs"));
-    assert!(cases.len() >= 30, "only {} invalid configs", cases.len());
-    let mut failures = Vec::new();
-    for case in &cases {
-        let (text, expect) = invalid_case(case);
-        let config_path = m.dir.path().join(case.file_name().unwrap());
-        std::fs::write(&config_path, m.substitute(&text, case)).unwrap();
-        let name = case.file_name().unwrap().to_string_lossy();
-        let msg = match Config::load(&config_path) {
-            Ok(c) => {
-                failures.push(format!("{name}: accepted:\n{}", describe(&c)));
-                continue;
-            }
-            Err(e) => e.to_string(),
-        };
-        eprintln!("TMPDEBUG {name}: {msg}");
-        let prefix = format!("config {}: ", config_path.display());
-        if !msg.starts_with(&prefix) {
-            failures.push(format!(
-                "{name}: message does not start with {prefix:?}:\n{msg}"
-            ));
-        }
-        for e in &expect {
-            let e = m.substitute(e, case);
-            if !msg.contains(&e) {
-                failures.push(format!("{name}: want {e:?} in:\n{msg}"));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} invalid configs:\n\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n\n")
-    );
+    let cases = invalid_cases();
+    let failures: Vec<_> = cases.iter().flat_map(|c| c.run(&m, false)).collect();
+    assert_no_failures(&failures, cases.len());
+}
+
+/// The `# todo-expect:` lines: messages that do not yet name the key or the fix, and parse errors that
+/// span several lines (the CLI prints one line). Remove the `#[ignore]` once src produces them, and turn
+/// the `todo-` lines into plain ones.
+#[test]
+#[ignore = "needs message changes in src/config and src/tls (see the todo-expect lines)"]
+fn invalid_config_messages_after_src_fixes() {
+    let m = Material::generate();
+    let cases = invalid_cases();
+    let failures: Vec<_> = cases.iter().flat_map(|c| c.run(&m, true)).collect();
+    assert_no_failures(&failures, cases.len());
 }
