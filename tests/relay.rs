@@ -128,9 +128,15 @@ async fn stream_both_ways(first: First) {
     assert_eq!(peer_sent, expected_hash(PEER_SEED, STREAM));
     assert_eq!(backend_sent, expected_hash(BACKEND_SEED, STREAM));
     assert_eq!(backend_got_len, STREAM, "backend received every byte");
-    assert_eq!(backend_got, peer_sent, "backend received the peer's bytes unchanged");
+    assert_eq!(
+        backend_got, peer_sent,
+        "backend received the peer's bytes unchanged"
+    );
     assert_eq!(peer_got_len, STREAM, "peer received every byte");
-    assert_eq!(peer_got, backend_sent, "peer received the backend's bytes unchanged");
+    assert_eq!(
+        peer_got, backend_sent,
+        "peer received the backend's bytes unchanged"
+    );
     assert_eq!(sidecar.stop().await.cut, 0);
 }
 
@@ -191,7 +197,11 @@ async fn peer_without_close_notify_still_delivers_everything_then_fin() {
     drop(tcp); // FIN without close_notify
     backend.wait_finished(1).await;
     assert_eq!(backend.received.lock().unwrap()[0].len(), data.len());
-    assert_eq!(backend.endings.lock().unwrap()[0], "eof", "backend sees a FIN, not a reset");
+    assert_eq!(
+        backend.endings.lock().unwrap()[0],
+        "eof",
+        "backend sees a FIN, not a reset"
+    );
     sidecar.stop().await;
 }
 
@@ -233,7 +243,11 @@ async fn peer_reset_after_data_backend_gets_bytes_then_fin() {
     let (total, ending) = within("backend close", backend).await.unwrap();
     assert_eq!(total, data.len());
     assert_eq!(ending, "eof", "the reset becomes a FIN towards the backend");
-    assert_eq!(sidecar.stop().await.cut, 0, "the connection ended, nothing left to cut");
+    assert_eq!(
+        sidecar.stop().await.cut,
+        0,
+        "the connection ended, nothing left to cut"
+    );
 }
 
 #[tokio::test]
@@ -262,7 +276,11 @@ async fn backend_reset_peer_gets_bytes_then_close_notify() {
     let n = within("close", tls.read_to_end(&mut rest)).await.unwrap();
     assert_eq!(n, 0);
     drop(tls);
-    assert_eq!(sidecar.stop().await.cut, 0, "the relay ended once the peer closed too");
+    assert_eq!(
+        sidecar.stop().await.cut,
+        0,
+        "the relay ended once the peer closed too"
+    );
 }
 
 /// rustls queues a KeyUpdate response on its own when the peer asks for one; the relay must send it
@@ -279,7 +297,8 @@ async fn key_update_answered_while_backend_is_quiet() {
         let name = rustls::pki_types::ServerName::IpAddress(LOCALHOST.into());
         let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
         let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         while conn.is_handshaking() {
             conn.complete_io(&mut sock).unwrap();
         }
@@ -308,7 +327,11 @@ async fn key_update_answered_while_backend_is_quiet() {
             .expect("the sidecar must answer the KeyUpdate without waiting for backend data");
         assert!(n > 0);
         let state = conn.process_new_packets().unwrap();
-        assert_eq!(state.plaintext_bytes_to_read(), 0, "no application data, only the KeyUpdate");
+        assert_eq!(
+            state.plaintext_bytes_to_read(),
+            0,
+            "no application data, only the KeyUpdate"
+        );
 
         // Both sides use the new keys now: data still flows.
         conn.writer().write_all(b"after").unwrap();
