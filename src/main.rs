@@ -14,7 +14,15 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; a wrong command line is a usage error.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     init_logging(matches!(cli.command, Command::Demo { .. }));
     // Every relayed connection holds two descriptors; the default soft limit (often 1024) would cap a
     // busy node far below limits.max_connections. The hard limit is the administrator's decision.
@@ -111,6 +119,7 @@ fn init_logging(demo: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -143,7 +143,10 @@ async fn plaintext_on_tls_port_is_closed() {
     internode.extend_from_slice(&[0x00, 0x00, 0x00, 0x0C, 0x00, 0x00, 0x00, 0x01, 0x7F, 0x00]);
     let cases: [(&str, Vec<u8>); 6] = [
         ("cassandra internode frame", internode),
-        ("http request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "http request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
         (
             "cql startup frame",
             vec![0x04, 0x00, 0x00, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00],
@@ -173,9 +176,11 @@ async fn malformed_handshake_record_is_refused() {
     let (backend, sidecar) = start(&pki, |c| c.limits.handshake_timeout = NEVER).await;
     // A handshake record whose body is not a ClientHello: rustls refuses it, no timeout involved.
     let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
-    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x08, 0xFF, 0x00, 0x00, 0x04, 1, 2, 3, 4])
-        .await
-        .unwrap();
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x00, 0x08, 0xFF, 0x00, 0x00, 0x04, 1, 2, 3, 4,
+    ])
+    .await
+    .unwrap();
     let got = within("malformed handshake", until_closed(&mut s)).await;
     assert_nothing_but_alert(&got, "malformed handshake");
     assert_still_serves(&pki, &backend, &sidecar, 0).await;
@@ -321,7 +326,8 @@ async fn client_of_another_cluster_is_refused() {
     // Our client refuses the sidecar's certificate first.
     assert!(
         matches!(
-            err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+            err.get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>()),
             Some(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer
             ))
@@ -467,9 +473,12 @@ async fn without_endpoint_verification_source_ip_is_not_checked() {
     let (backend, sidecar) = start(&pki, |_| {}).await;
     let node2 = pki.issue("node2", &[ip("127.0.0.2")]);
     let c2 = client(pki.roots(), Some(&node2));
-    within("node2 from 127.0.0.1", roundtrip(&c2, LOCALHOST, sidecar.addr))
-        .await
-        .expect("endpoint verification is off: the source IP must not matter");
+    within(
+        "node2 from 127.0.0.1",
+        roundtrip(&c2, LOCALHOST, sidecar.addr),
+    )
+    .await
+    .expect("endpoint verification is off: the source IP must not matter");
     assert_eq!(backend.accepted(), 1);
 }
 
@@ -649,8 +658,16 @@ async fn thousand_refused_connections_do_not_block_a_good_peer() {
         .expect("a good peer must get through while the port is under refused traffic");
     let results = within("1000 refused connections", bad.join_all()).await;
     let wrong: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(wrong.is_empty(), "{} wrong outcomes: {wrong:?}", wrong.len());
-    assert_eq!(backend.accepted(), 1, "only the good peer reaches the storage port");
+    assert!(
+        wrong.is_empty(),
+        "{} wrong outcomes: {wrong:?}",
+        wrong.len()
+    );
+    assert_eq!(
+        backend.accepted(),
+        1,
+        "only the good peer reaches the storage port"
+    );
     assert_still_serves(&pki, &backend, &sidecar, 1).await;
 }
 
@@ -707,9 +724,12 @@ async fn dead_backend_closes_verified_peer_and_keeps_serving() {
 
     // The storage port comes up: the same sidecar now relays.
     let accepted = serve_echo(socket.listen(64).unwrap());
-    within("roundtrip to revived backend", roundtrip(&good, LOCALHOST, sidecar.addr))
-        .await
-        .expect("the sidecar must serve once the storage port is up");
+    within(
+        "roundtrip to revived backend",
+        roundtrip(&good, LOCALHOST, sidecar.addr),
+    )
+    .await
+    .expect("the sidecar must serve once the storage port is up");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     assert_eq!(sidecar.stop().await.cut, 0);
 }

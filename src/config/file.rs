@@ -99,16 +99,16 @@ impl FileAllow {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileLimits {
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub close_linger: Duration,
     pub max_connections: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
 }
 
@@ -128,4 +128,15 @@ impl Default for FileLimits {
 
 fn yes() -> bool {
     true
+}
+
+/// A human duration ("10s", "500ms", "1m 30s"). Written here rather than with humantime-serde, whose
+/// error drops humantime's reason (unknown unit, missing unit).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?}: {e}; write e.g. \"10s\", \"500ms\" or \"1m 30s\""
+        ))
+    })
 }

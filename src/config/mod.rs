@@ -44,8 +44,12 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    #[error("config {path}: {source}")]
-    Suites { path: PathBuf, source: SuiteError },
+    #[error("config {path}: {key}: {source}")]
+    Suites {
+        path: PathBuf,
+        key: &'static str,
+        source: SuiteError,
+    },
     #[error("config {path}: {source}")]
     Material {
         path: PathBuf,
@@ -119,9 +123,17 @@ impl Config {
 
     /// Parses config text; relative file names in it are resolved against `path`'s directory.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            // One line, not toml's multi-line snippet: where, the offending line, what is wrong.
+            let at = e.span().map_or_else(String::new, |span| {
+                let line = text[..span.start].matches('\n').count() + 1;
+                let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+                format!("line {line} `{source}`: ")
+            });
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{at}{}", e.message().trim_end().replace('\n', " ")),
+            }
         })?;
         file.validate(path)
     }
@@ -140,12 +152,14 @@ impl FileConfig {
         let versions =
             suites::parse_protocols(&self.tls.protocols).map_err(|source| ConfigError::Suites {
                 path: path.to_owned(),
+                key: "tls.protocols",
                 source,
             })?;
         let provider = crate::tls::provider();
         let suites = suites::parse_cipher_suites(&self.tls.cipher_suites, &versions, &provider)
             .map_err(|source| ConfigError::Suites {
                 path: path.to_owned(),
+                key: "tls.cipher_suites",
                 source,
             })?;
 
@@ -224,11 +238,23 @@ impl FileConfig {
             });
         }
         for (i, a) in inbound.iter().enumerate() {
-            if let Some(j) = inbound[..i].iter().position(|b| b.listen == a.listen) {
-                return Err(invalid(
-                    &format!("inbound[{i}].listen"),
-                    format!("{} is also used by inbound[{j}]", a.listen),
-                ));
+            if let Some(j) = inbound[..i]
+                .iter()
+                .position(|b| overlaps(a.listen, b.listen))
+            {
+                let b = inbound[j].listen;
+                let message = if a.listen == b {
+                    format!("{} is also used by inbound[{j}]", a.listen)
+                } else {
+                    format!(
+                        "{} overlaps inbound[{j}].listen {b} (0.0.0.0 and [::] take the port on every \
+                         address, and on Linux [::] also takes it for IPv4); use one listener on \
+                         [::]:{} for both, or different ports",
+                        a.listen,
+                        a.listen.port()
+                    )
+                };
+                return Err(invalid(&format!("inbound[{i}].listen"), message));
             }
         }
 
@@ -367,6 +393,19 @@ pub fn describe(c: &Config) -> String {
         humantime::format_duration(l.shutdown_grace),
     );
     out
+}
+
+/// Whether two listen addresses would fight over the same port (port 0 means "any free port").
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let wildcard_v6 = |x: SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+    a.ip() == b.ip()
+        || (a.ip().is_unspecified() && a.is_ipv4() == b.is_ipv4())
+        || (b.ip().is_unspecified() && a.is_ipv4() == b.is_ipv4())
+        || wildcard_v6(a)
+        || wildcard_v6(b)
 }
 
 fn parse_addr(

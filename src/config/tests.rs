@@ -2,9 +2,11 @@
 //!
 //! * Every `*.toml` under `config/` (the reference file and the examples) must parse and fully validate
 //!   once its `[tls]` files are replaced by certificates generated here.
-//! * Every file in `tests/invalid-configs/` must be refused with the message its first line announces:
-//!   `# expect: <substring>` (further `# expect:` lines right below add more substrings). Paths in the
-//!   files and in the expectations are placeholders, replaced by generated files:
+//! * Every file in `tests/invalid-configs/` must be refused with the message its first line announces,
+//!   `# expect: <substring>`, and the message must start with `config <its path>: `. More header lines
+//!   may follow: `# expect: S` (contains S), `# expect-not: S` (does not contain S, e.g. a wrong hint),
+//!   and every message must be a single line.
+//!   Paths in the files and in the header lines are placeholders, replaced by generated files:
 //!
 //!   | placeholder      | file                                                       |
 //!   |------------------|------------------------------------------------------------|
@@ -512,9 +514,8 @@ enum Check {
 struct InvalidCase {
     name: String,
     text: String,
-    /// `(check, substring, todo)`. `todo` lines (`# todo-expect:`, `# todo-expect-not:`) describe a message
-    /// src does not produce yet; only [`invalid_config_messages_after_src_fixes`] checks them.
-    checks: Vec<(Check, String, bool)>,
+    /// `(check, substring)` from the header lines.
+    checks: Vec<(Check, String)>,
 }
 
 impl InvalidCase {
@@ -526,7 +527,6 @@ impl InvalidCase {
             let Some(d) = line.strip_prefix("# ") else {
                 break;
             };
-            let (todo, d) = d.strip_prefix("todo-").map_or((false, d), |d| (true, d));
             let (check, want) = if let Some(w) = d.strip_prefix("expect: ") {
                 (Check::Contains, w)
             } else if let Some(w) = d.strip_prefix("expect-not: ") {
@@ -535,7 +535,7 @@ impl InvalidCase {
                 break;
             };
             assert!(!want.trim().is_empty(), "{name}: empty `{line}`");
-            checks.push((check, want.to_owned(), todo));
+            checks.push((check, want.to_owned()));
         }
         assert!(
             text.starts_with("# expect: "),
@@ -545,8 +545,8 @@ impl InvalidCase {
     }
 
     /// Writes the case with its placeholders filled into the material directory and loads it; returns
-    /// the failed checks (`todo`: check the `todo-` lines instead of the others).
-    fn run(&self, m: &Material, todo: bool) -> Vec<String> {
+    /// the failed checks.
+    fn run(&self, m: &Material) -> Vec<String> {
         let origin = Path::new(&self.name);
         let config_path = m.dir.path().join(&self.name);
         std::fs::write(&config_path, m.substitute(&self.text, origin)).unwrap();
@@ -560,13 +560,10 @@ impl InvalidCase {
         if !msg.starts_with(&prefix) {
             failures.push(format!("{name}: does not start with {prefix:?}:\n{msg}"));
         }
-        if todo && msg.contains('\n') {
+        if msg.contains('\n') {
             failures.push(format!("{name}: not one line:\n{msg}"));
         }
-        for (check, want, is_todo) in &self.checks {
-            if *is_todo != todo {
-                continue;
-            }
+        for (check, want) in &self.checks {
             let want = m.substitute(want, origin);
             match check {
                 Check::Contains if !msg.contains(&want) => {
@@ -605,18 +602,6 @@ fn assert_no_failures(failures: &[String], cases: usize) {
 fn invalid_configs_fail_with_their_message() {
     let m = Material::generate();
     let cases = invalid_cases();
-    let failures: Vec<_> = cases.iter().flat_map(|c| c.run(&m, false)).collect();
-    assert_no_failures(&failures, cases.len());
-}
-
-/// The `# todo-expect:` lines: messages that do not yet name the key or the fix, and parse errors that
-/// span several lines (the CLI prints one line). Remove the `#[ignore]` once src produces them, and turn
-/// the `todo-` lines into plain ones.
-#[test]
-#[ignore = "needs message changes in src/config and src/tls (see the todo-expect lines)"]
-fn invalid_config_messages_after_src_fixes() {
-    let m = Material::generate();
-    let cases = invalid_cases();
-    let failures: Vec<_> = cases.iter().flat_map(|c| c.run(&m, true)).collect();
+    let failures: Vec<_> = cases.iter().flat_map(|c| c.run(&m)).collect();
     assert_no_failures(&failures, cases.len());
 }

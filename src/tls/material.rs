@@ -27,7 +27,9 @@ pub struct TlsFiles {
 /// Why our own key material is unusable. Every message names the config key and file and says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialError {
-    #[error("{key} {path}: cannot read: {source}")]
+    #[error(
+        "{key} {path}: cannot read: {source} (relative paths are resolved against the config file's directory)"
+    )]
     Read {
         key: &'static str,
         path: PathBuf,
@@ -48,7 +50,7 @@ pub enum MaterialError {
         cert_path: PathBuf,
     },
     #[error(
-        "tls.cert {path}: certificate \"{subject}\" expired at {not_after}; issue a new one (e.g. `ringseal certs node`) \
+        "tls.cert {path}: certificate \"{subject}\" expired at {not_after}; issue a new one from the cluster CA \
          before starting"
     )]
     Expired {
@@ -223,7 +225,8 @@ fn read_certs(
         } else {
             "expected the node certificate chain in PEM, leaf first"
         };
-        let hint = if bytes.first() == Some(&0x30) {
+        // DER: a SEQUENCE (0x30) with a long-form length, as every certificate has.
+        let hint = if bytes.len() > 2 && bytes[0] == 0x30 && (0x81..=0x84).contains(&bytes[1]) {
             " (this looks like DER: convert with `openssl x509 -inform der -in FILE -out FILE.pem`)"
         } else if contains(&bytes, b"PRIVATE KEY-----") {
             " (this file holds a private key, not a certificate)"
@@ -254,9 +257,14 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, MaterialError> {
         ));
     }
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        let hint = if contains(&bytes, b"BEGIN CERTIFICATE") {
+            " (this file holds a certificate, not a private key: are tls.cert and tls.key swapped?)"
+        } else {
+            ""
+        };
         content(format!(
             "no usable private key ({e}); expected PEM \"PRIVATE KEY\" (PKCS#8), \"RSA PRIVATE KEY\" (PKCS#1) \
-             or \"EC PRIVATE KEY\" (SEC1)"
+             or \"EC PRIVATE KEY\" (SEC1){hint}"
         ))
     })
 }

@@ -93,8 +93,8 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 pub enum PolicyRefusal {
     #[error(
         "endpoint verification failed: peer address {peer} is not an IP SAN of its certificate \"{subject}\" \
-         (IP SANs: {sans}); reissue the certificate with this IP (e.g. `ringseal certs node --ip {peer}`) or \
-         set require_endpoint_verification = false"
+         (IP SANs: {sans}); reissue the certificate with IP SAN {peer} or set \
+         require_endpoint_verification = false"
     )]
     EndpointMismatch {
         peer: IpAddr,
