@@ -310,8 +310,11 @@ impl Summary {
     }
 }
 
+/// One sample of the Prometheus text format: name, labels, value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
 /// `name{k="v",...} value` -> parts; `None` for comments and other lines.
-fn parse_sample(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+fn parse_sample(line: &str) -> Option<Sample<'_>> {
     if line.starts_with('#') {
         return None;
     }

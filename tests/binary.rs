@@ -284,10 +284,9 @@ async fn descriptor_exhaustion_backs_off_and_recovers() {
     for _ in 0..40 {
         if let Ok(Ok(mut tls)) =
             tokio::time::timeout(Duration::from_millis(500), connect(&good, addr)).await
+            && echo(&mut tls, b"x").await.is_ok()
         {
-            if echo(&mut tls, b"x").await.is_ok() {
-                held.push(tls);
-            }
+            held.push(tls);
         }
     }
     let line = proc.wait_for("cannot accept connections");

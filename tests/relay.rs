@@ -154,10 +154,10 @@ async fn send_halves(
     let mut sent = 0;
     let mut waiter = Some(other_closed);
     while sent < STREAM {
-        if sent >= STREAM / 2 {
-            if let Some(rx) = waiter.take() {
-                within("the other side's close", rx).await.unwrap();
-            }
+        if sent >= STREAM / 2
+            && let Some(rx) = waiter.take()
+        {
+            within("the other side's close", rx).await.unwrap();
         }
         rng.fill_bytes(&mut buf);
         hash.update(&buf);
