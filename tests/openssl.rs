@@ -33,7 +33,7 @@ fn have_openssl() -> bool {
 
 /// The PKI written to a temporary directory, and a sidecar with an echo backend.
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
@@ -49,7 +49,7 @@ impl Setup {
         let backend = Backend::start(Mode::Echo).await;
         let sidecar = Sidecar::start(config(&pki, backend.addr)).await;
         Self {
-            _dir: dir,
+            dir,
             cert,
             key,
             ca,
@@ -60,6 +60,12 @@ impl Setup {
 
     /// Runs s_client with our CA (and our node certificate when `with_cert`) plus `extra` arguments.
     async fn s_client(&self, with_cert: bool, extra: &[&str]) -> Run {
+        let id = with_cert.then(|| (self.cert.clone(), self.key.clone()));
+        self.s_client_as(id, extra).await
+    }
+
+    /// Runs s_client presenting `id` (certificate and key files), if any.
+    async fn s_client_as(&self, id: Option<(PathBuf, PathBuf)>, extra: &[&str]) -> Run {
         let mut args: Vec<String> = vec![
             "s_client".into(),
             "-connect".into(),
@@ -73,9 +79,9 @@ impl Setup {
             // Protocol and cipher suite on stderr, to check what was negotiated.
             "-brief".into(),
         ];
-        if with_cert {
-            args.extend(["-cert".into(), path(&self.cert)]);
-            args.extend(["-key".into(), path(&self.key)]);
+        if let Some((cert, key)) = id {
+            args.extend(["-cert".into(), path(&cert)]);
+            args.extend(["-key".into(), path(&key)]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         within(
@@ -196,6 +202,10 @@ fn assert_echoed(run: &Run, protocol: &str) {
 /// s_client did not get through and ended by itself (bounded), reporting an error.
 fn assert_refused(run: &Run) {
     assert!(!run.echoed, "a refused client got its echo: {run:#?}");
+    assert!(
+        run.stdout.is_empty(),
+        "a refused client received data: {run:#?}"
+    );
     let status = run
         .exited
         .unwrap_or_else(|| panic!("s_client was refused but did not exit: {run:#?}"));
@@ -298,6 +308,51 @@ async fn s_client_tls11_is_refused() {
             || run.stderr.contains("alert handshake failure"),
         "expected an alert from the sidecar: {run:#?}"
     );
+    assert_eq!(s.backend.accepted(), 0);
+    let run = s.s_client(true, &[]).await;
+    assert_echoed(&run, "TLSv1.3");
+    assert_eq!(s.backend.accepted(), 1);
+}
+
+#[tokio::test]
+async fn s_client_tls12_without_certificate_is_refused() {
+    if !have_openssl() {
+        return;
+    }
+    let s = Setup::start().await;
+    let run = s.s_client(false, &["-tls1_2"]).await;
+    assert_refused(&run);
+    assert!(run.stderr.contains("alert"), "expected an alert: {run:#?}");
+    assert_eq!(s.backend.accepted(), 0);
+    let run = s.s_client(true, &["-tls1_2"]).await;
+    assert_echoed(&run, "TLSv1.2");
+    assert_eq!(s.backend.accepted(), 1);
+}
+
+#[tokio::test]
+async fn s_client_with_certificate_from_another_ca_is_refused() {
+    if !have_openssl() {
+        return;
+    }
+    let s = Setup::start().await;
+    let other = ringseal::pki::Ca::new("Other").unwrap();
+    let stranger = other
+        .issue(&ringseal::pki::NodeSpec::new("node1", &[LOCALHOST]))
+        .unwrap();
+    let dir = s.dir.path();
+    let (cert, key) = (dir.join("stranger.crt"), dir.join("stranger.key"));
+    std::fs::write(&cert, &stranger.cert_pem).unwrap();
+    std::fs::write(&key, &stranger.key_pem).unwrap();
+    for version in ["-tls1_3", "-tls1_2"] {
+        let run = s
+            .s_client_as(Some((cert.clone(), key.clone())), &[version])
+            .await;
+        assert_refused(&run);
+        assert!(
+            run.stderr.contains("alert unknown ca"),
+            "{version}: expected the unknown_ca alert: {run:#?}"
+        );
+    }
     assert_eq!(s.backend.accepted(), 0);
     let run = s.s_client(true, &[]).await;
     assert_echoed(&run, "TLSv1.3");

@@ -442,6 +442,44 @@ async fn endpoint_verification_checks_source_ip() {
     assert_still_serves(&pki, &backend, &sidecar, 1).await;
 }
 
+/// Session resumption skips the client certificate: were it enabled, a session from an allowed address
+/// would let the same client in from any other. Each client config keeps its sessions, so a resumable
+/// session would be offered on the second connection.
+#[tokio::test]
+async fn resumption_cannot_bypass_endpoint_verification() {
+    let pki = Pki::new();
+    let (backend, sidecar) = start(&pki, |c| {
+        c.inbound[0].require_endpoint_verification = true;
+    })
+    .await;
+    let two = ip("127.0.0.2");
+    let node2 = pki.issue("node2", &[two]);
+    for (i, c) in [
+        client(pki.roots(), Some(&node2)),
+        tls12_client(&pki, Some(&node2)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for _ in 0..2 {
+            within("from its own address", roundtrip(c, two, sidecar.addr))
+                .await
+                .expect("node2 from 127.0.0.2 must be accepted");
+        }
+        let err = within(
+            "from another address",
+            roundtrip(c, LOCALHOST, sidecar.addr),
+        )
+        .await
+        .expect_err("a second connection from another address must be verified again");
+        if let Some(a) = alert_of(&err) {
+            assert_eq!(a, AlertDescription::CertificateUnknown, "{err}");
+        }
+        assert_eq!(backend.accepted(), 2 * (i + 1));
+    }
+    assert_still_serves(&pki, &backend, &sidecar, 4).await;
+}
+
 #[tokio::test]
 async fn endpoint_verification_refuses_certificate_without_ip_san() {
     let pki = Pki::new();

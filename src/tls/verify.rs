@@ -298,6 +298,13 @@ pub fn classify(err: &Error) -> (Reason, String) {
                     "no shared protocol version (the peer offers only versions tls.protocols does not allow)"
                         .into(),
                 ),
+                // A hello without signature_algorithms comes from a TLS 1.0/1.1-only client.
+                P::SignatureAlgorithmsExtensionRequired => (
+                    Reason::ProtocolVersion,
+                    "the peer offers only TLS 1.0/1.1 (its hello lacks signature_algorithms); \
+                     ringseal speaks TLS 1.2 and 1.3"
+                        .into(),
+                ),
                 P::NoCipherSuitesInCommon => (
                     Reason::NoSharedCipher,
                     "no shared cipher suite (compare the peer's suites with tls.cipher_suites)".into(),
@@ -314,5 +321,76 @@ pub fn classify(err: &Error) -> (Reason, String) {
         ),
         Error::InvalidMessage(m) => (Reason::Other, format!("malformed TLS message: {m:?}")),
         other => (Reason::Other, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(canonical_ip(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(canonical_ip(v6), v6);
+    }
+
+    #[test]
+    fn allow_list_matches_any_listed_value() {
+        let info = CertInfo {
+            subject: "CN=node1, OU=TestCluster".into(),
+            issuer: String::new(),
+            serial: String::new(),
+            version: 3,
+            not_before: std::time::UNIX_EPOCH,
+            not_after: std::time::UNIX_EPOCH,
+            ou: vec!["TestCluster".into()],
+            cn: vec!["node1".into()],
+            dns: vec!["Node1.Example".into()],
+            ips: vec!["::ffff:10.0.0.1".parse().unwrap()],
+            uris: vec!["spiffe://c/node1".into()],
+        };
+        let only = |f: fn(&mut AllowList)| {
+            let mut a = AllowList::default();
+            f(&mut a);
+            a.allows(&info)
+        };
+        assert!(only(|a| a.ou = vec!["TestCluster".into()]));
+        assert!(!only(|a| a.ou = vec!["OtherCluster".into()]));
+        assert!(only(|a| a.cn = vec!["node1".into()]));
+        assert!(only(|a| a.dns = vec!["node1.example".into()]));
+        assert!(only(|a| a.ip = vec!["10.0.0.1".parse().unwrap()]));
+        assert!(only(|a| a.uri = vec!["spiffe://c/node1".into()]));
+        assert!(!only(|a| a.uri = vec!["spiffe://c/node2".into()]));
+    }
+
+    #[test]
+    fn classify_names_reasons() {
+        let (r, m) = classify(&Error::PeerIncompatible(
+            PeerIncompatible::SignatureAlgorithmsExtensionRequired,
+        ));
+        assert_eq!(r, Reason::ProtocolVersion);
+        assert!(m.contains("TLS 1.0/1.1"), "{m}");
+        let (r, _) = classify(&Error::PeerIncompatible(
+            PeerIncompatible::NoCipherSuitesInCommon,
+        ));
+        assert_eq!(r, Reason::NoSharedCipher);
+        let (r, m) = classify(&Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(PolicyRefusal::EndpointMismatch {
+                peer: "10.0.0.9".parse().unwrap(),
+                subject: "CN=node2".into(),
+                sans: "10.0.0.2".into(),
+            })),
+        )));
+        assert_eq!(r, Reason::EndpointMismatch);
+        assert!(
+            m.contains("10.0.0.9") && m.contains("IP SANs: 10.0.0.2"),
+            "{m}"
+        );
+        let (r, _) = classify(&Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        assert_eq!(r, Reason::UnknownCa);
+        let (r, _) = classify(&Error::NoCertificatesPresented);
+        assert_eq!(r, Reason::NoCertificate);
     }
 }
