@@ -18,20 +18,63 @@ use tokio::sync::oneshot;
 const MIB: usize = 1024 * 1024;
 const STREAM: usize = 64 * MIB;
 
-/// Writes `len` bytes of seeded random data; returns their SHA-256.
-async fn send_seeded(w: &mut (impl AsyncWrite + Unpin), seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len());
-        rng.fill_bytes(&mut buf[..n]);
-        hash.update(&buf[..n]);
-        w.write_all(&buf[..n]).await.unwrap();
-        left -= n;
+/// Seeded random data in 256 KiB chunks, hashed as it is produced.
+struct Seeded {
+    rng: ChaCha8Rng,
+    hash: Sha256,
+    buf: Vec<u8>,
+    left: usize,
+}
+
+impl Seeded {
+    fn new(seed: u64, len: usize) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            hash: Sha256::new(),
+            buf: vec![0u8; 256 * 1024],
+            left: len,
+        }
     }
-    hash.finalize().to_vec()
+
+    fn next_chunk(&mut self) -> Option<&[u8]> {
+        let n = self.left.min(self.buf.len());
+        if n == 0 {
+            return None;
+        }
+        self.left -= n;
+        self.rng.fill_bytes(&mut self.buf[..n]);
+        self.hash.update(&self.buf[..n]);
+        Some(&self.buf[..n])
+    }
+
+    fn sha256(self) -> Vec<u8> {
+        self.hash.finalize().to_vec()
+    }
+}
+
+/// Writes a seeded stream; when `pause` is given, waits for it halfway. Returns the stream's SHA-256.
+async fn send_seeded(
+    w: &mut (impl AsyncWrite + Unpin),
+    seed: u64,
+    len: usize,
+    mut pause: Option<oneshot::Receiver<()>>,
+) -> Vec<u8> {
+    let mut data = Seeded::new(seed, len);
+    while let Some(chunk) = data.next_chunk() {
+        w.write_all(chunk).await.unwrap();
+        if data.left <= len / 2
+            && let Some(rx) = pause.take()
+        {
+            within("the other side's close", rx).await.unwrap();
+        }
+    }
+    data.sha256()
+}
+
+fn expected_hash(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = Seeded::new(seed, len);
+    while data.next_chunk().is_some() {}
+    data.sha256()
 }
 
 /// Reads to a clean end of stream; returns (length, SHA-256). Panics on an error (e.g. a TLS stream
@@ -48,20 +91,6 @@ async fn recv_all(r: &mut (impl AsyncRead + Unpin)) -> (usize, Vec<u8>) {
         hash.update(&buf[..n]);
         total += n;
     }
-}
-
-fn expected_hash(seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len());
-        rng.fill_bytes(&mut buf[..n]);
-        hash.update(&buf[..n]);
-        left -= n;
-    }
-    hash.finalize().to_vec()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,17 +115,10 @@ async fn stream_both_ways(first: First) {
             let _ = eof_tx.send(());
             got
         });
-        let sent = if first == First::Backend {
-            let h = send_seeded(&mut w, BACKEND_SEED, STREAM).await;
-            w.shutdown().await.unwrap();
-            h
-        } else {
-            // Half now, the rest after the peer's close_notify arrived here as a FIN.
-            let mut rng_all = Vec::new();
-            send_halves(&mut w, BACKEND_SEED, eof_rx, &mut rng_all).await;
-            w.shutdown().await.unwrap();
-            rng_all
-        };
+        // Closing second: half now, the rest after the peer's close_notify arrived here as a FIN.
+        let pause = (first == First::Peer).then_some(eof_rx);
+        let sent = send_seeded(&mut w, BACKEND_SEED, STREAM, pause).await;
+        w.shutdown().await.unwrap();
         (sent, reader.await.unwrap())
     });
 
@@ -112,16 +134,9 @@ async fn stream_both_ways(first: First) {
         let _ = eof_tx.send(());
         got
     });
-    let peer_sent = if first == First::Peer {
-        let h = send_seeded(&mut w, PEER_SEED, STREAM).await;
-        w.shutdown().await.unwrap(); // close_notify, then FIN
-        h
-    } else {
-        let mut h = Vec::new();
-        send_halves(&mut w, PEER_SEED, eof_rx, &mut h).await;
-        w.shutdown().await.unwrap();
-        h
-    };
+    let pause = (first == First::Backend).then_some(eof_rx);
+    let peer_sent = send_seeded(&mut w, PEER_SEED, STREAM, pause).await;
+    w.shutdown().await.unwrap(); // close_notify, then FIN
     let (peer_got_len, peer_got) = within("peer reading", reader).await.unwrap();
     let (backend_sent, (backend_got_len, backend_got)) = within("backend", backend).await.unwrap();
 
@@ -138,33 +153,6 @@ async fn stream_both_ways(first: First) {
         "peer received the backend's bytes unchanged"
     );
     assert_eq!(sidecar.stop().await.cut, 0);
-}
-
-/// Sends the first half of a seeded stream, waits for `other_closed`, sends the second half. The
-/// resulting hash is that of the whole stream.
-async fn send_halves(
-    w: &mut (impl AsyncWrite + Unpin),
-    seed: u64,
-    other_closed: oneshot::Receiver<()>,
-    hash_out: &mut Vec<u8>,
-) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut sent = 0;
-    let mut waiter = Some(other_closed);
-    while sent < STREAM {
-        if sent >= STREAM / 2
-            && let Some(rx) = waiter.take()
-        {
-            within("the other side's close", rx).await.unwrap();
-        }
-        rng.fill_bytes(&mut buf);
-        hash.update(&buf);
-        w.write_all(&buf).await.unwrap();
-        sent += buf.len();
-    }
-    *hash_out = hash.finalize().to_vec();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,18 +291,22 @@ async fn key_update_answered_while_backend_is_quiet() {
             conn.complete_io(&mut sock).unwrap();
         }
         // Prove the connection is accepted end to end first.
-        conn.writer().write_all(b"before").unwrap();
-        let mut got = Vec::new();
-        while got.len() < 6 {
-            conn.complete_io(&mut sock).unwrap();
-            let mut buf = [0u8; 64];
-            match conn.reader().read(&mut buf) {
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-        assert_eq!(got, b"before");
+        let echo_sync =
+            |conn: &mut rustls::ClientConnection, sock: &mut std::net::TcpStream, msg: &[u8]| {
+                conn.writer().write_all(msg).unwrap();
+                let mut got = Vec::new();
+                while got.len() < msg.len() {
+                    conn.complete_io(sock).unwrap();
+                    let mut buf = [0u8; 64];
+                    match conn.reader().read(&mut buf) {
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                assert_eq!(got, msg);
+            };
+        echo_sync(&mut conn, &mut sock, b"before");
 
         // Ask for a key update and send nothing else: the only record that can come back is the
         // sidecar's own KeyUpdate.
@@ -334,18 +326,7 @@ async fn key_update_answered_while_backend_is_quiet() {
         );
 
         // Both sides use the new keys now: data still flows.
-        conn.writer().write_all(b"after").unwrap();
-        let mut got = Vec::new();
-        while got.len() < 5 {
-            conn.complete_io(&mut sock).unwrap();
-            let mut buf = [0u8; 64];
-            match conn.reader().read(&mut buf) {
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-        assert_eq!(got, b"after");
+        echo_sync(&mut conn, &mut sock, b"after");
     })
     .await
     .unwrap();
@@ -453,7 +434,10 @@ async fn max_connections_holds_further_peers_until_a_slot_frees() {
     });
     // While the first holds the only permit, the second is not even accepted.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "the second peer was served beyond max_connections");
+    assert!(
+        !second.is_finished(),
+        "the second peer was served beyond max_connections"
+    );
     assert_eq!(backend.accepted(), 1);
 
     first.shutdown().await.unwrap();
