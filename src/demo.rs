@@ -137,8 +137,13 @@ pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<
             _ = ticker.tick() => {}
         }
         let s = Summary::read(&metrics);
+        let negotiated = s
+            .negotiated
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map_or(String::new(), |((p, c), _)| format!("  {p} {c}"));
         println!(
-            "[{:>3}s] handshakes ok {:>3}  refused {:>3}  bytes {:>9}  {:>8.1} MiB/s",
+            "[{:>3}s] handshakes ok {:>3}  refused {:>3}  bytes {:>9}  {:>8.1} MiB/s{negotiated}",
             started.elapsed().as_secs(),
             s.ok,
             s.refused.values().sum::<u64>(),
