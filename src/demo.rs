@@ -74,6 +74,7 @@ pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<
                     ..AllowList::default()
                 },
             }],
+            outbound: Vec::new(),
             limits: Limits {
                 shutdown_grace: Duration::from_secs(2),
                 ..Limits::default()

@@ -6,7 +6,8 @@
 //! * [`tls`]: our identity and trust ([`tls::material`]), suite/protocol names ([`tls::suites`]), peer
 //!   verification on webpki + endpoint verification + allow-list ([`tls::verify`]).
 //! * [`listener`]: accept under a permit, sniff, handshake under a deadline, verify, then connect the
-//!   storage port ([`listener::inbound`]).
+//!   storage port ([`listener::inbound`]); or accept the local node's plaintext and dial a peer's
+//!   sidecar with mutual TLS ([`listener::outbound`]).
 //! * [`relay`]: the only code that moves bytes; half-close, resets and deadlines.
 //! * [`metrics`]: every metric name and label value.
 //! * [`pki`]: throwaway certificates (rcgen) for the demo and tests.
@@ -35,21 +36,45 @@ use tokio_util::task::TaskTracker;
 
 use config::Config;
 use listener::inbound::InboundListener;
+use listener::outbound::OutboundListener;
 
 /// Binding failed: the message names the config key and address.
 #[derive(Debug, thiserror::Error)]
-#[error("inbound[{index}].listen {addr}: cannot listen: {source}{hint}")]
+#[error("{key}.listen {addr}: cannot listen: {source}{hint}")]
 pub struct BindError {
-    pub index: usize,
+    /// `inbound[0]`, `outbound[1]` ...
+    pub key: String,
     pub addr: SocketAddr,
     pub source: std::io::Error,
     pub hint: &'static str,
+}
+
+impl BindError {
+    fn new(key: String, addr: SocketAddr, source: std::io::Error) -> Self {
+        let hint = match source.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " (another process listens there: is a second ringseal running?)"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                " (that address is not configured on this host)"
+            }
+            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
+            _ => "",
+        };
+        Self {
+            key,
+            addr,
+            source,
+            hint,
+        }
+    }
 }
 
 /// A sidecar with its listeners bound, ready to serve.
 pub struct Server {
     config: Config,
     inbound: Vec<InboundListener>,
+    outbound: Vec<OutboundListener>,
 }
 
 /// What shutdown did.
@@ -63,29 +88,21 @@ impl Server {
     /// Binds every listener (nothing is accepted until [`Server::serve`]).
     pub async fn bind(config: Config) -> Result<Self, BindError> {
         let mut inbound = Vec::with_capacity(config.inbound.len());
-        for (index, l) in config.inbound.iter().enumerate() {
-            let bound = InboundListener::bind(l, &config.tls, &config.limits)
-                .await
-                .map_err(|source| BindError {
-                    index,
-                    addr: l.listen,
-                    hint: match source.kind() {
-                        std::io::ErrorKind::AddrInUse => {
-                            " (another process listens there: is a second ringseal running?)"
-                        }
-                        std::io::ErrorKind::AddrNotAvailable => {
-                            " (that address is not configured on this host)"
-                        }
-                        std::io::ErrorKind::PermissionDenied => {
-                            " (ports below 1024 need privileges)"
-                        }
-                        _ => "",
-                    },
-                    source,
-                })?;
-            inbound.push(bound);
+        for (i, l) in config.inbound.iter().enumerate() {
+            let bound = InboundListener::bind(l, &config.tls, &config.limits).await;
+            inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
-        Ok(Self { config, inbound })
+        let mut outbound = Vec::with_capacity(config.outbound.len());
+        for (i, l) in config.outbound.iter().enumerate() {
+            let bound = OutboundListener::bind(l, &config.tls, &config.limits).await;
+            outbound
+                .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
+        }
+        Ok(Self {
+            config,
+            inbound,
+            outbound,
+        })
     }
 
     /// The bound inbound addresses, in config order (useful with port 0).
@@ -93,6 +110,14 @@ impl Server {
         self.inbound
             .iter()
             .map(InboundListener::local_addr)
+            .collect()
+    }
+
+    /// The bound outbound addresses, in config order.
+    pub fn outbound_addrs(&self) -> Vec<SocketAddr> {
+        self.outbound
+            .iter()
+            .map(OutboundListener::local_addr)
             .collect()
     }
 
@@ -106,6 +131,15 @@ impl Server {
         let mut accept_loops = Vec::new();
         for (l, cfg) in self.inbound.into_iter().zip(&self.config.inbound) {
             l.log_start(cfg);
+            accept_loops.push(tokio::spawn(l.serve(
+                permits.clone(),
+                shutdown.clone(),
+                cut.clone(),
+                tracker.clone(),
+            )));
+        }
+        for (l, cfg) in self.outbound.into_iter().zip(&self.config.outbound) {
+            l.log_start(cfg, &self.config.tls);
             accept_loops.push(tokio::spawn(l.serve(
                 permits.clone(),
                 shutdown.clone(),

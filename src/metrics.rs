@@ -67,12 +67,14 @@ impl Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Inbound,
+    Outbound,
 }
 
 impl Direction {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
         }
     }
 }
@@ -96,7 +98,7 @@ pub fn describe() {
     describe_counter!(
         BYTES,
         metrics::Unit::Bytes,
-        "Plaintext bytes relayed; flow=to_backend (peer to storage port) or to_peer"
+        "Plaintext bytes relayed; flow=from_peer (received from the TLS peer) or to_peer (sent to it)"
     );
     describe_counter!(
         BACKEND_FAILURES,
@@ -137,7 +139,7 @@ pub fn closed(dir: Direction, how: &'static str) {
 /// Byte counters handed to the relay: one atomic add per chunk moved.
 #[derive(Clone)]
 pub struct ByteCounters {
-    pub to_backend: Counter,
+    pub from_peer: Counter,
     pub to_peer: Counter,
 }
 
@@ -156,7 +158,7 @@ impl ActiveConnection {
         Self {
             gauge,
             bytes: ByteCounters {
-                to_backend: counter!(BYTES, "direction" => dir.as_str(), "flow" => "to_backend"),
+                from_peer: counter!(BYTES, "direction" => dir.as_str(), "flow" => "from_peer"),
                 to_peer: counter!(BYTES, "direction" => dir.as_str(), "flow" => "to_peer"),
             },
         }

@@ -17,6 +17,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub inbound: Vec<FileInbound>,
     #[serde(default)]
+    pub outbound: Vec<FileOutbound>,
+    #[serde(default)]
     pub limits: FileLimits,
 }
 
@@ -43,6 +45,19 @@ pub struct FileInbound {
     pub require_endpoint_verification: bool,
     #[serde(default)]
     pub allow: Option<FileAllow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutbound {
+    pub listen: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub require_endpoint_verification: bool,
+    #[serde(default)]
+    pub allow: Option<FileAllow>,
+    #[serde(default)]
+    pub allow_non_loopback_plaintext: bool,
 }
 
 /// `allow = { ou = [...], cn = [...], dns = [...], ip = [...], uri = [...] }`: a peer is accepted when any

@@ -62,6 +62,7 @@ pub enum ConfigError {
 pub struct Config {
     pub tls: TlsSettings,
     pub inbound: Vec<Inbound>,
+    pub outbound: Vec<Outbound>,
     pub limits: Limits,
 }
 
@@ -81,6 +82,18 @@ pub struct TlsSettings {
 pub struct Inbound {
     pub listen: SocketAddr,
     pub forward: SocketAddr,
+    pub require_endpoint_verification: bool,
+    pub allow: AllowList,
+}
+
+/// One `[[outbound]]` listener: plaintext in from the local node, mutual TLS out to a peer's sidecar.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// A loopback address unless `allow_non_loopback_plaintext` said otherwise.
+    pub listen: SocketAddr,
+    /// The peer's TLS port.
+    pub upstream: SocketAddr,
+    /// The dialed IP must be an IP SAN of the peer's certificate.
     pub require_endpoint_verification: bool,
     pub allow: AllowList,
 }
@@ -179,11 +192,11 @@ impl FileConfig {
                 source,
             })?;
 
-        if self.inbound.is_empty() {
+        if self.inbound.is_empty() && self.outbound.is_empty() {
             return Err(invalid(
                 "inbound",
-                "no [[inbound]] listener is configured; add one with listen = \"0.0.0.0:7001\" and \
-                 forward = \"127.0.0.1:7000\""
+                "no [[inbound]] or [[outbound]] listener is configured; add one with listen = \
+                 \"0.0.0.0:7001\" and forward = \"127.0.0.1:7000\""
                     .into(),
             ));
         }
@@ -237,24 +250,71 @@ impl FileConfig {
                 allow,
             });
         }
-        for (i, a) in inbound.iter().enumerate() {
-            if let Some(j) = inbound[..i]
-                .iter()
-                .position(|b| overlaps(a.listen, b.listen))
-            {
-                let b = inbound[j].listen;
-                let message = if a.listen == b {
-                    format!("{} is also used by inbound[{j}]", a.listen)
+        let mut outbound = Vec::with_capacity(self.outbound.len());
+        for (i, o) in self.outbound.into_iter().enumerate() {
+            let key = format!("outbound[{i}].listen");
+            let listen = parse_addr(path, &key, &o.listen, "127.0.0.1:7002")?;
+            if !listen.ip().is_loopback() && !o.allow_non_loopback_plaintext {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{listen} would accept plaintext from the network, which defeats mutual TLS \
+                         (Cassandra's CVE-2020-17516 was exactly that); listen on 127.0.0.1, or set \
+                         outbound[{i}].allow_non_loopback_plaintext = true if a firewall guards it"
+                    ),
+                ));
+            }
+            let upstream = parse_addr(
+                path,
+                &format!("outbound[{i}].upstream"),
+                &o.upstream,
+                "10.0.0.2:7001",
+            )?;
+            if upstream.port() == 0 || upstream.ip().is_unspecified() {
+                return Err(invalid(
+                    &format!("outbound[{i}].upstream"),
+                    format!(
+                        "{upstream} cannot be connected to; name the peer's TLS address, e.g. 10.0.0.2:7001"
+                    ),
+                ));
+            }
+            let allow = o
+                .allow
+                .map(|a| a.into_allow_list())
+                .transpose()
+                .map_err(|m| invalid(&format!("outbound[{i}].allow"), m))?
+                .unwrap_or_default();
+            outbound.push(Outbound {
+                listen,
+                upstream,
+                require_endpoint_verification: o.require_endpoint_verification,
+                allow,
+            });
+        }
+        let listens: Vec<(String, SocketAddr)> = inbound
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("inbound[{i}]"), l.listen))
+            .chain(
+                outbound
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (format!("outbound[{i}]"), l.listen)),
+            )
+            .collect();
+        for (i, (name, a)) in listens.iter().enumerate() {
+            if let Some((other, b)) = listens[..i].iter().find(|(_, b)| overlaps(*a, *b)) {
+                let message = if a == b {
+                    format!("{a} is also used by {other}")
                 } else {
                     format!(
-                        "{} overlaps inbound[{j}].listen {b} (0.0.0.0 and [::] take the port on every \
+                        "{a} overlaps {other}.listen {b} (0.0.0.0 and [::] take the port on every \
                          address, and on Linux [::] also takes it for IPv4); use one listener on \
                          [::]:{} for both, or different ports",
-                        a.listen,
-                        a.listen.port()
+                        a.port()
                     )
                 };
-                return Err(invalid(&format!("inbound[{i}].listen"), message));
+                return Err(invalid(&format!("{name}.listen"), message));
             }
         }
 
@@ -292,6 +352,7 @@ impl FileConfig {
                 require_client_auth: self.tls.require_client_auth,
             },
             inbound,
+            outbound,
             limits,
         })
     }
@@ -378,6 +439,20 @@ pub fn describe(c: &Config) -> String {
                 "off"
             },
             l.allow
+        );
+    }
+    for (i, o) in c.outbound.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "outbound[{i}] listen {} (plaintext) -> mTLS to {} (endpoint verification {}, allow {})",
+            o.listen,
+            o.upstream,
+            if o.require_endpoint_verification {
+                "on"
+            } else {
+                "off"
+            },
+            o.allow
         );
     }
     let l = &c.limits;

@@ -20,9 +20,9 @@ use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Inbound, Limits, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
-use crate::relay::{self, Close, RelayLimits};
+use crate::relay::{self, RelayLimits};
 use crate::tls::suites::{iana_name, protocol_name};
-use crate::tls::verify::{PeerPolicy, PeerVerifier, classify};
+use crate::tls::verify::{PeerPolicy, PeerVerifier};
 use crate::tls::x509::CertInfo;
 
 /// Identical refusals from one address are logged once per minute.
@@ -222,26 +222,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
         active.bytes.clone(),
     )
     .await;
-    metrics::closed(Direction::Inbound, outcome.close.label());
-    match &outcome.close {
-        Close::Clean | Close::PeerNoCloseNotify | Close::PeerReset | Close::BackendReset => {
-            tracing::debug!(
-                peer = %peer,
-                "closed {peer}: {:?}; {} bytes to {}, {} bytes to peer",
-                outcome.close,
-                outcome.to_backend,
-                s.forward,
-                outcome.to_peer
-            );
-        }
-        other => tracing::info!(
-            peer = %peer,
-            "closed {peer}: {other:?}; {} bytes to {}, {} bytes to peer",
-            outcome.to_backend,
-            s.forward,
-            outcome.to_peer
-        ),
-    }
+    super::report_close(Direction::Inbound, peer, s.forward, &outcome);
 }
 
 /// Sniffs, then runs the rustls handshake. On success the socket and the established connection are
@@ -286,23 +267,6 @@ async fn handshake(
             let (tcp, conn) = tls.into_inner();
             Ok((tcp, conn))
         }
-        Err(e) => Err(refusal_from_io(&e)),
+        Err(e) => Err(super::refusal_from_io(&e)),
     }
-}
-
-fn refusal_from_io(e: &std::io::Error) -> Refusal {
-    if let Some(tls_err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        let (reason, message) = classify(tls_err);
-        return Refusal::new(reason, message);
-    }
-    let message = match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            "peer closed the connection in the middle of the handshake".to_owned()
-        }
-        std::io::ErrorKind::ConnectionReset => {
-            "peer reset the connection in the middle of the handshake".to_owned()
-        }
-        _ => format!("handshake failed: {e}"),
-    };
-    Refusal::new(Reason::Io, message)
 }

@@ -2,6 +2,7 @@
 //! accept error. `inbound` terminates mutual TLS; `sniff` recognises what a peer sent when it was not TLS.
 
 pub mod inbound;
+pub mod outbound;
 pub mod sniff;
 
 use std::collections::HashMap;
@@ -14,7 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Reason;
+use crate::metrics::{self, Direction, Reason};
+use crate::relay::{Close, Outcome};
 
 /// Accepts the next connection once a permit is free. Returns `None` when `shutdown` fires.
 ///
@@ -69,6 +71,47 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// A failed handshake (tokio-rustls wraps rustls's error in an `io::Error`) as a refusal.
+pub fn refusal_from_io(e: &std::io::Error) -> Refusal {
+    if let Some(tls_err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        let (reason, message) = crate::tls::verify::classify(tls_err);
+        return Refusal::new(reason, message);
+    }
+    let message = match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            "peer closed the connection in the middle of the handshake".to_owned()
+        }
+        std::io::ErrorKind::ConnectionReset => {
+            "peer reset the connection in the middle of the handshake".to_owned()
+        }
+        _ => format!("handshake failed: {e}"),
+    };
+    Refusal::new(Reason::Io, message)
+}
+
+/// Counts and logs the end of a relayed connection: routine ends at debug, the rest at info.
+pub fn report_close(dir: Direction, peer: SocketAddr, other: SocketAddr, outcome: &Outcome) {
+    metrics::closed(dir, outcome.close.label());
+    let d = dir.as_str();
+    match &outcome.close {
+        Close::Clean | Close::PeerNoCloseNotify | Close::PeerReset | Close::BackendReset => {
+            tracing::debug!(
+                peer = %peer,
+                "{d} {peer} closed: {:?}; {} bytes to {other}, {} bytes back",
+                outcome.close,
+                outcome.from_peer,
+                outcome.to_peer
+            );
+        }
+        close => tracing::info!(
+            peer = %peer,
+            "{d} {peer} closed: {close:?}; {} bytes to {other}, {} bytes back",
+            outcome.from_peer,
+            outcome.to_peer
+        ),
+    }
 }
 
 /// A refused connection: why, in a word for metrics and a sentence for the log.

@@ -71,9 +71,9 @@ impl Close {
 /// What a relay did.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// Plaintext bytes written to the backend (decrypted from the peer).
-    pub to_backend: u64,
-    /// Plaintext bytes read from the backend and sent encrypted to the peer.
+    /// Plaintext bytes received from the TLS peer and written to the plaintext side.
+    pub from_peer: u64,
+    /// Plaintext bytes read from the plaintext side and sent encrypted to the TLS peer.
     pub to_peer: u64,
     pub close: Close,
 }

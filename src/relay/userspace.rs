@@ -59,7 +59,7 @@ pub(super) struct Relay {
     up: Phase,
     down: Phase,
     close: Option<Close>,
-    to_backend: u64,
+    from_peer: u64,
     to_peer: u64,
     counters: ByteCounters,
     limits: RelayLimits,
@@ -93,7 +93,7 @@ impl Relay {
             up: Phase::Open,
             down: Phase::Open,
             close: None,
-            to_backend: 0,
+            from_peer: 0,
             to_peer: 0,
             counters,
             limits,
@@ -181,8 +181,8 @@ impl Relay {
             match step {
                 Up::NeedMore => {}
                 Up::Moved(n) => {
-                    self.to_backend += n as u64;
-                    self.counters.to_backend.increment(n as u64);
+                    self.from_peer += n as u64;
+                    self.counters.from_peer.increment(n as u64);
                     progress = true;
                     continue;
                 }
@@ -340,7 +340,7 @@ impl Relay {
 
     fn outcome(&mut self) -> Outcome {
         Outcome {
-            to_backend: self.to_backend,
+            from_peer: self.from_peer,
             to_peer: self.to_peer,
             close: self.close.take().unwrap_or(Close::Clean),
         }

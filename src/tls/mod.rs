@@ -8,13 +8,14 @@ pub mod x509;
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::ServerConfig;
+use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::config::TlsSettings;
-use verify::{PeerPolicy, PeerVerifier};
+use verify::{PeerPolicy, PeerVerifier, ServerVerifier};
 
 /// The one crypto provider: rustls with aws-lc-rs. Held in a static so that library users (tests calling
 /// `run()`) get the same provider as the binary without installing a process default.
@@ -73,5 +74,31 @@ pub fn server_config(
     config.send_tls13_tickets = 0;
     // The operator's cipher_suites order is a preference order, as in Cassandra.
     config.ignore_client_order = true;
+    Arc::new(config)
+}
+
+/// The client config of an outbound listener: our identity as client certificate, the peer verified by
+/// [`ServerVerifier`]. No resumption, for the reasons given at [`server_config`].
+pub fn client_config(
+    settings: &TlsSettings,
+    provider: Arc<CryptoProvider>,
+    policy: Arc<PeerPolicy>,
+    endpoint_verification: bool,
+) -> Arc<ClientConfig> {
+    let verifier = ServerVerifier::new(
+        settings.material.roots.clone(),
+        provider.clone(),
+        policy,
+        endpoint_verification,
+    );
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&settings.versions)
+        .expect("suites and versions were checked against each other when the config was parsed")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
+            settings.material.certified.clone(),
+        )));
+    config.resumption = Resumption::disabled();
     Arc::new(config)
 }

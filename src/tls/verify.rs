@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError,
@@ -139,40 +139,46 @@ impl PeerVerifier {
             peer_ip: Some(canonical_ip(peer)),
         }
     }
+}
 
-    fn check_policy(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error> {
-        let refuse = |r: PolicyRefusal| {
-            Err(Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(r)),
-            )))
-        };
-        if let Some(peer) = self.peer_ip {
-            let ee = webpki::EndEntityCert::try_from(end_entity)
-                .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-            let name = ServerName::IpAddress(peer.into());
-            if ee.verify_is_valid_for_subject_name(&name).is_err() {
-                let info = CertInfo::parse(end_entity);
-                return refuse(PolicyRefusal::EndpointMismatch {
-                    peer,
-                    subject: info
-                        .as_ref()
-                        .map_or_else(String::new, |i| i.subject.clone()),
-                    sans: info.map_or_else(|| "none".into(), |i| i.ip_sans()),
-                });
-            }
+/// The checks on top of the chain, shared by both directions: with `peer` set, `peer` must be an IP SAN
+/// of the certificate (endpoint verification); a non-empty allow-list must match.
+fn check_identity(
+    end_entity: &CertificateDer<'_>,
+    peer: Option<IpAddr>,
+    allow: &AllowList,
+) -> Result<(), Error> {
+    let refuse = |r: PolicyRefusal| {
+        Err(Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(r)),
+        )))
+    };
+    if let Some(peer) = peer {
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let name = ServerName::IpAddress(peer.into());
+        if ee.verify_is_valid_for_subject_name(&name).is_err() {
+            let info = CertInfo::parse(end_entity);
+            return refuse(PolicyRefusal::EndpointMismatch {
+                peer,
+                subject: info
+                    .as_ref()
+                    .map_or_else(String::new, |i| i.subject.clone()),
+                sans: info.map_or_else(|| "none".into(), |i| i.ip_sans()),
+            });
         }
-        if !self.policy.allow.is_empty() {
-            let info = CertInfo::parse(end_entity)
-                .ok_or(Error::InvalidCertificate(CertificateError::BadEncoding))?;
-            if !self.policy.allow.allows(&info) {
-                return refuse(PolicyRefusal::IdentityNotAllowed {
-                    subject: info.subject,
-                    allowed: self.policy.allow.to_string(),
-                });
-            }
-        }
-        Ok(())
     }
+    if !allow.is_empty() {
+        let info = CertInfo::parse(end_entity)
+            .ok_or(Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if !allow.allows(&info) {
+            return refuse(PolicyRefusal::IdentityNotAllowed {
+                subject: info.subject,
+                allowed: allow.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl ClientCertVerifier for PeerVerifier {
@@ -197,7 +203,7 @@ impl ClientCertVerifier for PeerVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.check_policy(end_entity)?;
+        check_identity(end_entity, self.peer_ip, &self.policy.allow)?;
         Ok(verified)
     }
 
@@ -221,6 +227,97 @@ impl ClientCertVerifier for PeerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// The server certificate verifier of outbound connections. Like Cassandra, it does not match DNS names:
+/// the chain must lead to a CA in `tls.ca` (webpki, serverAuth usage); with endpoint verification the
+/// dialed IP must be an IP SAN; the allow-list applies as inbound. rustls's stock verifier always
+/// matches the server name, hence this one.
+#[derive(Debug)]
+pub struct ServerVerifier {
+    roots: Arc<rustls::RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    policy: Arc<PeerPolicy>,
+    endpoint_verification: bool,
+}
+
+impl ServerVerifier {
+    pub fn new(
+        roots: Arc<rustls::RootCertStore>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        policy: Arc<PeerPolicy>,
+        endpoint_verification: bool,
+    ) -> Self {
+        Self {
+            roots,
+            provider,
+            policy,
+            endpoint_verification,
+        }
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        // Outbound connections are always made to an IP address, which is the "server name" here.
+        let dialed = match server_name {
+            ServerName::IpAddress(ip) if self.endpoint_verification => {
+                Some(canonical_ip(IpAddr::from(*ip)))
+            }
+            _ => None,
+        };
+        check_identity(end_entity, dialed, &self.policy.allow)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -270,8 +367,8 @@ pub fn classify(err: &Error) -> (Reason, String) {
             ),
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => (
                 Reason::InvalidPurpose,
-                "certificate's extended key usage does not include clientAuth; internode certificates \
-                 need both serverAuth and clientAuth"
+                "certificate's extended key usage does not allow this role (clientAuth for a connecting \
+                 node, serverAuth for an accepting one); internode certificates need both"
                     .into(),
             ),
             C::Revoked => (Reason::Revoked, "certificate has been revoked".into()),

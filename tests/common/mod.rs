@@ -34,7 +34,12 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
-        let ca = Ca::new("TestCluster").unwrap();
+        Self::new_named("TestCluster")
+    }
+
+    /// A CA whose cluster name (OU) is `cluster`, and node1 at 127.0.0.1.
+    pub fn new_named(cluster: &str) -> Self {
+        let ca = Ca::new(cluster).unwrap();
         let node = ca.issue(&NodeSpec::new("node1", &[LOCALHOST])).unwrap();
         Self { ca, node }
     }
@@ -65,13 +70,18 @@ impl Pki {
 
 /// A runtime config for one inbound listener on 127.0.0.1:0 in front of `forward`.
 pub fn config(pki: &Pki, forward: SocketAddr) -> Config {
+    config_with(pki, &pki.node, forward)
+}
+
+/// As [`config`], presenting `id` (issued by `pki.ca`) instead of `pki.node`.
+pub fn config_with(pki: &Pki, id: &Identity, forward: SocketAddr) -> Config {
     Config {
         tls: TlsSettings {
             files: None,
             material: Arc::new(
                 TlsMaterial::from_der(
-                    vec![pki.node.cert_der.clone()],
-                    pki.node.key(),
+                    vec![id.cert_der.clone()],
+                    id.key(),
                     vec![pki.ca.cert_der.clone()],
                     None,
                 )
@@ -87,6 +97,7 @@ pub fn config(pki: &Pki, forward: SocketAddr) -> Config {
             require_endpoint_verification: false,
             allow: AllowList::default(),
         }],
+        outbound: Vec::new(),
         limits: Limits::default(),
     }
 }

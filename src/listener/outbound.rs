@@ -1,0 +1,187 @@
+//! Outbound: accept the local node's plaintext connection, dial the peer's sidecar, complete mutual TLS
+//! (our identity as client certificate, the peer verified by `ServerVerifier`), then relay.
+//!
+//! Per connection: permit -> connect `upstream` under `connect_timeout` -> handshake under
+//! `handshake_timeout` -> relay. The local node's bytes wait in the kernel until the peer is verified;
+//! if it cannot be, the local connection is closed and the node retries as it would for a dead peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
+use crate::config::{Limits, Outbound, TlsSettings};
+use crate::metrics::{self, ActiveConnection, Direction, Reason};
+use crate::relay::{self, RelayLimits};
+use crate::tls::suites::{iana_name, protocol_name};
+use crate::tls::verify::PeerPolicy;
+
+/// A bound outbound listener.
+pub struct OutboundListener {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    config: Arc<ClientConfig>,
+    limits: Limits,
+    refusals: RateLimit<RefusalKey>,
+    accept_log: RateLimit<&'static str>,
+}
+
+impl OutboundListener {
+    pub async fn bind(cfg: &Outbound, tls: &TlsSettings, limits: &Limits) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let listen = listener.local_addr()?;
+        let policy = Arc::new(PeerPolicy {
+            allow: cfg.allow.clone(),
+        });
+        let config = crate::tls::client_config(
+            tls,
+            crate::tls::provider_for(tls),
+            policy,
+            cfg.require_endpoint_verification,
+        );
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                listen,
+                upstream: cfg.upstream,
+                config,
+                limits: limits.clone(),
+                refusals: RateLimit::new(Duration::from_secs(60)),
+                accept_log: RateLimit::new(Duration::from_secs(10)),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.listen
+    }
+
+    pub fn log_start(&self, cfg: &Outbound, tls: &TlsSettings) {
+        let protocols: Vec<_> = tls
+            .versions
+            .iter()
+            .map(|v| protocol_name(v.version))
+            .collect();
+        tracing::info!(
+            "starting outbound listener on {} (plaintext from the local node) connecting with mutual TLS \
+             to {} (protocols {}; endpoint verification {}; allow {})",
+            self.shared.listen,
+            self.shared.upstream,
+            protocols.join(","),
+            if cfg.require_endpoint_verification {
+                "on"
+            } else {
+                "off"
+            },
+            cfg.allow,
+        );
+    }
+
+    pub async fn serve(
+        self,
+        permits: Arc<Semaphore>,
+        shutdown: CancellationToken,
+        cut: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        while let Some((stream, local, permit)) =
+            super::accept(&self.listener, &permits, &shutdown, &self.shared.accept_log).await
+        {
+            let shared = self.shared.clone();
+            let cut = cut.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = cut.cancelled() => {}
+                    _ = handle(stream, local, &shared) => {}
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
+    let started = Instant::now();
+    let _ = local.set_nodelay(true);
+    let peer = s.upstream;
+    let dial = async {
+        let tcp =
+            match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(peer)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    return Err(Refusal::new(Reason::Io, format!("cannot connect: {e}")));
+                }
+                Err(_) => {
+                    return Err(Refusal::new(
+                        Reason::Timeout,
+                        format!(
+                            "no answer within limits.connect_timeout ({})",
+                            humantime::format_duration(s.limits.connect_timeout)
+                        ),
+                    ));
+                }
+            };
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::IpAddress(peer.ip().into());
+        let handshake = tokio_rustls::TlsConnector::from(s.config.clone()).connect(name, tcp);
+        match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => Ok(tls.into_inner()),
+            Ok(Err(e)) => Err(super::refusal_from_io(&e)),
+            Err(_) => Err(Refusal::new(
+                Reason::Timeout,
+                format!(
+                    "handshake not completed within limits.handshake_timeout ({})",
+                    humantime::format_duration(s.limits.handshake_timeout)
+                ),
+            )),
+        }
+    };
+    let (tls, conn) = match dial.await {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            metrics::handshake_refused(Direction::Outbound, refusal.reason, started.elapsed());
+            if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
+                tracing::warn!(
+                    peer = %peer,
+                    listen = %s.listen,
+                    reason = refusal.reason.as_str(),
+                    "outbound to {peer} failed: {}; closing the local connection from {from}{}",
+                    refusal.message,
+                    suppressed_note(n)
+                );
+            }
+            return;
+        }
+    };
+    let protocol = conn.protocol_version().map_or("unknown", protocol_name);
+    let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
+    metrics::handshake_ok(Direction::Outbound, protocol, suite, started.elapsed());
+    tracing::debug!(peer = %peer, "outbound {from} -> {peer} established ({protocol}, {suite})");
+
+    let active = ActiveConnection::start(Direction::Outbound, true);
+    let limits = RelayLimits {
+        idle: s.limits.idle_timeout,
+        linger: s.limits.close_linger,
+    };
+    let outcome = relay::relay(
+        tls,
+        rustls::Connection::Client(conn),
+        local,
+        limits,
+        active.bytes.clone(),
+    )
+    .await;
+    super::report_close(Direction::Outbound, peer, from, &outcome);
+}
