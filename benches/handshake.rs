@@ -34,21 +34,16 @@ fn bench(c: &mut Criterion) {
     let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let ca = Ca::new("BenchCluster").unwrap();
     let node = ca.issue(&NodeSpec::new("node1", &[ip])).unwrap();
-    let settings = TlsSettings {
-        files: None,
-        material: Arc::new(
-            TlsMaterial::from_der(
-                vec![node.cert_der.clone()],
-                node.key(),
-                vec![ca.cert_der.clone()],
-                None,
-            )
-            .unwrap(),
-        ),
-        versions: vec![&rustls::version::TLS13],
-        suites: ringseal::tls::provider().cipher_suites.clone(),
-        require_client_auth: true,
-    };
+    let mut settings = TlsSettings::from_material(
+        TlsMaterial::from_der(
+            vec![node.cert_der.clone()],
+            node.key(),
+            vec![ca.cert_der.clone()],
+            None,
+        )
+        .unwrap(),
+    );
+    settings.versions = vec![&rustls::version::TLS13];
     let mut roots = RootCertStore::empty();
     roots.add(ca.cert_der.clone()).unwrap();
     let client = Arc::new(

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Inbound, Limits, TlsSettings};
+use crate::config::{Config, Inbound, TlsSettings};
 use crate::pki::{Ca, Identity, NodeSpec};
 use crate::tls::material::TlsMaterial;
 use crate::tls::verify::AllowList;
@@ -38,9 +38,7 @@ struct Node {
 
 /// Runs the demo for `duration` or until `stop`.
 pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<()> {
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics = m::install();
     let ca = Ca::new(CLUSTER)?;
     let impostor_ca = Ca::new("ImpostorCluster")?;
     let servers = CancellationToken::new();
@@ -52,34 +50,23 @@ pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<
         let storage = fake_storage(ip, servers.clone()).await.with_context(|| {
             format!("binding a fake storage port on {ip} (is {ip} a loopback address here?)")
         })?;
-        let config = Config {
-            tls: TlsSettings {
-                files: None,
-                material: Arc::new(TlsMaterial::from_der(
-                    vec![identity.cert_der.clone()],
-                    identity.key(),
-                    vec![ca.cert_der.clone()],
-                    None,
-                )?),
-                versions: rustls::ALL_VERSIONS.to_vec(),
-                suites: crate::tls::provider().cipher_suites.clone(),
-                require_client_auth: true,
+        let material = TlsMaterial::from_der(
+            vec![identity.cert_der.clone()],
+            identity.key(),
+            vec![ca.cert_der.clone()],
+            None,
+        )?;
+        let mut config = Config::new(TlsSettings::from_material(material));
+        config.inbound.push(Inbound {
+            listen: SocketAddr::new(ip, 0),
+            forward: storage,
+            require_endpoint_verification: true,
+            allow: AllowList {
+                ou: vec![CLUSTER.into()],
+                ..AllowList::default()
             },
-            inbound: vec![Inbound {
-                listen: SocketAddr::new(ip, 0),
-                forward: storage,
-                require_endpoint_verification: true,
-                allow: AllowList {
-                    ou: vec![CLUSTER.into()],
-                    ..AllowList::default()
-                },
-            }],
-            outbound: Vec::new(),
-            limits: Limits {
-                shutdown_grace: Duration::from_secs(2),
-                ..Limits::default()
-            },
-        };
+        });
+        config.limits.shutdown_grace = Duration::from_secs(2);
         let server = Server::bind(config).await?;
         let sidecar = server.inbound_addrs()[0];
         tokio::spawn(server.serve(servers.clone()));

@@ -16,6 +16,8 @@ pub const BYTES: &str = "ringseal_bytes_total";
 pub const BACKEND_FAILURES: &str = "ringseal_backend_connect_failures_total";
 pub const CLOSES: &str = "ringseal_connections_closed_total";
 pub const BUILD_INFO: &str = "ringseal_build_info";
+pub const CERT_EXPIRY: &str = "ringseal_certificate_expiry_timestamp_seconds";
+pub const RELOADS: &str = "ringseal_config_reloads_total";
 
 /// Why a handshake was refused: the `reason` label, a small fixed set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,4 +171,49 @@ impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);
     }
+}
+
+/// The process-wide Prometheus recorder, installed on first use. One per process: the exposition of
+/// every listener and of the demo comes from it.
+pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
+    use std::sync::OnceLock;
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                // Handshakes take from ~0.3 ms (loopback, ECDSA) to seconds (timeouts).
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(HANDSHAKE_DURATION.into()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
+                )
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder was installed first (a library user's); then that one
+            // receives our metrics and this handle renders nothing, which is their choice.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Publishes the notAfter of our identity and of every trusted CA.
+pub fn certificate_expiry(material: &crate::tls::material::TlsMaterial) {
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    gauge!(CERT_EXPIRY, "role" => "identity", "subject" => material.identity.subject.clone())
+        .set(unix(material.identity.not_after));
+    for ca in &material.cas {
+        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => ca.subject.clone()).set(unix(ca.not_after));
+    }
+}
+
+/// One reload attempt.
+pub fn reload(ok: bool) {
+    counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Limits;
+use super::{CrlExpired, Limits};
 use crate::tls::verify::AllowList;
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +20,15 @@ pub struct FileConfig {
     pub outbound: Vec<FileOutbound>,
     #[serde(default)]
     pub limits: FileLimits,
+    #[serde(default)]
+    pub metrics: Option<FileMetrics>,
+}
+
+/// `[metrics]`: the Prometheus endpoint (off when the table is absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetrics {
+    pub listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +43,12 @@ pub struct FileTls {
     pub cipher_suites: Vec<String>,
     #[serde(default = "yes")]
     pub require_client_auth: bool,
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    #[serde(default)]
+    pub crl_expired: CrlExpired,
+    #[serde(default = "d60s", deserialize_with = "duration")]
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +158,10 @@ impl Default for FileLimits {
 
 fn yes() -> bool {
     true
+}
+
+fn d60s() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// A human duration ("10s", "500ms", "1m 30s"). Written here rather than with humantime-serde, whose

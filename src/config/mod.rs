@@ -64,6 +64,25 @@ pub struct Config {
     pub inbound: Vec<Inbound>,
     pub outbound: Vec<Outbound>,
     pub limits: Limits,
+    /// `[metrics]`: where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not served.
+    pub metrics: Option<MetricsSettings>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    pub listen: SocketAddr,
+}
+
+/// `tls.crl_expired`: what a CRL past its nextUpdate means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpired {
+    /// Refuse certificates checked against it (the CRL can no longer be trusted to be complete).
+    #[default]
+    Deny,
+    /// Keep using it and log a warning at every load.
+    Warn,
 }
 
 /// `[tls]`: our identity, whom we trust, and how we negotiate.
@@ -75,6 +94,9 @@ pub struct TlsSettings {
     pub versions: Vec<&'static SupportedProtocolVersion>,
     pub suites: Vec<SupportedCipherSuite>,
     pub require_client_auth: bool,
+    pub crl_expired: CrlExpired,
+    /// How often the referenced files are checked for changes (SIGHUP reloads at once).
+    pub reload_interval: Duration,
 }
 
 /// One `[[inbound]]` listener: mutual TLS in, plaintext out to the local storage port.
@@ -124,7 +146,34 @@ impl Default for Limits {
     }
 }
 
+impl TlsSettings {
+    /// Settings for in-memory material (the demo, tests, benchmarks): both protocol versions, the
+    /// provider's suites, client certificates required, no CRLs.
+    pub fn from_material(material: TlsMaterial) -> Self {
+        Self {
+            files: None,
+            material: Arc::new(material),
+            versions: rustls::ALL_VERSIONS.to_vec(),
+            suites: crate::tls::provider().cipher_suites.clone(),
+            require_client_auth: true,
+            crl_expired: CrlExpired::Deny,
+            reload_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 impl Config {
+    /// A config with no listeners yet and default limits, around `tls`.
+    pub fn new(tls: TlsSettings) -> Self {
+        Self {
+            tls,
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            limits: Limits::default(),
+            metrics: None,
+        }
+    }
+
     /// Reads, parses and validates a config file, loading every certificate and key it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -180,7 +229,14 @@ impl FileConfig {
             cert: base.join(&self.tls.cert),
             key: base.join(&self.tls.key),
             ca: base.join(&self.tls.ca),
+            crls: self.tls.crl.iter().map(|c| base.join(c)).collect(),
         };
+        if self.tls.reload_interval.is_zero() {
+            return Err(invalid(
+                "tls.reload_interval",
+                "must be longer than 0s (60s is a good default; SIGHUP reloads at once)".into(),
+            ));
+        }
         let material = TlsMaterial::load(&files).map_err(|source| ConfigError::Material {
             path: path.to_owned(),
             source,
@@ -318,6 +374,25 @@ impl FileConfig {
             }
         }
 
+        let metrics = self
+            .metrics
+            .map(|m| {
+                parse_addr(path, "metrics.listen", &m.listen, "127.0.0.1:9464")
+                    .map(|listen| MetricsSettings { listen })
+            })
+            .transpose()?;
+        if let Some(m) = &metrics
+            && let Some((name, _)) = listens.iter().find(|(_, b)| overlaps(m.listen, *b))
+        {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{} overlaps {name}.listen; give the metrics endpoint its own port",
+                    m.listen
+                ),
+            ));
+        }
+
         let l = self.limits;
         if l.max_connections == 0 {
             return Err(invalid(
@@ -350,10 +425,13 @@ impl FileConfig {
                 versions,
                 suites,
                 require_client_auth: self.tls.require_client_auth,
+                crl_expired: self.tls.crl_expired,
+                reload_interval: self.tls.reload_interval,
             },
             inbound,
             outbound,
             limits,
+            metrics,
         })
     }
 }

@@ -22,6 +22,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// `tls.crl`: certificate revocation lists, PEM or DER.
+    pub crls: Vec<PathBuf>,
 }
 
 /// Why our own key material is unusable. Every message names the config key and file and says how to fix it.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringseal::config::{Config, Inbound, Limits, TlsSettings};
+use ringseal::config::{Config, Inbound, TlsSettings};
 use ringseal::pki::{Ca, Identity, NodeSpec};
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::AllowList;
@@ -75,31 +75,21 @@ pub fn config(pki: &Pki, forward: SocketAddr) -> Config {
 
 /// As [`config`], presenting `id` (issued by `pki.ca`) instead of `pki.node`.
 pub fn config_with(pki: &Pki, id: &Identity, forward: SocketAddr) -> Config {
-    Config {
-        tls: TlsSettings {
-            files: None,
-            material: Arc::new(
-                TlsMaterial::from_der(
-                    vec![id.cert_der.clone()],
-                    id.key(),
-                    vec![pki.ca.cert_der.clone()],
-                    None,
-                )
-                .unwrap(),
-            ),
-            versions: rustls::ALL_VERSIONS.to_vec(),
-            suites: ringseal::tls::provider().cipher_suites.clone(),
-            require_client_auth: true,
-        },
-        inbound: vec![Inbound {
-            listen: SocketAddr::new(LOCALHOST, 0),
-            forward,
-            require_endpoint_verification: false,
-            allow: AllowList::default(),
-        }],
-        outbound: Vec::new(),
-        limits: Limits::default(),
-    }
+    let material = TlsMaterial::from_der(
+        vec![id.cert_der.clone()],
+        id.key(),
+        vec![pki.ca.cert_der.clone()],
+        None,
+    )
+    .unwrap();
+    let mut config = Config::new(TlsSettings::from_material(material));
+    config.inbound.push(Inbound {
+        listen: SocketAddr::new(LOCALHOST, 0),
+        forward,
+        require_endpoint_verification: false,
+        allow: AllowList::default(),
+    });
+    config
 }
 
 /// An in-process sidecar.
