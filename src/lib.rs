@@ -9,7 +9,8 @@
 //!   storage port ([`listener::inbound`]); or accept the local node's plaintext and dial a peer's
 //!   sidecar with mutual TLS ([`listener::outbound`]).
 //! * [`relay`]: the only code that moves bytes; half-close, resets and deadlines.
-//! * [`metrics`]: every metric name and label value.
+//! * [`metrics`]: every metric name and label value; [`admin`] serves them (`/metrics`, `/healthz`,
+//!   `/readyz`) when `[metrics]` is configured.
 //! * [`pki`]: throwaway certificates (rcgen) for the demo and tests.
 //! * [`demo`]: `ringseal demo`, the whole thing on loopback with a live summary.
 //!
@@ -18,6 +19,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -25,6 +27,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pki;
 pub mod relay;
+pub mod reload;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -75,6 +78,7 @@ pub struct Server {
     config: Config,
     inbound: Vec<InboundListener>,
     outbound: Vec<OutboundListener>,
+    reload: Arc<tokio::sync::Notify>,
 }
 
 /// What shutdown did.
@@ -102,7 +106,14 @@ impl Server {
             config,
             inbound,
             outbound,
+            reload: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Notify it to reload the config file now (what SIGHUP does); without a config file (in-memory
+    /// config) it does nothing.
+    pub fn reload_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.reload.clone()
     }
 
     /// The bound inbound addresses, in config order (useful with port 0).
@@ -124,11 +135,16 @@ impl Server {
     /// Serves until `shutdown` fires, then stops accepting, lets open connections finish for
     /// `limits.shutdown_grace`, and cuts the rest.
     pub async fn serve(self, shutdown: CancellationToken) -> Drained {
+        // The admin endpoint first: it installs the recorder that everything below records into.
+        let health = Arc::new(admin::Health::new(&self.config.tls.material.identity));
+        admin::start(&self.config, health.clone(), shutdown.clone()).await;
         metrics::describe();
         let permits = Arc::new(Semaphore::new(self.config.limits.max_connections));
         let cut = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
+        let inbound_handles = self.inbound.iter().map(InboundListener::handle).collect();
+        let outbound_handles = self.outbound.iter().map(OutboundListener::handle).collect();
         for (l, cfg) in self.inbound.into_iter().zip(&self.config.inbound) {
             l.log_start(cfg);
             accept_loops.push(tokio::spawn(l.serve(
@@ -147,9 +163,21 @@ impl Server {
                 tracker.clone(),
             )));
         }
+        if let Some(path) = self.config.source.clone() {
+            let reloader = reload::Reloader::new(
+                path,
+                self.config.clone(),
+                inbound_handles,
+                outbound_handles,
+                health.clone(),
+            );
+            tokio::spawn(reload::run(reloader, self.reload.clone(), shutdown.clone()));
+        }
+        health.set_listeners_bound(true);
         for l in accept_loops {
             let _ = l.await;
         }
+        health.set_listeners_bound(false);
         // The listening sockets are closed now: new peers get a refusal and reconnect elsewhere later.
         tracker.close();
         let grace = self.config.limits.shutdown_grace;

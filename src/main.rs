@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use ringseal::cli::{Cli, Command};
 use ringseal::config::Config;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// EX_USAGE from sysexits.h: the configuration (or command line) is wrong.
@@ -44,11 +47,13 @@ fn main() -> ExitCode {
             };
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(on_signals(shutdown.clone()));
-                match ringseal::run(config, shutdown).await {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(e) => config_error(&e),
-                }
+                let server = match ringseal::Server::bind(config).await {
+                    Ok(s) => s,
+                    Err(e) => return config_error(&e),
+                };
+                tokio::spawn(on_signals(shutdown.clone(), Some(server.reload_handle())));
+                server.serve(shutdown).await;
+                ExitCode::SUCCESS
             })
         }
         Command::Check { config } => match Config::load(&config) {
@@ -60,7 +65,7 @@ fn main() -> ExitCode {
         },
         Command::Demo { duration } => runtime.block_on(async {
             let stop = CancellationToken::new();
-            tokio::spawn(on_signals(stop.clone()));
+            tokio::spawn(on_signals(stop.clone(), None));
             match ringseal::demo::run(duration, stop).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -77,8 +82,8 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// SIGTERM or SIGINT: graceful shutdown. A second one exits at once.
-async fn on_signals(shutdown: CancellationToken) {
+/// SIGTERM or SIGINT: graceful shutdown; a second one exits at once. SIGHUP: reload now.
+async fn on_signals(shutdown: CancellationToken, reload: Option<Arc<Notify>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -95,7 +100,10 @@ async fn on_signals(shutdown: CancellationToken) {
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
                 // Without a handler SIGHUP would kill the process; `systemctl reload` must not.
-                tracing::warn!("SIGHUP: reloading certificates is not supported yet; restart ringseal to load new files");
+                match &reload {
+                    Some(r) => r.notify_one(),
+                    None => tracing::info!("SIGHUP: nothing to reload"),
+                }
                 continue;
             }
         };

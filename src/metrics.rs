@@ -19,6 +19,20 @@ pub const BUILD_INFO: &str = "ringseal_build_info";
 pub const CERT_EXPIRY: &str = "ringseal_certificate_expiry_timestamp_seconds";
 pub const RELOADS: &str = "ringseal_config_reloads_total";
 
+/// Every metric name above: what `/metrics` may contain, and what dashboards and alerts may reference.
+pub const ALL: &[&str] = &[
+    HANDSHAKES,
+    HANDSHAKE_DURATION,
+    CONNECTIONS_ACTIVE,
+    CONNECTIONS,
+    BYTES,
+    BACKEND_FAILURES,
+    CLOSES,
+    BUILD_INFO,
+    CERT_EXPIRY,
+    RELOADS,
+];
+
 /// Why a handshake was refused: the `reason` label, a small fixed set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -111,7 +125,37 @@ pub fn describe() {
         BUILD_INFO,
         "Always 1; the version label is the ringseal version"
     );
+    describe_gauge!(
+        CERT_EXPIRY,
+        "notAfter of a certificate in use, as a Unix timestamp; role=identity (ours) or ca (trusted)"
+    );
+    describe_counter!(
+        RELOADS,
+        "Certificate and configuration reload attempts by result (ok|error)"
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Starts the series that exist from the first moment at zero, for every direction in use, so that
+/// `increase()` and `rate()` see their first event (a series that appears at 1 shows no increase).
+/// Only bounded label sets: handshake counters get their protocol, suite and reason labels when they
+/// happen.
+pub fn register_zeroes(directions: &[Direction]) {
+    for dir in directions {
+        let d = dir.as_str();
+        counter!(CONNECTIONS, "direction" => d, "tls" => "true").increment(0);
+        gauge!(CONNECTIONS_ACTIVE, "direction" => d, "tls" => "true").increment(0.0);
+        counter!(BYTES, "direction" => d, "flow" => "from_peer").increment(0);
+        counter!(BYTES, "direction" => d, "flow" => "to_peer").increment(0);
+        counter!(BACKEND_FAILURES, "direction" => d).increment(0);
+        for result in ["ok", "refused"] {
+            // Registering is enough: the histogram renders with empty buckets.
+            let _ = histogram!(HANDSHAKE_DURATION, "direction" => d, "result" => result);
+        }
+    }
+    for result in ["ok", "error"] {
+        counter!(RELOADS, "result" => result).increment(0);
+    }
 }
 
 /// A successful handshake.
@@ -185,8 +229,8 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(HANDSHAKE_DURATION.into()),
                     &[
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                        10.0,
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
                     ],
                 )
                 .expect("bucket list is not empty")
@@ -209,7 +253,8 @@ pub fn certificate_expiry(material: &crate::tls::material::TlsMaterial) {
     gauge!(CERT_EXPIRY, "role" => "identity", "subject" => material.identity.subject.clone())
         .set(unix(material.identity.not_after));
     for ca in &material.cas {
-        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => ca.subject.clone()).set(unix(ca.not_after));
+        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => ca.subject.clone())
+            .set(unix(ca.not_after));
     }
 }
 

@@ -137,3 +137,40 @@ impl Ca {
         })
     }
 }
+
+impl Ca {
+    /// A CRL (PEM) signed by this CA, revoking `revoked`, valid from an hour ago until `next_update`.
+    pub fn crl(
+        &self,
+        revoked: &[&Identity],
+        next_update: OffsetDateTime,
+    ) -> Result<String, rcgen::Error> {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber,
+        };
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .filter_map(|id| {
+                let (_, cert) = X509Certificate::from_der(id.cert_der.as_ref()).ok()?;
+                Some(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: now - Duration::from_secs(60),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: (now - Duration::from_secs(3600))
+                .min(next_update - Duration::from_secs(60)),
+            next_update,
+            crl_number: SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+}

@@ -3,142 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::process::Proc;
 use common::*;
-
-/// A running `ringseal run` whose stderr is collected line by line.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Proc {
-    /// Writes the PKI and a config (with `extra` appended to `[[inbound]]` ... `[limits]`) and starts.
-    fn start(pki: &Pki, forward: SocketAddr, limits: &str, prefix: &[&str]) -> (Self, SocketAddr) {
-        let dir = tempfile::tempdir().unwrap();
-        pki.write(dir.path());
-        let config = dir.path().join("ringseal.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n\
-                 [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n\n[limits]\n{limits}\n"
-            ),
-        )
-        .unwrap();
-        let mut proc = Self::spawn(prefix, &config, dir);
-        let line = proc.wait_for("starting inbound mTLS listener");
-        let addr = line
-            .split("listener on ")
-            .nth(1)
-            .and_then(|s| s.split(' ').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        (proc, addr)
-    }
-
-    fn spawn(prefix: &[&str], config: &Path, dir: tempfile::TempDir) -> Self {
-        let bin = env!("CARGO_BIN_EXE_ringseal");
-        let mut cmd = match prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let mut child = cmd
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("RINGSEAL_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            _dir: dir,
-        }
-    }
-
-    /// The next line containing `needle` (bounded wait).
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no line containing {needle:?}; stderr so far:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    /// Every line received so far (and during the next `settle`).
-    fn drain(&mut self, settle: Duration) -> &[String] {
-        while let Ok(line) = self.lines.recv_timeout(settle) {
-            self.seen.push(line);
-        }
-        &self.seen
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "ringseal did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn count(lines: &[String], needle: &str) -> usize {
     lines.iter().filter(|l| l.contains(needle)).count()
@@ -255,7 +124,7 @@ async fn sighup_survives_and_sigint_exits_at_once() {
     let (mut proc, addr) = Proc::start(&pki, backend.addr, "", &[]);
     // SIGHUP must not kill it (its default action would).
     proc.signal("HUP");
-    proc.wait_for("SIGHUP: reloading certificates is not supported yet");
+    proc.wait_for("SIGHUP: reloading");
     roundtrip(&client(pki.roots(), Some(&pki.node)), LOCALHOST, addr)
         .await
         .unwrap();

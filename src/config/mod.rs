@@ -66,6 +66,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[metrics]`: where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not served.
     pub metrics: Option<MetricsSettings>,
+    /// The file this config was read from: what a reload reads again. `None` for in-memory configs.
+    pub source: Option<PathBuf>,
 }
 
 /// `[metrics]`.
@@ -171,6 +173,7 @@ impl Config {
             outbound: Vec::new(),
             limits: Limits::default(),
             metrics: None,
+            source: None,
         }
     }
 
@@ -180,7 +183,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        let mut config = Self::from_toml(&text, path)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses config text; relative file names in it are resolved against `path`'s directory.
@@ -432,6 +437,7 @@ impl FileConfig {
             outbound,
             limits,
             metrics,
+            source: None,
         })
     }
 }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpListener, TcpStream};
@@ -37,17 +38,56 @@ pub struct InboundListener {
 struct Shared {
     listen: SocketAddr,
     forward: SocketAddr,
-    /// The config every connection uses, unless endpoint verification needs a verifier bound to the
-    /// peer's address.
-    config: Arc<ServerConfig>,
-    verifier: Arc<PeerVerifier>,
-    provider: Arc<CryptoProvider>,
-    endpoint_verification: bool,
-    tls: TlsSettings,
+    /// Swapped whole by a reload; each handshake takes the current one.
+    tls: ArcSwap<InboundTls>,
     limits: Limits,
     refusals: RateLimit<RefusalKey>,
     backend_log: RateLimit<()>,
     accept_log: RateLimit<&'static str>,
+}
+
+/// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
+struct InboundTls {
+    settings: TlsSettings,
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<PeerVerifier>,
+    /// The config every connection uses, unless endpoint verification needs a verifier bound to the
+    /// peer's address.
+    config: Arc<ServerConfig>,
+    endpoint_verification: bool,
+}
+
+impl InboundTls {
+    fn build(cfg: &Inbound, tls: &TlsSettings) -> Self {
+        let policy = Arc::new(PeerPolicy {
+            allow: cfg.allow.clone(),
+        });
+        let provider = crate::tls::provider_for(tls);
+        let verifier = Arc::new(crate::tls::client_verifier(tls, provider.clone(), policy));
+        let config = crate::tls::server_config(tls, provider.clone(), verifier.clone());
+        Self {
+            settings: tls.clone(),
+            provider,
+            verifier,
+            config,
+            endpoint_verification: cfg.require_endpoint_verification,
+        }
+    }
+}
+
+/// Lets a reload swap a listener's TLS material and peer policy; connections already established keep
+/// the material they were verified with.
+#[derive(Clone)]
+pub struct InboundHandle(Arc<Shared>);
+
+impl InboundHandle {
+    pub fn apply(&self, cfg: &Inbound, tls: &TlsSettings) {
+        self.0.tls.store(Arc::new(InboundTls::build(cfg, tls)));
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.0.listen
+    }
 }
 
 impl InboundListener {
@@ -55,26 +95,20 @@ impl InboundListener {
     pub async fn bind(cfg: &Inbound, tls: &TlsSettings, limits: &Limits) -> std::io::Result<Self> {
         let listener = TcpListener::bind(cfg.listen).await?;
         let listen = listener.local_addr()?;
-        let policy = Arc::new(PeerPolicy {
-            allow: cfg.allow.clone(),
-        });
-        let provider = crate::tls::provider_for(tls);
-        let verifier = Arc::new(crate::tls::client_verifier(tls, provider.clone(), policy));
-        let config = crate::tls::server_config(tls, provider.clone(), verifier.clone());
         let shared = Arc::new(Shared {
             listen,
             forward: cfg.forward,
-            config,
-            verifier,
-            provider,
-            endpoint_verification: cfg.require_endpoint_verification,
-            tls: tls.clone(),
+            tls: ArcSwap::from_pointee(InboundTls::build(cfg, tls)),
             limits: limits.clone(),
             refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
             backend_log: RateLimit::new(Duration::from_secs(10)),
             accept_log: RateLimit::new(Duration::from_secs(10)),
         });
         Ok(Self { listener, shared })
+    }
+
+    pub fn handle(&self) -> InboundHandle {
+        InboundHandle(self.shared.clone())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -84,13 +118,14 @@ impl InboundListener {
     /// The start-up line, in the spirit of Cassandra's "Starting Encrypted Messaging Service on TLS port".
     pub fn log_start(&self, cfg: &Inbound) {
         let s = &self.shared;
-        let protocols: Vec<_> = s
-            .tls
+        let tls = s.tls.load();
+        let protocols: Vec<_> = tls
+            .settings
             .versions
             .iter()
             .map(|v| protocol_name(v.version))
             .collect();
-        let suites: Vec<_> = s.tls.suites.iter().map(|c| iana_name(*c)).collect();
+        let suites: Vec<_> = tls.settings.suites.iter().map(|c| iana_name(*c)).collect();
         tracing::info!(
             "starting inbound mTLS listener on {} forwarding to {} (protocols {}; cipher suites {}; \
              client auth {}; endpoint verification {}; allow {})",
@@ -98,7 +133,7 @@ impl InboundListener {
             s.forward,
             protocols.join(","),
             suites.join(","),
-            if s.tls.require_client_auth {
+            if tls.settings.require_client_auth {
                 "required"
             } else {
                 "OPTIONAL"
@@ -254,14 +289,16 @@ async fn handshake(
         other => return Err(Refusal::new(Reason::NotTls, format!("peer sent {other}"))),
     }
 
-    let config = if s.endpoint_verification {
+    let tls = s.tls.load();
+    let config = if tls.endpoint_verification {
         // The verifier must know the peer's address and rustls gives it none, so this connection gets a
         // config whose verifier is bound to it (cheap: the key, roots and provider are shared `Arc`s).
-        let verifier = Arc::new(s.verifier.for_endpoint(peer.ip()));
-        crate::tls::server_config(&s.tls, s.provider.clone(), verifier)
+        let verifier = Arc::new(tls.verifier.for_endpoint(peer.ip()));
+        crate::tls::server_config(&tls.settings, tls.provider.clone(), verifier)
     } else {
-        s.config.clone()
+        tls.config.clone()
     };
+    drop(tls);
     match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
         Ok(tls) => {
             let (tcp, conn) = tls.into_inner();

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +24,32 @@ use crate::relay::{self, RelayLimits};
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::PeerPolicy;
 
+fn client_config(cfg: &Outbound, tls: &TlsSettings) -> Arc<ClientConfig> {
+    let policy = Arc::new(PeerPolicy {
+        allow: cfg.allow.clone(),
+    });
+    crate::tls::client_config(
+        tls,
+        crate::tls::provider_for(tls),
+        policy,
+        cfg.require_endpoint_verification,
+    )
+}
+
+/// Lets a reload swap the TLS material and peer policy of new outbound connections.
+#[derive(Clone)]
+pub struct OutboundHandle(Arc<Shared>);
+
+impl OutboundHandle {
+    pub fn apply(&self, cfg: &Outbound, tls: &TlsSettings) {
+        self.0.config.store(client_config(cfg, tls));
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.0.listen
+    }
+}
+
 /// A bound outbound listener.
 pub struct OutboundListener {
     listener: TcpListener,
@@ -32,7 +59,8 @@ pub struct OutboundListener {
 struct Shared {
     listen: SocketAddr,
     upstream: SocketAddr,
-    config: Arc<ClientConfig>,
+    /// Swapped whole by a reload; each connection takes the current one.
+    config: ArcSwap<ClientConfig>,
     limits: Limits,
     refusals: RateLimit<RefusalKey>,
     accept_log: RateLimit<&'static str>,
@@ -42,26 +70,21 @@ impl OutboundListener {
     pub async fn bind(cfg: &Outbound, tls: &TlsSettings, limits: &Limits) -> std::io::Result<Self> {
         let listener = TcpListener::bind(cfg.listen).await?;
         let listen = listener.local_addr()?;
-        let policy = Arc::new(PeerPolicy {
-            allow: cfg.allow.clone(),
-        });
-        let config = crate::tls::client_config(
-            tls,
-            crate::tls::provider_for(tls),
-            policy,
-            cfg.require_endpoint_verification,
-        );
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
                 listen,
                 upstream: cfg.upstream,
-                config,
+                config: ArcSwap::new(client_config(cfg, tls)),
                 limits: limits.clone(),
                 refusals: RateLimit::new(Duration::from_secs(60)),
                 accept_log: RateLimit::new(Duration::from_secs(10)),
             }),
         })
+    }
+
+    pub fn handle(&self) -> OutboundHandle {
+        OutboundHandle(self.shared.clone())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -135,7 +158,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
             };
         let _ = tcp.set_nodelay(true);
         let name = ServerName::IpAddress(peer.ip().into());
-        let handshake = tokio_rustls::TlsConnector::from(s.config.clone()).connect(name, tcp);
+        let handshake = tokio_rustls::TlsConnector::from(s.config.load_full()).connect(name, tcp);
         match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => Ok(tls.into_inner()),
             Ok(Err(e)) => Err(super::refusal_from_io(&e)),

@@ -12,7 +12,7 @@ use rustls::RootCertStore;
 use rustls::SupportedCipherSuite;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::x509::{CertInfo, fmt_time};
 
@@ -80,15 +80,85 @@ pub struct TlsMaterial {
     pub identity: CertInfo,
     /// Every trusted CA, in bundle order.
     pub cas: Vec<CertInfo>,
+    /// `tls.crl`: revocation lists for peer certificates.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// What the log says about each CRL, in the same order.
+    pub crl_info: Vec<CrlInfo>,
+}
+
+/// A CRL as the log shows it.
+#[derive(Debug, Clone)]
+pub struct CrlInfo {
+    pub issuer: String,
+    pub next_update: Option<SystemTime>,
+    pub revoked: usize,
+}
+
+impl CrlInfo {
+    fn parse(der: &CertificateRevocationListDer<'_>) -> Option<Self> {
+        use x509_parser::prelude::FromDer;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref()).ok()?;
+        Some(Self {
+            issuer: crl.issuer().to_string(),
+            next_update: crl.next_update().map(|t| {
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
+            }),
+            revoked: crl.iter_revoked_certificates().count(),
+        })
+    }
+}
+
+/// The bytes of every file `[tls]` names, read in one go: reload compares their fingerprint to notice a
+/// change, and parses exactly these bytes, so certificate and key always come from the same read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileBytes {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
+    pub crls: Vec<Vec<u8>>,
+}
+
+impl FileBytes {
+    pub fn read(files: &TlsFiles) -> Result<Self, MaterialError> {
+        Ok(Self {
+            cert: read("tls.cert", &files.cert)?,
+            key: read("tls.key", &files.key)?,
+            ca: read("tls.ca", &files.ca)?,
+            crls: files
+                .crls
+                .iter()
+                .map(|p| read("tls.crl", p))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// A fingerprint of the contents (not of names or times: a symlink swap to identical files is no
+    /// change, and a file rewritten in place within the same second is one).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
 }
 
 impl TlsMaterial {
-    /// Reads and checks the three PEM files.
+    /// Reads and checks the files.
     pub fn load(files: &TlsFiles) -> Result<Self, MaterialError> {
-        let chain = read_certs("tls.cert", &files.cert)?;
-        let key = read_key(&files.key)?;
-        let cas = read_certs("tls.ca", &files.ca)?;
-        Self::from_der(chain, key, cas, Some(files))
+        Self::from_files(files, &FileBytes::read(files)?)
+    }
+
+    /// Parses and checks the bytes of the files (read together by [`FileBytes::read`]).
+    pub fn from_files(files: &TlsFiles, bytes: &FileBytes) -> Result<Self, MaterialError> {
+        let chain = certs_from("tls.cert", &files.cert, &bytes.cert)?;
+        let key = key_from(&files.key, &bytes.key)?;
+        let cas = certs_from("tls.ca", &files.ca, &bytes.ca)?;
+        let mut material = Self::from_der(chain, key, cas, Some(files))?;
+        for (path, crl) in files.crls.iter().zip(&bytes.crls) {
+            material.add_crls(path, crl)?;
+        }
+        Ok(material)
     }
 
     /// Builds material from DER (certificates generated in memory, or read from files by [`Self::load`]).
@@ -175,7 +245,49 @@ impl TlsMaterial {
             roots: Arc::new(roots),
             identity,
             cas: infos,
+            crls: Vec::new(),
+            crl_info: Vec::new(),
         })
+    }
+
+    /// Adds the revocation lists in `bytes` (PEM "X509 CRL" blocks, or one DER CRL), read from `path`.
+    pub fn add_crls(&mut self, path: &Path, bytes: &[u8]) -> Result<(), MaterialError> {
+        let content = |message: String| MaterialError::Content {
+            key: "tls.crl",
+            path: path.to_owned(),
+            message,
+        };
+        let mut crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| content(format!("malformed PEM: {e}")))?;
+        if crls.is_empty() {
+            if bytes.first() != Some(&0x30) {
+                return Err(content(
+                    "no \"BEGIN X509 CRL\" block and not a DER CRL either; export the CRL from the CA \
+                     (`openssl ca -gencrl -out crl.pem`)"
+                        .into(),
+                ));
+            }
+            crls.push(CertificateRevocationListDer::from(bytes.to_vec()));
+        }
+        for (i, crl) in crls.into_iter().enumerate() {
+            // webpki decides revocation; it must accept the list now, not at the first handshake.
+            webpki::OwnedCertRevocationList::from_der(crl.as_ref()).map_err(|e| {
+                content(format!("CRL #{} is malformed or unsupported: {e:?}", i + 1))
+            })?;
+            let info = CrlInfo::parse(&crl)
+                .ok_or_else(|| content(format!("CRL #{} cannot be parsed", i + 1)))?;
+            self.crl_info.push(info);
+            self.crls.push(crl);
+        }
+        Ok(())
+    }
+
+    /// CRLs whose nextUpdate has passed: they may be missing recent revocations.
+    pub fn expired_crls(&self, now: SystemTime) -> impl Iterator<Item = &CrlInfo> {
+        self.crl_info
+            .iter()
+            .filter(move |c| c.next_update.is_some_and(|t| t <= now))
     }
 
     /// Refuses a suite list that cannot work with our key type (a TLS 1.2-only ECDSA list with an RSA key).
@@ -208,11 +320,11 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, MaterialError> {
     })
 }
 
-fn read_certs(
+fn certs_from(
     key: &'static str,
     path: &Path,
+    bytes: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
-    let bytes = read(key, path)?;
     let content = |message: String| MaterialError::Content {
         key,
         path: path.to_owned(),
@@ -242,8 +354,7 @@ fn read_certs(
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, MaterialError> {
-    let bytes = read("tls.key", path)?;
+fn key_from(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, MaterialError> {
     let content = |message: String| MaterialError::Content {
         key: "tls.key",
         path: path.to_owned(),

@@ -14,7 +14,7 @@ use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::config::TlsSettings;
+use crate::config::{CrlExpired, TlsSettings};
 use verify::{PeerPolicy, PeerVerifier, ServerVerifier};
 
 /// The one crypto provider: rustls with aws-lc-rs. Held in a static so that library users (tests calling
@@ -42,7 +42,13 @@ pub fn client_verifier(
     policy: Arc<PeerPolicy>,
 ) -> PeerVerifier {
     let mut builder =
-        WebPkiClientVerifier::builder_with_provider(settings.material.roots.clone(), provider);
+        WebPkiClientVerifier::builder_with_provider(settings.material.roots.clone(), provider)
+            .with_crls(settings.material.crls.iter().cloned())
+            // A CA without a CRL in tls.crl is not an error: CRLs are optional per CA.
+            .allow_unknown_revocation_status();
+    if settings.crl_expired == CrlExpired::Deny {
+        builder = builder.enforce_revocation_expiration();
+    }
     if !settings.require_client_auth {
         builder = builder.allow_unauthenticated();
     }
@@ -86,7 +92,8 @@ pub fn client_config(
     endpoint_verification: bool,
 ) -> Arc<ClientConfig> {
     let verifier = ServerVerifier::new(
-        settings.material.roots.clone(),
+        settings.material.clone(),
+        settings.crl_expired,
         provider.clone(),
         policy,
         endpoint_verification,

@@ -18,7 +18,9 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::material::TlsMaterial;
 use super::x509::{CertInfo, fmt_time, unix};
+use crate::config::CrlExpired;
 use crate::metrics::Reason;
 
 /// `allow = { ou, cn, dns, ip, uri }`: a certificate is allowed when any listed value matches.
@@ -236,7 +238,9 @@ impl ClientCertVerifier for PeerVerifier {
 /// matches the server name, hence this one.
 #[derive(Debug)]
 pub struct ServerVerifier {
-    roots: Arc<rustls::RootCertStore>,
+    material: Arc<TlsMaterial>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    crl_expired: CrlExpired,
     provider: Arc<rustls::crypto::CryptoProvider>,
     policy: Arc<PeerPolicy>,
     endpoint_verification: bool,
@@ -244,13 +248,23 @@ pub struct ServerVerifier {
 
 impl ServerVerifier {
     pub fn new(
-        roots: Arc<rustls::RootCertStore>,
+        material: Arc<TlsMaterial>,
+        crl_expired: CrlExpired,
         provider: Arc<rustls::crypto::CryptoProvider>,
         policy: Arc<PeerPolicy>,
         endpoint_verification: bool,
     ) -> Self {
+        // Parsed once here; the material has already checked that webpki accepts every CRL.
+        let crls = material
+            .crls
+            .iter()
+            .filter_map(|c| webpki::OwnedCertRevocationList::from_der(c.as_ref()).ok())
+            .map(webpki::CertRevocationList::from)
+            .collect();
         Self {
-            roots,
+            material,
+            crls,
+            crl_expired,
             provider,
             policy,
             endpoint_verification,
@@ -267,14 +281,29 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
+            .ok()
+            .map(|b| {
+                b.with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                    .with_expiration_policy(match self.crl_expired {
+                        CrlExpired::Deny => webpki::ExpirationPolicy::Enforce,
+                        CrlExpired::Warn => webpki::ExpirationPolicy::Ignore,
+                    })
+                    .build()
+            });
+        ee.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.material.roots.roots,
             intermediates,
             now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+            webpki::KeyUsage::server_auth(),
+            revocation,
+            None,
+        )
+        .map_err(webpki_error)?;
         // Outbound connections are always made to an IP address, which is the "server name" here.
         let dialed = match server_name {
             ServerName::IpAddress(ip) if self.endpoint_verification => {
@@ -319,6 +348,32 @@ impl ServerCertVerifier for ServerVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// webpki's verdict in rustls's terms (rustls's own mapping is private), so `classify` and the alert
+/// sent to the peer are the same for both directions.
+fn webpki_error(e: webpki::Error) -> Error {
+    use webpki::Error as W;
+    Error::InvalidCertificate(match e {
+        W::BadDer | W::BadDerTime => CertificateError::BadEncoding,
+        W::CertExpired { time, not_after } => CertificateError::ExpiredContext { time, not_after },
+        W::CertNotValidYet { time, not_before } => {
+            CertificateError::NotValidYetContext { time, not_before }
+        }
+        W::CertRevoked => CertificateError::Revoked,
+        W::UnknownIssuer => CertificateError::UnknownIssuer,
+        W::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+        W::CrlExpired { time, next_update } => {
+            CertificateError::ExpiredRevocationListContext { time, next_update }
+        }
+        W::InvalidSignatureForPublicKey | W::InvalidCrlSignatureForPublicKey => {
+            CertificateError::BadSignature
+        }
+        W::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
+        W::UnsupportedSignatureAlgorithmContext(_)
+        | W::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => CertificateError::BadSignature,
+        other => CertificateError::Other(OtherError(Arc::new(other))),
+    })
 }
 
 /// Turns a handshake error into a metrics reason and a sentence for the log.
@@ -371,7 +426,16 @@ pub fn classify(err: &Error) -> (Reason, String) {
                  node, serverAuth for an accepting one); internode certificates need both"
                     .into(),
             ),
-            C::Revoked => (Reason::Revoked, "certificate has been revoked".into()),
+            C::Revoked => (
+                Reason::Revoked,
+                "certificate has been revoked (it is listed in a CRL of tls.crl)".into(),
+            ),
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => (
+                Reason::Revoked,
+                "the CRL for this certificate's issuer is past its nextUpdate and tls.crl_expired = \
+                 \"deny\"; publish a fresh CRL (or set crl_expired = \"warn\")"
+                    .into(),
+            ),
             C::Other(OtherError(e)) => match e.downcast_ref::<PolicyRefusal>() {
                 Some(r @ PolicyRefusal::EndpointMismatch { .. }) => {
                     (Reason::EndpointMismatch, r.to_string())

@@ -2,6 +2,8 @@
 //! recording backends, TLS clients, and the real binary.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,384 @@
+//! The admin endpoint on `[metrics] listen`: plain HTTP/1.1 (hyper) serving
+//!
+//! * `GET /metrics`: the Prometheus text exposition of the process-wide recorder ([`crate::metrics::install`]);
+//! * `GET /healthz`: `200 ok` while the process runs (liveness);
+//! * `GET /readyz`: `200 ready` when every listener is bound and accepting and our identity certificate is
+//!   within its validity period, else `503` with a one-line reason (readiness).
+//!
+//! `HEAD` is answered like `GET`; other methods get `405`, other paths `404`. The endpoint is bounded: at
+//! most [`MAX_CONNECTIONS`] connections at once (further clients wait in the listen backlog), request
+//! headers must arrive within [`HEADER_READ_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`], and a connection is
+//! closed gracefully after [`MAX_CONNECTION_AGE`]. A request that is not HTTP gets `400` (or `431` for an
+//! over-long head) and a closed connection. It stops accepting when the server's shutdown token fires.
+//!
+//! No authentication and no TLS: bind it to loopback or a management network (the reference config uses
+//! `127.0.0.1:9464`). Nothing it serves is secret (no label carries a peer address), but it is not meant
+//! for the internode network.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::BindError;
+use crate::config::Config;
+use crate::listener::RateLimit;
+use crate::tls::x509::{CertInfo, fmt_time};
+
+/// Concurrent admin connections; Prometheus needs one per scraping server.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request head (or, on a kept-alive connection, the next one) must arrive within this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// hyper's read buffer, and so the largest request head accepted (its minimum is 8 KiB).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A connection is closed (after the request in flight) once this old: a client that stops reading
+/// cannot hold a slot for ever.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// How often histogram samples are folded into their buckets between scrapes (bounds memory when
+/// nobody scrapes).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The exposition format version Prometheus expects from a text endpoint.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What `/readyz` decides on. Shared (`Arc`) between the server, which marks the listeners bound, and
+/// whoever loads certificates, which publishes the identity's validity; every field is atomic, so
+/// updates need no lock and are seen by the next request.
+#[derive(Debug)]
+pub struct Health {
+    listeners_bound: AtomicBool,
+    /// Unix seconds.
+    identity_not_before: AtomicU64,
+    /// Unix seconds.
+    identity_not_after: AtomicU64,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Health {
+    /// Not ready yet (listeners not marked bound), with `identity`'s validity period.
+    pub fn new(identity: &CertInfo) -> Self {
+        let health = Self {
+            listeners_bound: AtomicBool::new(false),
+            identity_not_before: AtomicU64::new(0),
+            identity_not_after: AtomicU64::new(0),
+        };
+        health.set_identity(identity);
+        health
+    }
+
+    /// Every listener is bound and accepting (`true`), or no longer (`false`, e.g. while draining).
+    pub fn set_listeners_bound(&self, bound: bool) {
+        self.listeners_bound.store(bound, Ordering::Release);
+    }
+
+    /// A new identity certificate is in use (after a reload).
+    pub fn set_identity(&self, identity: &CertInfo) {
+        self.identity_not_before
+            .store(unix_secs(identity.not_before), Ordering::Release);
+        self.set_identity_not_after(identity.not_after);
+    }
+
+    /// The identity certificate in use now expires at `not_after`.
+    pub fn set_identity_not_after(&self, not_after: SystemTime) {
+        self.identity_not_after
+            .store(unix_secs(not_after), Ordering::Release);
+    }
+
+    /// `Ok` when ready at `now`; otherwise why not, as one line.
+    pub fn check(&self, now: SystemTime) -> Result<(), String> {
+        if !self.listeners_bound.load(Ordering::Acquire) {
+            return Err(
+                "listeners are not accepting connections (starting or shutting down)".into(),
+            );
+        }
+        let now = unix_secs(now);
+        let not_before = self.identity_not_before.load(Ordering::Acquire);
+        let not_after = self.identity_not_after.load(Ordering::Acquire);
+        let at = |secs: u64| fmt_time(UNIX_EPOCH + Duration::from_secs(secs));
+        if now > not_after {
+            return Err(format!(
+                "the identity certificate (tls.cert) expired at {}; install a renewed certificate",
+                at(not_after)
+            ));
+        }
+        if now < not_before {
+            return Err(format!(
+                "the identity certificate (tls.cert) is not valid before {} (check the clock)",
+                at(not_before)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A bound admin listener.
+pub struct AdminEndpoint {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl AdminEndpoint {
+    /// Binds `addr`; the error names `metrics.listen`.
+    pub async fn bind(addr: SocketAddr) -> Result<Self, BindError> {
+        let bind = async {
+            let listener = TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?;
+            Ok::<_, std::io::Error>((listener, local))
+        };
+        match bind.await {
+            Ok((listener, addr)) => Ok(Self { listener, addr }),
+            Err(e) => Err(BindError::new("metrics".into(), addr, e)),
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `handle`'s exposition and `health` until `shutdown`.
+    pub async fn serve(
+        self,
+        handle: PrometheusHandle,
+        health: Arc<Health>,
+        shutdown: CancellationToken,
+    ) {
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let accept_log = RateLimit::new(Duration::from_secs(10));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .keep_alive(true);
+        let upkeep = tokio::spawn(upkeep(handle.clone(), shutdown.clone()));
+        while let Some((stream, peer, permit)) =
+            crate::listener::accept(&self.listener, &permits, &shutdown, &accept_log).await
+        {
+            let http = http.clone();
+            let (handle, health, shutdown) = (handle.clone(), health.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                connection(stream, peer, &http, handle, health, shutdown).await;
+                drop(permit);
+            });
+        }
+        let _ = upkeep.await;
+        tracing::debug!("metrics endpoint on {} closed", self.addr);
+    }
+}
+
+/// One HTTP connection, from accept to close.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    http: &hyper::server::conn::http1::Builder,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let response = respond(&req, &handle, &health);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+            // Let the request in flight (if any) complete, then close; bounded, in case the client
+            // stopped reading.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(HEADER_READ_TIMEOUT, conn.as_mut()).await.unwrap_or(Ok(()))
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(HEADER_READ_TIMEOUT, conn.as_mut()).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
+        // Garbage, a port scanner, a client that went away: routine on an HTTP port.
+        tracing::debug!(peer = %peer, "metrics endpoint: connection from {peer}: {e}");
+    }
+}
+
+/// Folds histogram samples into buckets every [`UPKEEP_INTERVAL`] until `shutdown`.
+async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Routes one request. Never fails: every outcome is a response.
+fn respond<B>(
+    req: &Request<B>,
+    handle: &PrometheusHandle,
+    health: &Health,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; this endpoint serves /metrics, /healthz and /readyz\n",
+        );
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} not allowed; use GET\n", req.method()),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/metrics" => {
+            let mut response = text(StatusCode::OK, handle.render());
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+            response
+        }
+        "/readyz" => match health.check(SystemTime::now()) {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => text(StatusCode::OK, "ok\n"),
+    }
+}
+
+/// Starts the endpoint for `config.metrics` (a no-op when it is `None`): installs the recorder (so call
+/// this before anything is recorded), publishes the certificate expiry gauges and starts every bounded
+/// series at zero, binds, logs the start line and serves until `shutdown`.
+///
+/// A port that cannot be bound is logged as an error and the sidecar runs without the endpoint: the
+/// internode traffic matters more than its metrics, and `/healthz` failing to answer makes the problem
+/// visible to whatever probes it.
+pub async fn start(config: &Config, health: Arc<Health>, shutdown: CancellationToken) {
+    let Some(settings) = &config.metrics else {
+        return;
+    };
+    let handle = crate::metrics::install();
+    crate::metrics::certificate_expiry(&config.tls.material);
+    let mut directions = Vec::new();
+    if !config.inbound.is_empty() {
+        directions.push(crate::metrics::Direction::Inbound);
+    }
+    if !config.outbound.is_empty() {
+        directions.push(crate::metrics::Direction::Outbound);
+    }
+    crate::metrics::register_zeroes(&directions);
+    match AdminEndpoint::bind(settings.listen).await {
+        Ok(endpoint) => {
+            tracing::info!(
+                "serving metrics on {} (/metrics, /healthz, /readyz)",
+                endpoint.local_addr()
+            );
+            tokio::spawn(endpoint.serve(handle, health, shutdown));
+        }
+        Err(e) => tracing::error!("{e}; /metrics, /healthz and /readyz are not served"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(not_before: u64, not_after: u64) -> Health {
+        let h = Health {
+            listeners_bound: AtomicBool::new(true),
+            identity_not_before: AtomicU64::new(not_before),
+            identity_not_after: AtomicU64::new(not_after),
+        };
+        h.set_listeners_bound(true);
+        h
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn ready_only_when_bound_and_within_validity() {
+        let h = health(1_000, 2_000);
+        assert_eq!(h.check(at(1_500)), Ok(()));
+        assert_eq!(h.check(at(2_000)), Ok(()), "notAfter itself is still valid");
+        let why = h.check(at(2_001)).unwrap_err();
+        assert!(why.contains("expired at 1970-01-01T00:33:20Z"), "{why}");
+        let why = h.check(at(999)).unwrap_err();
+        assert!(why.contains("not valid before"), "{why}");
+        h.set_listeners_bound(false);
+        let why = h.check(at(1_500)).unwrap_err();
+        assert!(why.contains("listeners"), "{why}");
+    }
+
+    #[test]
+    fn a_renewed_identity_makes_it_ready_again() {
+        let h = health(1_000, 2_000);
+        assert!(h.check(at(3_000)).is_err());
+        h.set_identity_not_after(at(4_000));
+        assert_eq!(h.check(at(3_000)), Ok(()));
+    }
+
+    #[test]
+    fn routes_methods_and_paths() {
+        let handle = crate::metrics::install();
+        let h = health(0, u64::MAX / 2);
+        let get = |method: Method, path: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
+            respond(&req, &handle, &h)
+        };
+        assert_eq!(get(Method::GET, "/healthz").status(), StatusCode::OK);
+        assert_eq!(get(Method::HEAD, "/readyz").status(), StatusCode::OK);
+        assert_eq!(get(Method::GET, "/readyz?verbose").status(), StatusCode::OK);
+        let metrics = get(Method::GET, "/metrics");
+        assert_eq!(metrics.status(), StatusCode::OK);
+        assert_eq!(metrics.headers()[CONTENT_TYPE], METRICS_CONTENT_TYPE);
+        assert_eq!(get(Method::GET, "/").status(), StatusCode::NOT_FOUND);
+        assert_eq!(get(Method::POST, "/nope").status(), StatusCode::NOT_FOUND);
+        let post = get(Method::POST, "/metrics");
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[ALLOW], "GET, HEAD");
+        h.set_listeners_bound(false);
+        assert_eq!(
+            get(Method::GET, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
