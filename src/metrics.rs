@@ -262,3 +262,19 @@ pub fn certificate_expiry(material: &crate::tls::material::TlsMaterial) {
 pub fn reload(ok: bool) {
     counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
+
+/// After a reload: certificates no longer in use (a CA removed from the bundle, a replaced identity)
+/// report NaN, so an expiry alert does not fire for them. The exporter cannot drop a series, and a
+/// comparison with NaN is never true in PromQL.
+pub fn certificate_expiry_retired(
+    old: &crate::tls::material::TlsMaterial,
+    new: &crate::tls::material::TlsMaterial,
+) {
+    if old.identity.subject != new.identity.subject {
+        gauge!(CERT_EXPIRY, "role" => "identity", "subject" => old.identity.subject.clone())
+            .set(f64::NAN);
+    }
+    for ca in old.cas.iter().filter(|ca| !new.cas.iter().any(|n| n.subject == ca.subject)) {
+        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => ca.subject.clone()).set(f64::NAN);
+    }
+}

@@ -92,6 +92,7 @@ impl Reloader {
             h.apply(cfg, &config.tls);
         }
         metrics::reload(true);
+        metrics::certificate_expiry_retired(&self.current.tls.material, &config.tls.material);
         metrics::certificate_expiry(&config.tls.material);
         self.health.set_identity(&config.tls.material.identity);
         let m = &config.tls.material;

@@ -261,7 +261,7 @@ impl TlsMaterial {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| content(format!("malformed PEM: {e}")))?;
         if crls.is_empty() {
-            if bytes.first() != Some(&0x30) {
+            if !looks_like_der(bytes) {
                 return Err(content(
                     "no \"BEGIN X509 CRL\" block and not a DER CRL either; export the CRL from the CA \
                      (`openssl ca -gencrl -out crl.pem`)"
@@ -339,8 +339,7 @@ fn certs_from(
         } else {
             "expected the node certificate chain in PEM, leaf first"
         };
-        // DER: a SEQUENCE (0x30) with a long-form length, as every certificate has.
-        let hint = if bytes.len() > 2 && bytes[0] == 0x30 && (0x81..=0x84).contains(&bytes[1]) {
+        let hint = if looks_like_der(bytes) {
             " (this looks like DER: convert with `openssl x509 -inform der -in FILE -out FILE.pem`)"
         } else if contains(&bytes, b"PRIVATE KEY-----") {
             " (this file holds a private key, not a certificate)"
@@ -380,6 +379,11 @@ fn key_from(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Materia
              or \"EC PRIVATE KEY\" (SEC1){hint}"
         ))
     })
+}
+
+/// DER: a SEQUENCE (0x30) with a long-form length, as every certificate and CRL has.
+fn looks_like_der(bytes: &[u8]) -> bool {
+    bytes.len() > 2 && bytes[0] == 0x30 && (0x81..=0x84).contains(&bytes[1])
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
