@@ -281,3 +281,43 @@ async fn openssl_s_server_as_the_peer() {
         lines.join("\n")
     );
 }
+
+/// A peer whose server certificate is in our CRL is refused, like a revoked client inbound.
+#[tokio::test]
+async fn revoked_peer_certificate_is_refused() {
+    let pki = Pki::new();
+    let peer = pki.issue("node2", &[LOCALHOST]);
+    let backend = Backend::start(Mode::Echo).await;
+    let inbound = Sidecar::start(config_with(&pki, &peer, backend.addr)).await;
+    let crl = pki
+        .ca
+        .crl(
+            &[&peer],
+            time::OffsetDateTime::now_utc() + Duration::from_secs(3600),
+        )
+        .unwrap();
+    let mut cfg = outbound_config(&pki, inbound.addr, false);
+    let mut material = ringseal::tls::material::TlsMaterial::from_der(
+        vec![pki.node.cert_der.clone()],
+        pki.node.key(),
+        vec![pki.ca.cert_der.clone()],
+        None,
+    )
+    .unwrap();
+    material
+        .add_crls(std::path::Path::new("crl.pem"), crl.as_bytes())
+        .unwrap();
+    cfg.tls.material = std::sync::Arc::new(material);
+    let (out_addr, _o) = start_outbound(cfg).await;
+    let mut local = TcpStream::connect(out_addr).await.unwrap();
+    local.write_all(b"mutation").await.unwrap();
+    assert_closed_without_data(&mut local).await;
+    assert_eq!(backend.accepted(), 0);
+    // Without the CRL the same peer is fine.
+    let (out_addr, _p) = start_outbound(outbound_config(&pki, inbound.addr, false)).await;
+    let mut local = TcpStream::connect(out_addr).await.unwrap();
+    local.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    within("echo", local.read_exact(&mut pong)).await.unwrap();
+    assert_eq!(backend.accepted(), 1);
+}

@@ -280,3 +280,36 @@ async fn expired_crl_denies_or_warns_as_configured() {
         }
     }
 }
+
+/// Our own certificate: a warning at start when it expires within 30 days, and again at each of the
+/// 14, 7 and 1 day thresholds it crosses (here by reloading a shorter-lived certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_expiry_is_warned_at_thresholds() {
+    let pki = Pki::new();
+    let lasting = |days: u64| {
+        let mut spec = NodeSpec::new("node1", &[LOCALHOST]);
+        spec.not_after = OffsetDateTime::now_utc() + Duration::from_secs(days * 86400 - 3600);
+        pki.ca.issue(&spec).unwrap()
+    };
+    let backend = Backend::start(Mode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    pki.write(dir.path());
+    write_identity(dir.path(), &lasting(10));
+    let (mut proc, _addr, path) = start(dir, backend.addr, "");
+    let line = proc.wait_for("expires in");
+    assert!(line.contains("expires in 9 day(s)"), "{line}");
+    assert!(line.contains("WARN"), "{line}");
+    write_identity(&path, &lasting(3));
+    reload(&mut proc);
+    let line = proc.wait_for("expires in");
+    assert!(line.contains("expires in 2 day(s)"), "{line}");
+    // A long-lived certificate again: no warning, and the next short one warns anew.
+    write_identity(&path, &lasting(365));
+    reload(&mut proc);
+    write_identity(&path, &lasting(20));
+    reload(&mut proc);
+    let line = proc.wait_for("expires in");
+    assert!(line.contains("expires in 19 day(s)"), "{line}");
+    let lines = proc.drain(Duration::from_millis(200));
+    assert_eq!(lines.iter().filter(|l| l.contains("expires in")).count(), 3);
+}
