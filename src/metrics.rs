@@ -274,7 +274,11 @@ pub fn certificate_expiry_retired(
         gauge!(CERT_EXPIRY, "role" => "identity", "subject" => old.identity.subject.clone())
             .set(f64::NAN);
     }
-    for ca in old.cas.iter().filter(|ca| !new.cas.iter().any(|n| n.subject == ca.subject)) {
+    for ca in old
+        .cas
+        .iter()
+        .filter(|ca| !new.cas.iter().any(|n| n.subject == ca.subject))
+    {
         gauge!(CERT_EXPIRY, "role" => "ca", "subject" => ca.subject.clone()).set(f64::NAN);
     }
 }

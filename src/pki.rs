@@ -171,6 +171,6 @@ impl Ca {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        Ok(params.signed_by(&self.issuer)?.pem()?)
+        params.signed_by(&self.issuer)?.pem()
     }
 }

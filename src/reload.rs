@@ -161,7 +161,7 @@ impl Reloader {
         let outbound = |c: &Config| {
             c.outbound
                 .iter()
-                .map(|l| (l.listen, l.upstream))
+                .map(|l| (l.listen, l.target))
                 .collect::<Vec<_>>()
         };
         if inbound(old) != inbound(new) {

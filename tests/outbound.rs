@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use ringseal::config::{Config, Outbound};
+use ringseal::config::{Config, Outbound, Target};
 use ringseal::tls::verify::AllowList;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +22,7 @@ fn outbound_config(pki: &Pki, upstream: SocketAddr, endpoint: bool) -> Config {
     c.inbound.clear();
     c.outbound.push(Outbound {
         listen: SocketAddr::new(LOCALHOST, 0),
-        upstream,
+        target: Target::Fixed(upstream),
         require_endpoint_verification: endpoint,
         allow: AllowList::default(),
     });
@@ -320,4 +320,18 @@ async fn revoked_peer_certificate_is_refused() {
     let mut pong = [0u8; 4];
     within("echo", local.read_exact(&mut pong)).await.unwrap();
     assert_eq!(backend.accepted(), 1);
+}
+
+/// A transparent listener only serves connections the firewall redirected: one made to it directly has
+/// no original destination (or its own), and is refused without dialing anything.
+#[tokio::test]
+async fn transparent_listener_refuses_connections_that_were_not_redirected() {
+    let pki = Pki::new();
+    let mut cfg = outbound_config(&pki, "127.0.0.1:9".parse().unwrap(), false);
+    cfg.outbound[0].target = Target::Transparent { tls_port: 7001 };
+    let (out_addr, outbound) = start_outbound(cfg).await;
+    let mut local = TcpStream::connect(out_addr).await.unwrap();
+    local.write_all(b"gossip").await.unwrap();
+    assert_closed_without_data(&mut local).await;
+    assert_eq!(outbound.stop().await.cut, 0);
 }

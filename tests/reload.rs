@@ -137,7 +137,9 @@ async fn every_failed_reload_keeps_the_old_material() {
     let other = pki.issue("node2", &[LOCALHOST]);
     let cert = std::fs::read_to_string(path.join("node.crt")).unwrap();
 
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    // (what, how to break the files, what the log line must say)
+    type Case<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing certificate file",
             Box::new(|p| std::fs::remove_file(p.join("node.crt")).unwrap()),

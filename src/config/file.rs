@@ -66,7 +66,12 @@ pub struct FileInbound {
 #[serde(deny_unknown_fields)]
 pub struct FileOutbound {
     pub listen: String,
-    pub upstream: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub transparent: bool,
+    #[serde(default = "d7001")]
+    pub tls_port: u16,
     #[serde(default)]
     pub require_endpoint_verification: bool,
     #[serde(default)]
@@ -158,6 +163,10 @@ impl Default for FileLimits {
 
 fn yes() -> bool {
     true
+}
+
+fn d7001() -> u16 {
+    7001
 }
 
 fn d60s() -> Duration {

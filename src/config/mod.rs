@@ -115,11 +115,32 @@ pub struct Inbound {
 pub struct Outbound {
     /// A loopback address unless `allow_non_loopback_plaintext` said otherwise.
     pub listen: SocketAddr,
-    /// The peer's TLS port.
-    pub upstream: SocketAddr,
+    /// Where the mutual TLS connection goes.
+    pub target: Target,
     /// The dialed IP must be an IP SAN of the peer's certificate.
     pub require_endpoint_verification: bool,
     pub allow: AllowList,
+}
+
+/// The peer an outbound connection is carried to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `upstream = "10.0.0.2:7001"`: always this address.
+    Fixed(SocketAddr),
+    /// `transparent = true`: the original destination of a connection redirected by the firewall
+    /// (SO_ORIGINAL_DST), with its port replaced by `tls_port` (the 7000 -> 7001 remap).
+    Transparent { tls_port: u16 },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(a) => write!(f, "{a}"),
+            Self::Transparent { tls_port } => {
+                write!(f, "the original destination's IP, port {tls_port}")
+            }
+        }
+    }
 }
 
 /// `[limits]`: every phase of a connection has a deadline.
@@ -325,20 +346,47 @@ impl FileConfig {
                     ),
                 ));
             }
-            let upstream = parse_addr(
-                path,
-                &format!("outbound[{i}].upstream"),
-                &o.upstream,
-                "10.0.0.2:7001",
-            )?;
-            if upstream.port() == 0 || upstream.ip().is_unspecified() {
-                return Err(invalid(
-                    &format!("outbound[{i}].upstream"),
-                    format!(
-                        "{upstream} cannot be connected to; name the peer's TLS address, e.g. 10.0.0.2:7001"
-                    ),
-                ));
-            }
+            let target = match (o.upstream.as_deref(), o.transparent) {
+                (Some(upstream), false) => {
+                    let key = format!("outbound[{i}].upstream");
+                    let upstream = parse_addr(path, &key, upstream, "10.0.0.2:7001")?;
+                    if upstream.port() == 0 || upstream.ip().is_unspecified() {
+                        return Err(invalid(
+                            &key,
+                            format!(
+                                "{upstream} cannot be connected to; name the peer's TLS address, \
+                                 e.g. 10.0.0.2:7001"
+                            ),
+                        ));
+                    }
+                    Target::Fixed(upstream)
+                }
+                (None, true) if o.tls_port != 0 => Target::Transparent {
+                    tls_port: o.tls_port,
+                },
+                (None, true) => {
+                    return Err(invalid(
+                        &format!("outbound[{i}].tls_port"),
+                        "must be the peers' TLS port, e.g. 7001".into(),
+                    ));
+                }
+                (Some(_), true) => {
+                    return Err(invalid(
+                        &format!("outbound[{i}]"),
+                        "has both upstream and transparent = true; use upstream for one fixed peer, \
+                         or transparent = true to carry each redirected connection to its own peer"
+                            .into(),
+                    ));
+                }
+                (None, false) => {
+                    return Err(invalid(
+                        &format!("outbound[{i}]"),
+                        "says nowhere to connect: set transparent = true (with the rules from \
+                         `ringseal rules`) or upstream = \"PEER_IP:7001\""
+                            .into(),
+                    ));
+                }
+            };
             let allow = o
                 .allow
                 .map(|a| a.into_allow_list())
@@ -347,7 +395,7 @@ impl FileConfig {
                 .unwrap_or_default();
             outbound.push(Outbound {
                 listen,
-                upstream,
+                target,
                 require_endpoint_verification: o.require_endpoint_verification,
                 allow,
             });
@@ -530,7 +578,7 @@ pub fn describe(c: &Config) -> String {
             out,
             "outbound[{i}] listen {} (plaintext) -> mTLS to {} (endpoint verification {}, allow {})",
             o.listen,
-            o.upstream,
+            o.target,
             if o.require_endpoint_verification {
                 "on"
             } else {

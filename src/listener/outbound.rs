@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
-use crate::config::{Limits, Outbound, TlsSettings};
+use crate::config::{Limits, Outbound, Target, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
 use crate::relay::{self, RelayLimits};
 use crate::tls::suites::{iana_name, protocol_name};
@@ -50,6 +50,42 @@ impl OutboundHandle {
     }
 }
 
+/// Where this connection goes: the fixed upstream, or the redirected connection's original destination
+/// with the TLS port.
+fn destination(local: &TcpStream, s: &Shared) -> Result<SocketAddr, String> {
+    let tls_port = match s.target {
+        Target::Fixed(upstream) => return Ok(upstream),
+        Target::Transparent { tls_port } => tls_port,
+    };
+    let sock = socket2::SockRef::from(local);
+    let original = if s.listen.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    }
+    .ok()
+    .and_then(|a| a.as_socket())
+    .map(|a| SocketAddr::new(crate::tls::verify::canonical_ip(a.ip()), a.port()));
+    let here = local.local_addr().map_err(|e| e.to_string())?;
+    match original {
+        // Without a NAT entry the "original" destination is this socket itself.
+        None => Err(format!(
+            "it was not redirected (no original destination); Cassandra's connections to peers' \
+             storage port must reach {} through the rules `ringseal rules` prints",
+            s.listen
+        )),
+        Some(dst) if dst == here || dst == s.listen => Err(format!(
+            "it was not redirected (its original destination is this listener, {dst}); connect to a \
+             peer's storage port and let the rules redirect it"
+        )),
+        Some(dst) if dst.port() == tls_port => Err(format!(
+            "redirect loop: its original destination {dst} is already a TLS port ({tls_port}); the \
+             rules must redirect only the storage port and exclude ringseal's own connections"
+        )),
+        Some(dst) => Ok(SocketAddr::new(dst.ip(), tls_port)),
+    }
+}
+
 /// A bound outbound listener.
 pub struct OutboundListener {
     listener: TcpListener,
@@ -58,7 +94,7 @@ pub struct OutboundListener {
 
 struct Shared {
     listen: SocketAddr,
-    upstream: SocketAddr,
+    target: Target,
     /// Swapped whole by a reload; each connection takes the current one.
     config: ArcSwap<ClientConfig>,
     limits: Limits,
@@ -74,7 +110,7 @@ impl OutboundListener {
             listener,
             shared: Arc::new(Shared {
                 listen,
-                upstream: cfg.upstream,
+                target: cfg.target,
                 config: ArcSwap::new(client_config(cfg, tls)),
                 limits: limits.clone(),
                 refusals: RateLimit::new(Duration::from_secs(60)),
@@ -101,7 +137,7 @@ impl OutboundListener {
             "starting outbound listener on {} (plaintext from the local node) connecting with mutual TLS \
              to {} (protocols {}; endpoint verification {}; allow {})",
             self.shared.listen,
-            self.shared.upstream,
+            self.shared.target,
             protocols.join(","),
             if cfg.require_endpoint_verification {
                 "on"
@@ -138,7 +174,19 @@ impl OutboundListener {
 async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     let started = Instant::now();
     let _ = local.set_nodelay(true);
-    let peer = s.upstream;
+    let peer = match destination(&local, s) {
+        Ok(peer) => peer,
+        Err(message) => {
+            if let Some(n) = s.refusals.check((Reason::Other, from.ip())) {
+                tracing::warn!(
+                    listen = %s.listen,
+                    "refused local connection from {from}: {message}{}",
+                    suppressed_note(n)
+                );
+            }
+            return;
+        }
+    };
     let dial = async {
         let tcp =
             match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(peer)).await {

@@ -330,7 +330,7 @@ fn certs_from(
         path: path.to_owned(),
         message,
     };
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| content(format!("malformed PEM: {e}")))?;
     if certs.is_empty() {
@@ -341,7 +341,7 @@ fn certs_from(
         };
         let hint = if looks_like_der(bytes) {
             " (this looks like DER: convert with `openssl x509 -inform der -in FILE -out FILE.pem`)"
-        } else if contains(&bytes, b"PRIVATE KEY-----") {
+        } else if contains(bytes, b"PRIVATE KEY-----") {
             " (this file holds a private key, not a certificate)"
         } else {
             ""
@@ -359,8 +359,7 @@ fn key_from(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Materia
         path: path.to_owned(),
         message,
     };
-    if contains(&bytes, b"BEGIN ENCRYPTED PRIVATE KEY")
-        || contains(&bytes, b"Proc-Type: 4,ENCRYPTED")
+    if contains(bytes, b"BEGIN ENCRYPTED PRIVATE KEY") || contains(bytes, b"Proc-Type: 4,ENCRYPTED")
     {
         return Err(content(
             "the private key is encrypted with a passphrase; write a plain copy readable only by ringseal \
@@ -368,8 +367,8 @@ fn key_from(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Materia
                 .into(),
         ));
     }
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-        let hint = if contains(&bytes, b"BEGIN CERTIFICATE") {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| {
+        let hint = if contains(bytes, b"BEGIN CERTIFICATE") {
             " (this file holds a certificate, not a private key: are tls.cert and tls.key swapped?)"
         } else {
             ""
