@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod pki;
 pub mod relay;
 pub mod reload;
+pub mod rules;
 pub mod tls;
 
 use std::net::SocketAddr;

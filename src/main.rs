@@ -63,6 +63,58 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&e),
         },
+        Command::Rules {
+            config,
+            storage_port,
+            uid,
+            strict,
+            iptables,
+            apply,
+            remove,
+        } => {
+            use ringseal::rules;
+            if remove {
+                return match rules::remove() {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            let Some(config) = config else {
+                return config_error(&"rules: --config is required unless --remove is given");
+            };
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            let options = rules::RuleOptions {
+                storage_port,
+                uid: uid.unwrap_or_else(rules::default_uid),
+                strict,
+            };
+            let generated = if iptables {
+                rules::iptables(&config, &options)
+            } else {
+                rules::nftables(&config, &options)
+            };
+            let text = match generated {
+                Ok(t) => t,
+                Err(e) => return config_error(&e),
+            };
+            if !apply {
+                print!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            match rules::apply(&text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { duration } => runtime.block_on(async {
             let stop = CancellationToken::new();
             tokio::spawn(on_signals(stop.clone(), None));

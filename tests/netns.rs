@@ -1,0 +1,232 @@
+//! Transparent interception for real, in a network namespace of the test's own: the rules from
+//! `ringseal rules --apply` redirect a plaintext connection to a peer's storage port (7000) into the
+//! transparent outbound listener, which carries it over mutual TLS to the peer's TLS port (7001),
+//! whose inbound listener delivers it to the storage service. ringseal's own connections are excluded
+//! from the redirect, and `--remove` takes exactly its table away.
+//!
+//! Needs root, `ip`, `nft`, `setpriv` and `python3`; in CI it must run, elsewhere it says why it skips.
+//! Fixed ports are fine here: the namespace is new and private to this test.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+
+use common::process::Proc;
+use common::*;
+
+const PEER: &str = "10.123.0.2";
+
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Self {
+        let name = format!("ringseal-test-{}", std::process::id());
+        let mut add = Command::new("ip");
+        add.args(["netns", "add", &name]);
+        run(add);
+        let ns = Self(name);
+        for cmd in [
+            "ip link set lo up",
+            // The peer's address, local to this namespace (no dummy or veth device needed).
+            &format!("ip addr add {PEER}/32 dev lo"),
+        ] {
+            run(ns.cmd(&cmd.split(' ').collect::<Vec<_>>()));
+        }
+        ns
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).args(args);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn prerequisites() -> Result<(), String> {
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+    {
+        return Err("not root".into());
+    }
+    for tool in ["ip", "nft", "setpriv", "/usr/bin/python3"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            return Err(format!("{tool} is not installed"));
+        }
+    }
+    Ok(())
+}
+
+const ECHO_SERVER: &str = r#"
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 7000)); s.listen()
+print("ready", flush=True)
+def echo(c):
+    while True:
+        d = c.recv(65536)
+        if not d: break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
+"#;
+
+const CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], 7000), timeout=10)
+s.sendall(b"marker-through-ringseal"); s.shutdown(socket.SHUT_WR)
+data = b""
+while True:
+    d = s.recv(100)
+    if not d: break
+    data += d
+print(data.decode())
+"#;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
+    if let Err(why) = prerequisites() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "in CI this test must run: {why}"
+        );
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let ns = Netns::new();
+    let pki = Pki::new();
+    let node = pki.issue("node", &[ip(PEER), LOCALHOST]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    std::fs::write(path.join("node.crt"), &node.cert_pem).unwrap();
+    std::fs::write(path.join("node.key"), &node.key_pem).unwrap();
+    std::fs::write(path.join("ca.crt"), &pki.ca.cert_pem).unwrap();
+    let config = path.join("ringseal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n\
+             [[inbound]]\nlisten = \"{PEER}:7001\"\nforward = \"127.0.0.1:7000\"\n\
+             require_endpoint_verification = true\n\n\
+             [[outbound]]\nlisten = \"127.0.0.1:7002\"\ntransparent = true\ntls_port = 7001\n\
+             require_endpoint_verification = true\n"
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_ringseal");
+    let config_arg = config.to_str().unwrap();
+
+    // The rules: ringseal runs as root (uid 0) here, so uid 0 is excluded; the "node" is nobody.
+    let printed = run(ns.cmd(&[bin, "rules", "--config", config_arg, "--uid", "0"]));
+    let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
+    assert!(printed.contains("redirect to :7002"), "{printed}");
+    run(ns.cmd(&[
+        bin, "rules", "--config", config_arg, "--uid", "0", "--apply",
+    ]));
+    // Applying twice replaces, it does not duplicate.
+    run(ns.cmd(&[
+        bin, "rules", "--config", config_arg, "--uid", "0", "--apply",
+    ]));
+    let listed = run(ns.cmd(&["nft", "list", "table", "inet", "ringseal"]));
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("redirect to :7002").count(), 1, "{listed}");
+
+    let mut echo = Killed(
+        ns.cmd(&["/usr/bin/python3", "-c", ECHO_SERVER])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(echo.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+    }
+    let netns_prefix = ["ip", "netns", "exec", ns.0.as_str()];
+    let mut proc = Proc::spawn(&netns_prefix, &config, dir);
+    proc.wait_for("starting outbound listener on 127.0.0.1:7002");
+
+    // The node (uid 65534) dials the peer's storage port; nothing listens on PEER:7000, so an answer
+    // can only come through the redirect, the outbound listener, mTLS to PEER:7001 and the inbound
+    // listener's forward to 127.0.0.1:7000.
+    let out = run(ns.cmd(&[
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        CLIENT,
+        PEER,
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "marker-through-ringseal"
+    );
+    // ringseal's own uid is not redirected: the same connection as root finds nothing on PEER:7000.
+    let direct = ns
+        .cmd(&["/usr/bin/python3", "-c", CLIENT, PEER])
+        .output()
+        .unwrap();
+    assert!(
+        !direct.status.success(),
+        "uid 0 should not have been redirected"
+    );
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("Connection refused"),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+
+    // A connection straight to the transparent listener (not redirected) is refused with a reason.
+    let _ = ns
+        .cmd(&[
+            "/usr/bin/python3",
+            "-c",
+            &CLIENT.replace("sys.argv[1], 7000", "'127.0.0.1', 7002"),
+            "x",
+        ])
+        .output();
+    proc.wait_for("it was not redirected");
+
+    run(ns.cmd(&[bin, "rules", "--remove"]));
+    let tables = run(ns.cmd(&["nft", "list", "tables"]));
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("ringseal"),
+        "table left behind"
+    );
+    drop(echo);
+}
