@@ -108,7 +108,11 @@ impl Health {
         let now = unix_secs(now);
         let not_before = self.identity_not_before.load(Ordering::Acquire);
         let not_after = self.identity_not_after.load(Ordering::Acquire);
-        let at = |secs: u64| fmt_time(UNIX_EPOCH + Duration::from_secs(secs));
+        let at = |secs: u64| {
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .map_or_else(|| format!("{secs} (Unix time)"), fmt_time)
+        };
         if now > not_after {
             return Err(format!(
                 "the identity certificate (tls.cert) expired at {}; install a renewed certificate",
@@ -317,13 +321,11 @@ mod tests {
     use super::*;
 
     fn health(not_before: u64, not_after: u64) -> Health {
-        let h = Health {
+        Health {
             listeners_bound: AtomicBool::new(true),
             identity_not_before: AtomicU64::new(not_before),
             identity_not_after: AtomicU64::new(not_after),
-        };
-        h.set_listeners_bound(true);
-        h
+        }
     }
 
     fn at(secs: u64) -> SystemTime {
@@ -354,7 +356,10 @@ mod tests {
 
     #[test]
     fn routes_methods_and_paths() {
-        let handle = crate::metrics::install();
+        // A private recorder: unit tests leave the process-wide one alone.
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
         let h = health(0, u64::MAX / 2);
         let get = |method: Method, path: &str| {
             let req = Request::builder()

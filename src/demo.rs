@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Inbound, TlsSettings};
+use crate::config::{Config, Inbound, Mode, TlsSettings};
 use crate::pki::{Ca, Identity, NodeSpec};
 use crate::tls::material::TlsMaterial;
 use crate::tls::verify::AllowList;
@@ -65,6 +65,7 @@ pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<
                 ou: vec![CLUSTER.into()],
                 ..AllowList::default()
             },
+            mode: Mode::Strict,
         });
         config.limits.shutdown_grace = Duration::from_secs(2);
         let server = Server::bind(config).await?;

@@ -227,6 +227,8 @@ mod tests {
                 target: Target::Transparent { tls_port: 7001 },
                 require_endpoint_verification: false,
                 allow: Default::default(),
+                mode: crate::config::Mode::Strict,
+                plaintext_fallback: None,
             });
         }
         c

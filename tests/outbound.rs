@@ -25,6 +25,8 @@ fn outbound_config(pki: &Pki, upstream: SocketAddr, endpoint: bool) -> Config {
         target: Target::Fixed(upstream),
         require_endpoint_verification: endpoint,
         allow: AllowList::default(),
+        mode: ringseal::config::Mode::Strict,
+        plaintext_fallback: None,
     });
     c
 }

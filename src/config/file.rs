@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{CrlExpired, Limits};
+use super::{CrlExpired, Limits, Mode};
 use crate::tls::verify::AllowList;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    #[serde(default)]
+    pub mode: Mode,
     pub tls: FileTls,
     #[serde(default)]
     pub inbound: Vec<FileInbound>,
@@ -60,6 +62,10 @@ pub struct FileInbound {
     pub require_endpoint_verification: bool,
     #[serde(default)]
     pub allow: Option<FileAllow>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub allow_non_loopback_plaintext: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +84,10 @@ pub struct FileOutbound {
     pub allow: Option<FileAllow>,
     #[serde(default)]
     pub allow_non_loopback_plaintext: bool,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub plaintext_fallback: Option<String>,
 }
 
 /// `allow = { ou = [...], cn = [...], dns = [...], ip = [...], uri = [...] }`: a peer is accepted when any

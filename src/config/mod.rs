@@ -108,6 +108,29 @@ pub struct Inbound {
     pub forward: SocketAddr,
     pub require_endpoint_verification: bool,
     pub allow: AllowList,
+    /// Permissive: plaintext peers (recognised by their first bytes) are passed through untouched.
+    pub mode: Mode,
+}
+
+/// `mode`: the migration switch, in the spirit of Cassandra's `optional: true` and Istio's PERMISSIVE.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Mutual TLS only: plaintext is refused.
+    #[default]
+    Strict,
+    /// TLS where the peer has it, plaintext where it does not yet: for moving a live cluster one
+    /// node at a time. Every connection is counted with `tls="true|false"`.
+    Permissive,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Strict => "strict",
+            Self::Permissive => "permissive",
+        })
+    }
 }
 
 /// One `[[outbound]]` listener: plaintext in from the local node, mutual TLS out to a peer's sidecar.
@@ -120,6 +143,11 @@ pub struct Outbound {
     /// The dialed IP must be an IP SAN of the peer's certificate.
     pub require_endpoint_verification: bool,
     pub allow: AllowList,
+    /// Permissive: a peer without TLS (its TLS port refuses, or does not speak TLS) is reached in
+    /// plaintext at `plaintext_fallback` (transparent: the original destination).
+    pub mode: Mode,
+    /// Permissive with a fixed upstream: where plaintext goes.
+    pub plaintext_fallback: Option<SocketAddr>,
 }
 
 /// The peer an outbound connection is carried to.
@@ -325,11 +353,26 @@ impl FileConfig {
                         .into(),
                 ));
             }
+            let mode = l.mode.unwrap_or(self.mode);
+            if mode == Mode::Permissive
+                && !listen.ip().is_loopback()
+                && !l.allow_non_loopback_plaintext
+            {
+                return Err(invalid(
+                    &format!("inbound[{i}].mode"),
+                    format!(
+                        "permissive mode accepts plaintext, and {listen} is reachable from the network; \
+                         set inbound[{i}].allow_non_loopback_plaintext = true to accept plaintext peers \
+                         there during the migration, and switch to strict when no plaintext is left"
+                    ),
+                ));
+            }
             inbound.push(Inbound {
                 listen,
                 forward,
                 require_endpoint_verification: l.require_endpoint_verification,
                 allow,
+                mode,
             });
         }
         let mut outbound = Vec::with_capacity(self.outbound.len());
@@ -393,9 +436,35 @@ impl FileConfig {
                 .transpose()
                 .map_err(|m| invalid(&format!("outbound[{i}].allow"), m))?
                 .unwrap_or_default();
+            let mode = o.mode.unwrap_or(self.mode);
+            let plaintext_fallback = o
+                .plaintext_fallback
+                .as_deref()
+                .map(|f| {
+                    parse_addr(
+                        path,
+                        &format!("outbound[{i}].plaintext_fallback"),
+                        f,
+                        "10.0.0.2:7000",
+                    )
+                })
+                .transpose()?;
+            if mode == Mode::Permissive
+                && matches!(target, Target::Fixed(_))
+                && plaintext_fallback.is_none()
+            {
+                return Err(invalid(
+                    &format!("outbound[{i}].plaintext_fallback"),
+                    "permissive mode with a fixed upstream needs to know where plaintext goes when the \
+                     peer has no TLS yet, e.g. plaintext_fallback = \"10.0.0.2:7000\""
+                        .into(),
+                ));
+            }
             outbound.push(Outbound {
                 listen,
                 target,
+                mode,
+                plaintext_fallback,
                 require_endpoint_verification: o.require_endpoint_verification,
                 allow,
             });

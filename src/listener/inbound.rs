@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
-use crate::config::{Inbound, Limits, TlsSettings};
+use crate::config::{Inbound, Limits, Mode, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
 use crate::relay::{self, RelayLimits};
 use crate::tls::suites::{iana_name, protocol_name};
@@ -44,6 +44,8 @@ struct Shared {
     refusals: RateLimit<RefusalKey>,
     backend_log: RateLimit<()>,
     accept_log: RateLimit<&'static str>,
+    /// Permissive mode: peers last seen in plaintext, to log once when each moves to TLS.
+    plaintext_peers: super::PeerSet,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -55,6 +57,7 @@ struct InboundTls {
     /// peer's address.
     config: Arc<ServerConfig>,
     endpoint_verification: bool,
+    mode: Mode,
 }
 
 impl InboundTls {
@@ -71,6 +74,7 @@ impl InboundTls {
             verifier,
             config,
             endpoint_verification: cfg.require_endpoint_verification,
+            mode: cfg.mode,
         }
     }
 }
@@ -103,6 +107,7 @@ impl InboundListener {
             refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
             backend_log: RateLimit::new(Duration::from_secs(10)),
             accept_log: RateLimit::new(Duration::from_secs(10)),
+            plaintext_peers: super::PeerSet::default(),
         });
         Ok(Self { listener, shared })
     }
@@ -186,7 +191,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
             )),
         };
     let (tls, conn) = match result {
-        Ok(ok) => ok,
+        Ok(Accepted::Tls(tls, conn)) => (tls, conn),
+        Ok(Accepted::Plain(plain, sniffed)) => return passthrough(plain, peer, sniffed, s).await,
         Err(refusal) => {
             metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
             if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
@@ -202,6 +208,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
             return;
         }
     };
+    if s.plaintext_peers.remove(peer.ip()) {
+        tracing::info!(peer = %peer, "peer {} now connects with TLS (was plaintext)", peer.ip());
+    }
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
     let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
     metrics::handshake_ok(Direction::Inbound, protocol, suite, started.elapsed());
@@ -213,34 +222,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
         .unwrap_or_else(|| "(no certificate)".into());
     tracing::debug!(peer = %peer, "accepted {peer} \"{subject}\" ({protocol}, {suite})");
 
-    let backend = match tokio::time::timeout(
-        s.limits.connect_timeout,
-        TcpStream::connect(s.forward),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!(
-                    "no answer within limits.connect_timeout ({})",
-                    humantime::format_duration(s.limits.connect_timeout)
-                ),
-            };
-            metrics::backend_failure(Direction::Inbound);
-            if let Some(n) = s.backend_log.check(()) {
-                tracing::warn!(
-                    peer = %peer,
-                    "cannot connect to forward address {} for verified peer {peer}: {why}; closing its TLS \
-                     connection (is Cassandra running and listening on its storage port?){}",
-                    s.forward,
-                    suppressed_note(n)
-                );
-            }
-            relay::close(tls, rustls::Connection::Server(conn)).await;
-            return;
-        }
+    let Some(backend) = connect_forward(peer, s).await else {
+        relay::close(tls, rustls::Connection::Server(conn)).await;
+        return;
     };
     let _ = backend.set_nodelay(true);
 
@@ -260,13 +244,64 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
     super::report_close(Direction::Inbound, peer, s.forward, &outcome);
 }
 
+/// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
+async fn connect_forward(peer: SocketAddr, s: &Shared) -> Option<TcpStream> {
+    match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(s.forward)).await {
+        Ok(Ok(b)) => Some(b),
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!(
+                    "no answer within limits.connect_timeout ({})",
+                    humantime::format_duration(s.limits.connect_timeout)
+                ),
+            };
+            metrics::backend_failure(Direction::Inbound);
+            if let Some(n) = s.backend_log.check(()) {
+                tracing::warn!(
+                    peer = %peer,
+                    "cannot connect to forward address {} for verified peer {peer}: {why}; closing its TLS \
+                     connection (is Cassandra running and listening on its storage port?){}",
+                    s.forward,
+                    suppressed_note(n)
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Permissive mode: a plaintext peer is passed through to the storage port untouched.
+async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &Shared) {
+    if s.plaintext_peers.insert(peer.ip()) {
+        tracing::info!(
+            peer = %peer,
+            "peer {} connects in plaintext ({sniffed}); passed through because mode = permissive",
+            peer.ip()
+        );
+    }
+    let Some(backend) = connect_forward(peer, s).await else {
+        return;
+    };
+    let _ = backend.set_nodelay(true);
+    let active = ActiveConnection::start(Direction::Inbound, false);
+    let outcome = relay::plain(plain, backend, active.bytes.clone()).await;
+    super::report_close(Direction::Inbound, peer, s.forward, &outcome);
+}
+
+/// What the first bytes and the handshake came to.
+// Returned once per connection and unpacked at once: boxing the connection would only add an
+// allocation to every handshake.
+#[allow(clippy::large_enum_variant)]
+enum Accepted {
+    Tls(TcpStream, rustls::ServerConnection),
+    /// Permissive mode only.
+    Plain(TcpStream, Sniffed),
+}
+
 /// Sniffs, then runs the rustls handshake. On success the socket and the established connection are
 /// handed back for the relay (any application data the peer already sent stays buffered inside `conn`).
-async fn handshake(
-    stream: TcpStream,
-    peer: SocketAddr,
-    s: &Shared,
-) -> Result<(TcpStream, rustls::ServerConnection), Refusal> {
+async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Accepted, Refusal> {
     let mut first = [0u8; 8];
     let n = stream
         .peek(&mut first)
@@ -286,6 +321,9 @@ async fn handshake(
                 Sniffed::Ssl2Hello.to_string(),
             ));
         }
+        other if s.tls.load().mode == Mode::Permissive => {
+            return Ok(Accepted::Plain(stream, other));
+        }
         other => return Err(Refusal::new(Reason::NotTls, format!("peer sent {other}"))),
     }
 
@@ -302,7 +340,7 @@ async fn handshake(
     match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
         Ok(tls) => {
             let (tcp, conn) = tls.into_inner();
-            Ok((tcp, conn))
+            Ok(Accepted::Tls(tcp, conn))
         }
         Err(e) => Err(super::refusal_from_io(&e)),
     }

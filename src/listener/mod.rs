@@ -180,6 +180,37 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimit<K> {
     }
 }
 
+/// Peers (by address) in some state, bounded: for "moved from plaintext to TLS" log lines.
+#[derive(Default)]
+pub struct PeerSet(Mutex<std::collections::HashSet<IpAddr>>);
+
+impl PeerSet {
+    /// Adds `ip`; true if it was not there. Beyond 4096 addresses new ones are not remembered (and so
+    /// logged again), which bounds the memory a scanner can make us use.
+    pub fn insert(&self, ip: IpAddr) -> bool {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if set.contains(&ip) {
+            return false;
+        }
+        if set.len() < RATE_LIMIT_KEYS {
+            set.insert(ip);
+        }
+        true
+    }
+
+    /// Removes `ip`; true if it was there.
+    pub fn remove(&self, ip: IpAddr) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&ip)
+    }
+}
+
 /// Key for refusal log lines.
 pub type RefusalKey = (Reason, IpAddr);
 

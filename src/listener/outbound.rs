@@ -18,22 +18,38 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
-use crate::config::{Limits, Outbound, Target, TlsSettings};
+use crate::config::{Limits, Mode, Outbound, Target, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
 use crate::relay::{self, RelayLimits};
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::PeerPolicy;
 
-fn client_config(cfg: &Outbound, tls: &TlsSettings) -> Arc<ClientConfig> {
-    let policy = Arc::new(PeerPolicy {
-        allow: cfg.allow.clone(),
-    });
-    crate::tls::client_config(
-        tls,
-        crate::tls::provider_for(tls),
-        policy,
-        cfg.require_endpoint_verification,
-    )
+/// How long a peer found without TLS is reached in plaintext before TLS is tried again.
+const FALLBACK_MEMORY: Duration = Duration::from_secs(30);
+
+/// What a reload may change: TLS material, peer policy, mode.
+struct OutboundTls {
+    config: Arc<ClientConfig>,
+    mode: Mode,
+    plaintext_fallback: Option<SocketAddr>,
+}
+
+impl OutboundTls {
+    fn build(cfg: &Outbound, tls: &TlsSettings) -> Self {
+        let policy = Arc::new(PeerPolicy {
+            allow: cfg.allow.clone(),
+        });
+        Self {
+            config: crate::tls::client_config(
+                tls,
+                crate::tls::provider_for(tls),
+                policy,
+                cfg.require_endpoint_verification,
+            ),
+            mode: cfg.mode,
+            plaintext_fallback: cfg.plaintext_fallback,
+        }
+    }
 }
 
 /// Lets a reload swap the TLS material and peer policy of new outbound connections.
@@ -42,7 +58,7 @@ pub struct OutboundHandle(Arc<Shared>);
 
 impl OutboundHandle {
     pub fn apply(&self, cfg: &Outbound, tls: &TlsSettings) {
-        self.0.config.store(client_config(cfg, tls));
+        self.0.state.store(Arc::new(OutboundTls::build(cfg, tls)));
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -52,9 +68,24 @@ impl OutboundHandle {
 
 /// Where this connection goes: the fixed upstream, or the redirected connection's original destination
 /// with the TLS port.
-fn destination(local: &TcpStream, s: &Shared) -> Result<SocketAddr, String> {
+/// Where a connection goes: the peer's TLS address, and its plaintext address for permissive mode.
+struct Route {
+    tls: SocketAddr,
+    plain: Option<SocketAddr>,
+}
+
+fn destination(
+    local: &TcpStream,
+    s: &Shared,
+    fallback: Option<SocketAddr>,
+) -> Result<Route, String> {
     let tls_port = match s.target {
-        Target::Fixed(upstream) => return Ok(upstream),
+        Target::Fixed(upstream) => {
+            return Ok(Route {
+                tls: upstream,
+                plain: fallback,
+            });
+        }
         Target::Transparent { tls_port } => tls_port,
     };
     let sock = socket2::SockRef::from(local);
@@ -82,7 +113,10 @@ fn destination(local: &TcpStream, s: &Shared) -> Result<SocketAddr, String> {
             "redirect loop: its original destination {dst} is already a TLS port ({tls_port}); the \
              rules must redirect only the storage port and exclude ringseal's own connections"
         )),
-        Some(dst) => Ok(SocketAddr::new(dst.ip(), tls_port)),
+        Some(dst) => Ok(Route {
+            tls: SocketAddr::new(dst.ip(), tls_port),
+            plain: Some(dst),
+        }),
     }
 }
 
@@ -96,7 +130,9 @@ struct Shared {
     listen: SocketAddr,
     target: Target,
     /// Swapped whole by a reload; each connection takes the current one.
-    config: ArcSwap<ClientConfig>,
+    state: ArcSwap<OutboundTls>,
+    /// Permissive mode: peers found without TLS, and when; TLS is tried again after `FALLBACK_MEMORY`.
+    plaintext_peers: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Instant>>,
     limits: Limits,
     refusals: RateLimit<RefusalKey>,
     accept_log: RateLimit<&'static str>,
@@ -111,7 +147,8 @@ impl OutboundListener {
             shared: Arc::new(Shared {
                 listen,
                 target: cfg.target,
-                config: ArcSwap::new(client_config(cfg, tls)),
+                state: ArcSwap::from_pointee(OutboundTls::build(cfg, tls)),
+                plaintext_peers: Default::default(),
                 limits: limits.clone(),
                 refusals: RateLimit::new(Duration::from_secs(60)),
                 accept_log: RateLimit::new(Duration::from_secs(10)),
@@ -174,8 +211,9 @@ impl OutboundListener {
 async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     let started = Instant::now();
     let _ = local.set_nodelay(true);
-    let peer = match destination(&local, s) {
-        Ok(peer) => peer,
+    let state = s.state.load_full();
+    let route = match destination(&local, s, state.plaintext_fallback) {
+        Ok(route) => route,
         Err(message) => {
             if let Some(n) = s.refusals.check((Reason::Other, from.ip())) {
                 tracing::warn!(
@@ -187,41 +225,31 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
             return;
         }
     };
-    let dial = async {
-        let tcp =
-            match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(peer)).await {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => {
-                    return Err(Refusal::new(Reason::Io, format!("cannot connect: {e}")));
-                }
-                Err(_) => {
-                    return Err(Refusal::new(
-                        Reason::Timeout,
-                        format!(
-                            "no answer within limits.connect_timeout ({})",
-                            humantime::format_duration(s.limits.connect_timeout)
-                        ),
-                    ));
-                }
-            };
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::IpAddress(peer.ip().into());
-        let handshake = tokio_rustls::TlsConnector::from(s.config.load_full()).connect(name, tcp);
-        match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => Ok(tls.into_inner()),
-            Ok(Err(e)) => Err(super::refusal_from_io(&e)),
-            Err(_) => Err(Refusal::new(
-                Reason::Timeout,
-                format!(
-                    "handshake not completed within limits.handshake_timeout ({})",
-                    humantime::format_duration(s.limits.handshake_timeout)
-                ),
-            )),
-        }
-    };
-    let (tls, conn) = match dial.await {
+    let peer = route.tls;
+    let permissive_plain = route.plain.filter(|_| state.mode == Mode::Permissive);
+    if let Some(plain) = permissive_plain
+        && s.recently_plaintext(peer.ip())
+    {
+        return plaintext(local, from, plain, s).await;
+    }
+    let (tls, conn) = match dial(peer, &state.config, s).await {
         Ok(ok) => ok,
-        Err(refusal) => {
+        Err((refusal, no_tls_there)) => {
+            if let Some(plain) = permissive_plain
+                && no_tls_there
+            {
+                if s.remember_plaintext(peer.ip()) {
+                    tracing::warn!(
+                        peer = %peer,
+                        "peer {} has no TLS on {peer} yet ({}); mode = permissive: its connections go \
+                         in plaintext to {plain}, TLS is tried again every {}s",
+                        peer.ip(),
+                        refusal.message,
+                        FALLBACK_MEMORY.as_secs()
+                    );
+                }
+                return plaintext(local, from, plain, s).await;
+            }
             metrics::handshake_refused(Direction::Outbound, refusal.reason, started.elapsed());
             if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
                 tracing::warn!(
@@ -236,6 +264,9 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
             return;
         }
     };
+    if s.forget_plaintext(peer.ip()) {
+        tracing::info!(peer = %peer, "peer {} now accepts TLS; its connections are encrypted", peer.ip());
+    }
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
     let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
     metrics::handshake_ok(Direction::Outbound, protocol, suite, started.elapsed());
@@ -255,4 +286,114 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     )
     .await;
     super::report_close(Direction::Outbound, peer, from, &outcome);
+}
+
+/// Connects and completes mutual TLS. On failure, the refusal and whether the peer simply has no TLS
+/// endpoint (nothing listens on the TLS port, or what answers is not TLS): only then may permissive
+/// mode fall back to plaintext. A certificate problem never does: that would hand plaintext to
+/// whoever fails verification.
+async fn dial(
+    peer: SocketAddr,
+    config: &Arc<ClientConfig>,
+    s: &Shared,
+) -> Result<(TcpStream, rustls::ClientConnection), (Refusal, bool)> {
+    let tcp = match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(peer)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+            return Err((
+                Refusal::new(Reason::Io, format!("cannot connect: {e}")),
+                refused,
+            ));
+        }
+        Err(_) => {
+            return Err((
+                Refusal::new(
+                    Reason::Timeout,
+                    format!(
+                        "no answer within limits.connect_timeout ({})",
+                        humantime::format_duration(s.limits.connect_timeout)
+                    ),
+                ),
+                false,
+            ));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::IpAddress(peer.ip().into());
+    let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp);
+    match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => Ok(tls.into_inner()),
+        Ok(Err(e)) => {
+            let not_tls = e.kind() == std::io::ErrorKind::UnexpectedEof
+                || e.get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .is_some_and(|t| matches!(t, rustls::Error::InvalidMessage(_)));
+            Err((super::refusal_from_io(&e), not_tls))
+        }
+        Err(_) => Err((
+            Refusal::new(
+                Reason::Timeout,
+                format!(
+                    "handshake not completed within limits.handshake_timeout ({})",
+                    humantime::format_duration(s.limits.handshake_timeout)
+                ),
+            ),
+            false,
+        )),
+    }
+}
+
+/// Permissive mode: carries the local connection to the peer's plaintext storage port.
+async fn plaintext(local: TcpStream, from: SocketAddr, to: SocketAddr, s: &Shared) {
+    let remote = match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(to)).await
+    {
+        Ok(Ok(r)) => r,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer within limits.connect_timeout".into(),
+            };
+            if let Some(n) = s.refusals.check((Reason::Io, to.ip())) {
+                tracing::warn!(peer = %to, "plaintext fallback to {to} failed: {why}{}", suppressed_note(n));
+            }
+            return;
+        }
+    };
+    let _ = remote.set_nodelay(true);
+    let active = ActiveConnection::start(Direction::Outbound, false);
+    let outcome = relay::plain(local, remote, active.bytes.clone()).await;
+    super::report_close(Direction::Outbound, to, from, &outcome);
+}
+
+impl Shared {
+    fn recently_plaintext(&self, ip: std::net::IpAddr) -> bool {
+        let peers = self
+            .plaintext_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(&ip)
+            .is_some_and(|t| t.elapsed() < FALLBACK_MEMORY)
+    }
+
+    /// True when the peer was not known as plaintext-only before (log once per peer and period).
+    fn remember_plaintext(&self, ip: std::net::IpAddr) -> bool {
+        let mut peers = self
+            .plaintext_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if peers.len() >= 4096 {
+            peers.retain(|_, t| t.elapsed() < FALLBACK_MEMORY);
+        }
+        peers.insert(ip, Instant::now()).is_none()
+    }
+
+    fn forget_plaintext(&self, ip: std::net::IpAddr) -> bool {
+        let mut peers = self
+            .plaintext_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        peers.remove(&ip).is_some()
+    }
 }

@@ -97,3 +97,32 @@ pub async fn close(tls: TcpStream, conn: rustls::Connection) {
 
 /// How long [`close`] may take.
 pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Relays plaintext both ways (permissive mode's plaintext legs), propagating each end of stream.
+/// Byte counts are added when the connection ends.
+pub async fn plain(mut a: TcpStream, mut b: TcpStream, counters: ByteCounters) -> Outcome {
+    // 64 KiB each way, as the TLS path; splice(2) replaces this later.
+    let result =
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 * 1024, 64 * 1024).await;
+    match result {
+        Ok((from_peer, to_peer)) => {
+            counters.from_peer.increment(from_peer);
+            counters.to_peer.increment(to_peer);
+            Outcome {
+                from_peer,
+                to_peer,
+                close: Close::Clean,
+            }
+        }
+        Err(e) => Outcome {
+            from_peer: 0,
+            to_peer: 0,
+            close: match e.kind() {
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                    Close::PeerReset
+                }
+                _ => Close::Io(e.to_string()),
+            },
+        },
+    }
+}

@@ -90,6 +90,7 @@ pub fn config_with(pki: &Pki, id: &Identity, forward: SocketAddr) -> Config {
         forward,
         require_endpoint_verification: false,
         allow: AllowList::default(),
+        mode: ringseal::config::Mode::Strict,
     });
     config
 }
