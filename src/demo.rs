@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Inbound, Mode, TlsSettings};
+use crate::config::{Config, Inbound, Mode, Outbound, Target, TlsSettings};
 use crate::pki::{Ca, Identity, NodeSpec};
 use crate::tls::material::TlsMaterial;
 use crate::tls::verify::AllowList;
@@ -33,7 +33,11 @@ const MESSAGE: usize = 256 * 1024;
 struct Node {
     ip: IpAddr,
     identity: Identity,
+    /// The inbound sidecar.
     sidecar: SocketAddr,
+    tls: TlsSettings,
+    /// The node's outbound sidecars, one per peer.
+    outbound: Vec<SocketAddr>,
 }
 
 /// Runs the demo for `duration` or until `stop`.
@@ -56,7 +60,8 @@ pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<
             vec![ca.cert_der.clone()],
             None,
         )?;
-        let mut config = Config::new(TlsSettings::from_material(material));
+        let tls = TlsSettings::from_material(material);
+        let mut config = Config::new(tls.clone());
         config.inbound.push(Inbound {
             listen: SocketAddr::new(ip, 0),
             forward: storage,
@@ -72,18 +77,45 @@ pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<
         let sidecar = server.inbound_addrs()[0];
         tokio::spawn(server.serve(servers.clone()));
         println!(
-            "node{i}: storage (echo) on {storage}, ringseal sidecar on {sidecar} (mTLS, endpoint verification, OU={CLUSTER})"
+            "node{i}: storage (echo) on {storage}, ringseal inbound on {sidecar} (mTLS, endpoint verification, OU={CLUSTER})"
         );
         nodes.push(Node {
             ip,
             identity,
             sidecar,
+            tls,
+            outbound: Vec::new(),
         });
+    }
+    // Each node's own connections to its peers go through its outbound sidecar: plaintext in, mutual
+    // TLS from the node's address to the peer's inbound sidecar, plaintext out to the peer's storage.
+    let inbound: Vec<(IpAddr, SocketAddr)> = nodes.iter().map(|n| (n.ip, n.sidecar)).collect();
+    for node in &mut nodes {
+        let mut config = Config::new(node.tls.clone());
+        for (_, peer) in inbound.iter().filter(|(ip, _)| *ip != node.ip) {
+            config.outbound.push(Outbound {
+                listen: SocketAddr::new(node.ip, 0),
+                target: Target::Fixed(*peer),
+                require_endpoint_verification: true,
+                allow: AllowList {
+                    ou: vec![CLUSTER.into()],
+                    ..AllowList::default()
+                },
+                mode: Mode::Strict,
+                plaintext_fallback: None,
+                source: Some(node.ip),
+            });
+        }
+        config.limits.shutdown_grace = Duration::from_secs(2);
+        let server = Server::bind(config).await?;
+        node.outbound = server.outbound_addrs();
+        tokio::spawn(server.serve(servers.clone()));
     }
     let impostor = impostor_ca.issue(&NodeSpec::new("impostor", &[nodes[0].ip]))?;
     println!(
-        "traffic: every node streams {} KiB messages to every other node and checks the echo; every 2s an \
-         impostor (certificate from another CA) and node2's certificate used from 127.0.0.3 try to connect\n",
+        "traffic: every node streams {} KiB messages in plaintext to its outbound sidecars, which carry them \
+         over mutual TLS to the other nodes' inbound sidecars; the echo is checked. Every 2s an impostor \
+         (certificate from another CA) and node2's certificate used from 127.0.0.3 try node1 directly\n",
         MESSAGE / 1024
     );
 
@@ -95,9 +127,8 @@ pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<
     let traffic = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for from in &nodes {
-        let client = client_config(&roots, &from.identity)?;
-        for to in nodes.iter().filter(|n| n.ip != from.ip) {
-            tasks.spawn(stream(client.clone(), from.ip, to.sidecar, traffic.clone()));
+        for via in &from.outbound {
+            tasks.spawn(stream(*via, traffic.clone()));
         }
     }
     let impostor_client = client_config(&roots, &impostor)?;
@@ -212,16 +243,12 @@ async fn attempt(config: &Arc<ClientConfig>, from: IpAddr, to: SocketAddr) -> an
     connect(config, from, to).await.map(drop)
 }
 
-/// Streams messages over one connection and checks each echo, until `stop`.
-async fn stream(
-    config: Arc<ClientConfig>,
-    from: IpAddr,
-    to: SocketAddr,
-    stop: CancellationToken,
-) -> anyhow::Result<u64> {
-    let mut tls = connect(&config, from, to)
+/// Streams messages in plaintext through a node's outbound sidecar (as Cassandra would) and checks
+/// each echo, until `stop`.
+async fn stream(via: SocketAddr, stop: CancellationToken) -> anyhow::Result<u64> {
+    let mut conn = tokio::net::TcpStream::connect(via)
         .await
-        .with_context(|| format!("{from} -> {to}"))?;
+        .with_context(|| format!("connecting the outbound sidecar {via}"))?;
     let mut out = vec![0u8; MESSAGE];
     let mut back = vec![0u8; MESSAGE];
     let mut sent = 0u64;
@@ -231,15 +258,12 @@ async fn stream(
         for (k, chunk) in out.chunks_mut(8).enumerate() {
             chunk.copy_from_slice(&(seq ^ k as u64).to_le_bytes());
         }
-        tls.write_all(&out).await?;
-        tls.read_exact(&mut back).await?;
-        anyhow::ensure!(
-            back == out,
-            "{from} -> {to}: echo differs from what was sent"
-        );
+        conn.write_all(&out).await?;
+        conn.read_exact(&mut back).await?;
+        anyhow::ensure!(back == out, "via {via}: echo differs from what was sent");
         sent += MESSAGE as u64;
     }
-    tls.shutdown().await?;
+    conn.shutdown().await?;
     Ok(sent)
 }
 

@@ -229,6 +229,7 @@ mod tests {
                 allow: Default::default(),
                 mode: crate::config::Mode::Strict,
                 plaintext_fallback: None,
+                source: None,
             });
         }
         c

@@ -13,8 +13,9 @@ fn demo_runs_shows_traffic_and_refusals_and_ends_by_itself() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    // Six node pairs, each one mutual TLS connection.
-    assert!(stdout.contains("handshakes accepted: 6"), "{stdout}");
+    // Six node pairs, each one connection through a sidecar pair: six outbound and six inbound
+    // handshakes.
+    assert!(stdout.contains("handshakes accepted: 12"), "{stdout}");
     assert!(stdout.contains("x TLSv1.3 TLS_"), "{stdout}");
     assert!(stdout.contains("x unknown_ca"), "{stdout}");
     assert!(stdout.contains("x endpoint_mismatch"), "{stdout}");

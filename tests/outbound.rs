@@ -27,6 +27,7 @@ fn outbound_config(pki: &Pki, upstream: SocketAddr, endpoint: bool) -> Config {
         allow: AllowList::default(),
         mode: ringseal::config::Mode::Strict,
         plaintext_fallback: None,
+        source: None,
     });
     c
 }

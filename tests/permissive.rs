@@ -67,6 +67,7 @@ fn permissive_outbound(
         allow: AllowList::default(),
         mode: ringseal::config::Mode::Permissive,
         plaintext_fallback: Some(fallback),
+        source: None,
     });
     c
 }

@@ -88,6 +88,8 @@ pub struct FileOutbound {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub plaintext_fallback: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// `allow = { ou = [...], cn = [...], dns = [...], ip = [...], uri = [...] }`: a peer is accepted when any

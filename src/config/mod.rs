@@ -148,6 +148,9 @@ pub struct Outbound {
     pub mode: Mode,
     /// Permissive with a fixed upstream: where plaintext goes.
     pub plaintext_fallback: Option<SocketAddr>,
+    /// The local address outgoing connections come from (a multi-homed node's listen_address, so that
+    /// peers with endpoint verification see the IP its certificate names). `None`: the kernel's choice.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// The peer an outbound connection is carried to.
@@ -460,11 +463,24 @@ impl FileConfig {
                         .into(),
                 ));
             }
+            let source = o
+                .source
+                .as_deref()
+                .map(|ip| {
+                    ip.parse::<std::net::IpAddr>().map_err(|_| {
+                        invalid(
+                            &format!("outbound[{i}].source"),
+                            format!("{ip:?} is not an IP address (the node's listen_address, e.g. 10.0.0.1)"),
+                        )
+                    })
+                })
+                .transpose()?;
             outbound.push(Outbound {
                 listen,
                 target,
                 mode,
                 plaintext_fallback,
+                source,
                 require_endpoint_verification: o.require_endpoint_verification,
                 allow,
             });

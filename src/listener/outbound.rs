@@ -32,6 +32,7 @@ struct OutboundTls {
     config: Arc<ClientConfig>,
     mode: Mode,
     plaintext_fallback: Option<SocketAddr>,
+    source: Option<std::net::IpAddr>,
 }
 
 impl OutboundTls {
@@ -48,6 +49,7 @@ impl OutboundTls {
             ),
             mode: cfg.mode,
             plaintext_fallback: cfg.plaintext_fallback,
+            source: cfg.source,
         }
     }
 }
@@ -232,7 +234,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     {
         return plaintext(local, from, plain, s).await;
     }
-    let (tls, conn) = match dial(peer, &state.config, s).await {
+    let (tls, conn) = match dial(peer, &state, s).await {
         Ok(ok) => ok,
         Err((refusal, no_tls_there)) => {
             if let Some(plain) = permissive_plain
@@ -294,10 +296,11 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
 /// whoever fails verification.
 async fn dial(
     peer: SocketAddr,
-    config: &Arc<ClientConfig>,
+    state: &OutboundTls,
     s: &Shared,
 ) -> Result<(TcpStream, rustls::ClientConnection), (Refusal, bool)> {
-    let tcp = match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(peer)).await {
+    let connect = connect_from(state.source, peer);
+    let tcp = match tokio::time::timeout(s.limits.connect_timeout, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
@@ -321,7 +324,7 @@ async fn dial(
     };
     let _ = tcp.set_nodelay(true);
     let name = ServerName::IpAddress(peer.ip().into());
-    let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp);
+    let handshake = tokio_rustls::TlsConnector::from(state.config.clone()).connect(name, tcp);
     match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
         Ok(Ok(tls)) => Ok(tls.into_inner()),
         Ok(Err(e)) => {
@@ -344,9 +347,28 @@ async fn dial(
     }
 }
 
+/// Connects to `to`, from `source` when given.
+async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    to: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(to).await;
+    };
+    let socket = if to.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(to).await
+}
+
 /// Permissive mode: carries the local connection to the peer's plaintext storage port.
 async fn plaintext(local: TcpStream, from: SocketAddr, to: SocketAddr, s: &Shared) {
-    let remote = match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(to)).await
+    let source = s.state.load().source;
+    let remote = match tokio::time::timeout(s.limits.connect_timeout, connect_from(source, to))
+        .await
     {
         Ok(Ok(r)) => r,
         failed => {
