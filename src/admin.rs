@@ -290,8 +290,13 @@ fn respond<B>(
 /// A port that cannot be bound is logged as an error and the sidecar runs without the endpoint: the
 /// internode traffic matters more than its metrics, and `/healthz` failing to answer makes the problem
 /// visible to whatever probes it.
-pub async fn start(config: &Config, health: Arc<Health>, shutdown: CancellationToken) {
-    let Some(settings) = &config.metrics else {
+pub fn start(
+    endpoint: Option<AdminEndpoint>,
+    config: &Config,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    let Some(endpoint) = endpoint else {
         return;
     };
     let handle = crate::metrics::install();
@@ -304,16 +309,11 @@ pub async fn start(config: &Config, health: Arc<Health>, shutdown: CancellationT
         directions.push(crate::metrics::Direction::Outbound);
     }
     crate::metrics::register_zeroes(&directions);
-    match AdminEndpoint::bind(settings.listen).await {
-        Ok(endpoint) => {
-            tracing::info!(
-                "serving metrics on {} (/metrics, /healthz, /readyz)",
-                endpoint.local_addr()
-            );
-            tokio::spawn(endpoint.serve(handle, health, shutdown));
-        }
-        Err(e) => tracing::error!("{e}; /metrics, /healthz and /readyz are not served"),
-    }
+    tracing::info!(
+        "serving metrics on {} (/metrics, /healthz, /readyz)",
+        endpoint.local_addr()
+    );
+    tokio::spawn(endpoint.serve(handle, health, shutdown));
 }
 
 #[cfg(test)]

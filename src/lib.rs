@@ -79,6 +79,8 @@ pub struct Server {
     config: Config,
     inbound: Vec<InboundListener>,
     outbound: Vec<OutboundListener>,
+    /// `[metrics]`: bound with the listeners, so a taken port fails start-up like any other.
+    admin: Option<admin::AdminEndpoint>,
     reload: Arc<tokio::sync::Notify>,
 }
 
@@ -103,10 +105,15 @@ impl Server {
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }
+        let admin = match &config.metrics {
+            Some(m) => Some(admin::AdminEndpoint::bind(m.listen).await?),
+            None => None,
+        };
         Ok(Self {
             config,
             inbound,
             outbound,
+            admin,
             reload: Arc::new(tokio::sync::Notify::new()),
         })
     }
@@ -138,7 +145,7 @@ impl Server {
     pub async fn serve(self, shutdown: CancellationToken) -> Drained {
         // The admin endpoint first: it installs the recorder that everything below records into.
         let health = Arc::new(admin::Health::new(&self.config.tls.material.identity));
-        admin::start(&self.config, health.clone(), shutdown.clone()).await;
+        admin::start(self.admin, &self.config, health.clone(), shutdown.clone());
         metrics::describe();
         let permits = Arc::new(Semaphore::new(self.config.limits.max_connections));
         let cut = CancellationToken::new();
