@@ -45,10 +45,7 @@ fn start(
     let path = dir.path().to_owned();
     std::fs::write(
         path.join("ringseal.toml"),
-        format!(
-            "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n{tls_extra}\n\n\
-             [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n"
-        ),
+        config_text(forward, tls_extra, ""),
     )
     .unwrap();
     let mut proc = Proc::spawn(&[], &path.join("ringseal.toml"), dir);
@@ -60,6 +57,29 @@ fn start(
         .and_then(|s| s.parse().ok())
         .unwrap();
     (proc, addr, path)
+}
+
+/// The config these tests use: `tls_extra` goes into [tls], `inbound_extra` into [[inbound]], and a
+/// metrics endpoint on a free port.
+fn config_text(forward: SocketAddr, tls_extra: &str, inbound_extra: &str) -> String {
+    format!(
+        "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n{tls_extra}\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n{inbound_extra}\n"
+    )
+}
+
+fn metrics_addr(proc: &Proc) -> SocketAddr {
+    let line = proc
+        .seen
+        .iter()
+        .find(|l| l.contains("serving metrics on "))
+        .expect("metrics endpoint started");
+    line.split("serving metrics on ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap()
 }
 
 fn reload(proc: &mut Proc) -> String {
@@ -190,6 +210,46 @@ async fn every_failed_reload_keeps_the_old_material() {
         assert!(line.contains("reloaded"), "{what}: restoring: {line}");
     }
     assert_eq!(backend.accepted(), 1 + cases.len());
+    let m = scrape(metrics_addr(&proc));
+    let errors = sample(&m, "ringseal_config_reloads_total{result=\"error\"}");
+    let oks = sample(&m, "ringseal_config_reloads_total{result=\"ok\"}");
+    assert_eq!(errors, cases.len() as f64, "{m}");
+    assert_eq!(oks, cases.len() as f64, "one good reload after each repair");
+}
+
+/// Allow-lists and endpoint verification come from the config file; a reload applies them to new
+/// handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_list_changes_apply_on_reload() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    pki.write(dir.path());
+    let (mut proc, addr, path) = start(dir, backend.addr, "");
+    let good = client(pki.roots(), Some(&pki.node));
+    let mut live = connect(&good, addr).await.unwrap();
+    echo(&mut live, b"before").await.unwrap();
+    std::fs::write(
+        path.join("ringseal.toml"),
+        config_text(backend.addr, "", "allow = { ou = [\"OtherCluster\"] }"),
+    )
+    .unwrap();
+    reload(&mut proc);
+    assert!(
+        roundtrip(&good, LOCALHOST, addr).await.is_err(),
+        "allow-list not applied"
+    );
+    let line = proc.wait_for("refused 127.0.0.1");
+    assert!(line.contains("identity not allowed"), "{line}");
+    // The connection verified before the change keeps running.
+    echo(&mut live, b"after").await.unwrap();
+    std::fs::write(
+        path.join("ringseal.toml"),
+        config_text(backend.addr, "", "allow = { ou = [\"TestCluster\"] }"),
+    )
+    .unwrap();
+    reload(&mut proc);
+    roundtrip(&good, LOCALHOST, addr).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
