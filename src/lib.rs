@@ -150,26 +150,22 @@ impl Server {
         let permits = Arc::new(Semaphore::new(self.config.limits.max_connections));
         let cut = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let life = listener::Lifecycle {
+            permits: permits.clone(),
+            shutdown: shutdown.clone(),
+            cut: cut.clone(),
+            tracker: tracker.clone(),
+        };
         let mut accept_loops = Vec::new();
         let inbound_handles = self.inbound.iter().map(InboundListener::handle).collect();
         let outbound_handles = self.outbound.iter().map(OutboundListener::handle).collect();
         for (l, cfg) in self.inbound.into_iter().zip(&self.config.inbound) {
             l.log_start(cfg);
-            accept_loops.push(tokio::spawn(l.serve(
-                permits.clone(),
-                shutdown.clone(),
-                cut.clone(),
-                tracker.clone(),
-            )));
+            accept_loops.push(tokio::spawn(l.serve(life.clone())));
         }
         for (l, cfg) in self.outbound.into_iter().zip(&self.config.outbound) {
             l.log_start(cfg, &self.config.tls);
-            accept_loops.push(tokio::spawn(l.serve(
-                permits.clone(),
-                shutdown.clone(),
-                cut.clone(),
-                tracker.clone(),
-            )));
+            accept_loops.push(tokio::spawn(l.serve(life.clone())));
         }
         if let Some(path) = self.config.source.clone() {
             let reloader = reload::Reloader::new(

@@ -13,9 +13,6 @@ use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
@@ -152,27 +149,16 @@ impl InboundListener {
         );
     }
 
-    /// Accepts until `shutdown`, spawning each connection on `tracker`; `cut` aborts live connections.
-    pub async fn serve(
-        self,
-        permits: Arc<Semaphore>,
-        shutdown: CancellationToken,
-        cut: CancellationToken,
-        tracker: TaskTracker,
-    ) {
-        while let Some((stream, peer, permit)) =
-            super::accept(&self.listener, &permits, &shutdown, &self.shared.accept_log).await
-        {
-            let shared = self.shared.clone();
-            let cut = cut.clone();
-            tracker.spawn(async move {
-                tokio::select! {
-                    _ = cut.cancelled() => {}
-                    _ = handle(stream, peer, &shared) => {}
-                }
-                drop(permit);
-            });
-        }
+    /// Accepts until shutdown; see [`super::serve`].
+    pub async fn serve(self, life: super::Lifecycle) {
+        super::serve(
+            &self.listener,
+            life,
+            &self.shared.accept_log,
+            self.shared.clone(),
+            |stream, peer, shared| async move { handle(stream, peer, &shared).await },
+        )
+        .await;
     }
 }
 

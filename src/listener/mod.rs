@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::{self, Direction, Reason};
 use crate::relay::{Close, Outcome};
@@ -63,6 +64,44 @@ pub async fn accept(
                 tracing::debug!("accept: {e}");
             }
         }
+    }
+}
+
+/// What every accept loop shares: connection permits, the stop signal, the cut signal for what is
+/// still open after the grace period, and the tracker that shutdown waits on.
+#[derive(Clone)]
+pub struct Lifecycle {
+    pub permits: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub cut: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Accepts until shutdown and runs `handle` for each connection in its own tracked task, holding a
+/// permit until it ends; a cut drops the connection.
+pub async fn serve<S, F, Fut>(
+    listener: &TcpListener,
+    life: Lifecycle,
+    log: &RateLimit<&'static str>,
+    shared: Arc<S>,
+    handle: F,
+) where
+    S: Send + Sync + 'static,
+    F: Fn(TcpStream, SocketAddr, Arc<S>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    while let Some((stream, peer, permit)) =
+        accept(listener, &life.permits, &life.shutdown, log).await
+    {
+        let cut = life.cut.clone();
+        let connection = handle(stream, peer, shared.clone());
+        life.tracker.spawn(async move {
+            tokio::select! {
+                _ = cut.cancelled() => {}
+                _ = connection => {}
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -13,9 +13,6 @@ use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target, TlsSettings};
@@ -187,26 +184,15 @@ impl OutboundListener {
         );
     }
 
-    pub async fn serve(
-        self,
-        permits: Arc<Semaphore>,
-        shutdown: CancellationToken,
-        cut: CancellationToken,
-        tracker: TaskTracker,
-    ) {
-        while let Some((stream, local, permit)) =
-            super::accept(&self.listener, &permits, &shutdown, &self.shared.accept_log).await
-        {
-            let shared = self.shared.clone();
-            let cut = cut.clone();
-            tracker.spawn(async move {
-                tokio::select! {
-                    _ = cut.cancelled() => {}
-                    _ = handle(stream, local, &shared) => {}
-                }
-                drop(permit);
-            });
-        }
+    pub async fn serve(self, life: super::Lifecycle) {
+        super::serve(
+            &self.listener,
+            life,
+            &self.shared.accept_log,
+            self.shared.clone(),
+            |stream, local, shared| async move { handle(stream, local, &shared).await },
+        )
+        .await;
     }
 }
 
