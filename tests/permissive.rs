@@ -155,3 +155,44 @@ async fn outbound_prefers_tls_when_the_peer_has_it() {
     assert_eq!(backend.accepted(), 1);
     assert_eq!(plain_peer.accepted(), 0);
 }
+
+/// A peer remembered as plaintext-only that has since moved to strict (its plaintext port now
+/// refuses) is tried over TLS at once, not after the fallback memory runs out.
+#[tokio::test]
+async fn a_peer_that_went_strict_is_tried_over_tls_at_once() {
+    let pki = Pki::new();
+    let tls_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // The peer's plaintext storage port, which we can close.
+    let plain = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    let plain_task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = plain.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let (out, _s) = start(permissive_outbound(&pki, tls_addr, plain_addr)).await;
+    assert_eq!(
+        within("fallback", plain_echo(out, b"one")).await.unwrap(),
+        b"one"
+    );
+
+    // The peer goes strict: plaintext refused, TLS on its TLS port.
+    plain_task.abort();
+    let _ = plain_task.await;
+    let backend = Backend::start(Mode::Echo).await;
+    let mut cfg = config(&pki, backend.addr);
+    cfg.inbound[0].listen = tls_addr;
+    let _peer = Sidecar::start(cfg).await;
+    let back = tokio::time::timeout(std::time::Duration::from_secs(10), plain_echo(out, b"two"))
+        .await
+        .expect("waited out the fallback memory instead of trying TLS")
+        .unwrap();
+    assert_eq!(back, b"two");
+    assert_eq!(backend.accepted(), 1);
+}

@@ -218,7 +218,12 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     if let Some(plain) = permissive_plain
         && s.recently_plaintext(peer.ip())
     {
-        return plaintext(local, from, plain, s).await;
+        if let Ok(remote) = connect_plain(plain, s).await {
+            return relay_plain(local, from, plain, remote).await;
+        }
+        // Its plaintext port refuses now: the peer has most likely moved to strict. Try TLS at once
+        // instead of waiting out the memory.
+        s.forget_plaintext(peer.ip());
     }
     let (tls, conn) = match dial(peer, &state, s).await {
         Ok(ok) => ok,
@@ -236,7 +241,18 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
                         FALLBACK_MEMORY.as_secs()
                     );
                 }
-                return plaintext(local, from, plain, s).await;
+                return match connect_plain(plain, s).await {
+                    Ok(remote) => relay_plain(local, from, plain, remote).await,
+                    Err(why) => {
+                        if let Some(n) = s.refusals.check((Reason::Io, plain.ip())) {
+                            tracing::warn!(
+                                peer = %plain,
+                                "plaintext fallback to {plain} failed: {why}{}",
+                                suppressed_note(n)
+                            );
+                        }
+                    }
+                };
             }
             metrics::handshake_refused(Direction::Outbound, refusal.reason, started.elapsed());
             if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
@@ -350,25 +366,21 @@ async fn connect_from(
     socket.connect(to).await
 }
 
-/// Permissive mode: carries the local connection to the peer's plaintext storage port.
-async fn plaintext(local: TcpStream, from: SocketAddr, to: SocketAddr, s: &Shared) {
+/// Permissive mode: connects the peer's plaintext storage port.
+async fn connect_plain(to: SocketAddr, s: &Shared) -> Result<TcpStream, String> {
     let source = s.state.load().source;
-    let remote = match tokio::time::timeout(s.limits.connect_timeout, connect_from(source, to))
-        .await
-    {
-        Ok(Ok(r)) => r,
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no answer within limits.connect_timeout".into(),
-            };
-            if let Some(n) = s.refusals.check((Reason::Io, to.ip())) {
-                tracing::warn!(peer = %to, "plaintext fallback to {to} failed: {why}{}", suppressed_note(n));
-            }
-            return;
+    match tokio::time::timeout(s.limits.connect_timeout, connect_from(source, to)).await {
+        Ok(Ok(r)) => {
+            let _ = r.set_nodelay(true);
+            Ok(r)
         }
-    };
-    let _ = remote.set_nodelay(true);
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within limits.connect_timeout".into()),
+    }
+}
+
+/// Permissive mode: carries the local connection to the peer's plaintext storage port.
+async fn relay_plain(local: TcpStream, from: SocketAddr, to: SocketAddr, remote: TcpStream) {
     let active = ActiveConnection::start(Direction::Outbound, false);
     let outcome = relay::plain(local, remote, active.bytes.clone()).await;
     super::report_close(Direction::Outbound, to, from, &outcome);
