@@ -222,6 +222,43 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
         .output();
     proc.wait_for("it was not redirected");
 
+    // A rule that also redirects the TLS port makes a loop: refused with a line that says so.
+    run(ns.cmd(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "ringseal",
+        "outbound_redirect",
+        "ip",
+        "daddr",
+        "!=",
+        "127.0.0.0/8",
+        "tcp",
+        "dport",
+        "7001",
+        "redirect",
+        "to",
+        ":7002",
+    ]));
+    let looped = CLIENT.replace("sys.argv[1], 7000", "sys.argv[1], 7001");
+    let _ = ns
+        .cmd(&[
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &looped,
+            PEER,
+        ])
+        .output();
+    let line = proc.wait_for("redirect loop");
+    assert!(line.contains(&format!("{PEER}:7001")), "{line}");
+
     run(ns.cmd(&[bin, "rules", "--remove"]));
     let tables = run(ns.cmd(&["nft", "list", "tables"]));
     assert!(
