@@ -840,13 +840,11 @@ fn rolling_migration_loses_no_exchange() {
         at = progress(&generators, &at, PER_PHASE, &format!("host {i} permissive"));
     }
 
-    // Phase 2: host by host (same order), mode = "strict" by hot reload, then the --strict rules.
-    // The order matters: a permissive sidecar remembers for 30s that a peer had no TLS and keeps
-    // reaching it in plaintext, even once that peer's --strict rules reset every such connection
-    // (the failed fallback does not make it try TLS again). Hosts 2 and 3 got their sidecars after
-    // host 1 had TLS, so they never remember host 1 as plaintext, and so on down the line. In the
-    // order 3, 2, 1 host 1 keeps failing to reach host 3 for the rest of its 30s.
-    for i in 1..=3 {
+    // Phase 2: host by host, mode = "strict" by hot reload, then the --strict rules. In reverse order
+    // on purpose: host 1 got its sidecar while hosts 2 and 3 had none, so it remembers them as
+    // plaintext-only; when host 3 goes strict first, host 1's remembered plaintext connection to it is
+    // reset, and host 1 must try TLS at once (and say so) rather than fail for the rest of its memory.
+    for i in (1..=3).rev() {
         let ns = net.host(i);
         files[i - 1].write_config("strict");
         sidecars[i - 1].signal("HUP");
@@ -854,6 +852,11 @@ fn rolling_migration_loses_no_exchange() {
         files[i - 1].apply_rules(ns, true);
         at = progress(&generators, &at, PER_PHASE, &format!("host {i} strict"));
     }
+    let line = wait_seen(&mut sidecars[0], "now accepts TLS");
+    assert!(
+        line.contains("10.77.0.3") || line.contains("10.77.0.2"),
+        "{line}"
+    );
     // A sidecar restart under load (SIGTERM, graceful stop, start again): connections in flight end
     // or are refused while it is down, and the generators retry.
     sidecars[1].signal("TERM");

@@ -222,8 +222,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
             return relay_plain(local, from, plain, remote).await;
         }
         // Its plaintext port refuses now: the peer has most likely moved to strict. Try TLS at once
-        // instead of waiting out the memory.
-        s.forget_plaintext(peer.ip());
+        // instead of waiting out the memory (success forgets it and logs the move).
     }
     let (tls, conn) = match dial(peer, &state, s).await {
         Ok(ok) => ok,
