@@ -215,14 +215,14 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     };
     let peer = route.tls;
     let permissive_plain = route.plain.filter(|_| state.mode == Mode::Permissive);
+    // A peer known to have no TLS yet goes straight to plaintext. If its plaintext port refuses, it
+    // has most likely moved to strict: TLS is tried at once instead of waiting out the memory (success
+    // forgets it and logs the move).
     if let Some(plain) = permissive_plain
         && s.recently_plaintext(peer.ip())
+        && let Ok(remote) = connect_plain(plain, s).await
     {
-        if let Ok(remote) = connect_plain(plain, s).await {
-            return relay_plain(local, from, plain, remote).await;
-        }
-        // Its plaintext port refuses now: the peer has most likely moved to strict. Try TLS at once
-        // instead of waiting out the memory (success forgets it and logs the move).
+        return relay_plain(local, from, plain, remote).await;
     }
     let (tls, conn) = match dial(peer, &state, s).await {
         Ok(ok) => ok,
