@@ -1,7 +1,7 @@
 //! Transparent interception for real, in a network namespace of the test's own: the rules from
 //! `ringseal rules --apply` redirect a plaintext connection to a peer's storage port (7000) into the
 //! transparent outbound listener, which carries it over mutual TLS to the peer's TLS port (7001),
-//! whose inbound listener delivers it to the storage service. ringseal's own connections are excluded
+//! whose inbound listener delivers it to the storage service, over IPv4 and IPv6. ringseal's own connections are excluded
 //! from the redirect, and `--remove` takes exactly its table away.
 //!
 //! Needs root, `ip`, `nft`, `setpriv` and `python3`; in CI it must run, elsewhere it says why it skips.
@@ -15,6 +15,7 @@ use common::process::Proc;
 use common::*;
 
 const PEER: &str = "10.123.0.2";
+const PEER6: &str = "fd00:123::2";
 
 struct Netns(String);
 
@@ -27,8 +28,10 @@ impl Netns {
         let ns = Self(name);
         for cmd in [
             "ip link set lo up",
-            // The peer's address, local to this namespace (no dummy or veth device needed).
+            // The peer's addresses, local to this namespace (no dummy or veth device needed).
             &format!("ip addr add {PEER}/32 dev lo"),
+            "sysctl -qw net.ipv6.conf.lo.disable_ipv6=0",
+            &format!("ip -6 addr add {PEER6}/128 dev lo"),
         ] {
             run(ns.cmd(&cmd.split(' ').collect::<Vec<_>>()));
         }
@@ -123,7 +126,7 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
     }
     let ns = Netns::new();
     let pki = Pki::new();
-    let node = pki.issue("node", &[ip(PEER), LOCALHOST]);
+    let node = pki.issue("node", &[ip(PEER), ip(PEER6), LOCALHOST]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     std::fs::write(path.join("node.crt"), &node.cert_pem).unwrap();
@@ -136,7 +139,11 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
             "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n\
              [[inbound]]\nlisten = \"{PEER}:7001\"\nforward = \"127.0.0.1:7000\"\n\
              require_endpoint_verification = true\n\n\
+             [[inbound]]\nlisten = \"[{PEER6}]:7001\"\nforward = \"127.0.0.1:7000\"\n\
+             require_endpoint_verification = true\n\n\
              [[outbound]]\nlisten = \"127.0.0.1:7002\"\ntransparent = true\ntls_port = 7001\n\
+             require_endpoint_verification = true\n\n\
+             [[outbound]]\nlisten = \"[::1]:7003\"\ntransparent = true\ntls_port = 7001\n\
              require_endpoint_verification = true\n"
         ),
     )
@@ -147,7 +154,14 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
     // The rules: ringseal runs as root (uid 0) here, so uid 0 is excluded; the "node" is nobody.
     let printed = run(ns.cmd(&[bin, "rules", "--config", config_arg, "--uid", "0"]));
     let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
-    assert!(printed.contains("redirect to :7002"), "{printed}");
+    assert!(
+        printed.contains("ip daddr != 127.0.0.0/8 tcp dport 7000 redirect to :7002"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("ip6 daddr != ::1 tcp dport 7000 redirect to :7003"),
+        "{printed}"
+    );
     run(ns.cmd(&[
         bin, "rules", "--config", config_arg, "--uid", "0", "--apply",
     ]));
@@ -175,7 +189,7 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
     }
     let netns_prefix = ["ip", "netns", "exec", ns.0.as_str()];
     let mut proc = Proc::spawn(&netns_prefix, &config, dir);
-    proc.wait_for("starting outbound listener on 127.0.0.1:7002");
+    proc.wait_for("starting outbound listener on [::1]:7003");
 
     // The node (uid 65534) dials the peer's storage port; nothing listens on PEER:7000, so an answer
     // can only come through the redirect, the outbound listener, mTLS to PEER:7001 and the inbound
@@ -195,6 +209,24 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "marker-through-ringseal"
+    );
+    // The same over IPv6: SO_ORIGINAL_DST for an IPv6 connection (IP6T_SO_ORIGINAL_DST).
+    let out = run(ns.cmd(&[
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        CLIENT,
+        PEER6,
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "marker-through-ringseal",
+        "IPv6"
     );
     // ringseal's own uid is not redirected: the same connection as root finds nothing on PEER:7000.
     let direct = ns
