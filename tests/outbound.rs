@@ -32,21 +32,6 @@ fn outbound_config(pki: &Pki, upstream: SocketAddr, endpoint: bool) -> Config {
     c
 }
 
-async fn start_outbound(config: Config) -> (SocketAddr, Sidecar) {
-    let server = ringseal::Server::bind(config).await.unwrap();
-    let addr = server.outbound_addrs()[0];
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(server.serve(shutdown.clone()));
-    (
-        addr,
-        Sidecar {
-            addr,
-            shutdown,
-            task,
-        },
-    )
-}
-
 /// The local side must see its connection end (EOF or reset) without anything delivered.
 async fn assert_closed_without_data(local: &mut TcpStream) {
     let mut buf = [0u8; 64];
@@ -62,7 +47,7 @@ async fn plaintext_in_mtls_between_plaintext_out() {
     let backend = Backend::start(Mode::Echo).await;
     let inbound = Sidecar::start(config(&pki, backend.addr)).await;
     // The peer's certificate has IP SAN 127.0.0.1, the address dialed: endpoint verification passes.
-    let (out_addr, outbound) = start_outbound(outbound_config(&pki, inbound.addr, true)).await;
+    let (out_addr, outbound) = start_out(outbound_config(&pki, inbound.addr, true)).await;
 
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     let mut data = vec![0u8; 8 * 1024 * 1024];
@@ -94,7 +79,7 @@ async fn peer_from_another_ca_is_refused() {
     let stranger = Pki::new_named("OtherCluster");
     let backend = Backend::start(Mode::Echo).await;
     let inbound = Sidecar::start(config(&stranger, backend.addr)).await;
-    let (out_addr, _outbound) = start_outbound(outbound_config(&pki, inbound.addr, false)).await;
+    let (out_addr, _outbound) = start_out(outbound_config(&pki, inbound.addr, false)).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     local.write_all(b"secret mutation").await.unwrap();
     assert_closed_without_data(&mut local).await;
@@ -109,11 +94,11 @@ async fn endpoint_verification_refuses_a_peer_without_the_dialed_ip() {
     let backend = Backend::start(Mode::Echo).await;
     let peer_cfg = config_with(&pki, &node2, backend.addr);
     let inbound = Sidecar::start(peer_cfg).await;
-    let (strict, _a) = start_outbound(outbound_config(&pki, inbound.addr, true)).await;
+    let (strict, _a) = start_out(outbound_config(&pki, inbound.addr, true)).await;
     let mut local = TcpStream::connect(strict).await.unwrap();
     assert_closed_without_data(&mut local).await;
     // Without endpoint verification the same peer is accepted (chain only, as Cassandra does).
-    let (lenient, _b) = start_outbound(outbound_config(&pki, inbound.addr, false)).await;
+    let (lenient, _b) = start_out(outbound_config(&pki, inbound.addr, false)).await;
     let mut local = TcpStream::connect(lenient).await.unwrap();
     local.write_all(b"ping").await.unwrap();
     let mut pong = [0u8; 4];
@@ -136,7 +121,7 @@ async fn allow_list_refuses_a_peer_of_another_cluster_name() {
         ou: vec!["ProdCluster".into()],
         ..AllowList::default()
     };
-    let (out_addr, _o) = start_outbound(cfg).await;
+    let (out_addr, _o) = start_out(cfg).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     assert_closed_without_data(&mut local).await;
     assert_eq!(backend.accepted(), 0);
@@ -149,7 +134,7 @@ async fn peer_down_closes_the_local_connection_promptly() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let (out_addr, outbound) = start_outbound(outbound_config(&pki, dead, false)).await;
+    let (out_addr, outbound) = start_out(outbound_config(&pki, dead, false)).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     assert_closed_without_data(&mut local).await;
     assert_eq!(outbound.stop().await.cut, 0);
@@ -169,7 +154,7 @@ async fn half_open_peer_times_out() {
     });
     let mut cfg = outbound_config(&pki, silent_addr, false);
     cfg.limits.handshake_timeout = Duration::from_millis(300);
-    let (out_addr, _o) = start_outbound(cfg).await;
+    let (out_addr, _o) = start_out(cfg).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     assert_closed_without_data(&mut local).await;
 }
@@ -187,7 +172,7 @@ async fn peer_closing_mid_stream_is_seen_locally() {
         s.write_all(b"bye").await.unwrap();
     });
     let inbound = Sidecar::start(config(&pki, backend_addr)).await;
-    let (out_addr, _o) = start_outbound(outbound_config(&pki, inbound.addr, false)).await;
+    let (out_addr, _o) = start_out(outbound_config(&pki, inbound.addr, false)).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     local.write_all(b"hello").await.unwrap();
     let mut got = Vec::new();
@@ -262,7 +247,7 @@ async fn openssl_s_server_as_the_peer() {
         .recv_timeout(Duration::from_secs(15))
         .expect("s_server did not start");
     let upstream: SocketAddr = accept.parse().unwrap();
-    let (out_addr, _o) = start_outbound(outbound_config(&pki, upstream, true)).await;
+    let (out_addr, _o) = start_out(outbound_config(&pki, upstream, true)).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     local.write_all(b"cassandra\n").await.unwrap();
     let mut back = [0u8; 10];
@@ -311,13 +296,13 @@ async fn revoked_peer_certificate_is_refused() {
         .add_crls(std::path::Path::new("crl.pem"), crl.as_bytes())
         .unwrap();
     cfg.tls.material = std::sync::Arc::new(material);
-    let (out_addr, _o) = start_outbound(cfg).await;
+    let (out_addr, _o) = start_out(cfg).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     local.write_all(b"mutation").await.unwrap();
     assert_closed_without_data(&mut local).await;
     assert_eq!(backend.accepted(), 0);
     // Without the CRL the same peer is fine.
-    let (out_addr, _p) = start_outbound(outbound_config(&pki, inbound.addr, false)).await;
+    let (out_addr, _p) = start_out(outbound_config(&pki, inbound.addr, false)).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     local.write_all(b"ping").await.unwrap();
     let mut pong = [0u8; 4];
@@ -332,7 +317,7 @@ async fn transparent_listener_refuses_connections_that_were_not_redirected() {
     let pki = Pki::new();
     let mut cfg = outbound_config(&pki, "127.0.0.1:9".parse().unwrap(), false);
     cfg.outbound[0].target = Target::Transparent { tls_port: 7001 };
-    let (out_addr, outbound) = start_outbound(cfg).await;
+    let (out_addr, outbound) = start_out(cfg).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     local.write_all(b"gossip").await.unwrap();
     assert_closed_without_data(&mut local).await;

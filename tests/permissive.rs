@@ -72,21 +72,6 @@ fn permissive_outbound(
     c
 }
 
-async fn start(config: ringseal::config::Config) -> (SocketAddr, Sidecar) {
-    let server = ringseal::Server::bind(config).await.unwrap();
-    let addr = server.outbound_addrs()[0];
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(server.serve(shutdown.clone()));
-    (
-        addr,
-        Sidecar {
-            addr,
-            shutdown,
-            task,
-        },
-    )
-}
-
 #[tokio::test]
 async fn outbound_falls_back_to_plaintext_when_the_peer_has_no_tls_port() {
     let pki = Pki::new();
@@ -95,7 +80,7 @@ async fn outbound_falls_back_to_plaintext_when_the_peer_has_no_tls_port() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let (out, _s) = start(permissive_outbound(&pki, closed, plain_peer.addr)).await;
+    let (out, _s) = start_out(permissive_outbound(&pki, closed, plain_peer.addr)).await;
     for _ in 0..3 {
         let back = within("fallback", plain_echo(out, b"gossip"))
             .await
@@ -117,7 +102,7 @@ async fn outbound_falls_back_when_the_tls_port_does_not_speak_tls() {
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         }
     });
-    let (out, _s) = start(permissive_outbound(&pki, not_tls_addr, plain_peer.addr)).await;
+    let (out, _s) = start_out(permissive_outbound(&pki, not_tls_addr, plain_peer.addr)).await;
     let back = within("fallback", plain_echo(out, b"gossip"))
         .await
         .unwrap();
@@ -132,7 +117,7 @@ async fn outbound_never_falls_back_after_a_certificate_failure() {
     let backend = Backend::start(Mode::Echo).await;
     let impostor = Sidecar::start(config(&stranger, backend.addr)).await;
     let plain_peer = Backend::start(Mode::Echo).await;
-    let (out, _s) = start(permissive_outbound(&pki, impostor.addr, plain_peer.addr)).await;
+    let (out, _s) = start_out(permissive_outbound(&pki, impostor.addr, plain_peer.addr)).await;
     let back = within("refusal", plain_echo(out, b"secret")).await;
     assert!(back.map_or(true, |b| b.is_empty()), "data came back");
     assert_eq!(
@@ -149,7 +134,7 @@ async fn outbound_prefers_tls_when_the_peer_has_it() {
     let backend = Backend::start(Mode::Echo).await;
     let inbound = Sidecar::start(config(&pki, backend.addr)).await;
     let plain_peer = Backend::start(Mode::Echo).await;
-    let (out, _s) = start(permissive_outbound(&pki, inbound.addr, plain_peer.addr)).await;
+    let (out, _s) = start_out(permissive_outbound(&pki, inbound.addr, plain_peer.addr)).await;
     let back = within("tls", plain_echo(out, b"hello")).await.unwrap();
     assert_eq!(back, b"hello");
     assert_eq!(backend.accepted(), 1);
@@ -176,7 +161,7 @@ async fn a_peer_that_went_strict_is_tried_over_tls_at_once() {
             });
         }
     });
-    let (out, _s) = start(permissive_outbound(&pki, tls_addr, plain_addr)).await;
+    let (out, _s) = start_out(permissive_outbound(&pki, tls_addr, plain_addr)).await;
     assert_eq!(
         within("fallback", plain_echo(out, b"one")).await.unwrap(),
         b"one"

@@ -115,10 +115,29 @@ impl Sidecar {
         }
     }
 
+    /// An in-process sidecar whose first outbound listener is `addr`.
+    pub async fn start_outbound(config: Config) -> Self {
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.outbound_addrs()[0];
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.serve(shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
     pub async fn stop(self) -> Drained {
         self.shutdown.cancel();
         self.task.await.unwrap()
     }
+}
+
+/// Starts an outbound sidecar; returns its listen address and the sidecar.
+pub async fn start_out(config: Config) -> (SocketAddr, Sidecar) {
+    let sidecar = Sidecar::start_outbound(config).await;
+    (sidecar.addr, sidecar)
 }
 
 /// What a backend does with each connection.
