@@ -59,6 +59,11 @@ pub enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// Issue certificates: a cluster CA, node certificates (PEM + PKCS#12), or sign a keytool CSR.
+    Certs {
+        #[command(subcommand)]
+        command: Certs,
+    },
     /// Show the whole thing on loopback: a throwaway CA, three fake Cassandra nodes with sidecars, real
     /// mTLS traffic, an impostor and an endpoint-verification failure, and a live summary.
     Demo {
@@ -66,4 +71,91 @@ pub enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+}
+
+/// `ringseal certs ...`
+#[derive(Debug, Subcommand)]
+pub enum Certs {
+    /// Create a cluster CA: DIR/ca.crt and DIR/ca.key (0600). OU = the cluster name.
+    Ca {
+        /// Cassandra's cluster_name; becomes the CA's OU (and the OU of every node certificate).
+        #[arg(long)]
+        cluster_name: String,
+        /// Directory to write to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Key type.
+        #[arg(long, value_enum, default_value_t = KeyTypeArg::EcdsaP256)]
+        key_type: KeyTypeArg,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node certificate from a CA made by `certs ca`: OUT/NAME.crt (leaf, then CA), NAME.key
+    /// (0600) and NAME.p12 (0600, for Cassandra's keystore), with IP SANs for endpoint verification
+    /// and both serverAuth and clientAuth.
+    Node {
+        /// The CA directory (ca.crt, ca.key).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's name (CN, file names and the PKCS#12 alias).
+        #[arg(long)]
+        name: String,
+        /// The node's IP addresses (listen_address, broadcast_address); repeat for several.
+        #[arg(long = "ip", required = true)]
+        ips: Vec<std::net::IpAddr>,
+        /// DNS names, if peers should also match names; repeat for several.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// Directory to write to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Key type.
+        #[arg(long, value_enum, default_value_t = KeyTypeArg::EcdsaP256)]
+        key_type: KeyTypeArg,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// File holding the PKCS#12 password (default: a random one, written to NAME.p12.password).
+        #[arg(long)]
+        p12_password_file: Option<PathBuf>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a certificate signing request (e.g. `keytool -certreq`) as a node certificate; prints PEM.
+    Sign {
+        /// The CA directory (ca.crt, ca.key).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The CSR file (PEM).
+        #[arg(long)]
+        csr: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+}
+
+/// `--key-type`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeyTypeArg {
+    EcdsaP256,
+    #[value(name = "rsa-2048")]
+    Rsa2048,
+    #[value(name = "rsa-4096")]
+    Rsa4096,
+}
+
+impl From<KeyTypeArg> for crate::pki::KeyType {
+    fn from(k: KeyTypeArg) -> Self {
+        match k {
+            KeyTypeArg::EcdsaP256 => Self::EcdsaP256,
+            KeyTypeArg::Rsa2048 => Self::Rsa2048,
+            KeyTypeArg::Rsa4096 => Self::Rsa4096,
+        }
+    }
 }

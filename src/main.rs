@@ -115,6 +115,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Certs { command } => match certs(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Demo { duration } => runtime.block_on(async {
             let stop = CancellationToken::new();
             tokio::spawn(on_signals(stop.clone(), None));
@@ -127,6 +134,65 @@ fn main() -> ExitCode {
             }
         }),
     }
+}
+
+fn certs(command: ringseal::cli::Certs) -> Result<(), ringseal::pki::files::CertsError> {
+    use ringseal::cli::Certs;
+    use ringseal::pki::files;
+    match command {
+        Certs::Ca {
+            cluster_name,
+            out,
+            key_type,
+            days,
+            force,
+        } => {
+            for f in files::write_ca(&out, &cluster_name, key_type.into(), days, force)? {
+                println!("wrote {}", f.display());
+            }
+        }
+        Certs::Node {
+            ca,
+            name,
+            ips,
+            dns,
+            out,
+            key_type,
+            days,
+            p12_password_file,
+            force,
+        } => {
+            let ca = files::load_ca(&ca)?;
+            let mut spec = ringseal::pki::NodeSpec::new(&name, &ips);
+            spec.dns = dns;
+            spec.key = key_type.into();
+            spec.not_after = spec.not_before + std::time::Duration::from_secs(days * 86400 + 3600);
+            let password = match &p12_password_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|source| files::CertsError::Io {
+                            path: path.clone(),
+                            source,
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let written = files::write_node(&ca, &spec, &out, password.as_deref(), force)?;
+            for f in &written.files {
+                println!("wrote {}", f.display());
+            }
+            if let Some(p) = written.password_file {
+                println!("the PKCS#12 password is in {}", p.display());
+            }
+        }
+        Certs::Sign { ca, csr, days } => {
+            let ca = files::load_ca(&ca)?;
+            print!("{}", files::sign_csr(&ca, &csr, days)?);
+        }
+    }
+    Ok(())
 }
 
 fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
