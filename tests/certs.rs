@@ -45,6 +45,21 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `ringseal certs ca` into `dir/ca`.
+fn make_ca(dir: &Path) -> std::path::PathBuf {
+    let ca = dir.join("ca");
+    let out = ringseal(&[
+        "certs",
+        "ca",
+        "--cluster-name",
+        "TestCluster",
+        "--out",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    ca
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -56,16 +71,7 @@ fn ca_and_node_files_verify_and_refuse_to_overwrite() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = d.join("ca");
-    let out = ringseal(&[
-        "certs",
-        "ca",
-        "--cluster-name",
-        "TestCluster",
-        "--out",
-        ca.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let ca = make_ca(d);
     assert_eq!(mode(&ca.join("ca.key")), 0o600);
     let node = d.join("n1");
     let args = [
@@ -210,19 +216,7 @@ fn keytool_csr_is_signed_and_the_reply_installs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = d.join("ca");
-    assert!(
-        ringseal(&[
-            "certs",
-            "ca",
-            "--cluster-name",
-            "TestCluster",
-            "--out",
-            ca.to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    let ca = make_ca(d);
     // The tutorial's flow: keytool makes the key pair and the request...
     let keystore = ["-keystore", "node2.p12", "-storepass", "cassandra"];
     let g = tool(
@@ -355,19 +349,7 @@ fn keytool_csr_is_signed_and_the_reply_installs() {
 async fn issued_files_run_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = d.join("ca");
-    assert!(
-        ringseal(&[
-            "certs",
-            "ca",
-            "--cluster-name",
-            "TestCluster",
-            "--out",
-            ca.to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    let ca = make_ca(d);
     for n in ["node1", "node2"] {
         let out = ringseal(&[
             "certs",
