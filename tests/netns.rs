@@ -45,6 +45,22 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// A command run in the namespace as the "node" (uid 65534), whose connections the rules redirect.
+    fn as_node(&self, args: &[&str]) -> Command {
+        let mut all = vec![
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+        ];
+        all.extend_from_slice(args);
+        self.cmd(&all)
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -194,35 +210,13 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
     // The node (uid 65534) dials the peer's storage port; nothing listens on PEER:7000, so an answer
     // can only come through the redirect, the outbound listener, mTLS to PEER:7001 and the inbound
     // listener's forward to 127.0.0.1:7000.
-    let out = run(ns.cmd(&[
-        "setpriv",
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-        "/usr/bin/python3",
-        "-c",
-        CLIENT,
-        PEER,
-    ]));
+    let out = run(ns.as_node(&["/usr/bin/python3", "-c", CLIENT, PEER]));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "marker-through-ringseal"
     );
     // The same over IPv6: SO_ORIGINAL_DST for an IPv6 connection (IP6T_SO_ORIGINAL_DST).
-    let out = run(ns.cmd(&[
-        "setpriv",
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-        "/usr/bin/python3",
-        "-c",
-        CLIENT,
-        PEER6,
-    ]));
+    let out = run(ns.as_node(&["/usr/bin/python3", "-c", CLIENT, PEER6]));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "marker-through-ringseal",
@@ -275,18 +269,7 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
     ]));
     let looped = CLIENT.replace("sys.argv[1], 7000", "sys.argv[1], 7001");
     let _ = ns
-        .cmd(&[
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-            &looped,
-            PEER,
-        ])
+        .as_node(&["/usr/bin/python3", "-c", &looped, PEER])
         .output();
     let line = proc.wait_for("redirect loop");
     assert!(line.contains(&format!("{PEER}:7001")), "{line}");

@@ -241,13 +241,6 @@ impl PeerSet {
     pub fn remove(&self, ip: IpAddr) -> bool {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip)
     }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&ip)
-    }
 }
 
 /// Key for refusal log lines.

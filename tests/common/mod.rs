@@ -103,22 +103,21 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// An in-process sidecar whose first inbound listener is `addr`.
     pub async fn start(config: Config) -> Self {
         let server = Server::bind(config).await.unwrap();
         let addr = server.inbound_addrs()[0];
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.serve(shutdown.clone()));
-        Self {
-            addr,
-            shutdown,
-            task,
-        }
+        Self::serve(server, addr)
     }
 
     /// An in-process sidecar whose first outbound listener is `addr`.
     pub async fn start_outbound(config: Config) -> Self {
         let server = Server::bind(config).await.unwrap();
         let addr = server.outbound_addrs()[0];
+        Self::serve(server, addr)
+    }
+
+    fn serve(server: Server, addr: SocketAddr) -> Self {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.serve(shutdown.clone()));
         Self {
