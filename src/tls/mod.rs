@@ -1,6 +1,7 @@
 //! TLS: our key material, the suite and protocol names operators write, peer verification, and the
 //! rustls configurations built from them.
 
+pub mod jks;
 pub mod material;
 pub mod suites;
 pub mod verify;
