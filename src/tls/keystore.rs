@@ -190,7 +190,8 @@ impl StoreFile {
 
     fn wrong_password(&self, how: &str) -> MaterialError {
         self.content(format!(
-            "wrong password ({how}); check {} (Cassandra: server_encryption_options.{}_password)",
+            "wrong password, or the file is damaged ({how}); check {} (Cassandra: \
+             server_encryption_options.{}_password)",
             self.password_key(),
             self.key.trim_start_matches("tls.")
         ))

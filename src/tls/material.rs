@@ -346,6 +346,20 @@ impl TlsMaterial {
             })?;
             infos.push(info);
         }
+        // One expired CA among several is normal during a rotation (`check` warns); when every one has
+        // expired, no peer can ever be verified.
+        let now = SystemTime::now();
+        if !infos.is_empty() && infos.iter().all(|ca| ca.not_after < now) {
+            let list = infos
+                .iter()
+                .map(|ca| format!("\"{}\" expired at {}", ca.subject, fmt_time(ca.not_after)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(content(format!(
+                "every trusted CA has expired ({list}), so no peer certificate can be verified; add the \
+                 cluster's current CA certificate"
+            )));
+        }
 
         Ok(Self {
             certified: Arc::new(certified),
