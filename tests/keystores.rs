@@ -36,7 +36,10 @@ fn have_tools() -> bool {
             .is_ok_and(|o| o.status.success())
     });
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "openssl and keytool are required in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl and keytool are required in CI"
+        );
         eprintln!("skipping: openssl or keytool (a JRE) is not installed");
     }
     ok
@@ -48,14 +51,35 @@ impl Stores {
         let d = dir.path();
         let bin = env!("CARGO_BIN_EXE_ringseal");
         std::fs::write(d.join("p12.password"), "storepass1").unwrap();
-        run(d, bin, &["certs", "ca", "--cluster-name", "TestCluster", "--out", "ca"]);
+        run(
+            d,
+            bin,
+            &[
+                "certs",
+                "ca",
+                "--cluster-name",
+                "TestCluster",
+                "--out",
+                "ca",
+            ],
+        );
         for (name, ip) in [("node1", "127.0.0.1"), ("node2", "127.0.0.2")] {
             run(
                 d,
                 bin,
                 &[
-                    "certs", "node", "--ca", "ca", "--name", name, "--ip", ip, "--out", name,
-                    "--p12-password-file", "p12.password",
+                    "certs",
+                    "node",
+                    "--ca",
+                    "ca",
+                    "--name",
+                    name,
+                    "--ip",
+                    ip,
+                    "--out",
+                    name,
+                    "--p12-password-file",
+                    "p12.password",
                 ],
             );
         }
@@ -210,7 +234,12 @@ fn wrong_password_names_the_file_and_the_key() {
     s.refused(
         "keystore = \"node1.jks\"\nkeystore_password = \"storepass1\"\n\
          truststore = \"trust.jks\"\ntruststore_password = \"wrongpass9\"",
-        &["tls.truststore", "trust.jks", "wrong password", "tls.truststore_password"],
+        &[
+            "tls.truststore",
+            "trust.jks",
+            "wrong password",
+            "tls.truststore_password",
+        ],
     );
 }
 
@@ -252,7 +281,11 @@ fn truncated_and_corrupt_keystores_are_refused() {
     );
     s.refused(
         "keystore = \"node1.jceks\"\nkeystore_password = \"storepass1\"\nca = \"ca/ca.crt\"",
-        &["JCEKS keystores are not supported", "keytool -importkeystore", "-deststoretype PKCS12"],
+        &[
+            "JCEKS keystores are not supported",
+            "keytool -importkeystore",
+            "-deststoretype PKCS12",
+        ],
     );
 }
 
@@ -277,10 +310,17 @@ fn keystore_entries_no_key_several_keys_alias() {
                  -deststorepass storepass1 -destalias {node}"
             ));
         }
-        let base = format!("keystore = \"{store}\"\nkeystore_password = \"storepass1\"\nca = \"ca/ca.crt\"");
+        let base = format!(
+            "keystore = \"{store}\"\nkeystore_password = \"storepass1\"\nca = \"ca/ca.crt\""
+        );
         s.refused(
             &base,
-            &["holds 2 private key entries", "\"node1\"", "\"node2\"", "tls.keystore_alias"],
+            &[
+                "holds 2 private key entries",
+                "\"node1\"",
+                "\"node2\"",
+                "tls.keystore_alias",
+            ],
         );
         let out = s.accepted(&format!("{base}\nkeystore_alias = \"node2\""));
         assert!(out.contains("CN=node2"), "{store}: {out}");
@@ -305,21 +345,34 @@ fn empty_truststore_key_mismatch_expired_ca() {
     s.refused(
         "cert = \"node1/node1.crt\"\nkey = \"node1/node1.key\"\n\
          truststore = \"lonely.p12\"\ntruststore_password = \"trustpass7\"",
-        &["tls.truststore", "lonely.p12", "holds no trusted certificate", "keytool -importcert"],
+        &[
+            "tls.truststore",
+            "lonely.p12",
+            "holds no trusted certificate",
+            "keytool -importcert",
+        ],
     );
     // A PEM keystore whose key belongs to another certificate.
     s.sh("cat node2/node2.key node1/node1.crt > mismatch.pem");
     s.refused(
         "keystore = \"mismatch.pem\"\nca = \"ca/ca.crt\"",
-        &["tls.keystore", "mismatch.pem", "does not match its certificate"],
+        &[
+            "tls.keystore",
+            "mismatch.pem",
+            "does not match its certificate",
+        ],
     );
     // Every trusted CA expired: no peer could ever be verified.
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "OldCA");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "OldCA");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    let old = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    let old = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
     std::fs::write(s.path("old-ca.crt"), old.pem()).unwrap();
     s.refused(
         "cert = \"node1/node1.crt\"\nkey = \"node1/node1.key\"\nca = \"old-ca.crt\"",

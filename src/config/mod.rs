@@ -595,60 +595,12 @@ impl FileConfig {
     }
 }
 
-/// What `ringseal check` prints: everything `run` would do, after every file was loaded.
+/// What `ringseal check` prints after the PKI report (see `doctor`): the negotiation, the listeners and
+/// the limits, every validated value.
 pub fn describe(c: &Config) -> String {
     use crate::tls::suites::{iana_name, protocol_name};
-    use crate::tls::x509::fmt_time;
     use std::fmt::Write;
     let mut out = String::new();
-    let m = &c.tls.material;
-    let days = |t: std::time::SystemTime| {
-        t.duration_since(std::time::SystemTime::now())
-            .map_or(0, |d| d.as_secs() / 86400)
-    };
-    let _ = writeln!(out, "config OK");
-    if c.tls.files.is_some() {
-        let _ = writeln!(
-            out,
-            "identity   {} {} (key {} {})",
-            m.origins.cert.0,
-            m.origins.cert.1.display(),
-            m.origins.key.0,
-            m.origins.key.1.display()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  subject  {}\n  issuer   {}\n  valid    {} .. {} ({} days left)\n  IP SANs  {}\n  DNS SANs {}",
-        m.identity.subject,
-        m.identity.issuer,
-        fmt_time(m.identity.not_before),
-        fmt_time(m.identity.not_after),
-        days(m.identity.not_after),
-        m.identity.ip_sans(),
-        if m.identity.dns.is_empty() {
-            "none".into()
-        } else {
-            m.identity.dns.join(", ")
-        },
-    );
-    if c.tls.files.is_some() {
-        let _ = writeln!(
-            out,
-            "trust      {} {} ({} CA certificate(s))",
-            m.origins.ca.0,
-            m.origins.ca.1.display(),
-            m.cas.len()
-        );
-    }
-    for ca in &m.cas {
-        let _ = writeln!(
-            out,
-            "  CA       {} (until {})",
-            ca.subject,
-            fmt_time(ca.not_after)
-        );
-    }
     let versions: Vec<_> = c
         .tls
         .versions

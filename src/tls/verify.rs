@@ -404,7 +404,7 @@ impl ServerCertVerifier for ServerVerifier {
 
 /// webpki's verdict in rustls's terms (rustls's own mapping is private), so `classify` and the alert
 /// sent to the peer are the same for both directions.
-fn webpki_error(e: webpki::Error) -> Error {
+pub fn webpki_error(e: webpki::Error) -> Error {
     use webpki::Error as W;
     Error::InvalidCertificate(match e {
         W::BadDer | W::BadDerTime => CertificateError::BadEncoding,
