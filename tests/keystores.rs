@@ -8,6 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::*;
+
 /// The files of one test: a `ringseal certs` CA with node1 and node2, and keytool stores made from them.
 struct Stores {
     dir: tempfile::TempDir,
@@ -378,4 +380,67 @@ fn empty_truststore_key_mismatch_expired_ca() {
         "cert = \"node1/node1.crt\"\nkey = \"node1/node1.key\"\nca = \"old-ca.crt\"",
         &["tls.ca", "old-ca.crt", "CN=OldCA", "expired"],
     );
+}
+
+/// `tls.outbound_keystore`: outbound connections present that identity, inbound ones ours. Proven by an
+/// inbound sidecar whose allow-list admits only the outbound identity's CN.
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_keystore_is_the_client_certificate() {
+    use common::process::{Proc, address_after};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !have_tools() {
+        return;
+    }
+    let s = Stores::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let start = |name: &str, body: String| {
+        let dir = tempfile::tempdir().unwrap();
+        s.sh(&format!("cp -r ca node1 node2 {}/", dir.path().display()));
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, body).unwrap();
+        let mut p = Proc::spawn(&[], &config, dir);
+        let addr = address_after(&p.wait_for("listener on"), "listener on ");
+        (p, addr)
+    };
+    let inbound = |cn: &str| {
+        format!(
+            "[tls]\ncert = \"node1/node1.crt\"\nkey = \"node1/node1.key\"\nca = \"ca/ca.crt\"\n\n\
+             [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = {{ cn = [\"{cn}\"] }}\n",
+            backend.addr
+        )
+    };
+    let outbound = |upstream: std::net::SocketAddr| {
+        format!(
+            "[tls]\nkeystore = \"node1/node1.p12\"\nkeystore_password = \"storepass1\"\n\
+             outbound_keystore = \"node2/node2.p12\"\noutbound_keystore_password_file = \"../p12.password\"\n\
+             ca = \"ca/ca.crt\"\n\n[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n"
+        )
+        .replace("../p12.password", &s.path("p12.password").display().to_string())
+    };
+    let echo_through = |addr: std::net::SocketAddr| async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(b"ping").await;
+        let mut buf = [0u8; 4];
+        matches!(
+            within("echo", c.read_exact(&mut buf)).await,
+            Ok(_) if &buf == b"ping"
+        )
+    };
+
+    let (_a, a_addr) = start("a", inbound("node2"));
+    let (_b, b_addr) = start("b", outbound(a_addr));
+    assert!(
+        echo_through(b_addr).await,
+        "node2's certificate must be presented"
+    );
+
+    let (mut a2, a2_addr) = start("a2", inbound("node1"));
+    let (_b2, b2_addr) = start("b2", outbound(a2_addr));
+    assert!(
+        !echo_through(b2_addr).await,
+        "node1's certificate must not be presented outbound"
+    );
+    let line = a2.wait_for("refused");
+    assert!(line.contains("CN=node2"), "{line}");
+    assert_eq!(backend.accepted(), 1);
 }
