@@ -678,6 +678,8 @@ fn seeded_mutations_of_real_stores_never_panic() {
             Err(JksError::UnsupportedVersion(_)) => "version",
             Err(JksError::Truncated { .. }) => "truncated",
             Err(JksError::Corrupt { .. }) => "corrupt",
+            // A correct digest over whatever the structure spans: never the password's fault.
+            Err(JksError::WrongPassword) if resealed => panic!("resealed, yet wrong password"),
             Err(JksError::WrongPassword) => "wrong password",
             Err(JksError::KeyPasswordMismatch { .. }) => "key password",
             Err(JksError::UnsupportedKeyProtection { .. }) => "key protection",
