@@ -269,7 +269,11 @@ pub fn derive_with_home(
     let root = parse(&text).map_err(|e| match e {
         ParseError::Syntax { message, at } => CassandraYamlError::Syntax {
             path: path.clone(),
-            hint: if message.contains("tab") {
+            // ("unprintable" contains "tab": match the word.)
+            hint: if message
+                .split(|c: char| !c.is_ascii_alphabetic())
+                .any(|w| w == "tab" || w == "tabs")
+            {
                 "; YAML indents with spaces, never tabs"
             } else {
                 toml_hint(&text)
