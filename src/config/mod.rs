@@ -3,6 +3,7 @@
 //! types and never re-checks: addresses are parsed, durations are [`Duration`]s, cipher suite names are
 //! rustls suites, and the certificate files are already loaded into a [`TlsMaterial`].
 
+pub mod cassandra;
 mod file;
 
 use std::net::SocketAddr;

@@ -1,0 +1,746 @@
+//! `--cassandra-yaml`: a ringseal config derived from realistic cassandra.yaml files of Cassandra 3.11,
+//! 4.0, 4.1 (its new key spellings), 5.0 (PEM, outbound keystore, the 5.0 authenticator) and trunk
+//! (password files), in `tests/cassandra-yaml/`. Each derived table is compared key by key, every
+//! warning is checked to name its key, a ringseal config overrides the derived one, and every file of
+//! `tests/cassandra-yaml/invalid/` (plus generated garbage) fails with its exact message. No network,
+//! no ports.
+
+use std::path::{Path, PathBuf};
+
+use ringseal::config::cassandra::{Derived, derive, derive_with_home, merge};
+use toml::{Table, Value};
+
+/// The fixtures folder, as the derived absolute paths spell it.
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cassandra-yaml")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    dir().join(name)
+}
+
+fn derive_fixture(name: &str, home: Option<&str>) -> Derived {
+    derive_with_home(&fixture(name), home.map(Path::new)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A TOML table; `{dir}` stands for the fixtures folder.
+fn table(text: &str) -> Table {
+    toml::from_str(&text.replace("{dir}", &dir().to_string_lossy())).unwrap()
+}
+
+/// Compares two tables key by key and names the first key that differs.
+fn assert_table_eq(actual: &Table, expected: &Table, at: &str) {
+    for (key, want) in expected {
+        let path = format!("{at}{key}");
+        let Some(got) = actual.get(key) else {
+            panic!("{path}: missing, expected {want}");
+        };
+        assert_value_eq(got, want, &path);
+    }
+    for key in actual.keys() {
+        assert!(
+            expected.contains_key(key),
+            "{at}{key}: not expected, but derived as {}",
+            actual[key]
+        );
+    }
+}
+
+fn assert_value_eq(got: &Value, want: &Value, path: &str) {
+    match (got, want) {
+        (Value::Table(g), Value::Table(w)) => assert_table_eq(g, w, &format!("{path}.")),
+        (Value::Array(g), Value::Array(w)) if g.iter().all(Value::is_table) => {
+            assert_eq!(g.len(), w.len(), "{path}: number of tables");
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                assert_value_eq(g, w, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(got, want, "{path}"),
+    }
+}
+
+/// The key each warning is about (what stands before " (line" or ":"), in order.
+fn warned(d: &Derived) -> Vec<&str> {
+    d.warnings
+        .iter()
+        .map(|w| w.split([' ', ':']).next().unwrap())
+        .collect()
+}
+
+fn has_note(d: &Derived, text: &str) -> bool {
+    d.notes.iter().any(|n| n.contains(text))
+}
+
+const SEO: &str = "server_encryption_options";
+
+#[test]
+fn cassandra_3_11_tarball_with_java_keystores() {
+    let d = derive_fixture("cassandra-3.11/conf/cassandra.yaml", None);
+    let expected = table(
+        r#"
+        cluster_name = "Payments Prod"
+        mode = "strict"
+        [tls]
+        keystore = "{dir}/cassandra-3.11/conf/.keystore"
+        keystore_password = "Kx9!prod"
+        keystore_type = "jks"
+        truststore = "/etc/cassandra/ssl/truststore.jks"
+        truststore_password = "123456"
+        truststore_type = "jks"
+        protocols = ["TLSv1.2"]
+        cipher_suites = ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]
+        require_client_auth = true
+        [[inbound]]
+        listen = "10.20.0.11:7001"
+        forward = "10.20.0.11:7000"
+        require_endpoint_verification = true
+        [[outbound]]
+        listen = "127.0.0.1:7002"
+        transparent = true
+        tls_port = 7001
+        require_endpoint_verification = true
+        "#,
+    );
+    assert_table_eq(&d.table, &expected, "");
+    assert_eq!(d.cluster_name.as_deref(), Some("Payments Prod"));
+    let seo = |k: &str| format!("{SEO}.{k}");
+    assert_eq!(
+        warned(&d),
+        [
+            seo("internode_encryption"),
+            seo("algorithm"),
+            seo("cipher_suites"),
+            seo("cipher_suites"),
+            seo("cipher_suites"),
+        ]
+    );
+    assert!(d.warnings[0].starts_with(&format!(
+        "{SEO}.internode_encryption (line 89): \"all\": Cassandra still encrypts internode traffic itself"
+    )));
+    assert!(d.warnings[2].contains(
+        "\"TLS_RSA_WITH_AES_128_CBC_SHA\" is refused: CBC mode (MAC-then-encrypt, padding-oracle \
+         attacks such as Lucky13; rustls implements only AEAD ciphers) and no forward secrecy"
+    ));
+    assert!(
+        d.warnings[4].contains("\"TLS_DHE_RSA_WITH_AES_128_CBC_SHA\" is refused")
+            && d.warnings[4].contains("Use TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+        "the replacement is named: {}",
+        d.warnings[4]
+    );
+    assert!(has_note(
+        &d,
+        "cipher_suites names no suite for TLSv1.3, so it is off, as in Java"
+    ));
+    assert!(has_note(
+        &d,
+        &format!(
+            "resolved against {} (the parent of the yaml's conf directory",
+            dir().join("cassandra-3.11").display()
+        )
+    ));
+    assert!(
+        !d.warnings.iter().any(|w| w.contains("client_encryption")),
+        "client_encryption_options is not ringseal's business"
+    );
+}
+
+#[test]
+fn cassandra_4_0_in_the_middle_of_cassandra_s_own_migration() {
+    let d = derive_fixture("cassandra-4.0.yaml", None);
+    let expected = table(
+        r#"
+        cluster_name = "Orders"
+        mode = "permissive"
+        [tls]
+        keystore = "/etc/cassandra/tls/node.p12"
+        keystore_password = "cassandra"
+        keystore_type = "pkcs12"
+        truststore = "/etc/cassandra/tls/truststore.p12"
+        truststore_password = "cassandra"
+        truststore_type = "pkcs12"
+        protocols = ["TLSv1.2", "TLSv1.3"]
+        cipher_suites = [
+            "TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        ]
+        require_client_auth = true
+        [[inbound]]
+        listen = "10.30.1.5:7001"
+        forward = "10.30.1.5:7000"
+        require_endpoint_verification = false
+        allow_non_loopback_plaintext = true
+        [[outbound]]
+        listen = "127.0.0.1:7002"
+        transparent = true
+        tls_port = 7001
+        require_endpoint_verification = false
+        "#,
+    );
+    assert_table_eq(&d.table, &expected, "");
+    assert_eq!(
+        warned(&d),
+        [
+            format!("{SEO}.internode_encryption"),
+            format!("{SEO}.accepted_protocols"),
+            format!("{SEO}.cipher_suites"),
+        ]
+    );
+    assert!(d.warnings[1].contains("protocol \"TLSv1.1\" is refused"));
+    assert!(d.warnings[2].contains("\"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA\" is refused"));
+    assert!(has_note(
+        &d,
+        "optional is true: mode = \"permissive\", so peers without TLS are still served during the \
+         migration, and inbound allow_non_loopback_plaintext = true, because Cassandra accepted that \
+         plaintext on 10.30.1.5"
+    ));
+    assert!(
+        !has_note(&d, "relative paths"),
+        "every path is absolute: {:?}",
+        d.notes
+    );
+}
+
+#[test]
+fn cassandra_4_1_spellings_ipv6_ports_and_datacenter_encryption() {
+    let d = derive_fixture("cassandra-4.1.yaml", None);
+    let expected = table(
+        r#"
+        cluster_name = "Telemetry EU"
+        mode = "strict"
+        [tls]
+        keystore = "/etc/cassandra/tls/keystore.jks"
+        keystore_password = "changeit"
+        keystore_type = "jks"
+        truststore = "/etc/cassandra/tls/truststore.jks"
+        truststore_password = "changeit"
+        truststore_type = "jks"
+        protocols = ["TLSv1.2"]
+        require_client_auth = true
+        [[inbound]]
+        listen = "[fd00:41::11]:7011"
+        forward = "[fd00:41::11]:7010"
+        require_endpoint_verification = true
+        [[outbound]]
+        listen = "127.0.0.1:7002"
+        transparent = true
+        tls_port = 7011
+        require_endpoint_verification = true
+        "#,
+    );
+    assert_table_eq(&d.table, &expected, "");
+    assert_eq!(
+        d.warnings,
+        [
+            "listen_on_broadcast_address (line 54): Cassandra also listens on broadcast_address \
+             192.0.2.41; add a second [[inbound]] with listen = \"192.0.2.41:7011\" to the ringseal \
+             config"
+                .to_owned(),
+            format!(
+                "{SEO}.internode_encryption (line 85): \"dc\": ringseal encrypts all internode \
+                 traffic, also between nodes in the same datacenter; set internode_encryption: none \
+                 in cassandra.yaml when ringseal takes over (Cassandra's own TLS cannot run behind \
+                 ringseal)"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn cassandra_4_1_as_shipped() {
+    let d = derive_fixture("cassandra-4.1-default.yaml", None);
+    let expected = table(
+        r#"
+        cluster_name = "Test Cluster"
+        mode = "strict"
+        [tls]
+        keystore = "{dir}/conf/.keystore"
+        keystore_password = "cassandra"
+        keystore_type = "jks"
+        truststore = "{dir}/conf/.truststore"
+        truststore_password = "cassandra"
+        truststore_type = "jks"
+        require_client_auth = false
+        [[inbound]]
+        listen = "127.0.0.1:7001"
+        forward = "127.0.0.1:7000"
+        require_endpoint_verification = false
+        [[outbound]]
+        listen = "127.0.0.1:7002"
+        transparent = true
+        tls_port = 7001
+        require_endpoint_verification = false
+        "#,
+    );
+    assert_table_eq(&d.table, &expected, "");
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert!(has_note(
+        &d,
+        "internode_encryption is none: Cassandra itself sends plaintext, and ringseal encrypts all \
+         internode traffic"
+    ));
+    assert!(has_note(
+        &d,
+        "require_client_auth is false (Cassandra's default): peers without a certificate are accepted"
+    ));
+    assert!(has_note(
+        &d,
+        &format!(
+            "resolved against {} (the yaml's directory; set $CASSANDRA_HOME if Cassandra runs \
+             elsewhere)",
+            dir().display()
+        )
+    ));
+}
+
+#[test]
+fn cassandra_5_0_pem_files_outbound_keystore_and_mutual_tls_authenticator() {
+    let d = derive_fixture("cassandra-5.0.yaml", Some("/opt/cassandra"));
+    let expected = table(
+        r#"
+        cluster_name = "Search Cluster"
+        mode = "strict"
+        [tls]
+        keystore = "/opt/cassandra/conf/tls/node.pem"
+        keystore_type = "pem"
+        outbound_keystore = "/opt/cassandra/conf/tls/node-client.pem"
+        truststore = "/opt/cassandra/conf/tls/ca.pem"
+        truststore_type = "pem"
+        protocols = ["TLSv1.3"]
+        cipher_suites = ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+        require_client_auth = true
+        [[inbound]]
+        listen = "127.0.0.1:7001"
+        forward = "127.0.0.1:7000"
+        require_endpoint_verification = true
+        [[outbound]]
+        listen = "127.0.0.1:7002"
+        transparent = true
+        tls_port = 7001
+        require_endpoint_verification = true
+        "#,
+    );
+    assert_table_eq(&d.table, &expected, "");
+    assert_eq!(warned(&d), ["internode_authenticator"]);
+    assert!(d.warnings[0].starts_with(
+        "internode_authenticator (line 67): org.apache.cassandra.auth.MutualTlsInternodeAuthenticator: \
+         ringseal does not run Cassandra's internode authenticators"
+    ));
+    assert!(has_note(
+        &d,
+        "resolved against /opt/cassandra ($CASSANDRA_HOME)"
+    ));
+    assert!(
+        !has_note(&d, "password"),
+        "PEM keys get no default password: {:?}",
+        d.notes
+    );
+}
+
+#[test]
+fn cassandra_5_0_inline_pem_is_named_in_warnings_and_not_used() {
+    let d = derive_fixture("cassandra-5.0-pem-inline.yaml", None);
+    let expected = table(
+        r#"
+        cluster_name = "Inline PEM"
+        mode = "strict"
+        [tls]
+        require_client_auth = true
+        [[inbound]]
+        listen = "10.50.0.7:7001"
+        forward = "10.50.0.7:7000"
+        require_endpoint_verification = false
+        [[outbound]]
+        listen = "127.0.0.1:7002"
+        transparent = true
+        tls_port = 7001
+        require_endpoint_verification = false
+        "#,
+    );
+    assert_table_eq(&d.table, &expected, "");
+    let params = format!("{SEO}.ssl_context_factory.parameters");
+    assert_eq!(
+        warned(&d),
+        [
+            format!("{params}.private_key"),
+            format!("{params}.private_key_password"),
+            format!("{params}.trusted_certificates"),
+        ]
+    );
+    assert_eq!(
+        d.warnings[0],
+        format!(
+            "{params}.private_key (line 18): inline PEM material is not read by ringseal; write it \
+             to a file and set tls.keystore to it (type \"pem\") in the ringseal config"
+        )
+    );
+    let everything = format!("{d:?} {}", d.to_toml_redacted());
+    assert!(
+        !everything.contains("pem-key-secret") && !everything.contains("MIIF"),
+        "inline secrets are never repeated"
+    );
+}
+
+#[test]
+fn cassandra_trunk_password_files_and_keys_ringseal_cannot_honour() {
+    let d = derive_fixture("cassandra-trunk.yaml", None);
+    let expected = table(
+        r#"
+        cluster_name = "Trunk"
+        mode = "strict"
+        [tls]
+        keystore = "/etc/cassandra/tls/node.p12"
+        keystore_password_file = "{dir}/tls/keystore.password"
+        keystore_type = "pkcs12"
+        outbound_keystore = "/etc/cassandra/tls/client.p12"
+        outbound_keystore_password_file = "/etc/cassandra/tls/client.password"
+        truststore = "/etc/cassandra/tls/truststore.p12"
+        truststore_password_file = "{dir}/tls/truststore.password"
+        truststore_type = "pkcs12"
+        require_client_auth = false
+        [[inbound]]
+        listen = "10.60.0.2:7001"
+        forward = "10.60.0.2:7000"
+        require_endpoint_verification = false
+        [[outbound]]
+        listen = "127.0.0.1:7002"
+        transparent = true
+        tls_port = 7001
+        require_endpoint_verification = true
+        "#,
+    );
+    assert_table_eq(&d.table, &expected, "");
+    let seo = |k: &str| format!("{SEO}.{k}");
+    assert_eq!(
+        warned(&d),
+        [
+            seo("internode_encryption"),
+            seo("enabled"),
+            seo("algorithm"),
+            seo("max_certificate_validity_period"),
+            seo("certificate_validity_warn_threshold"),
+            seo("cipher_suits"),
+        ]
+    );
+    assert_eq!(
+        d.warnings[5],
+        format!(
+            "{SEO}.cipher_suits (line 28): not a server_encryption_options setting of any Cassandra \
+             version (Cassandra refuses unknown keys); ignored"
+        )
+    );
+    assert!(has_note(&d, "require_client_auth is optional"));
+    assert!(has_note(
+        &d,
+        "require_endpoint_verification: only outbound connections check the peer's address"
+    ));
+}
+
+#[test]
+fn a_ringseal_config_overrides_the_derived_one() {
+    let mut d = derive_fixture("cassandra-3.11/conf/cassandra.yaml", None);
+    let overrides: Table =
+        toml::from_str(&std::fs::read_to_string(fixture("ringseal-override.toml")).unwrap())
+            .unwrap();
+    merge(&mut d.table, overrides);
+    let expected = table(
+        r#"
+        cluster_name = "Payments Prod"
+        mode = "permissive"
+        [tls]
+        keystore = "{dir}/cassandra-3.11/conf/.keystore"
+        keystore_password = "Kx9!prod"
+        keystore_type = "jks"
+        truststore = "/etc/ringseal/cluster-ca.p12"
+        truststore_password = "123456"
+        truststore_type = "pkcs12"
+        protocols = ["TLSv1.3", "TLSv1.2"]
+        cipher_suites = ["TLS_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
+        require_client_auth = true
+        crl = ["/etc/ringseal/cluster.crl"]
+        [[inbound]]
+        listen = "0.0.0.0:7001"
+        forward = "10.20.0.11:7000"
+        allow_non_loopback_plaintext = true
+        require_endpoint_verification = true
+        allow = { ou = ["Payments Prod"] }
+        [[outbound]]
+        listen = "127.0.0.1:7002"
+        transparent = true
+        tls_port = 7001
+        require_endpoint_verification = true
+        [metrics]
+        listen = "127.0.0.1:9464"
+        "#,
+    );
+    assert_table_eq(&d.table, &expected, "");
+}
+
+/// Every file of `tests/cassandra-yaml/invalid/` and the exact message it fails with (after
+/// "cassandra.yaml <path>: ").
+const INVALID: &[(&str, &str)] = &[
+    (
+        "ringseal-config.toml",
+        "top level: expected a mapping of settings (key: value lines), found string \"mode = \
+         \\\"strict\\\"...\" (line 2 column 1); this is TOML (a ringseal config?): pass the ringseal \
+         config with --config and the node's cassandra.yaml with --cassandra-yaml",
+    ),
+    (
+        "tabs.yaml",
+        "not valid YAML: tabs disallowed within this context (block indentation) (line 4 column 2); \
+         YAML indents with spaces, never tabs",
+    ),
+    (
+        "unclosed-list.yaml",
+        "not valid YAML: illegal placement of ':' indicator (line 4 column 22)",
+    ),
+    (
+        "two-documents.yaml",
+        "a second YAML document starts at line 3; Cassandra reads exactly one, so remove the `---` \
+         line and what follows it",
+    ),
+    (
+        "comments-only.yaml",
+        "the file has no settings (it is empty or only comments); give the node's real \
+         cassandra.yaml",
+    ),
+    (
+        "storage-port-string.yaml",
+        "storage_port: expected a port number from 1 to 65535, found string \"seven\" (line 2 \
+         column 15)",
+    ),
+    (
+        "ssl-storage-port-out-of-range.yaml",
+        "ssl_storage_port: expected a port number from 1 to 65535, found integer 70000 (line 3 \
+         column 19)",
+    ),
+    (
+        "storage-port-negative.yaml",
+        "storage_port: expected a port number from 1 to 65535, found integer -7000 (line 1 column \
+         15)",
+    ),
+    (
+        "require-client-auth-list.yaml",
+        "server_encryption_options.require_client_auth: expected a boolean (or \"optional\", \
+         Cassandra after 5.0), found a list (line 4 column 26)",
+    ),
+    (
+        "require-client-auth-maybe.yaml",
+        "server_encryption_options.require_client_auth: expected a boolean (or \"optional\", \
+         Cassandra after 5.0), found string \"maybe\" (line 10 column 26)",
+    ),
+    (
+        "endpoint-verification-quoted-string.yaml",
+        "server_encryption_options.require_endpoint_verification: expected a boolean, found string \
+         \"sometimes\" (line 2 column 34)",
+    ),
+    (
+        "optional-number.yaml",
+        "server_encryption_options.optional: expected a boolean, found integer 1 (line 3 column 13)",
+    ),
+    (
+        "server-encryption-options-scalar.yaml",
+        "server_encryption_options: expected a mapping (key: value lines indented below it), found \
+         string \"all\" (line 2 column 28)",
+    ),
+    (
+        "cipher-suites-string.yaml",
+        "server_encryption_options.cipher_suites: expected a list of strings, found string \
+         \"TLS_AES_128_GCM_SHA256\" (line 3 column 18); write it as a list, e.g. [TLSv1.2, TLSv1.3]",
+    ),
+    (
+        "accepted-protocols-nested.yaml",
+        "server_encryption_options.accepted_protocols entry: expected a string, found a list (line \
+         5 column 7)",
+    ),
+    (
+        "keystore-mapping.yaml",
+        "server_encryption_options.keystore: expected a string, found a mapping (line 4 column 5)",
+    ),
+    (
+        "cluster-name-list.yaml",
+        "cluster_name: expected a string, found a list (line 1 column 15)",
+    ),
+    (
+        "internode-authenticator-list.yaml",
+        "internode_authenticator: expected a class name, or a mapping with class_name, found a list \
+         (line 1 column 26)",
+    ),
+    (
+        "internode-encryption-unknown.yaml",
+        "server_encryption_options.internode_encryption: \"ALL\" is not one of none, all, dc, rack \
+         (Cassandra spells them in lower case) (line 2 column 25)",
+    ),
+    (
+        "listen-address-wildcard.yaml",
+        "listen_address: 0.0.0.0 is a wildcard address, which Cassandra refuses; give the node's own \
+         IP address (line 2 column 17)",
+    ),
+    (
+        "listen-address-and-interface.yaml",
+        "listen_interface: is set together with listen_address, which Cassandra refuses (\"Set \
+         listen_address OR listen_interface, not both\"); keep one (line 3 column 19)",
+    ),
+    (
+        "same-ports.yaml",
+        "ssl_storage_port: equals storage_port (7000), but ringseal takes TLS on ssl_storage_port \
+         and forwards it to storage_port; give them different ports (Cassandra's defaults are 7000 \
+         and 7001) (line 3 column 19)",
+    ),
+    (
+        "legacy-port-both-spellings.yaml",
+        "server_encryption_options.enable_legacy_ssl_storage_port: is given together with \
+         legacy_ssl_storage_port_enabled, its 4.1 name, which Cassandra refuses; keep one of them \
+         (line 4 column 3)",
+    ),
+];
+
+#[test]
+fn invalid_files_fail_with_the_expected_message() {
+    for (name, message) in INVALID {
+        let path = fixture("invalid").join(name);
+        let err = derive(&path).expect_err(name).to_string();
+        assert_eq!(
+            err,
+            format!("cassandra.yaml {}: {message}", path.display()),
+            "{name}"
+        );
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+}
+
+/// Input that cannot be kept as a fixture file: binary garbage, nothing, no file, a directory, a
+/// huge file.
+#[test]
+fn garbage_empty_missing_and_huge_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = |name: &str, bytes: &[u8]| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = derive(&path).unwrap_err().to_string();
+        let prefix = format!("cassandra.yaml {}: ", path.display());
+        assert!(err.starts_with(&prefix), "{err}");
+        err[prefix.len()..].to_owned()
+    };
+    assert_eq!(
+        case("png.yaml", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+        "not a text file (invalid UTF-8 at byte 0); give the node's cassandra.yaml"
+    );
+    assert_eq!(
+        case("latin1.yaml", b"cluster_name: 'Z\xfcrich'\n"),
+        "not a text file (invalid UTF-8 at byte 16); give the node's cassandra.yaml"
+    );
+    assert_eq!(
+        case("control.yaml", b"\0\x01\x02\x03garbage\x7f"),
+        "not valid YAML: found unprintable character (line 1 column 1)"
+    );
+    assert_eq!(
+        case("empty.yaml", b""),
+        "the file has no settings (it is empty or only comments); give the node's real \
+         cassandra.yaml"
+    );
+    assert_eq!(
+        case("list.yaml", b"- cluster_name: x\n"),
+        "top level: expected a mapping of settings (key: value lines), found a list (line 1 \
+         column 1)"
+    );
+
+    let missing = tmp.path().join("nope/cassandra.yaml");
+    assert_eq!(
+        derive(&missing).unwrap_err().to_string(),
+        format!(
+            "cassandra.yaml {}: cannot read: No such file or directory (os error 2) (check the path \
+             given to --cassandra-yaml)",
+            missing.display()
+        )
+    );
+    assert_eq!(
+        derive(tmp.path()).unwrap_err().to_string(),
+        format!(
+            "cassandra.yaml {}: cannot read: Is a directory (os error 21) (check the path given to \
+             --cassandra-yaml)",
+            tmp.path().display()
+        )
+    );
+    let huge = tmp.path().join("huge.yaml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    assert_eq!(
+        derive(&huge).unwrap_err().to_string(),
+        format!(
+            "cassandra.yaml {}: 17825792 bytes is far too large for a cassandra.yaml (at most 16 \
+             MiB); check the path given to --cassandra-yaml",
+            huge.display()
+        )
+    );
+}
+
+/// A cassandra.yaml saved by a Windows editor (byte order mark, CRLF) reads the same.
+#[test]
+fn byte_order_mark_and_crlf_line_ends() {
+    let text = std::fs::read_to_string(fixture("cassandra-4.0.yaml")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (unix, windows) = (
+        tmp.path().join("unix.yaml"),
+        tmp.path().join("windows.yaml"),
+    );
+    std::fs::write(&unix, &text).unwrap();
+    std::fs::write(&windows, format!("\u{feff}{}", text.replace('\n', "\r\n"))).unwrap();
+    let (unix, windows) = (
+        derive_with_home(&unix, None).unwrap(),
+        derive_with_home(&windows, None).unwrap(),
+    );
+    assert_table_eq(&windows.table, &unix.table, "");
+    assert_eq!(windows.warnings, unix.warnings);
+}
+
+/// `derive` reads CASSANDRA_HOME, which only matters for relative paths: the 4.0 file has none.
+#[test]
+fn derive_reads_cassandra_home_only_for_relative_paths() {
+    let path = fixture("cassandra-4.0.yaml");
+    let from_env = derive(&path).unwrap();
+    let given = derive_with_home(&path, Some(Path::new("/somewhere/else"))).unwrap();
+    assert_table_eq(&from_env.table, &given.table, "");
+    assert_eq!(from_env.warnings, given.warnings);
+    assert_eq!(from_env.notes, given.notes);
+}
+
+/// Every fixture is used by a test above: a file added without a test fails here.
+#[test]
+fn every_fixture_is_tested() {
+    let tested_valid = [
+        "cassandra-3.11/conf/cassandra.yaml",
+        "cassandra-4.0.yaml",
+        "cassandra-4.1.yaml",
+        "cassandra-4.1-default.yaml",
+        "cassandra-5.0.yaml",
+        "cassandra-5.0-pem-inline.yaml",
+        "cassandra-trunk.yaml",
+        "ringseal-override.toml",
+    ];
+    let mut found = Vec::new();
+    let mut dirs = vec![dir()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                found.push(rel);
+            }
+        }
+    }
+    for rel in found {
+        let tested = tested_valid.contains(&rel.as_str())
+            || rel
+                .strip_prefix("invalid/")
+                .is_some_and(|name| INVALID.iter().any(|(n, _)| *n == name));
+        assert!(tested, "{rel} is not used by any test");
+    }
+}
