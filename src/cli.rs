@@ -16,11 +16,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the sidecar with a config file.
+    /// Run the sidecar with a config file, the node's cassandra.yaml, or both.
     Run {
-        /// The ringseal TOML config (see config/ringseal.toml for every key).
-        #[arg(long, short, env = "RINGSEAL_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        sources: SourceArgs,
     },
     /// Validate a config, load its certificates and keystores, and report on the PKI (subject, SANs,
     /// validity, key, version, EKU, chain against the trust store) and what `run` would do, without
@@ -28,9 +27,8 @@ pub enum Command {
     /// below 2048 bits, an OU other than the cluster name. Exit status: 0 fine (warnings allowed), 1 an
     /// error in the PKI (our chain does not verify), 64 the config cannot be loaded.
     Check {
-        /// The ringseal TOML config.
-        #[arg(long, short, env = "RINGSEAL_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        sources: SourceArgs,
         /// Print the report as JSON (for monitoring and configuration management).
         #[arg(long)]
         json: bool,
@@ -78,6 +76,34 @@ pub enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+}
+
+/// Where the config comes from (`run`, `check`).
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// The ringseal TOML config (see config/ringseal.toml for every key). With --cassandra-yaml, its
+    /// values override the derived ones.
+    #[arg(
+        long,
+        short,
+        env = "RINGSEAL_CONFIG",
+        required_unless_present = "cassandra_yaml"
+    )]
+    pub config: Option<PathBuf>,
+    /// Derive the config from the node's own cassandra.yaml (server_encryption_options, storage_port,
+    /// ssl_storage_port, listen_address, cluster_name); keys ringseal cannot honour are named in a
+    /// warning. `check` prints the derived config.
+    #[arg(long, env = "RINGSEAL_CASSANDRA_YAML")]
+    pub cassandra_yaml: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    pub fn sources(&self) -> crate::config::Sources {
+        crate::config::Sources {
+            config: self.config.clone(),
+            cassandra_yaml: self.cassandra_yaml.clone(),
+        }
+    }
 }
 
 /// `ringseal certs ...`

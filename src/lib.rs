@@ -170,9 +170,9 @@ impl Server {
             l.log_start(cfg, &self.config.tls);
             accept_loops.push(tokio::spawn(l.serve(life.clone())));
         }
-        if let Some(path) = self.config.source.clone() {
+        if let Some(sources) = self.config.source.clone() {
             let reloader = reload::Reloader::new(
-                path,
+                sources,
                 self.config.clone(),
                 inbound_handles,
                 outbound_handles,

@@ -40,9 +40,19 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
+        Command::Run { sources } => {
+            let config = match sources.sources().load() {
+                Ok(loaded) => {
+                    if let Some(derived) = &loaded.derived {
+                        for w in &derived.warnings {
+                            tracing::warn!("cassandra.yaml: {w}");
+                        }
+                        for n in &derived.notes {
+                            tracing::info!("cassandra.yaml: {n}");
+                        }
+                    }
+                    loaded.config
+                }
                 Err(e) => return config_error(&e),
             };
             runtime.block_on(async {
@@ -56,16 +66,33 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
-        Command::Check { config, json } => match Config::load(&config) {
-            Ok(c) => {
-                let report = ringseal::doctor::examine(&c);
+        Command::Check { sources, json } => match sources.sources().load() {
+            Ok(loaded) => {
+                let c = &loaded.config;
+                let report = ringseal::doctor::examine(c);
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).expect("the report serializes")
-                    );
+                    let mut value = serde_json::to_value(&report).expect("the report serializes");
+                    if let Some(d) = &loaded.derived {
+                        value["cassandra_yaml"] = serde_json::json!({
+                            "derived_config": d.to_toml_redacted(),
+                            "warnings": d.warnings,
+                            "notes": d.notes,
+                        });
+                    }
+                    println!("{value:#}");
                 } else {
-                    print!("{}", ringseal::doctor::render(&report, &c));
+                    if let Some(d) = &loaded.derived {
+                        println!("# derived from cassandra.yaml (passwords redacted)");
+                        print!("{}", d.to_toml_redacted());
+                        for n in &d.notes {
+                            println!("# note: {n}");
+                        }
+                        for w in &d.warnings {
+                            println!("# warning: {w}");
+                        }
+                        println!();
+                    }
+                    print!("{}", ringseal::doctor::render(&report, c));
                 }
                 if report.ok {
                     ExitCode::SUCCESS

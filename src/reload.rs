@@ -9,7 +9,6 @@
 //! the old material, logs why, counts `result="error"`, and is retried at the next check: a pair that
 //! was caught half-written is picked up complete a moment later, never mixed.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
-use crate::config::{Config, CrlExpired};
+use crate::config::{Config, CrlExpired, Sources};
 use crate::listener::inbound::InboundHandle;
 use crate::listener::outbound::OutboundHandle;
 use crate::metrics;
@@ -30,7 +29,7 @@ const EXPIRY_WARNINGS: [u64; 4] = [30, 14, 7, 1];
 
 /// Reloads one config file into running listeners.
 pub struct Reloader {
-    path: PathBuf,
+    sources: Sources,
     current: Config,
     fingerprint: Option<u64>,
     inbound: Vec<InboundHandle>,
@@ -43,7 +42,7 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(
-        path: PathBuf,
+        sources: Sources,
         current: Config,
         inbound: Vec<InboundHandle>,
         outbound: Vec<OutboundHandle>,
@@ -51,7 +50,7 @@ impl Reloader {
     ) -> Self {
         let mut r = Self {
             fingerprint: None,
-            path,
+            sources,
             current,
             inbound,
             outbound,
@@ -80,8 +79,8 @@ impl Reloader {
             self.check_expiry();
             return;
         }
-        let config = match Config::load(&self.path) {
-            Ok(c) => c,
+        let config = match self.sources.load() {
+            Ok(loaded) => loaded.config,
             Err(e) => return self.failed(e.to_string()),
         };
         let restart_needed = self.layout_changes(&config);
@@ -98,7 +97,7 @@ impl Reloader {
         let m = &config.tls.material;
         tracing::info!(
             "reloaded {}: identity \"{}\" valid until {}, {} trusted CA(s), {} CRL(s)",
-            self.path.display(),
+            self.sources.describe(),
             m.identity.subject,
             fmt_time(m.identity.not_after),
             m.cas.len(),
@@ -107,7 +106,7 @@ impl Reloader {
         if !restart_needed.is_empty() {
             tracing::warn!(
                 "{}: {} changed; listener addresses are fixed at start, restart ringseal to apply that part",
-                self.path.display(),
+                self.sources.describe(),
                 restart_needed.join(", ")
             );
         }
@@ -126,13 +125,12 @@ impl Reloader {
     /// The contents of the config file and of every file the current config names.
     fn fingerprint(&self) -> Result<u64, String> {
         use std::hash::{Hash, Hasher};
-        let text = std::fs::read(&self.path)
-            .map_err(|e| format!("config {}: cannot read: {e}", self.path.display()))?;
+        let text = self.sources.read().map_err(|e| format!("config {e}"))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);
         if let Some(files) = &self.current.tls.files {
             FileBytes::read(files)
-                .map_err(|e| format!("config {}: {e}", self.path.display()))?
+                .map_err(|e| format!("config {}: {e}", self.sources.describe()))?
                 .fingerprint()
                 .hash(&mut h);
         }
@@ -224,7 +222,7 @@ pub async fn run(mut reloader: Reloader, now: Arc<Notify>, shutdown: Cancellatio
             _ = tokio::time::sleep(reloader.interval()) => false,
         };
         if forced {
-            tracing::info!("SIGHUP: reloading {}", reloader.path.display());
+            tracing::info!("SIGHUP: reloading {}", reloader.sources.describe());
         }
         // Reading and parsing files blocks; keep it off the threads that relay bytes.
         reloader = match tokio::task::spawn_blocking(move || {

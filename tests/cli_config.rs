@@ -289,8 +289,13 @@ fn help_texts() {
     for cmd in ["run", "check"] {
         let r = ringseal(&[cmd, "--help"], cwd, &[]);
         assert_eq!(r.code, Some(0), "{}", r.stderr);
-        let usage = format!("Usage: ringseal {cmd} --config <CONFIG>");
-        for want in [usage.as_str(), "-c, --config <CONFIG>", "RINGSEAL_CONFIG"] {
+        let usage = format!("Usage: ringseal {cmd} [OPTIONS]");
+        for want in [
+            usage.as_str(),
+            "-c, --config <CONFIG>",
+            "RINGSEAL_CONFIG",
+            "--cassandra-yaml <CASSANDRA_YAML>",
+        ] {
             assert!(r.stdout.contains(want), "want {want:?} in:\n{}", r.stdout);
         }
     }

@@ -441,3 +441,110 @@ async fn outbound_keystore_is_the_client_certificate() {
     assert!(line.contains("CN=node2"), "{line}");
     assert_eq!(backend.accepted(), 1);
 }
+
+/// A keystore and its password file are watched like PEM files: SIGHUP after replacing both loads the
+/// new identity for new handshakes; a replacement with the wrong password keeps the old identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn keystore_reload_swaps_identity_and_keeps_it_on_a_wrong_password() {
+    use common::process::{Proc, address_after};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    if !have_tools() {
+        return;
+    }
+    let s = Stores::new();
+    let bin = env!("CARGO_BIN_EXE_ringseal");
+    std::fs::write(s.path("other.password"), "otherpass2").unwrap();
+    run(
+        s.dir.path(),
+        bin,
+        &[
+            "certs",
+            "node",
+            "--ca",
+            "ca",
+            "--name",
+            "node3",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            "node3",
+            "--p12-password-file",
+            "other.password",
+        ],
+    );
+    let backend = Backend::start(Mode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let install = |p12: &str, password: &str| {
+        std::fs::copy(s.path(p12), d.join("node.p12.tmp")).unwrap();
+        std::fs::rename(d.join("node.p12.tmp"), d.join("node.p12")).unwrap();
+        std::fs::write(d.join("pw.tmp"), password).unwrap();
+        std::fs::rename(d.join("pw.tmp"), d.join("node.password")).unwrap();
+    };
+    install("node1/node1.p12", "storepass1\n");
+    std::fs::copy(s.path("ca/ca.crt"), d.join("ca.crt")).unwrap();
+    std::fs::write(
+        d.join("ringseal.toml"),
+        format!(
+            "[tls]\nkeystore = \"node.p12\"\nkeystore_password_file = \"node.password\"\nca = \"ca.crt\"\n\
+             reload_interval = \"1h\"\n\n\
+             [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\n",
+            backend.addr
+        ),
+    )
+    .unwrap();
+    let mut proc = Proc::spawn(&[], &d.join("ringseal.toml"), dir);
+    let addr = address_after(&proc.wait_for("listener on"), "listener on ");
+
+    // A client with node2's identity; reports the CN the sidecar presented.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(s.path("ca/ca.crt")).unwrap())
+        .unwrap();
+    let chain = CertificateDer::pem_file_iter(s.path("node2/node2.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(s.path("node2/node2.key")).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(ringseal::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    );
+    let presented = || {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(
+                    ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+                    tcp,
+                )
+                .await
+                .unwrap();
+            let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+            ringseal::tls::x509::CertInfo::parse(&leaf).unwrap().cn[0].clone()
+        }
+    };
+    assert_eq!(within("handshake", presented()).await, "node1");
+
+    install("node3/node3.p12", "otherpass2\n");
+    proc.signal("HUP");
+    proc.wait_for("reloaded");
+    assert_eq!(within("handshake", presented()).await, "node3");
+
+    // node1's store with node3's password: the reload fails, node3 stays.
+    install("node1/node1.p12", "otherpass2\n");
+    proc.signal("HUP");
+    let line = proc.wait_for("reload failed");
+    assert!(
+        line.contains("wrong password") && line.contains("node.p12"),
+        "{line}"
+    );
+    assert!(!line.contains("otherpass2"), "{line}");
+    assert_eq!(within("handshake", presented()).await, "node3");
+}

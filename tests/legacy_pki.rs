@@ -352,3 +352,110 @@ async fn peer_v1_certificate_refused_unless_accepted() {
     within("echo", s.read_exact(&mut buf[..5])).await.unwrap();
     assert_eq!(&buf[..5], b"hello");
 }
+
+/// The tutorial's own `server_encryption_options` (its cassandra.yaml snippet, paths adjusted) is all
+/// ringseal needs: `--cassandra-yaml` derives keystore, truststore, passwords and store type; the
+/// tutorial's CBC suite and `algorithm` are named in warnings; a small `--config` adds only what the
+/// yaml cannot say (loopback test ports, accepting the tutorial's v1 certificates).
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_tutorial_cassandra_yaml_runs_as_is() {
+    if !have_tools() {
+        return;
+    }
+    let files = tutorial(true);
+    let backend = Backend::start(Mode::Echo).await;
+    let yaml = |dir: &Path, node: &str| {
+        let text = format!(
+            "cluster_name: 'sslverify'\nnum_tokens: 256\nlisten_address: 127.0.0.1\n\
+             storage_port: 7000\nssl_storage_port: 7001\n\
+             endpoint_snitch: SimpleSnitch\n\
+             server_encryption_options:\n\
+             \x20 internode_encryption: all\n\
+             \x20 keystore: {dir}/{node}-server-keystore.jks\n\
+             \x20 keystore_password: awesomekeypass\n\
+             \x20 truststore: {dir}/generic-server-truststore.jks\n\
+             \x20 truststore_password: truststorepass\n\
+             \x20 protocol: TLS\n\
+             \x20 algorithm: SunX509\n\
+             \x20 store_type: JKS\n\
+             \x20 cipher_suites: [TLS_RSA_WITH_AES_256_CBC_SHA]\n\
+             \x20 require_client_auth: true\n",
+            dir = dir.display()
+        );
+        let path = dir.join(format!("{node}-cassandra.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    // `check` prints the derived config (passwords redacted) and names what it cannot honour.
+    let a_dir = copy_dir(files.path());
+    let a_yaml = yaml(a_dir.path(), "node1");
+    let overrides = write_config(
+        a_dir.path(),
+        "overrides.toml",
+        &format!(
+            "[tls]\naccept_v1_certificates = true\n\n\
+             [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ringseal"))
+        .args(["check", "--cassandra-yaml"])
+        .arg(&a_yaml)
+        .arg("--config")
+        .arg(&overrides)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for want in [
+        "node1-server-keystore.jks",
+        "generic-server-truststore.jks",
+        "cluster_name = \"sslverify\"",
+        "algorithm",
+        "TLS_RSA_WITH_AES_256_CBC_SHA",
+        "X.509 v1",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    assert!(
+        !text.contains("awesomekeypass") && !text.contains("truststorepass"),
+        "{text}"
+    );
+
+    // node1 inbound and node2 outbound, both from their cassandra.yaml.
+    let mut a = spawn_yaml(&a_yaml, &overrides, a_dir);
+    let a_addr = address_after(&a.wait_for("listener on"), "listener on ");
+    let b_dir = copy_dir(files.path());
+    let b_yaml = yaml(b_dir.path(), "node2");
+    let b_overrides = write_config(
+        b_dir.path(),
+        "overrides.toml",
+        &format!(
+            "[tls]\naccept_v1_certificates = true\n\n\
+             [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\n\n\
+             [[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{a_addr}\"\n",
+            backend.addr
+        ),
+    );
+    let mut b = spawn_yaml(&b_yaml, &b_overrides, b_dir);
+    let b_out = address_after(&b.wait_for("starting outbound listener"), "listener on ");
+    let mut s = within("connect", tokio::net::TcpStream::connect(b_out))
+        .await
+        .unwrap();
+    s.write_all(b"gossip").await.unwrap();
+    let mut back = [0u8; 6];
+    within("echo", s.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"gossip");
+    let lines = b.drain(std::time::Duration::from_millis(100)).join("\n");
+    assert!(lines.contains("cassandra.yaml"), "{lines}");
+}
+
+/// `ringseal run --cassandra-yaml Y --config C`, stderr collected like [`Proc::spawn`].
+fn spawn_yaml(yaml: &Path, config: &Path, dir: tempfile::TempDir) -> Proc {
+    Proc::spawn_args(&["--cassandra-yaml", yaml.to_str().unwrap()], config, dir)
+}

@@ -52,6 +52,8 @@ pub enum ConfigError {
         key: &'static str,
         source: SuiteError,
     },
+    #[error("{0}")]
+    Cassandra(String),
     #[error("config {path}: {source}")]
     Material {
         path: PathBuf,
@@ -68,8 +70,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[metrics]`: where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not served.
     pub metrics: Option<MetricsSettings>,
-    /// The file this config was read from: what a reload reads again. `None` for in-memory configs.
-    pub source: Option<PathBuf>,
+    /// The files this config was read from: what a reload reads again. `None` for in-memory configs.
+    pub source: Option<Sources>,
     /// `cluster_name` (Cassandra's): `check` warns about certificates whose OU differs.
     pub cluster_name: Option<String>,
 }
@@ -244,25 +246,107 @@ impl Config {
             source,
         })?;
         let mut config = Self::from_toml(&text, path)?;
-        config.source = Some(path.to_owned());
+        config.source = Some(Sources {
+            config: Some(path.to_owned()),
+            cassandra_yaml: None,
+        });
         Ok(config)
     }
 
     /// Parses config text; relative file names in it are resolved against `path`'s directory.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
-            // One line, not toml's multi-line snippet: where, the offending line, what is wrong.
-            let at = e.span().map_or_else(String::new, |span| {
-                let line = text[..span.start].matches('\n').count() + 1;
-                let source = text.lines().nth(line - 1).unwrap_or_default().trim();
-                format!("line {line} `{source}`: ")
-            });
-            ConfigError::Parse {
-                path: path.to_owned(),
-                message: format!("{at}{}", e.message().trim_end().replace('\n', " ")),
-            }
-        })?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, path))?;
         file.validate(path)
+    }
+}
+
+/// One line, not toml's multi-line snippet: where, the offending line, what is wrong.
+fn toml_error(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
+    let at = e.span().map_or_else(String::new, |span| {
+        let line = text[..span.start].matches('\n').count() + 1;
+        let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+        format!("line {line} `{source}`: ")
+    });
+    ConfigError::Parse {
+        path: path.to_owned(),
+        message: format!("{at}{}", e.message().trim_end().replace('\n', " ")),
+    }
+}
+
+/// Where a config comes from: a ringseal file, the node's cassandra.yaml, or both (the ringseal file's
+/// values override the derived ones key by key; its `[[inbound]]`/`[[outbound]]` lists replace them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    pub config: Option<PathBuf>,
+    pub cassandra_yaml: Option<PathBuf>,
+}
+
+/// A loaded config and, with a cassandra.yaml, what was derived from it.
+pub struct Loaded {
+    pub config: Config,
+    pub derived: Option<cassandra::Derived>,
+}
+
+impl Sources {
+    /// Reads, derives, merges and validates.
+    pub fn load(&self) -> Result<Loaded, ConfigError> {
+        let Some(yaml) = &self.cassandra_yaml else {
+            let path = self
+                .config
+                .as_ref()
+                .expect("the command line requires --config or --cassandra-yaml");
+            return Ok(Loaded {
+                config: Config::load(path)?,
+                derived: None,
+            });
+        };
+        let derived = cassandra::derive(yaml).map_err(|e| ConfigError::Cassandra(e.to_string()))?;
+        let mut table = derived.table.clone();
+        // Derived paths are absolute; relative paths of the ringseal file resolve against its directory.
+        let base = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let overrides: toml::Table =
+                    toml::from_str(&text).map_err(|e| toml_error(&e, &text, path))?;
+                cassandra::merge(&mut table, overrides);
+                path.clone()
+            }
+            None => yaml.clone(),
+        };
+        let text = toml::to_string(&table).map_err(|e| ConfigError::Parse {
+            path: base.clone(),
+            message: e.to_string(),
+        })?;
+        let mut config = Config::from_toml(&text, &base)?;
+        config.source = Some(self.clone());
+        Ok(Loaded {
+            config,
+            derived: Some(derived),
+        })
+    }
+
+    /// The contents of the source files, for noticing a change.
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        let mut all = Vec::new();
+        for path in self.config.iter().chain(&self.cassandra_yaml) {
+            all.extend(
+                std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?,
+            );
+        }
+        Ok(all)
+    }
+
+    /// For log lines: `ringseal.toml`, `cassandra.yaml` or `ringseal.toml + cassandra.yaml`.
+    pub fn describe(&self) -> String {
+        self.config
+            .iter()
+            .chain(&self.cassandra_yaml)
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
     }
 }
 

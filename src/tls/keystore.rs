@@ -20,8 +20,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::material::MaterialError;
 
-/// `keystore_type` / `truststore_type`: what the operator says the file is. The content decides; a stated
-/// JKS holding PKCS#12 (or the reverse) is fine, as it is for Java.
+/// `keystore_type` / `truststore_type`: what the operator says the file is. Informational: the content
+/// decides (a stated JKS holding PKCS#12 is fine, as it is for Java); named when nothing is recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreType {
     Pkcs12,
@@ -75,7 +75,7 @@ impl fmt::Debug for Secret {
 pub enum Password {
     /// None given: fine for PEM; PKCS#12 and JKS are tried with the empty password.
     None,
-    /// `keystore_password = "..."` (or the `RINGSEAL_..._PASSWORD` environment variable, read at load).
+    /// `keystore_password = "..."`, or the variable `keystore_password_env` names (read at load).
     Inline(Secret),
     /// `keystore_password_file`: the file's first line (read with the other files, so a reload notices
     /// a changed password).
@@ -167,21 +167,9 @@ impl StoreFile {
                 self.key
             )));
         }
-        // Binary and PEM cannot be mistaken for each other; JKS and PKCS#12 can (and Java accepts both).
-        match (self.stated, found) {
-            (Some(StoreType::Pem), Detected::Pkcs12 | Detected::Jks) => Err(self.content(format!(
-                "{} = \"pem\" but the file is a binary {} store; remove {} (the format is detected)",
-                self.type_key(),
-                if found == Detected::Jks { "JKS" } else { "PKCS#12" },
-                self.type_key()
-            ))),
-            (Some(StoreType::Pkcs12 | StoreType::Jks), Detected::Pem) => Err(self.content(format!(
-                "{} says a binary store but the file is PEM text; remove {} (the format is detected)",
-                self.type_key(),
-                self.type_key()
-            ))),
-            _ => Ok(found),
-        }
+        // The content decides, whatever the stated type says: Cassandra's `store_type` defaults to JKS
+        // for files that are PKCS#12 (Java reads both) and applies to keystore and truststore at once.
+        Ok(found)
     }
 
     fn type_key(&self) -> String {

@@ -51,12 +51,27 @@ impl Proc {
         Self::spawn_env(prefix, config, dir, &[])
     }
 
+    /// `ringseal run --config CONFIG ARGS...`.
+    pub fn spawn_args(args: &[&str], config: &Path, dir: tempfile::TempDir) -> Self {
+        Self::spawn_with(&[], config, dir, &[], args)
+    }
+
     /// [`Self::spawn`] with extra environment variables.
     pub fn spawn_env(
         prefix: &[&str],
         config: &Path,
         dir: tempfile::TempDir,
         env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn_with(prefix, config, dir, env, &[])
+    }
+
+    fn spawn_with(
+        prefix: &[&str],
+        config: &Path,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        args: &[&str],
     ) -> Self {
         let bin = env!("CARGO_BIN_EXE_ringseal");
         let mut cmd = match prefix.split_first() {
@@ -71,6 +86,7 @@ impl Proc {
             .arg("run")
             .arg("--config")
             .arg(config)
+            .args(args)
             .env("RINGSEAL_LOG", "info")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
