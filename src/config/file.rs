@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{CrlExpired, Limits, Mode};
+use crate::relay::Offload;
 use crate::tls::verify::AllowList;
 
 #[derive(Debug, Deserialize)]
@@ -15,6 +16,8 @@ use crate::tls::verify::AllowList;
 pub struct FileConfig {
     #[serde(default)]
     pub mode: Mode,
+    #[serde(default)]
+    pub offload: Offload,
     pub tls: FileTls,
     #[serde(default)]
     pub inbound: Vec<FileInbound>,
