@@ -202,13 +202,12 @@ fn cipher_of(suite: CipherSuite) -> Option<KtlsCipher> {
 }
 
 /// Our key's record budget. The kernel never rekeys for us (see the module documentation of
-/// [`super`]), so nothing more is read from the backend once `stop`, 7/8 of the suite's confidentiality
-/// limit, could be passed; what was read is still sent (at most one pipe, [`CHUNK`] bytes, so at most
-/// that many records), then close_notify.
+/// [`super`]), so the key may protect at most `stop` records, 7/8 of the suite's confidentiality limit.
 /// `bound` is an upper bound of the records sent so far: every record carries at least one byte, so
-/// after sending `n` bytes at most `n` more records exist. When the bound could pass `stop`, the exact
-/// sequence number is read back from the kernel (TLS_TX): with full records once per `stop - seq`
-/// bytes, more often only near the limit.
+/// after sending `n` bytes at most `n` more records exist. Reads from the backend are sized so that
+/// sending them cannot pass `stop`; when the bound could, the exact sequence number is read back from
+/// the kernel (TLS_TX): with full records once per `stop - seq` bytes, more often only in the last
+/// [`CHUNK`] records. When no room is left, what was read is sent, then close_notify.
 struct TxLimit {
     cipher: KtlsCipher,
     bound: u64,
@@ -228,15 +227,17 @@ impl TxLimit {
         }
     }
 
-    /// Whether another pipe full of backend data may be read and sent without passing the stop.
-    fn may_fill(&mut self, sock: &TcpStream) -> bool {
-        let fits = |bound: u64| bound.saturating_add(CHUNK as u64) <= self.stop;
-        if !fits(self.bound)
+    /// How many bytes may be read from the backend (and then sent) without passing the stop.
+    fn room(&mut self, sock: &TcpStream) -> usize {
+        let room = |bound: u64| {
+            usize::try_from(self.stop.saturating_sub(bound)).map_or(CHUNK, |r| r.min(CHUNK))
+        };
+        if room(self.bound) < CHUNK
             && let Ok(seq) = sys::tx_record_seq(sock.as_fd(), self.cipher)
         {
             self.bound = seq;
         }
-        fits(self.bound)
+        room(self.bound)
     }
 
     fn sent(&mut self, bytes: usize) {
@@ -255,6 +256,8 @@ fn test_record_limit() -> Option<u64> {
     })
 }
 
+// Built once per connection and unpacked at once: boxing the connection would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Engage {
     Engaged(Engaged),
     /// kTLS is not possible or not allowed; nothing was touched, the user-space path can take over.
@@ -402,12 +405,12 @@ pub(super) async fn engage(
                     Ok(()) => tx = Some(TxLimit::new(cipher, tx_seq, limit)),
                     Err(e) => close = Some(Close::Io(format!("kTLS hand-over: TLS_TX: {e}"))),
                 }
-                if close.is_none() && rx_open {
-                    if let Err(e) =
+                if close.is_none()
+                    && rx_open
+                    && let Err(e) =
                         set_key(&tcp, KtlsDirection::Rx, cipher, tls13, rx_seq, &rx_secrets)
-                    {
-                        close = Some(Close::Io(format!("kTLS hand-over: TLS_RX: {e}")));
-                    }
+                {
+                    close = Some(Close::Io(format!("kTLS hand-over: TLS_RX: {e}")));
                 }
                 if close.is_some() {
                     rx_open = false;
@@ -662,7 +665,7 @@ impl Relay {
                 progress = true;
                 continue;
             }
-            match self.up_pump.poll_fill(cx, &self.tls) {
+            match self.up_pump.poll_fill(cx, &self.tls, CHUNK) {
                 Poll::Pending => return progress,
                 Poll::Ready(Ok(0)) => {
                     self.note(Close::PeerNoCloseNotify);
@@ -868,7 +871,11 @@ impl Relay {
                         progress = true;
                         continue;
                     }
-                    if !discard && self.tx.as_mut().is_some_and(|tx| !tx.may_fill(&self.tls)) {
+                    let room = match self.tx.as_mut() {
+                        Some(tx) if !discard => tx.room(&self.tls),
+                        _ => CHUNK,
+                    };
+                    if room == 0 {
                         tracing::trace!("kTLS: the key reached its record limit; closing");
                         self.note(Close::KeyLimit);
                         self.tls_app_dead = true;
@@ -876,7 +883,7 @@ impl Relay {
                         progress = true;
                         continue;
                     }
-                    match self.down_pump.poll_fill(cx, &self.plain) {
+                    match self.down_pump.poll_fill(cx, &self.plain, room) {
                         Poll::Pending => return progress,
                         Poll::Ready(Ok(0)) => self.down = Phase::Closing,
                         Poll::Ready(Ok(_)) => {}

@@ -72,16 +72,18 @@ impl Pump {
         self.held == 0
     }
 
-    /// Fills the empty pipe from `src`: `Ok(0)` is end of stream.
+    /// Fills the empty pipe from `src` with at most `max` (> 0) bytes: `Ok(0)` is end of stream.
     pub(super) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         src: &TcpStream,
+        max: usize,
     ) -> Poll<io::Result<usize>> {
-        debug_assert!(self.is_empty());
+        debug_assert!(self.is_empty() && max > 0);
         let to = self.pipe.write.as_fd();
+        let len = max.min(CHUNK);
         let r = poll_io(cx, src, Interest::READABLE, || {
-            sys::splice(src.as_fd(), to, CHUNK)
+            sys::splice(src.as_fd(), to, len)
         });
         if let Poll::Ready(Ok(n)) = r {
             self.held += n;
@@ -199,7 +201,7 @@ fn poll_flow(
             flow.done = true;
             return true;
         }
-        match flow.pump.poll_fill(cx, src) {
+        match flow.pump.poll_fill(cx, src, CHUNK) {
             Poll::Pending => return progress,
             Poll::Ready(Ok(0)) => flow.src_done = true,
             Poll::Ready(Ok(_)) => {}

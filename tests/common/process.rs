@@ -48,6 +48,16 @@ impl Proc {
     }
 
     pub fn spawn(prefix: &[&str], config: &Path, dir: tempfile::TempDir) -> Self {
+        Self::spawn_with(prefix, config, dir, &[])
+    }
+
+    /// As [`Proc::spawn`], with extra environment variables (they override `RINGSEAL_LOG`).
+    pub fn spawn_with(
+        prefix: &[&str],
+        config: &Path,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Self {
         let bin = env!("CARGO_BIN_EXE_ringseal");
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
@@ -63,6 +73,7 @@ impl Proc {
             .arg(config)
             .env("RINGSEAL_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
