@@ -512,6 +512,32 @@ struct HandshakeReader {
     skip: usize,
 }
 
+impl HandshakeReader {
+    /// The type of the next message whose header completes in `data` (its body is skipped, also
+    /// across records); `None` when `data` is used up.
+    fn next_message(&mut self, data: &mut &[u8]) -> Option<u8> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let k = self.skip.min(data.len());
+                self.skip -= k;
+                *data = &data[k..];
+                continue;
+            }
+            let k = (4 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + k].copy_from_slice(&data[..k]);
+            self.header_len += k;
+            *data = &data[k..];
+            if self.header_len == 4 {
+                self.header_len = 0;
+                let [typ, a, b, c] = self.header;
+                self.skip = u32::from_be_bytes([0, a, b, c]) as usize;
+                return Some(typ);
+            }
+        }
+        None
+    }
+}
+
 /// What a control record asks of the relay.
 enum Control {
     /// Nothing: keep relaying.
@@ -759,26 +785,9 @@ impl Relay {
     /// Post-handshake messages in `control[..n]` (a message may continue in the next record).
     fn handshake_messages(&mut self, n: usize) -> Control {
         let mut data = &self.control[..n];
-        let hs = &mut self.handshake;
         let mut decline_renegotiation = false;
         let mut result = Control::Continue;
-        while !data.is_empty() {
-            if hs.skip > 0 {
-                let k = hs.skip.min(data.len());
-                hs.skip -= k;
-                data = &data[k..];
-                continue;
-            }
-            let k = (4 - hs.header_len).min(data.len());
-            hs.header[hs.header_len..hs.header_len + k].copy_from_slice(&data[..k]);
-            hs.header_len += k;
-            data = &data[k..];
-            if hs.header_len < 4 {
-                break;
-            }
-            hs.header_len = 0;
-            let [typ, a, b, c] = hs.header;
-            hs.skip = u32::from_be_bytes([0, a, b, c]) as usize;
+        while let Some(typ) = self.handshake.next_message(&mut data) {
             match typ {
                 HS_NEW_SESSION_TICKET if self.client => {
                     tracing::trace!(
@@ -946,5 +955,49 @@ impl Future for Relay {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         super::drive(self.get_mut(), cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types(reader: &mut HandshakeReader, mut record: &[u8]) -> Vec<u8> {
+        std::iter::from_fn(|| reader.next_message(&mut record)).collect()
+    }
+
+    #[test]
+    fn handshake_messages_across_records() {
+        let mut r = HandshakeReader::default();
+        // A NewSessionTicket with a 6-byte body, then a KeyUpdate, in one record.
+        let record = [4, 0, 0, 6, 1, 2, 3, 4, 5, 6, 24, 0, 0, 1, 1];
+        assert_eq!(types(&mut r, &record), [4, 24]);
+        // The same split at every position over two records: the same messages, once each.
+        for cut in 0..record.len() {
+            let mut r = HandshakeReader::default();
+            let mut seen = types(&mut r, &record[..cut]);
+            seen.extend(types(&mut r, &record[cut..]));
+            assert_eq!(seen, [4, 24], "cut at {cut}");
+        }
+        // A body longer than the record: skipped into the next one.
+        let mut r = HandshakeReader::default();
+        assert_eq!(types(&mut r, &[4, 0, 0, 10, 9, 9]), [4]);
+        assert_eq!(types(&mut r, &[9; 8]), Vec::<u8>::new());
+        assert_eq!(types(&mut r, &[24, 0, 0, 1, 0]), [24]);
+    }
+
+    #[test]
+    fn suites_map_to_kernel_ciphers() {
+        for suite in crate::tls::provider().cipher_suites.iter() {
+            assert!(
+                cipher_of(suite.suite()).is_some(),
+                "{:?} has no kTLS cipher",
+                suite.suite()
+            );
+        }
+        let c = Ciphers(Ciphers::bit(true, KtlsCipher::Chacha20Poly1305));
+        assert!(c.supports(true, KtlsCipher::Chacha20Poly1305));
+        assert!(!c.supports(false, KtlsCipher::Chacha20Poly1305));
+        assert!(!c.supports(true, KtlsCipher::Aes128Gcm));
     }
 }

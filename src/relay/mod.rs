@@ -207,6 +207,8 @@ impl Relay {
         Self { inner }
     }
 
+    /// The path for the connection counter; a connection refused under `offload = "require"` counts
+    /// as `ktls`, the path it was required to take (and ends with `how="offload_unavailable"`).
     pub fn path(&self) -> Path {
         match self.inner {
             Inner::Userspace(..) => Path::Userspace,
