@@ -9,7 +9,9 @@
 //! * [`listener`]: accept under a permit, sniff, handshake under a deadline, verify, then connect the
 //!   storage port ([`listener::inbound`]); or accept the local node's plaintext and dial a peer's
 //!   sidecar with mutual TLS ([`listener::outbound`]).
-//! * [`relay`]: the only code that moves bytes; half-close, resets and deadlines.
+//! * [`relay`]: the only code that moves bytes (kTLS + splice, user-space rustls, plaintext splice);
+//!   half-close, resets and deadlines. `sys` holds the kernel interfaces it needs (the crate's only
+//!   `unsafe`).
 //! * [`metrics`]: every metric name and label value; [`admin`] serves them (`/metrics`, `/healthz`,
 //!   `/readyz`) when `[metrics]` is configured.
 //! * [`pki`]: `ringseal certs` (cluster CA, node certificates, CSR signing) and the demo's certificates.
@@ -32,6 +34,8 @@ pub mod pki;
 pub mod relay;
 pub mod reload;
 pub mod rules;
+#[allow(unsafe_code)]
+mod sys;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -99,12 +103,13 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, BindError> {
         let mut inbound = Vec::with_capacity(config.inbound.len());
         for (i, l) in config.inbound.iter().enumerate() {
-            let bound = InboundListener::bind(l, &config.tls, &config.limits).await;
+            let bound = InboundListener::bind(l, &config.tls, &config.limits, config.offload).await;
             inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
         let mut outbound = Vec::with_capacity(config.outbound.len());
         for (i, l) in config.outbound.iter().enumerate() {
-            let bound = OutboundListener::bind(l, &config.tls, &config.limits).await;
+            let bound =
+                OutboundListener::bind(l, &config.tls, &config.limits, config.offload).await;
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }
@@ -150,6 +155,7 @@ impl Server {
         let health = Arc::new(admin::Health::new(&self.config.tls.material.identity));
         admin::start(self.admin, &self.config, health.clone(), shutdown.clone());
         metrics::describe();
+        relay::log_offload(self.config.offload);
         let permits = Arc::new(Semaphore::new(self.config.limits.max_connections));
         let cut = CancellationToken::new();
         let tracker = TaskTracker::new();

@@ -109,7 +109,8 @@ pub fn describe() {
     describe_gauge!(CONNECTIONS_ACTIVE, "Connections currently relaying");
     describe_counter!(
         CONNECTIONS,
-        "Connections that completed a handshake and were relayed"
+        "Connections relayed, by direction, tls (false: permissive plaintext) and offload (ktls: the \
+         kernel encrypts and splices; userspace: rustls; splice: plaintext spliced)"
     );
     describe_counter!(
         BYTES,
@@ -143,7 +144,10 @@ pub fn describe() {
 pub fn register_zeroes(directions: &[Direction]) {
     for dir in directions {
         let d = dir.as_str();
-        counter!(CONNECTIONS, "direction" => d, "tls" => "true").increment(0);
+        for offload in ["ktls", "userspace"] {
+            counter!(CONNECTIONS, "direction" => d, "tls" => "true", "offload" => offload)
+                .increment(0);
+        }
         gauge!(CONNECTIONS_ACTIVE, "direction" => d, "tls" => "true").increment(0.0);
         counter!(BYTES, "direction" => d, "flow" => "from_peer").increment(0);
         counter!(BYTES, "direction" => d, "flow" => "to_peer").increment(0);
@@ -196,9 +200,11 @@ pub struct ActiveConnection {
 }
 
 impl ActiveConnection {
-    pub fn start(dir: Direction, tls: bool) -> Self {
+    /// `offload`: the relay path's label ([`crate::relay::Path::label`]).
+    pub fn start(dir: Direction, tls: bool, offload: &'static str) -> Self {
         let tls = if tls { "true" } else { "false" };
-        counter!(CONNECTIONS, "direction" => dir.as_str(), "tls" => tls).increment(1);
+        counter!(CONNECTIONS, "direction" => dir.as_str(), "tls" => tls, "offload" => offload)
+            .increment(1);
         let gauge = gauge!(CONNECTIONS_ACTIVE, "direction" => dir.as_str(), "tls" => tls);
         gauge.increment(1.0);
         Self {

@@ -206,7 +206,7 @@ async fn seed_pki_runs_mutual_tls(jks: bool) {
              [[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{a_addr}\"\n"
         ),
     );
-    let mut b = Proc::spawn_env(
+    let mut b = Proc::spawn_with(
         &[],
         &b_config,
         b_dir,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{CrlExpired, Limits, Mode};
+use crate::relay::Offload;
 use crate::tls::keystore::Secret;
 use crate::tls::verify::AllowList;
 
@@ -19,6 +20,8 @@ pub struct FileConfig {
     pub cluster_name: Option<String>,
     #[serde(default)]
     pub mode: Mode,
+    #[serde(default)]
+    pub offload: Offload,
     pub tls: FileTls,
     #[serde(default)]
     pub inbound: Vec<FileInbound>,

@@ -68,6 +68,9 @@ pub struct Config {
     pub inbound: Vec<Inbound>,
     pub outbound: Vec<Outbound>,
     pub limits: Limits,
+    /// `offload`: kTLS after the handshake (`auto`), never (`off`), or for every connection (`require`,
+    /// checked against the kernel here).
+    pub offload: crate::relay::Offload,
     /// `[metrics]`: where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not served.
     pub metrics: Option<MetricsSettings>,
     /// The files this config was read from: what a reload reads again. `None` for in-memory configs.
@@ -233,6 +236,7 @@ impl Config {
             inbound: Vec::new(),
             outbound: Vec::new(),
             limits: Limits::default(),
+            offload: crate::relay::Offload::default(),
             metrics: None,
             source: None,
             cluster_name: None,
@@ -634,6 +638,29 @@ impl FileConfig {
             ));
         }
 
+        if self.offload == crate::relay::Offload::Require {
+            let support = crate::relay::support();
+            if let Err(why) = &support.result {
+                return Err(invalid(
+                    "offload",
+                    format!(
+                        "\"require\", but this kernel has no kTLS: {why}; or set offload = \"auto\""
+                    ),
+                ));
+            }
+            if let Some(s) = suites.iter().find(|s| !support.offloads(**s)) {
+                return Err(invalid(
+                    "offload",
+                    format!(
+                        "\"require\", but the kernel cannot offload {} (it takes {}); remove it from \
+                         tls.cipher_suites or set offload = \"auto\"",
+                        crate::tls::suites::iana_name(*s),
+                        support.describe()
+                    ),
+                ));
+            }
+        }
+
         let l = self.limits;
         if l.max_connections == 0 {
             return Err(invalid(
@@ -673,6 +700,7 @@ impl FileConfig {
             inbound,
             outbound,
             limits,
+            offload: self.offload,
             metrics,
             source: None,
             cluster_name: self.cluster_name,
@@ -732,6 +760,17 @@ pub fn describe(c: &Config) -> String {
             o.allow
         );
     }
+    let support = crate::relay::support();
+    let _ = writeln!(
+        out,
+        "offload    {} ({})",
+        c.offload,
+        if support.available() {
+            format!("kTLS available: {}", support.describe())
+        } else {
+            format!("kTLS unavailable: {}", support.describe())
+        }
+    );
     let l = &c.limits;
     let _ = writeln!(
         out,

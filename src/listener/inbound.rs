@@ -18,7 +18,7 @@ use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Inbound, Limits, Mode, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
-use crate::relay::{self, RelayLimits};
+use crate::relay::{self, Offload, RelayLimits, TlsIo};
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::{PeerPolicy, PeerVerifier};
 use crate::tls::x509::CertInfo;
@@ -43,6 +43,8 @@ struct Shared {
     accept_log: RateLimit<&'static str>,
     /// Permissive mode: peers last seen in plaintext, to log once when each moves to TLS.
     plaintext_peers: super::PeerSet,
+    /// Fixed at start.
+    offload: Offload,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -93,7 +95,12 @@ impl InboundHandle {
 
 impl InboundListener {
     /// Binds the listening socket. Errors name the address (in use, not local, no permission).
-    pub async fn bind(cfg: &Inbound, tls: &TlsSettings, limits: &Limits) -> std::io::Result<Self> {
+    pub async fn bind(
+        cfg: &Inbound,
+        tls: &TlsSettings,
+        limits: &Limits,
+        offload: Offload,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(cfg.listen).await?;
         let listen = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -105,6 +112,7 @@ impl InboundListener {
             backend_log: RateLimit::new(Duration::from_secs(10)),
             accept_log: RateLimit::new(Duration::from_secs(10)),
             plaintext_peers: super::PeerSet::default(),
+            offload,
         });
         Ok(Self { listener, shared })
     }
@@ -209,24 +217,19 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
     tracing::debug!(peer = %peer, "accepted {peer} \"{subject}\" ({protocol}, {suite})");
 
     let Some(backend) = connect_forward(peer, s).await else {
-        relay::close(tls, rustls::Connection::Server(conn)).await;
+        relay::close(tls.into_inner(), rustls::Connection::Server(conn)).await;
         return;
     };
     let _ = backend.set_nodelay(true);
 
-    let active = ActiveConnection::start(Direction::Inbound, true);
+    let relay =
+        relay::Relay::start(tls, rustls::Connection::Server(conn), backend, s.offload).await;
+    let active = ActiveConnection::start(Direction::Inbound, true, relay.path().label());
     let limits = RelayLimits {
         idle: s.limits.idle_timeout,
         linger: s.limits.close_linger,
     };
-    let outcome = relay::relay(
-        tls,
-        rustls::Connection::Server(conn),
-        backend,
-        limits,
-        active.bytes.clone(),
-    )
-    .await;
+    let outcome = relay.run(limits, active.bytes.clone()).await;
     super::report_close(Direction::Inbound, peer, s.forward, &outcome);
 }
 
@@ -270,8 +273,12 @@ async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &S
         return;
     };
     let _ = backend.set_nodelay(true);
-    let active = ActiveConnection::start(Direction::Inbound, false);
-    let outcome = relay::plain(plain, backend, active.bytes.clone()).await;
+    let active = ActiveConnection::start(Direction::Inbound, false, relay::Path::Splice.label());
+    let limits = RelayLimits {
+        idle: s.limits.idle_timeout,
+        linger: s.limits.close_linger,
+    };
+    let outcome = relay::plain(plain, backend, limits, active.bytes.clone()).await;
     super::report_close(Direction::Inbound, peer, s.forward, &outcome);
 }
 
@@ -280,7 +287,7 @@ async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &S
 // allocation to every handshake.
 #[allow(clippy::large_enum_variant)]
 enum Accepted {
-    Tls(TcpStream, rustls::ServerConnection),
+    Tls(TlsIo, rustls::ServerConnection),
     /// Permissive mode only.
     Plain(TcpStream, Sniffed),
 }
@@ -323,7 +330,11 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Ac
         tls.config.clone()
     };
     drop(tls);
-    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+    // Read record by record, so that kTLS can take the socket over at a record boundary.
+    match tokio_rustls::TlsAcceptor::from(config)
+        .accept(TlsIo::new(stream))
+        .await
+    {
         Ok(tls) => {
             let (tcp, conn) = tls.into_inner();
             Ok(Accepted::Tls(tcp, conn))

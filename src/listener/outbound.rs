@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
-use crate::relay::{self, RelayLimits};
+use crate::relay::{self, Offload, RelayLimits, TlsIo};
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::PeerPolicy;
 
@@ -135,10 +135,17 @@ struct Shared {
     limits: Limits,
     refusals: RateLimit<RefusalKey>,
     accept_log: RateLimit<&'static str>,
+    /// Fixed at start.
+    offload: Offload,
 }
 
 impl OutboundListener {
-    pub async fn bind(cfg: &Outbound, tls: &TlsSettings, limits: &Limits) -> std::io::Result<Self> {
+    pub async fn bind(
+        cfg: &Outbound,
+        tls: &TlsSettings,
+        limits: &Limits,
+        offload: Offload,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(cfg.listen).await?;
         let listen = listener.local_addr()?;
         Ok(Self {
@@ -151,6 +158,7 @@ impl OutboundListener {
                 limits: limits.clone(),
                 refusals: RateLimit::new(Duration::from_secs(60)),
                 accept_log: RateLimit::new(Duration::from_secs(10)),
+                offload,
             }),
         })
     }
@@ -222,7 +230,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
         && s.recently_plaintext(peer.ip())
         && let Ok(remote) = connect_plain(plain, s).await
     {
-        return relay_plain(local, from, plain, remote).await;
+        return relay_plain(local, from, plain, remote, s).await;
     }
     let (tls, conn) = match dial(peer, &state, s).await {
         Ok(ok) => ok,
@@ -241,7 +249,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
                     );
                 }
                 return match connect_plain(plain, s).await {
-                    Ok(remote) => relay_plain(local, from, plain, remote).await,
+                    Ok(remote) => relay_plain(local, from, plain, remote, s).await,
                     Err(why) => {
                         if let Some(n) = s.refusals.check((Reason::Io, plain.ip())) {
                             tracing::warn!(
@@ -275,19 +283,13 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     metrics::handshake_ok(Direction::Outbound, protocol, suite, started.elapsed());
     tracing::debug!(peer = %peer, "outbound {from} -> {peer} established ({protocol}, {suite})");
 
-    let active = ActiveConnection::start(Direction::Outbound, true);
+    let relay = relay::Relay::start(tls, rustls::Connection::Client(conn), local, s.offload).await;
+    let active = ActiveConnection::start(Direction::Outbound, true, relay.path().label());
     let limits = RelayLimits {
         idle: s.limits.idle_timeout,
         linger: s.limits.close_linger,
     };
-    let outcome = relay::relay(
-        tls,
-        rustls::Connection::Client(conn),
-        local,
-        limits,
-        active.bytes.clone(),
-    )
-    .await;
+    let outcome = relay.run(limits, active.bytes.clone()).await;
     super::report_close(Direction::Outbound, peer, from, &outcome);
 }
 
@@ -299,7 +301,7 @@ async fn dial(
     peer: SocketAddr,
     state: &OutboundTls,
     s: &Shared,
-) -> Result<(TcpStream, rustls::ClientConnection), (Refusal, bool)> {
+) -> Result<(TlsIo, rustls::ClientConnection), (Refusal, bool)> {
     let connect = connect_from(state.source, peer);
     let tcp = match tokio::time::timeout(s.limits.connect_timeout, connect).await {
         Ok(Ok(tcp)) => tcp,
@@ -325,7 +327,9 @@ async fn dial(
     };
     let _ = tcp.set_nodelay(true);
     let name = ServerName::IpAddress(peer.ip().into());
-    let handshake = tokio_rustls::TlsConnector::from(state.config.clone()).connect(name, tcp);
+    // Read record by record, so that kTLS can take the socket over at a record boundary.
+    let handshake =
+        tokio_rustls::TlsConnector::from(state.config.clone()).connect(name, TlsIo::new(tcp));
     match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
         Ok(Ok(tls)) => Ok(tls.into_inner()),
         Ok(Err(e)) => {
@@ -379,9 +383,20 @@ async fn connect_plain(to: SocketAddr, s: &Shared) -> Result<TcpStream, String> 
 }
 
 /// Permissive mode: carries the local connection to the peer's plaintext storage port.
-async fn relay_plain(local: TcpStream, from: SocketAddr, to: SocketAddr, remote: TcpStream) {
-    let active = ActiveConnection::start(Direction::Outbound, false);
-    let outcome = relay::plain(local, remote, active.bytes.clone()).await;
+async fn relay_plain(
+    local: TcpStream,
+    from: SocketAddr,
+    to: SocketAddr,
+    remote: TcpStream,
+    s: &Shared,
+) {
+    let active = ActiveConnection::start(Direction::Outbound, false, relay::Path::Splice.label());
+    let limits = RelayLimits {
+        idle: s.limits.idle_timeout,
+        linger: s.limits.close_linger,
+    };
+    // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
+    let outcome = relay::plain(remote, local, limits, active.bytes.clone()).await;
     super::report_close(Direction::Outbound, to, from, &outcome);
 }
 

@@ -13,20 +13,16 @@ use std::io::{self, BufRead, Write};
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
-use super::{Close, Outcome, RelayLimits};
+use super::{Close, Deadlines, Directions, Outcome, RelayLimits, Side};
 use crate::metrics::ByteCounters;
 
 /// 64 KiB: several full 16 KiB TLS records per system call, the same size as the socket's usual send
 /// window on loopback.
 const BUF: usize = 64 * 1024;
-/// Rounds of the relay loop before yielding to the scheduler, so one busy connection cannot starve others.
-const BUDGET: u32 = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -62,10 +58,7 @@ pub(super) struct Relay {
     from_peer: u64,
     to_peer: u64,
     counters: ByteCounters,
-    limits: RelayLimits,
-    last_progress: Instant,
-    idle_timer: Option<Pin<Box<Sleep>>>,
-    linger_timer: Option<Pin<Box<Sleep>>>,
+    deadlines: Deadlines,
 }
 
 impl Relay {
@@ -96,10 +89,7 @@ impl Relay {
             from_peer: 0,
             to_peer: 0,
             counters,
-            limits,
-            last_progress: Instant::now(),
-            idle_timer: limits.idle.map(|d| Box::pin(tokio::time::sleep(d))),
-            linger_timer: None,
+            deadlines: Deadlines::new(limits),
         }
     }
 
@@ -111,17 +101,11 @@ impl Relay {
     }
 
     fn note_tls_err(&mut self, e: &io::Error) {
-        self.note(match e.kind() {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Close::PeerReset,
-            _ => Close::Io(format!("peer socket: {e}")),
-        });
+        self.note(Side::Peer.close_for(e));
     }
 
     fn note_plain_err(&mut self, e: &io::Error) {
-        self.note(match e.kind() {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Close::BackendReset,
-            _ => Close::Io(format!("backend socket: {e}")),
-        });
+        self.note(Side::Backend.close_for(e));
     }
 
     /// Writes whatever rustls has queued (records, alerts, KeyUpdate responses, close_notify).
@@ -347,52 +331,35 @@ impl Relay {
     }
 }
 
+impl Directions for Relay {
+    fn step(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = self.flush_tls(cx);
+        progress |= self.poll_up(cx);
+        progress |= self.poll_down(cx);
+        progress
+    }
+
+    fn finished(&self) -> (bool, bool) {
+        (self.up == Phase::Done, self.down == Phase::Done)
+    }
+
+    fn deadlines(&mut self) -> &mut Deadlines {
+        &mut self.deadlines
+    }
+
+    fn end(&mut self, close: Option<Close>) -> Outcome {
+        if let Some(close) = close {
+            self.note(close);
+        }
+        self.outcome()
+    }
+}
+
 impl Future for Relay {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let this = self.get_mut();
-        let mut rounds = 0;
-        loop {
-            let mut progress = this.flush_tls(cx);
-            progress |= this.poll_up(cx);
-            progress |= this.poll_down(cx);
-            if this.up == Phase::Done && this.down == Phase::Done {
-                return Poll::Ready(this.outcome());
-            }
-            if !progress {
-                break;
-            }
-            this.last_progress = Instant::now();
-            rounds += 1;
-            if rounds == BUDGET {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-        }
-
-        // Half-closed: the other direction has `linger` to finish.
-        if this.up == Phase::Done || this.down == Phase::Done {
-            let linger = this.limits.linger;
-            let timer = this
-                .linger_timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
-            if timer.as_mut().poll(cx).is_ready() {
-                this.note(Close::LingerTimeout);
-                return Poll::Ready(this.outcome());
-            }
-        }
-        if let (Some(idle), Some(timer)) = (this.limits.idle, this.idle_timer.as_mut()) {
-            while timer.as_mut().poll(cx).is_ready() {
-                let deadline = this.last_progress + idle;
-                if Instant::now() >= deadline {
-                    this.note(Close::IdleTimeout);
-                    return Poll::Ready(this.outcome());
-                }
-                timer.as_mut().reset(deadline.into());
-            }
-        }
-        Poll::Pending
+        super::drive(self.get_mut(), cx)
     }
 }
 
@@ -441,7 +408,7 @@ fn poll_nb<T>(
 
 /// `io::Write` over a non-blocking socket, for `rustls::Connection::write_tls` (which batches every
 /// queued record into one `writev`).
-struct NbWrite<'a>(&'a TcpStream);
+pub(super) struct NbWrite<'a>(pub(super) &'a TcpStream);
 
 impl Write for NbWrite<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

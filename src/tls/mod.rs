@@ -91,6 +91,8 @@ pub fn server_config(
         )));
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    // kTLS: the relay hands the session keys to the kernel after the handshake.
+    config.enable_secret_extraction = true;
     // The operator's cipher_suites order is a preference order, as in Cassandra.
     config.ignore_client_order = true;
     Arc::new(config)
@@ -121,5 +123,7 @@ pub fn client_config(
             settings.material.client_identity().clone(),
         )));
     config.resumption = Resumption::disabled();
+    // kTLS: the relay hands the session keys to the kernel after the handshake.
+    config.enable_secret_extraction = true;
     Arc::new(config)
 }

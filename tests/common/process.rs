@@ -48,25 +48,25 @@ impl Proc {
     }
 
     pub fn spawn(prefix: &[&str], config: &Path, dir: tempfile::TempDir) -> Self {
-        Self::spawn_env(prefix, config, dir, &[])
+        Self::spawn_with(prefix, config, dir, &[])
     }
 
     /// `ringseal run --config CONFIG ARGS...`.
     pub fn spawn_args(args: &[&str], config: &Path, dir: tempfile::TempDir) -> Self {
-        Self::spawn_with(&[], config, dir, &[], args)
+        Self::spawn_full(&[], config, dir, &[], args)
     }
 
-    /// [`Self::spawn`] with extra environment variables.
-    pub fn spawn_env(
+    /// As [`Proc::spawn`], with extra environment variables (they override `RINGSEAL_LOG`).
+    pub fn spawn_with(
         prefix: &[&str],
         config: &Path,
         dir: tempfile::TempDir,
         env: &[(&str, &str)],
     ) -> Self {
-        Self::spawn_with(prefix, config, dir, env, &[])
+        Self::spawn_full(prefix, config, dir, env, &[])
     }
 
-    fn spawn_with(
+    fn spawn_full(
         prefix: &[&str],
         config: &Path,
         dir: tempfile::TempDir,

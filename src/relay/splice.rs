@@ -1,0 +1,299 @@
+//! Zero-copy moves between sockets: socket -> pipe -> socket with `splice(2)`, the pages never mapped
+//! into user space. [`Pump`] is one direction's pipe (used by the kTLS path too); [`plain`] relays
+//! plaintext both ways (permissive mode's plaintext legs).
+//!
+//! A pump is filled only when it is empty, so `EAGAIN` from filling always means "the source has
+//! nothing", never "the pipe is full", and is drained completely before the next fill. A pipe holds
+//! 64 KiB by default (16 pages; fewer when the user exceeds /proc/sys/fs/pipe-user-pages-soft, which
+//! costs throughput, not correctness). Each direction of a connection has its own pipe: two
+//! descriptors per direction, six per connection with the two sockets.
+
+use std::future::Future;
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{Close, Deadlines, Directions, Outcome, RelayLimits, Side};
+use crate::metrics::ByteCounters;
+use crate::sys;
+
+/// What one splice into a pipe asks for: the default pipe size.
+pub(super) const CHUNK: usize = 64 * 1024;
+
+/// Runs a non-blocking system call on `sock`; when it would block, clears tokio's readiness, registers
+/// for the next readiness event and returns `Pending` (or retries at once if it became ready meanwhile).
+pub(super) fn poll_io<T>(
+    cx: &mut Context<'_>,
+    sock: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> Poll<io::Result<T>> {
+    loop {
+        match sock.try_io(interest, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let ready = if interest.is_readable() {
+                    sock.poll_read_ready(cx)
+                } else {
+                    sock.poll_write_ready(cx)
+                };
+                match ready {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
+/// One direction's pipe and how many bytes it holds.
+pub(super) struct Pump {
+    pipe: sys::Pipe,
+    held: usize,
+}
+
+impl Pump {
+    pub(super) fn new() -> io::Result<Self> {
+        Ok(Self {
+            pipe: sys::Pipe::new()?,
+            held: 0,
+        })
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    /// Fills the empty pipe from `src` with at most `max` (> 0) bytes: `Ok(0)` is end of stream.
+    pub(super) fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        debug_assert!(self.is_empty() && max > 0);
+        let to = self.pipe.write.as_fd();
+        let len = max.min(CHUNK);
+        let r = poll_io(cx, src, Interest::READABLE, || {
+            sys::splice(src.as_fd(), to, len)
+        });
+        if let Poll::Ready(Ok(n)) = r {
+            self.held += n;
+        }
+        r
+    }
+
+    /// Moves up to `max` of the held bytes to `dst`.
+    pub(super) fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &TcpStream,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        let from = self.pipe.read.as_fd();
+        let len = self.held.min(max);
+        let r = poll_io(cx, dst, Interest::WRITABLE, || {
+            sys::splice(from, dst.as_fd(), len)
+        });
+        if let Poll::Ready(Ok(n)) = r {
+            self.held -= n;
+        }
+        r
+    }
+
+    /// Throws the held bytes away (their destination is gone).
+    pub(super) fn discard(&mut self) {
+        let mut scratch = [0u8; 4096];
+        while self.held > 0 {
+            match (&self.pipe.read).read(&mut scratch) {
+                Ok(n) if n > 0 => self.held -= n.min(self.held),
+                _ => {
+                    // Cannot happen with bytes held; never loop on it.
+                    self.held = 0;
+                }
+            }
+        }
+    }
+}
+
+/// One direction of a plaintext relay.
+struct Flow {
+    pump: Pump,
+    /// The source ended (EOF or error); finish once the pipe is empty.
+    src_done: bool,
+    /// The destination cannot be written any more; what arrives is discarded.
+    dst_dead: bool,
+    done: bool,
+    bytes: u64,
+}
+
+impl Flow {
+    fn new() -> io::Result<Self> {
+        Ok(Self {
+            pump: Pump::new()?,
+            src_done: false,
+            dst_dead: false,
+            done: false,
+            bytes: 0,
+        })
+    }
+}
+
+struct Plain {
+    peer: TcpStream,
+    backend: TcpStream,
+    /// peer -> backend
+    up: Flow,
+    /// backend -> peer
+    down: Flow,
+    close: Option<Close>,
+    counters: ByteCounters,
+    deadlines: Deadlines,
+}
+
+/// Moves `flow` from `src` to `dst` until it would block; true if anything moved.
+#[allow(clippy::too_many_arguments)]
+fn poll_flow(
+    cx: &mut Context<'_>,
+    flow: &mut Flow,
+    src: &TcpStream,
+    src_side: Side,
+    dst: &TcpStream,
+    dst_side: Side,
+    close: &mut Option<Close>,
+    count: &metrics::Counter,
+) -> bool {
+    let mut progress = false;
+    while !flow.done {
+        if !flow.pump.is_empty() {
+            if flow.dst_dead {
+                flow.pump.discard();
+                progress = true;
+                continue;
+            }
+            match flow.pump.poll_drain(cx, dst, usize::MAX) {
+                Poll::Pending => return progress,
+                Poll::Ready(Ok(n)) => {
+                    flow.bytes += n as u64;
+                    count.increment(n as u64);
+                }
+                Poll::Ready(Err(e)) => {
+                    close.get_or_insert_with(|| dst_side.close_for(&e));
+                    flow.dst_dead = true;
+                }
+            }
+            progress = true;
+            continue;
+        }
+        if flow.src_done {
+            if !flow.dst_dead {
+                // FIN after everything was written: the other side sees the end of the stream.
+                let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+            }
+            flow.done = true;
+            return true;
+        }
+        match flow.pump.poll_fill(cx, src, CHUNK) {
+            Poll::Pending => return progress,
+            Poll::Ready(Ok(0)) => flow.src_done = true,
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => {
+                close.get_or_insert_with(|| src_side.close_for(&e));
+                flow.src_done = true;
+            }
+        }
+        progress = true;
+    }
+    progress
+}
+
+impl Directions for Plain {
+    fn step(&mut self, cx: &mut Context<'_>) -> bool {
+        let up = poll_flow(
+            cx,
+            &mut self.up,
+            &self.peer,
+            Side::Peer,
+            &self.backend,
+            Side::Backend,
+            &mut self.close,
+            &self.counters.from_peer,
+        );
+        let down = poll_flow(
+            cx,
+            &mut self.down,
+            &self.backend,
+            Side::Backend,
+            &self.peer,
+            Side::Peer,
+            &mut self.close,
+            &self.counters.to_peer,
+        );
+        up || down
+    }
+
+    fn finished(&self) -> (bool, bool) {
+        (self.up.done, self.down.done)
+    }
+
+    fn deadlines(&mut self) -> &mut Deadlines {
+        &mut self.deadlines
+    }
+
+    fn end(&mut self, close: Option<Close>) -> Outcome {
+        if let Some(close) = close {
+            self.close.get_or_insert(close);
+        }
+        Outcome {
+            from_peer: self.up.bytes,
+            to_peer: self.down.bytes,
+            close: self.close.take().unwrap_or(Close::Clean),
+        }
+    }
+}
+
+impl Future for Plain {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        super::drive(self.get_mut(), cx)
+    }
+}
+
+pub(super) async fn plain(
+    peer: TcpStream,
+    backend: TcpStream,
+    limits: RelayLimits,
+    counters: ByteCounters,
+) -> Outcome {
+    let flows = Flow::new().and_then(|up| Ok((up, Flow::new()?)));
+    let (up, down) = match flows {
+        Ok(f) => f,
+        // Out of descriptors or pipe memory: nothing was read, so nothing is lost.
+        Err(e) => {
+            return Outcome {
+                from_peer: 0,
+                to_peer: 0,
+                close: Close::Io(format!("cannot create a pipe: {e}")),
+            };
+        }
+    };
+    Plain {
+        peer,
+        backend,
+        up,
+        down,
+        close: None,
+        counters,
+        deadlines: Deadlines::new(limits),
+    }
+    .await
+}
