@@ -22,11 +22,18 @@ pub enum Command {
         #[arg(long, short, env = "RINGSEAL_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config, load its certificates and print what `run` would do, without binding ports.
+    /// Validate a config, load its certificates and keystores, and report on the PKI (subject, SANs,
+    /// validity, key, version, EKU, chain against the trust store) and what `run` would do, without
+    /// binding ports. Warns about v1 certificates, missing IP SANs, expiry within 30 days, SHA-1, RSA
+    /// below 2048 bits, an OU other than the cluster name. Exit status: 0 fine (warnings allowed), 1 an
+    /// error in the PKI (our chain does not verify), 64 the config cannot be loaded.
     Check {
         /// The ringseal TOML config.
         #[arg(long, short, env = "RINGSEAL_CONFIG")]
         config: PathBuf,
+        /// Print the report as JSON (for monitoring and configuration management).
+        #[arg(long)]
+        json: bool,
     },
     /// Print (or apply, or remove) the nftables rules that redirect the node's connections to peers'
     /// storage port through the transparent outbound listener.

@@ -3,15 +3,17 @@
 //! The path a byte takes, and the module that owns each step:
 //!
 //! * [`config`]: the TOML file -> a validated runtime [`config::Config`] (certificates already loaded).
-//! * [`tls`]: our identity and trust ([`tls::material`]), suite/protocol names ([`tls::suites`]), peer
-//!   verification on webpki + endpoint verification + allow-list ([`tls::verify`]).
+//! * [`tls`]: our identity and trust ([`tls::material`]) from PEM files or Java keystores
+//!   ([`tls::keystore`], JKS in [`tls::jks`]), suite/protocol names ([`tls::suites`]), peer verification
+//!   on webpki + endpoint verification + allow-list ([`tls::verify`]), X.509 v1 opt-in ([`tls::v1`]).
 //! * [`listener`]: accept under a permit, sniff, handshake under a deadline, verify, then connect the
 //!   storage port ([`listener::inbound`]); or accept the local node's plaintext and dial a peer's
 //!   sidecar with mutual TLS ([`listener::outbound`]).
 //! * [`relay`]: the only code that moves bytes; half-close, resets and deadlines.
 //! * [`metrics`]: every metric name and label value; [`admin`] serves them (`/metrics`, `/healthz`,
 //!   `/readyz`) when `[metrics]` is configured.
-//! * [`pki`]: throwaway certificates (rcgen) for the demo and tests.
+//! * [`pki`]: `ringseal certs` (cluster CA, node certificates, CSR signing) and the demo's certificates.
+//! * [`doctor`]: `ringseal check`, the PKI report and its warnings.
 //! * [`demo`]: `ringseal demo`, the whole thing on loopback with a live summary.
 //!
 //! [`Server::bind`] then [`Server::serve`] (or [`run`]) is the whole sidecar; `main` only parses the
@@ -23,6 +25,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod listener;
 pub mod metrics;
 pub mod pki;

@@ -56,12 +56,30 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config, json } => match Config::load(&config) {
             Ok(c) => {
-                print!("{}", ringseal::config::describe(&c));
-                ExitCode::SUCCESS
+                let report = ringseal::doctor::examine(&c);
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).expect("the report serializes")
+                    );
+                } else {
+                    print!("{}", ringseal::doctor::render(&report, &c));
+                }
+                if report.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => config_error(&e),
+            Err(e) => {
+                if json {
+                    let error = serde_json::json!({ "ok": false, "errors": [e.to_string()] });
+                    println!("{error:#}");
+                }
+                config_error(&e)
+            }
         },
         Command::Rules {
             config,

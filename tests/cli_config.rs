@@ -141,11 +141,12 @@ fn check_prints_the_resolved_config() {
     let dir = s.dir.path().display();
     for want in [
         "config OK\n".to_owned(),
-        format!("identity   {dir}/node.crt (key {dir}/node.key)"),
+        format!("identity   tls.cert {dir}/node.crt\n"),
+        "  verifies serverAuth: ok; clientAuth: ok\n".to_owned(),
         "  subject  CN=node1, OU=TestCluster\n".to_owned(),
         "  issuer   CN=TestCluster CA, OU=TestCluster\n".to_owned(),
         "  IP SANs  127.0.0.1\n".to_owned(),
-        format!("trust      {dir}/ca.crt (1 CA certificate(s))"),
+        format!("trust      tls.ca {dir}/ca.crt (1 CA certificate(s))"),
         "protocols  TLSv1.3, TLSv1.2\n".to_owned(),
         "client auth required\n".to_owned(),
         "inbound[0] listen 0.0.0.0:7001 -> forward 127.0.0.1:7000 (endpoint verification on, \

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::process::Proc;
+use common::process::{Proc, address_after};
 use common::*;
 use ringseal::pki::{Ca, Identity, NodeSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,14 +21,6 @@ fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, content).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-fn address_after(line: &str, marker: &str) -> SocketAddr {
-    line.split(marker)
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no address after {marker:?} in {line:?}"))
 }
 
 /// A sidecar process with its files in `dir`.

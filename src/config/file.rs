@@ -8,11 +8,15 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{CrlExpired, Limits, Mode};
+use crate::tls::keystore::Secret;
 use crate::tls::verify::AllowList;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// Cassandra's `cluster_name`: `ringseal check` warns when certificates carry another OU.
+    #[serde(default)]
+    pub cluster_name: Option<String>,
     #[serde(default)]
     pub mode: Mode,
     pub tls: FileTls,
@@ -36,9 +40,48 @@ pub struct FileMetrics {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub keystore: Option<PathBuf>,
+    #[serde(default)]
+    pub keystore_password: Option<Secret>,
+    #[serde(default)]
+    pub keystore_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub keystore_password_env: Option<String>,
+    #[serde(default)]
+    pub keystore_type: Option<String>,
+    #[serde(default)]
+    pub keystore_alias: Option<String>,
+    #[serde(default)]
+    pub truststore: Option<PathBuf>,
+    #[serde(default)]
+    pub truststore_password: Option<Secret>,
+    #[serde(default)]
+    pub truststore_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub truststore_password_env: Option<String>,
+    #[serde(default)]
+    pub truststore_type: Option<String>,
+    #[serde(default)]
+    pub outbound_keystore: Option<PathBuf>,
+    #[serde(default)]
+    pub outbound_keystore_password: Option<Secret>,
+    #[serde(default)]
+    pub outbound_keystore_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub outbound_keystore_password_env: Option<String>,
+    #[serde(default)]
+    pub outbound_keystore_type: Option<String>,
+    #[serde(default)]
+    pub outbound_keystore_alias: Option<String>,
+    #[serde(default)]
+    pub accept_v1_certificates: bool,
     #[serde(default)]
     pub protocols: Vec<String>,
     #[serde(default)]

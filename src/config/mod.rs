@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
-use crate::tls::material::{MaterialError, TlsFiles, TlsMaterial};
+use crate::tls::keystore::{Password, StoreFile, StoreType};
+use crate::tls::material::{IdentityFiles, MaterialError, TlsFiles, TlsMaterial, TrustFiles};
 use crate::tls::suites::{self, SuiteError};
 use crate::tls::verify::AllowList;
 
@@ -69,6 +70,8 @@ pub struct Config {
     pub metrics: Option<MetricsSettings>,
     /// The file this config was read from: what a reload reads again. `None` for in-memory configs.
     pub source: Option<PathBuf>,
+    /// `cluster_name` (Cassandra's): `check` warns about certificates whose OU differs.
+    pub cluster_name: Option<String>,
 }
 
 /// `[metrics]`.
@@ -100,6 +103,8 @@ pub struct TlsSettings {
     pub crl_expired: CrlExpired,
     /// How often the referenced files are checked for changes (SIGHUP reloads at once).
     pub reload_interval: Duration,
+    /// `tls.accept_v1_certificates`: X.509 v1 peer certificates signed directly by a trusted CA.
+    pub accept_v1: bool,
 }
 
 /// One `[[inbound]]` listener: mutual TLS in, plaintext out to the local storage port.
@@ -213,6 +218,7 @@ impl TlsSettings {
             require_client_auth: true,
             crl_expired: CrlExpired::Deny,
             reload_interval: Duration::from_secs(60),
+            accept_v1: false,
         }
     }
 }
@@ -227,6 +233,7 @@ impl Config {
             limits: Limits::default(),
             metrics: None,
             source: None,
+            cluster_name: None,
         }
     }
 
@@ -283,12 +290,7 @@ impl FileConfig {
                 source,
             })?;
 
-        let files = TlsFiles {
-            cert: base.join(&self.tls.cert),
-            key: base.join(&self.tls.key),
-            ca: base.join(&self.tls.ca),
-            crls: self.tls.crl.iter().map(|c| base.join(c)).collect(),
-        };
+        let files = tls_files(&self.tls, base, &invalid)?;
         if self.tls.reload_interval.is_zero() {
             return Err(invalid(
                 "tls.reload_interval",
@@ -300,11 +302,27 @@ impl FileConfig {
             source,
         })?;
         material
-            .check_suites(&suites, &files.key)
+            .check_suites(&suites)
             .map_err(|source| ConfigError::Material {
                 path: path.to_owned(),
                 source,
             })?;
+        let v1 = std::iter::once(&material.identity)
+            .chain(material.outbound.as_ref().map(|(_, info)| info))
+            .find(|id| id.version == 1);
+        if let (Some(id), false) = (v1, self.tls.accept_v1_certificates) {
+            let (key, file) = files.identity_origin();
+            return Err(invalid(
+                key,
+                format!(
+                    "{}: certificate \"{}\" is an X.509 v1 certificate (no extensions, no SANs), which \
+                     ringseal refuses by default; set tls.accept_v1_certificates = true (v1 leaves are then \
+                     accepted only when signed directly by a trusted CA) or reissue it with `ringseal certs node`",
+                    file.display(),
+                    id.subject
+                ),
+            ));
+        }
 
         if self.inbound.is_empty() && self.outbound.is_empty() {
             return Err(invalid(
@@ -566,67 +584,24 @@ impl FileConfig {
                 require_client_auth: self.tls.require_client_auth,
                 crl_expired: self.tls.crl_expired,
                 reload_interval: self.tls.reload_interval,
+                accept_v1: self.tls.accept_v1_certificates,
             },
             inbound,
             outbound,
             limits,
             metrics,
             source: None,
+            cluster_name: self.cluster_name,
         })
     }
 }
 
-/// What `ringseal check` prints: everything `run` would do, after every file was loaded.
+/// What `ringseal check` prints after the PKI report (see `doctor`): the negotiation, the listeners and
+/// the limits, every validated value.
 pub fn describe(c: &Config) -> String {
     use crate::tls::suites::{iana_name, protocol_name};
-    use crate::tls::x509::fmt_time;
     use std::fmt::Write;
     let mut out = String::new();
-    let m = &c.tls.material;
-    let days = |t: std::time::SystemTime| {
-        t.duration_since(std::time::SystemTime::now())
-            .map_or(0, |d| d.as_secs() / 86400)
-    };
-    let _ = writeln!(out, "config OK");
-    if let Some(f) = &c.tls.files {
-        let _ = writeln!(
-            out,
-            "identity   {} (key {})",
-            f.cert.display(),
-            f.key.display()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  subject  {}\n  issuer   {}\n  valid    {} .. {} ({} days left)\n  IP SANs  {}\n  DNS SANs {}",
-        m.identity.subject,
-        m.identity.issuer,
-        fmt_time(m.identity.not_before),
-        fmt_time(m.identity.not_after),
-        days(m.identity.not_after),
-        m.identity.ip_sans(),
-        if m.identity.dns.is_empty() {
-            "none".into()
-        } else {
-            m.identity.dns.join(", ")
-        },
-    );
-    if let Some(f) = &c.tls.files {
-        let _ = writeln!(
-            out,
-            "trust      {} ({} CA certificate(s))",
-            f.ca.display(),
-            m.cas.len()
-        );
-    }
-    for ca in &m.cas {
-        let _ = writeln!(
-            out,
-            "  CA       {} (until {})",
-            ca.subject,
-            fmt_time(ca.not_after)
-        );
-    }
     let versions: Vec<_> = c
         .tls
         .versions
@@ -686,6 +661,190 @@ pub fn describe(c: &Config) -> String {
         humantime::format_duration(l.shutdown_grace),
     );
     out
+}
+
+/// The identity and trust files of `[tls]`: PEM files or keystores, exactly one of each.
+fn tls_files(
+    tls: &file::FileTls,
+    base: &Path,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<TlsFiles, ConfigError> {
+    let keystore = store(
+        StoreKeys {
+            key: "tls.keystore",
+            path: &tls.keystore,
+            password: &tls.keystore_password,
+            password_file: &tls.keystore_password_file,
+            password_env: &tls.keystore_password_env,
+            kind: &tls.keystore_type,
+            alias: &tls.keystore_alias,
+        },
+        base,
+        invalid,
+    )?;
+    let truststore = store(
+        StoreKeys {
+            key: "tls.truststore",
+            path: &tls.truststore,
+            password: &tls.truststore_password,
+            password_file: &tls.truststore_password_file,
+            password_env: &tls.truststore_password_env,
+            kind: &tls.truststore_type,
+            alias: &None,
+        },
+        base,
+        invalid,
+    )?;
+    let outbound = store(
+        StoreKeys {
+            key: "tls.outbound_keystore",
+            path: &tls.outbound_keystore,
+            password: &tls.outbound_keystore_password,
+            password_file: &tls.outbound_keystore_password_file,
+            password_env: &tls.outbound_keystore_password_env,
+            kind: &tls.outbound_keystore_type,
+            alias: &tls.outbound_keystore_alias,
+        },
+        base,
+        invalid,
+    )?;
+    let identity = match (&tls.cert, &tls.key, keystore) {
+        (Some(cert), Some(key), None) => IdentityFiles::Pem {
+            cert: base.join(cert),
+            key: base.join(key),
+        },
+        (None, None, Some(store)) => IdentityFiles::Store(store),
+        (Some(_), None, None) => {
+            return Err(invalid(
+                "tls.key",
+                "tls.cert is set but tls.key is not; name the private key file".into(),
+            ));
+        }
+        (None, Some(_), None) => {
+            return Err(invalid(
+                "tls.cert",
+                "tls.key is set but tls.cert is not; name the certificate chain file".into(),
+            ));
+        }
+        (None, None, None) => {
+            return Err(invalid(
+                "tls",
+                "no identity: set cert + key (PEM files) or keystore (PKCS#12, JKS or PEM, with \
+                 keystore_password)"
+                    .into(),
+            ));
+        }
+        (_, _, Some(_)) => {
+            return Err(invalid(
+                "tls.keystore",
+                "give either cert + key or keystore for the identity, not both".into(),
+            ));
+        }
+    };
+    let trust = match (&tls.ca, truststore) {
+        (Some(ca), None) => TrustFiles::Pem(base.join(ca)),
+        (None, Some(store)) => TrustFiles::Store(store),
+        (None, None) => {
+            return Err(invalid(
+                "tls",
+                "no trust: set ca (the cluster CA certificates in PEM) or truststore (PKCS#12, JKS or \
+                 PEM, with truststore_password)"
+                    .into(),
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "tls.truststore",
+                "give either ca or truststore for the trusted CAs, not both".into(),
+            ));
+        }
+    };
+    Ok(TlsFiles {
+        identity,
+        outbound_identity: outbound.map(IdentityFiles::Store),
+        trust,
+        crls: tls.crl.iter().map(|c| base.join(c)).collect(),
+    })
+}
+
+/// The keys of one keystore in `[tls]` (`keystore`, `truststore` or `outbound_keystore`).
+struct StoreKeys<'a> {
+    key: &'static str,
+    path: &'a Option<PathBuf>,
+    password: &'a Option<crate::tls::keystore::Secret>,
+    password_file: &'a Option<PathBuf>,
+    password_env: &'a Option<String>,
+    kind: &'a Option<String>,
+    alias: &'a Option<String>,
+}
+
+fn store(
+    k: StoreKeys<'_>,
+    base: &Path,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<StoreFile>, ConfigError> {
+    let given = [
+        ("password", k.password.is_some()),
+        ("password_file", k.password_file.is_some()),
+        ("password_env", k.password_env.is_some()),
+        ("type", k.kind.is_some()),
+        ("alias", k.alias.is_some()),
+    ];
+    let Some(path) = k.path else {
+        if let Some((suffix, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                &format!("{}_{suffix}", k.key),
+                format!(
+                    "is set but {} is not; name the store file or remove it",
+                    k.key
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    if given[..3].iter().filter(|(_, set)| *set).count() > 1 {
+        return Err(invalid(
+            &format!("{}_password", k.key),
+            format!(
+                "give one of {0}_password, {0}_password_file and {0}_password_env",
+                k.key
+            ),
+        ));
+    }
+    let password = if let Some(p) = k.password {
+        Password::Inline(p.clone())
+    } else if let Some(f) = k.password_file {
+        Password::File(base.join(f))
+    } else if let Some(var) = k.password_env {
+        let value = std::env::var(var).map_err(|e| {
+            invalid(
+                &format!("{}_password_env", k.key),
+                format!("environment variable {var}: {e}; export it in the service's environment"),
+            )
+        })?;
+        Password::Inline(crate::tls::keystore::Secret::new(value))
+    } else {
+        Password::None
+    };
+    let stated = match k.kind {
+        None => None,
+        Some(t) => Some(StoreType::parse(t).ok_or_else(|| {
+            invalid(
+                &format!("{}_type", k.key),
+                format!(
+                    "{t:?} is not a store type; write \"pkcs12\", \"jks\" or \"pem\" (or leave it out: \
+                     the format is detected from the content)"
+                ),
+            )
+        })?),
+    };
+    Ok(Some(StoreFile {
+        key: k.key,
+        path: base.join(path),
+        stated,
+        password,
+        alias: k.alias.clone(),
+    }))
 }
 
 /// Whether two listen addresses would fight over the same port (port 0 means "any free port").

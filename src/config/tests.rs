@@ -23,6 +23,8 @@
 //!   | `{dir}`          | the directory the config file is written to                |
 
 use std::collections::BTreeSet;
+
+use crate::tls::material::{IdentityFiles, TrustFiles};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -243,9 +245,21 @@ fn every_shipped_config_parses_and_validates() {
         let c = validate_shipped(path, &m);
         assert!(!c.inbound.is_empty(), "{}", path.display());
         let f = c.tls.files.as_ref().expect("loaded from files");
-        assert_eq!(f.cert, m.path("cert"), "{}", path.display());
-        assert_eq!(f.key, m.path("key"), "{}", path.display());
-        assert_eq!(f.ca, m.path("ca"), "{}", path.display());
+        assert_eq!(
+            f.identity,
+            IdentityFiles::Pem {
+                cert: m.path("cert").to_path_buf(),
+                key: m.path("key").to_path_buf()
+            },
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            f.trust,
+            TrustFiles::Pem(m.path("ca").to_path_buf()),
+            "{}",
+            path.display()
+        );
     }
 }
 
@@ -349,6 +363,18 @@ fn fields_of<T: DeserializeOwned + std::fmt::Debug>() -> BTreeSet<String> {
     fields
 }
 
+/// The `# key = value` lines of one table of a config file: documented keys not set in the example.
+fn commented_keys(text: &str, header: &str) -> BTreeSet<String> {
+    text.lines()
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.strip_prefix("# ")?.split_once(" = "))
+        .map(|(k, _)| k.to_owned())
+        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect()
+}
+
 fn keys(t: &toml::Table) -> BTreeSet<String> {
     t.keys().cloned().collect()
 }
@@ -358,11 +384,10 @@ fn reference_config_has_every_key() {
     let path = shipped("ringseal.toml");
     let t = table(&read(&path), &path);
     assert_eq!(keys(&t), fields_of::<FileConfig>(), "top level");
-    assert_eq!(
-        keys(t["tls"].as_table().unwrap()),
-        fields_of::<FileTls>(),
-        "[tls]"
-    );
+    // cert/key/ca exclude keystore/truststore: the alternatives are documented as commented-out keys.
+    let mut tls = keys(t["tls"].as_table().unwrap());
+    tls.extend(commented_keys(&read(&path), "[tls]"));
+    assert_eq!(tls, fields_of::<FileTls>(), "[tls]");
     assert_eq!(
         keys(t["limits"].as_table().unwrap()),
         fields_of::<FileLimits>(),
@@ -475,9 +500,14 @@ fn relative_paths_resolve_against_the_config_directory() {
     std::fs::write(&path, text).unwrap();
     let c = Config::load(&path).unwrap();
     let f = c.tls.files.unwrap();
-    assert_eq!(f.cert, sub.join("../node.crt"));
-    assert_eq!(f.key, sub.join("../node.key"));
-    assert_eq!(f.ca, sub.join("../ca.crt"));
+    assert_eq!(
+        f.identity,
+        IdentityFiles::Pem {
+            cert: sub.join("../node.crt"),
+            key: sub.join("../node.key")
+        }
+    );
+    assert_eq!(f.trust, TrustFiles::Pem(sub.join("../ca.crt")));
 }
 
 #[test]

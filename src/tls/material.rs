@@ -14,16 +14,84 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use super::keystore::{self, Password, Secret, StoreFile};
 use super::x509::{CertInfo, fmt_time};
 
 /// The files `[tls]` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
+    pub identity: IdentityFiles,
+    /// `tls.outbound_keystore`: a separate client identity for outbound connections (Cassandra 4.1+).
+    pub outbound_identity: Option<IdentityFiles>,
+    pub trust: TrustFiles,
     /// `tls.crl`: certificate revocation lists, PEM or DER.
     pub crls: Vec<PathBuf>,
+}
+
+/// Our identity: PEM `cert` + `key`, or a keystore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityFiles {
+    Pem { cert: PathBuf, key: PathBuf },
+    Store(StoreFile),
+}
+
+/// Whom we trust: a PEM CA bundle, or a truststore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustFiles {
+    Pem(PathBuf),
+    Store(StoreFile),
+}
+
+impl TlsFiles {
+    /// Every file to read, with the config key that names it.
+    fn paths(&self) -> Vec<(&'static str, &Path)> {
+        fn store<'a>(s: &'a StoreFile, paths: &mut Vec<(&'static str, &'a Path)>) {
+            paths.push((s.key, s.path.as_path()));
+            if let Password::File(p) = &s.password {
+                paths.push((password_file_key(s.key), p.as_path()));
+            }
+        }
+        let mut paths = Vec::new();
+        for identity in std::iter::once(&self.identity).chain(&self.outbound_identity) {
+            match identity {
+                IdentityFiles::Pem { cert, key } => {
+                    paths.push(("tls.cert", cert.as_path()));
+                    paths.push(("tls.key", key.as_path()));
+                }
+                IdentityFiles::Store(s) => store(s, &mut paths),
+            }
+        }
+        match &self.trust {
+            TrustFiles::Pem(ca) => paths.push(("tls.ca", ca.as_path())),
+            TrustFiles::Store(s) => store(s, &mut paths),
+        }
+        paths.extend(self.crls.iter().map(|c| ("tls.crl", c.as_path())));
+        paths
+    }
+
+    /// The file (and config key) of our identity's certificate, for messages.
+    pub fn identity_origin(&self) -> (&'static str, &Path) {
+        match &self.identity {
+            IdentityFiles::Pem { cert, .. } => ("tls.cert", cert),
+            IdentityFiles::Store(s) => (s.key, &s.path),
+        }
+    }
+}
+
+fn password_file_key(store_key: &'static str) -> &'static str {
+    match store_key {
+        "tls.keystore" => "tls.keystore_password_file",
+        "tls.truststore" => "tls.truststore_password_file",
+        _ => "tls.outbound_keystore_password_file",
+    }
+}
+
+/// Where each part of the material came from (config key and file), for messages.
+#[derive(Debug, Clone)]
+pub struct Origins {
+    pub cert: (&'static str, PathBuf),
+    pub key: (&'static str, PathBuf),
+    pub ca: (&'static str, PathBuf),
 }
 
 /// Why our own key material is unusable. Every message names the config key and file and says how to fix it.
@@ -44,27 +112,31 @@ pub enum MaterialError {
         message: String,
     },
     #[error(
-        "tls.key {key_path} does not match the certificate in tls.cert {cert_path} (their public keys differ); \
-         use the private key the certificate was issued for"
+        "{key_key} {key_path} does not match the certificate in {cert_key} {cert_path} (their public keys \
+         differ); use the private key the certificate was issued for"
     )]
     KeyMismatch {
+        key_key: &'static str,
         key_path: PathBuf,
+        cert_key: &'static str,
         cert_path: PathBuf,
     },
     #[error(
-        "tls.cert {path}: certificate \"{subject}\" expired at {not_after}; issue a new one from the cluster CA \
+        "{key} {path}: certificate \"{subject}\" expired at {not_after}; issue a new one from the cluster CA \
          before starting"
     )]
     Expired {
+        key: &'static str,
         path: PathBuf,
         subject: String,
         not_after: String,
     },
     #[error(
-        "tls.cipher_suites: none of the configured suites can be used with the {key_type} key in tls.key {path} \
+        "tls.cipher_suites: none of the configured suites can be used with the {key_type} key in {key} {path} \
          (TLS 1.2 suites are tied to a key type); add a matching TLS_ECDHE_{suggest}_WITH_... suite or a TLS 1.3 suite"
     )]
     NoSuiteForKey {
+        key: &'static str,
         path: PathBuf,
         key_type: String,
         suggest: &'static str,
@@ -75,9 +147,15 @@ pub enum MaterialError {
 #[derive(Debug)]
 pub struct TlsMaterial {
     pub certified: Arc<CertifiedKey>,
+    /// `tls.outbound_keystore`: the client certificate outbound connections present, when it differs.
+    pub outbound: Option<(Arc<CertifiedKey>, CertInfo)>,
     pub roots: Arc<RootCertStore>,
+    /// The trusted CA certificates themselves (the v1 path checks signatures against them).
+    pub ca_certs: Vec<CertificateDer<'static>>,
     /// The leaf certificate of our identity.
     pub identity: CertInfo,
+    /// Where the identity and trust came from, for messages.
+    pub origins: Origins,
     /// Every trusted CA, in bundle order.
     pub cas: Vec<CertInfo>,
     /// `tls.crl`: revocation lists for peer certificates.
@@ -113,24 +191,25 @@ impl CrlInfo {
 /// change, and parses exactly these bytes, so certificate and key always come from the same read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileBytes {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-    pub ca: Vec<u8>,
-    pub crls: Vec<Vec<u8>>,
+    files: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl FileBytes {
     pub fn read(files: &TlsFiles) -> Result<Self, MaterialError> {
-        Ok(Self {
-            cert: read("tls.cert", &files.cert)?,
-            key: read("tls.key", &files.key)?,
-            ca: read("tls.ca", &files.ca)?,
-            crls: files
-                .crls
-                .iter()
-                .map(|p| read("tls.crl", p))
-                .collect::<Result<_, _>>()?,
-        })
+        let mut read_files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        for (key, path) in files.paths() {
+            if !read_files.iter().any(|(p, _)| p == path) {
+                read_files.push((path.to_owned(), read(key, path)?));
+            }
+        }
+        Ok(Self { files: read_files })
+    }
+
+    fn get(&self, path: &Path) -> &[u8] {
+        self.files
+            .iter()
+            .find(|(p, _)| p == path)
+            .map_or(&[], |(_, b)| b.as_slice())
     }
 
     /// A fingerprint of the contents (not of names or times: a symlink swap to identical files is no
@@ -140,6 +219,67 @@ impl FileBytes {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.hash(&mut h);
         h.finish()
+    }
+
+    fn password(&self, store: &StoreFile) -> Result<Option<Secret>, MaterialError> {
+        Ok(match &store.password {
+            Password::None => None,
+            Password::Inline(s) => Some(s.clone()),
+            Password::File(p) => Some(keystore::password_from_file(
+                password_file_key(store.key),
+                p,
+                self.get(p),
+            )?),
+        })
+    }
+
+    /// Chain, key and where they came from.
+    fn identity(
+        &self,
+        files: &IdentityFiles,
+    ) -> Result<
+        (
+            Vec<CertificateDer<'static>>,
+            PrivateKeyDer<'static>,
+            Origins,
+        ),
+        MaterialError,
+    > {
+        Ok(match files {
+            IdentityFiles::Pem { cert, key } => (
+                certs_from("tls.cert", cert, self.get(cert))?,
+                key_from(key, self.get(key))?,
+                Origins {
+                    cert: ("tls.cert", cert.clone()),
+                    key: ("tls.key", key.clone()),
+                    ca: ("tls.ca", PathBuf::new()),
+                },
+            ),
+            IdentityFiles::Store(store) => {
+                let id = store.identity(self.get(&store.path), self.password(store)?.as_ref())?;
+                let at = (store.key, store.path.clone());
+                (
+                    id.chain,
+                    id.key,
+                    Origins {
+                        cert: at.clone(),
+                        key: at.clone(),
+                        ca: at,
+                    },
+                )
+            }
+        })
+    }
+}
+
+impl Origins {
+    fn memory() -> Self {
+        let m = || ("tls", PathBuf::from("<memory>"));
+        Self {
+            cert: m(),
+            key: m(),
+            ca: m(),
+        }
     }
 }
 
@@ -151,12 +291,25 @@ impl TlsMaterial {
 
     /// Parses and checks the bytes of the files (read together by [`FileBytes::read`]).
     pub fn from_files(files: &TlsFiles, bytes: &FileBytes) -> Result<Self, MaterialError> {
-        let chain = certs_from("tls.cert", &files.cert, &bytes.cert)?;
-        let key = key_from(&files.key, &bytes.key)?;
-        let cas = certs_from("tls.ca", &files.ca, &bytes.ca)?;
-        let mut material = Self::from_der(chain, key, cas, Some(files))?;
-        for (path, crl) in files.crls.iter().zip(&bytes.crls) {
-            material.add_crls(path, crl)?;
+        let (chain, key, mut origins) = bytes.identity(&files.identity)?;
+        let cas = match &files.trust {
+            TrustFiles::Pem(ca) => {
+                origins.ca = ("tls.ca", ca.clone());
+                certs_from("tls.ca", ca, bytes.get(ca))?
+            }
+            TrustFiles::Store(store) => {
+                origins.ca = (store.key, store.path.clone());
+                store.trusted(bytes.get(&store.path), bytes.password(store)?.as_ref())?
+            }
+        };
+        let mut material = Self::from_der(chain, key, cas, Some(&origins))?;
+        if let Some(outbound) = &files.outbound_identity {
+            let (chain, key, origins) = bytes.identity(outbound)?;
+            let (certified, info) = certify(chain, key, &origins)?;
+            material.outbound = Some((Arc::new(certified), info));
+        }
+        for path in &files.crls {
+            material.add_crls(path, bytes.get(path))?;
         }
         Ok(material)
     }
@@ -166,88 +319,64 @@ impl TlsMaterial {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         cas: Vec<CertificateDer<'static>>,
-        files: Option<&TlsFiles>,
+        origins: Option<&Origins>,
     ) -> Result<Self, MaterialError> {
-        let path = |f: fn(&TlsFiles) -> &PathBuf| {
-            files
-                .map(|fs| f(fs).clone())
-                .unwrap_or_else(|| "<memory>".into())
-        };
-        let content = |key: &'static str, p: PathBuf, message: String| MaterialError::Content {
-            key,
-            path: p,
+        let origins = origins.cloned().unwrap_or_else(Origins::memory);
+        let (certified, identity) = certify(chain, key, &origins)?;
+        let content = |message: String| MaterialError::Content {
+            key: origins.ca.0,
+            path: origins.ca.1.clone(),
             message,
         };
-        let identity = CertInfo::parse(&chain[0]).ok_or_else(|| {
-            content(
-                "tls.cert",
-                path(|f| &f.cert),
-                "the first certificate is not a valid X.509 certificate".into(),
-            )
-        })?;
-        if identity.not_after < SystemTime::now() {
-            return Err(MaterialError::Expired {
-                path: path(|f| &f.cert),
-                subject: identity.subject.clone(),
-                not_after: fmt_time(identity.not_after),
-            });
-        }
-
-        let provider = super::provider();
-        let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-            content(
-                "tls.key",
-                path(|f| &f.key),
-                format!(
-                    "the private key cannot be used: {e}; supported are RSA (2048 bits or more), ECDSA P-256/P-384 and Ed25519"
-                ),
-            )
-        })?;
-        let certified = CertifiedKey::new(chain, signing_key);
-        match certified.keys_match() {
-            Ok(()) => {}
-            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-                return Err(MaterialError::KeyMismatch {
-                    key_path: path(|f| &f.key),
-                    cert_path: path(|f| &f.cert),
-                });
-            }
-            // Unknown means the provider could not derive the public key; rustls will still sign with it.
-            Err(_) => {}
-        }
-
         let mut roots = RootCertStore::empty();
         let mut infos = Vec::with_capacity(cas.len());
-        for (i, ca) in cas.into_iter().enumerate() {
-            let info = CertInfo::parse(&ca).ok_or_else(|| {
-                content(
-                    "tls.ca",
-                    path(|f| &f.ca),
-                    format!("certificate #{} is not a valid X.509 certificate", i + 1),
-                )
+        for (i, ca) in cas.iter().enumerate() {
+            let info = CertInfo::parse(ca).ok_or_else(|| {
+                content(format!(
+                    "certificate #{} is not a valid X.509 certificate",
+                    i + 1
+                ))
             })?;
-            roots.add(ca).map_err(|e| {
-                content(
-                    "tls.ca",
-                    path(|f| &f.ca),
-                    format!(
-                        "certificate #{} (\"{}\") cannot be a trust anchor: {e}",
-                        i + 1,
-                        info.subject
-                    ),
-                )
+            roots.add(ca.clone()).map_err(|e| {
+                content(format!(
+                    "certificate #{} (\"{}\") cannot be a trust anchor: {e}",
+                    i + 1,
+                    info.subject
+                ))
             })?;
             infos.push(info);
+        }
+        // One expired CA among several is normal during a rotation (`check` warns); when every one has
+        // expired, no peer can ever be verified.
+        let now = SystemTime::now();
+        if !infos.is_empty() && infos.iter().all(|ca| ca.not_after < now) {
+            let list = infos
+                .iter()
+                .map(|ca| format!("\"{}\" expired at {}", ca.subject, fmt_time(ca.not_after)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(content(format!(
+                "every trusted CA has expired ({list}), so no peer certificate can be verified; add the \
+                 cluster's current CA certificate"
+            )));
         }
 
         Ok(Self {
             certified: Arc::new(certified),
+            outbound: None,
             roots: Arc::new(roots),
+            ca_certs: cas,
             identity,
+            origins,
             cas: infos,
             crls: Vec::new(),
             crl_info: Vec::new(),
         })
+    }
+
+    /// The identity outbound connections present: `tls.outbound_keystore` when given, else ours.
+    pub fn client_identity(&self) -> &Arc<CertifiedKey> {
+        self.outbound.as_ref().map_or(&self.certified, |(c, _)| c)
     }
 
     /// Adds the revocation lists in `bytes` (PEM "X509 CRL" blocks, or one DER CRL), read from `path`.
@@ -291,17 +420,14 @@ impl TlsMaterial {
     }
 
     /// Refuses a suite list that cannot work with our key type (a TLS 1.2-only ECDSA list with an RSA key).
-    pub fn check_suites(
-        &self,
-        suites: &[SupportedCipherSuite],
-        key_path: &Path,
-    ) -> Result<(), MaterialError> {
+    pub fn check_suites(&self, suites: &[SupportedCipherSuite]) -> Result<(), MaterialError> {
         let alg = self.certified.key.algorithm();
         if suites.iter().any(|s| s.usable_for_signature_algorithm(alg)) {
             return Ok(());
         }
         Err(MaterialError::NoSuiteForKey {
-            path: key_path.to_owned(),
+            key: self.origins.key.0,
+            path: self.origins.key.1.clone(),
             key_type: format!("{alg:?}"),
             suggest: if alg == rustls::SignatureAlgorithm::RSA {
                 "RSA"
@@ -310,6 +436,69 @@ impl TlsMaterial {
             },
         })
     }
+}
+
+/// Pairs a chain with its key: the leaf parses, has not expired, and its public key is the key's.
+fn certify(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    origins: &Origins,
+) -> Result<(CertifiedKey, CertInfo), MaterialError> {
+    let (cert_key, cert_path) = &origins.cert;
+    let (key_key, key_path) = &origins.key;
+    let leaf = chain.first().ok_or_else(|| MaterialError::Content {
+        key: cert_key,
+        path: cert_path.clone(),
+        message: "no certificate".into(),
+    })?;
+    let identity = CertInfo::parse(leaf).ok_or_else(|| MaterialError::Content {
+        key: cert_key,
+        path: cert_path.clone(),
+        message: "the first certificate is not a valid X.509 certificate".into(),
+    })?;
+    if identity.not_after < SystemTime::now() {
+        return Err(MaterialError::Expired {
+            key: cert_key,
+            path: cert_path.clone(),
+            subject: identity.subject.clone(),
+            not_after: fmt_time(identity.not_after),
+        });
+    }
+    let signing_key = super::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| MaterialError::Content {
+            key: key_key,
+            path: key_path.clone(),
+            message: format!(
+                "the private key cannot be used: {e}; supported are RSA (2048 bits or more), ECDSA \
+                 P-256/P-384 and Ed25519"
+            ),
+        })?;
+    // Compared here rather than with CertifiedKey::keys_match, which parses the leaf with webpki and so
+    // cannot judge a v1 certificate.
+    let matches = signing_key
+        .public_key()
+        .is_none_or(|spki| Some(spki.as_ref()) == super::x509::spki(leaf).as_deref());
+    if !matches {
+        if cert_path == key_path {
+            return Err(MaterialError::Content {
+                key: key_key,
+                path: key_path.clone(),
+                message:
+                    "the private key does not match its certificate (their public keys differ); \
+                          re-create the entry or import the certificate issued for this key"
+                        .into(),
+            });
+        }
+        return Err(MaterialError::KeyMismatch {
+            key_key,
+            key_path: key_path.clone(),
+            cert_key,
+            cert_path: cert_path.clone(),
+        });
+    }
+    Ok((CertifiedKey::new(chain, signing_key), identity))
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, MaterialError> {

@@ -1,8 +1,11 @@
 //! TLS: our key material, the suite and protocol names operators write, peer verification, and the
 //! rustls configurations built from them.
 
+pub mod jks;
+pub mod keystore;
 pub mod material;
 pub mod suites;
+pub mod v1;
 pub mod verify;
 pub mod x509;
 
@@ -34,6 +37,10 @@ pub fn provider_for(settings: &TlsSettings) -> Arc<CryptoProvider> {
     })
 }
 
+fn provider_signature_algs() -> rustls::crypto::WebPkiSupportedAlgorithms {
+    provider().signature_verification_algorithms
+}
+
 /// The chain verifier every inbound listener wraps: webpki with the cluster CAs, client certificates
 /// mandatory unless `require_client_auth = false`.
 pub fn client_verifier(
@@ -56,7 +63,13 @@ pub fn client_verifier(
     let inner = builder
         .build()
         .expect("a non-empty root store always builds a verifier");
-    PeerVerifier::new(inner, policy)
+    let v1 = verify::V1Trust::new(
+        settings.accept_v1,
+        settings.material.clone(),
+        settings.crl_expired,
+        provider_signature_algs(),
+    );
+    PeerVerifier::new(inner, policy, Arc::new(v1))
 }
 
 /// A server config for one listener (or one connection, when the verifier is bound to the peer's IP).
@@ -94,6 +107,7 @@ pub fn client_config(
     let verifier = ServerVerifier::new(
         settings.material.clone(),
         settings.crl_expired,
+        settings.accept_v1,
         provider.clone(),
         policy,
         endpoint_verification,
@@ -104,7 +118,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
-            settings.material.certified.clone(),
+            settings.material.client_identity().clone(),
         )));
     config.resumption = Resumption::disabled();
     Arc::new(config)

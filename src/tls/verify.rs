@@ -19,6 +19,8 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::material::TlsMaterial;
+use super::v1;
+pub use super::v1::V1Trust;
 use super::x509::{CertInfo, fmt_time, unix};
 use crate::config::CrlExpired;
 use crate::metrics::Reason;
@@ -107,6 +109,12 @@ pub enum PolicyRefusal {
         "identity not allowed: certificate \"{subject}\" matches no entry of the allow-list ({allowed})"
     )]
     IdentityNotAllowed { subject: String, allowed: String },
+    #[error(
+        "certificate \"{subject}\" is an X.509 v1 certificate (no extensions), refused by default; set \
+         tls.accept_v1_certificates = true on this node (v1 is then accepted when signed directly by a \
+         trusted CA) or reissue the peer's certificate with `ringseal certs node`"
+    )]
+    V1Certificate { subject: String },
 }
 
 /// The checks a listener adds on top of the chain: shared by every connection of that listener.
@@ -122,14 +130,20 @@ pub struct PeerVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     policy: Arc<PeerPolicy>,
     peer_ip: Option<IpAddr>,
+    v1: Arc<V1Trust>,
 }
 
 impl PeerVerifier {
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, policy: Arc<PeerPolicy>) -> Self {
+    pub fn new(
+        inner: Arc<dyn ClientCertVerifier>,
+        policy: Arc<PeerPolicy>,
+        v1: Arc<V1Trust>,
+    ) -> Self {
         Self {
             inner,
             policy,
             peer_ip: None,
+            v1,
         }
     }
 
@@ -139,6 +153,7 @@ impl PeerVerifier {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
             peer_ip: Some(canonical_ip(peer)),
+            v1: self.v1.clone(),
         }
     }
 }
@@ -156,10 +171,13 @@ fn check_identity(
         )))
     };
     if let Some(peer) = peer {
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let name = ServerName::IpAddress(peer.into());
-        if ee.verify_is_valid_for_subject_name(&name).is_err() {
+        // A v1 certificate has no extensions, so no IP SAN: it can never pass.
+        let matches = !v1::is_v1(end_entity)
+            && webpki::EndEntityCert::try_from(end_entity)
+                .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?
+                .verify_is_valid_for_subject_name(&ServerName::IpAddress(peer.into()))
+                .is_ok();
+        if !matches {
             let info = CertInfo::parse(end_entity);
             return refuse(PolicyRefusal::EndpointMismatch {
                 peer,
@@ -202,11 +220,14 @@ impl ClientCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        if v1::is_v1(end_entity) {
+            self.v1.verify_leaf(end_entity, now)?;
+        } else {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)?;
+        }
         check_identity(end_entity, self.peer_ip, &self.policy.allow)?;
-        Ok(verified)
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -215,6 +236,9 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        if v1::is_v1(cert) {
+            return self.v1.verify_tls12(message, cert, dss);
+        }
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
@@ -224,6 +248,9 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        if v1::is_v1(cert) {
+            return self.v1.verify_tls13(message, cert, dss);
+        }
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
@@ -239,6 +266,7 @@ impl ClientCertVerifier for PeerVerifier {
 #[derive(Debug)]
 pub struct ServerVerifier {
     material: Arc<TlsMaterial>,
+    v1: V1Trust,
     crls: Vec<webpki::CertRevocationList<'static>>,
     crl_expired: CrlExpired,
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -250,6 +278,7 @@ impl ServerVerifier {
     pub fn new(
         material: Arc<TlsMaterial>,
         crl_expired: CrlExpired,
+        accept_v1: bool,
         provider: Arc<rustls::crypto::CryptoProvider>,
         policy: Arc<PeerPolicy>,
         endpoint_verification: bool,
@@ -262,6 +291,12 @@ impl ServerVerifier {
             .map(webpki::CertRevocationList::from)
             .collect();
         Self {
+            v1: V1Trust::new(
+                accept_v1,
+                material.clone(),
+                crl_expired,
+                provider.signature_verification_algorithms,
+            ),
             material,
             crls,
             crl_expired,
@@ -281,6 +316,17 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        if v1::is_v1(end_entity) {
+            self.v1.verify_leaf(end_entity, now)?;
+            let dialed = match server_name {
+                ServerName::IpAddress(ip) if self.endpoint_verification => {
+                    Some(canonical_ip(IpAddr::from(*ip)))
+                }
+                _ => None,
+            };
+            check_identity(end_entity, dialed, &self.policy.allow)?;
+            return Ok(ServerCertVerified::assertion());
+        }
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
@@ -321,6 +367,9 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        if v1::is_v1(cert) {
+            return self.v1.verify_tls12(message, cert, dss);
+        }
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
@@ -335,6 +384,9 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        if v1::is_v1(cert) {
+            return self.v1.verify_tls13(message, cert, dss);
+        }
         rustls::crypto::verify_tls13_signature(
             message,
             cert,
@@ -352,7 +404,7 @@ impl ServerCertVerifier for ServerVerifier {
 
 /// webpki's verdict in rustls's terms (rustls's own mapping is private), so `classify` and the alert
 /// sent to the peer are the same for both directions.
-fn webpki_error(e: webpki::Error) -> Error {
+pub fn webpki_error(e: webpki::Error) -> Error {
     use webpki::Error as W;
     Error::InvalidCertificate(match e {
         W::BadDer | W::BadDerTime => CertificateError::BadEncoding,
@@ -443,6 +495,7 @@ pub fn classify(err: &Error) -> (Reason, String) {
                 Some(r @ PolicyRefusal::IdentityNotAllowed { .. }) => {
                     (Reason::IdentityNotAllowed, r.to_string())
                 }
+                Some(r @ PolicyRefusal::V1Certificate { .. }) => (Reason::V1Certificate, r.to_string()),
                 None => (Reason::Other, format!("certificate refused: {e}")),
             },
             other => (Reason::Other, format!("certificate refused: {other:?}")),

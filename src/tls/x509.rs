@@ -94,6 +94,12 @@ impl CertInfo {
     }
 }
 
+/// The SubjectPublicKeyInfo DER of a certificate (parsed by x509-parser, so v1 certificates too).
+pub fn spki(der: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    Some(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
+
 /// RFC 3339 at second precision, for messages.
 pub fn fmt_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()

@@ -48,6 +48,16 @@ impl Proc {
     }
 
     pub fn spawn(prefix: &[&str], config: &Path, dir: tempfile::TempDir) -> Self {
+        Self::spawn_env(prefix, config, dir, &[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        prefix: &[&str],
+        config: &Path,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Self {
         let bin = env!("CARGO_BIN_EXE_ringseal");
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
@@ -63,6 +73,7 @@ impl Proc {
             .arg(config)
             .env("RINGSEAL_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -133,6 +144,15 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The address in a start line: `... listener on 127.0.0.1:41234 ...`.
+pub fn address_after(line: &str, marker: &str) -> SocketAddr {
+    line.split(marker)
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no address after {marker:?} in {line:?}"))
 }
 
 impl Drop for Proc {

@@ -1,0 +1,461 @@
+//! `ringseal check`: the PKI doctor. After the config has loaded (every file read and every hard check of
+//! `config` and `tls::material` passed), it reports what an operator needs to see about the identity and
+//! trust — subject, issuer, SANs, validity, key, version, EKU, whether our chain verifies against our own
+//! trust store — and warns about what works today but will hurt: v1 certificates, no IP SAN while
+//! endpoint verification is on, expiry within 30 days, SHA-1, RSA below 2048 bits, an OU that is not the
+//! cluster name. Errors (our chain does not verify) make the exit status non-zero.
+
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde::Serialize;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::Config;
+use crate::tls::v1::{self, V1Trust};
+use crate::tls::verify::classify;
+use crate::tls::x509::{CertInfo, fmt_time};
+
+/// Certificates expiring sooner than this are warned about.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// Everything `check` found.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub cluster_name: Option<String>,
+    pub identity: Identity,
+    pub outbound_identity: Option<Identity>,
+    pub trust: Trust,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// One identity: where it came from, its leaf and what verifying it against our trust store says.
+#[derive(Debug, Serialize)]
+pub struct Identity {
+    /// The config key and file, e.g. `tls.keystore /etc/cassandra/conf/node1.jks`.
+    pub source: String,
+    pub certificate: Cert,
+    /// Further certificates of the chain (intermediates, often the CA itself).
+    pub chain: Vec<Cert>,
+    /// Checked when the config loaded: a mismatch is refused there.
+    pub key_matches_certificate: bool,
+    /// Per usage: `ok` or why not.
+    pub verifies_for_server_auth: String,
+    pub verifies_for_client_auth: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Trust {
+    pub source: String,
+    pub cas: Vec<Cert>,
+}
+
+/// What we show about one certificate.
+#[derive(Debug, Serialize)]
+pub struct Cert {
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub version: u32,
+    pub not_before: String,
+    pub not_after: String,
+    pub days_left: i64,
+    /// e.g. "ECDSA P-256", "RSA 2048", "Ed25519".
+    pub key: String,
+    /// RSA modulus or curve size in bits (0 when unknown).
+    pub key_bits: usize,
+    /// The signature algorithm, e.g. "sha256WithRSAEncryption".
+    pub signature: String,
+    pub ip_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+    /// Extended key usages; empty when the extension is absent (any usage).
+    pub eku: Vec<String>,
+    pub is_ca: bool,
+}
+
+impl Cert {
+    fn new(der: &CertificateDer<'_>) -> Option<Self> {
+        let info = CertInfo::parse(der)?;
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+        let (key, key_bits) = key_description(&cert);
+        let sig_oid = &cert.signature_algorithm.algorithm;
+        let signature = x509_parser::objects::oid2sn(sig_oid, x509_parser::objects::oid_registry())
+            .map_or_else(|_| sig_oid.to_id_string(), str::to_owned);
+        let eku = match cert.extended_key_usage() {
+            Ok(Some(e)) => {
+                let e = &e.value;
+                let mut v = Vec::new();
+                for (set, name) in [
+                    (e.any, "any"),
+                    (e.server_auth, "serverAuth"),
+                    (e.client_auth, "clientAuth"),
+                    (e.code_signing, "codeSigning"),
+                    (e.email_protection, "emailProtection"),
+                    (e.time_stamping, "timeStamping"),
+                    (e.ocsp_signing, "OCSPSigning"),
+                ] {
+                    if set {
+                        v.push(name.to_owned());
+                    }
+                }
+                v.extend(e.other.iter().map(|o| o.to_id_string()));
+                v
+            }
+            _ => Vec::new(),
+        };
+        Some(Self {
+            subject: info.subject,
+            issuer: info.issuer,
+            serial: info.serial,
+            version: info.version,
+            not_before: fmt_time(info.not_before),
+            not_after: fmt_time(info.not_after),
+            days_left: days_left(info.not_after),
+            key,
+            key_bits,
+            signature,
+            ip_sans: info.ips.iter().map(ToString::to_string).collect(),
+            dns_sans: info.dns,
+            eku,
+            is_ca: cert.is_ca(),
+        })
+    }
+
+    fn uses_weak_hash(&self) -> bool {
+        let s = self.signature.to_ascii_lowercase();
+        s.contains("sha1") || s.contains("md5") || s.contains("sha-1")
+    }
+}
+
+fn key_description(cert: &X509Certificate<'_>) -> (String, usize) {
+    use x509_parser::public_key::PublicKey;
+    let spki = cert.public_key();
+    let alg = spki.algorithm.algorithm.to_id_string();
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => (format!("RSA {}", rsa.key_size()), rsa.key_size()),
+        Ok(PublicKey::EC(point)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            let name = match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => "P-256",
+                Some("1.3.132.0.34") => "P-384",
+                Some("1.3.132.0.35") => "P-521",
+                _ => "(unknown curve)",
+            };
+            (format!("ECDSA {name}"), point.key_size())
+        }
+        _ if alg == "1.3.101.112" => ("Ed25519".into(), 256),
+        _ if alg == "1.3.101.113" => ("Ed448".into(), 456),
+        _ => (format!("unknown ({alg})"), 0),
+    }
+}
+
+fn days_left(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => (d.as_secs() / 86_400) as i64,
+        Err(e) => -((e.duration().as_secs() / 86_400) as i64) - 1,
+    }
+}
+
+/// Examines a loaded config.
+pub fn examine(config: &Config) -> Report {
+    let material = &config.tls.material;
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
+    let verifier = V1Trust::new(
+        true,
+        material.clone(),
+        config.tls.crl_expired,
+        crate::tls::provider().signature_verification_algorithms,
+    );
+    let origin =
+        |(key, path): &(&'static str, std::path::PathBuf)| format!("{key} {}", path.display());
+
+    let mut identities = Vec::new();
+    let own = [
+        Some((
+            material.certified.clone(),
+            "identity",
+            origin(&material.origins.cert),
+        )),
+        material.outbound.as_ref().map(|(c, _)| {
+            (
+                c.clone(),
+                "outbound identity",
+                "tls.outbound_keystore".to_owned(),
+            )
+        }),
+    ];
+    for (certified, role, source) in own.into_iter().flatten() {
+        let chain: Vec<_> = certified.cert.iter().filter_map(Cert::new).collect();
+        let Some((leaf, rest)) = chain.split_first() else {
+            continue;
+        };
+        let [server, client] = [
+            webpki::KeyUsage::server_auth(),
+            webpki::KeyUsage::client_auth(),
+        ]
+        .map(|usage| verify_own(&certified.cert, material, &verifier, usage));
+        for (usage, verdict) in [("serverAuth", &server), ("clientAuth", &client)] {
+            if verdict != "ok" {
+                errors.push(format!(
+                    "{role} \"{}\" does not verify against the trust store for {usage}: {verdict}; \
+                     peers trusting the same CAs will refuse it",
+                    leaf.subject
+                ));
+            }
+        }
+        warn_about_identity(config, role, leaf, rest, &mut warnings);
+        let mut chain = chain.into_iter();
+        identities.push(Identity {
+            source,
+            certificate: chain.next().expect("split_first found a leaf"),
+            chain: chain.collect(),
+            key_matches_certificate: true,
+            verifies_for_server_auth: server,
+            verifies_for_client_auth: client,
+        });
+    }
+
+    let cas: Vec<Cert> = material.ca_certs.iter().filter_map(Cert::new).collect();
+    for ca in &cas {
+        if ca.days_left < 0 {
+            warnings.push(format!(
+                "trusted CA \"{}\" expired at {}: remove it from the trust store once no peer \
+                 certificate needs it",
+                ca.subject, ca.not_after
+            ));
+        } else if ca.days_left < EXPIRY_WARNING_DAYS {
+            warnings.push(format!(
+                "trusted CA \"{}\" expires in {} days ({}): roll out the next CA now (add it to every \
+                 trust store first)",
+                ca.subject, ca.days_left, ca.not_after
+            ));
+        }
+        if ca.key.starts_with("RSA") && ca.key_bits < 2048 {
+            warnings.push(format!(
+                "trusted CA \"{}\" has an {} key, below 2048 bits",
+                ca.subject, ca.key
+            ));
+        }
+    }
+
+    let mut identities = identities.into_iter();
+    Report {
+        ok: errors.is_empty(),
+        cluster_name: config.cluster_name.clone(),
+        identity: identities.next().expect("the identity always exists"),
+        outbound_identity: identities.next(),
+        trust: Trust {
+            source: origin(&material.origins.ca),
+            cas,
+        },
+        warnings,
+        errors,
+    }
+}
+
+/// Our own chain against our own trust store, for one usage: "ok" or the reason.
+fn verify_own(
+    chain: &[CertificateDer<'static>],
+    material: &crate::tls::material::TlsMaterial,
+    v1_trust: &V1Trust,
+    usage: webpki::KeyUsage,
+) -> String {
+    let now = UnixTime::now();
+    let result = if v1::is_v1(&chain[0]) {
+        v1_trust.verify_leaf(&chain[0], now)
+    } else {
+        webpki::EndEntityCert::try_from(&chain[0])
+            .map_err(crate::tls::verify::webpki_error)
+            .and_then(|ee| {
+                ee.verify_for_usage(
+                    crate::tls::provider().signature_verification_algorithms.all,
+                    &material.roots.roots,
+                    &chain[1..],
+                    now,
+                    usage,
+                    None,
+                    None,
+                )
+                .map(|_| ())
+                .map_err(crate::tls::verify::webpki_error)
+            })
+    };
+    match result {
+        Ok(()) => "ok".into(),
+        Err(e) => classify(&e).1,
+    }
+}
+
+fn warn_about_identity(
+    config: &Config,
+    role: &str,
+    leaf: &Cert,
+    rest: &[Cert],
+    warnings: &mut Vec<String>,
+) {
+    if leaf.version == 1 {
+        warnings.push(format!(
+            "{role} \"{}\" is an X.509 v1 certificate: no SANs (endpoint verification cannot pass), no \
+             key usage; peers need tls.accept_v1_certificates = true (Java accepts v1, webpki does not); \
+             reissue it with `ringseal certs node --ip ...`",
+            leaf.subject
+        ));
+    }
+    let endpoint_checked = config
+        .inbound
+        .iter()
+        .map(|l| l.require_endpoint_verification)
+        .chain(
+            config
+                .outbound
+                .iter()
+                .map(|o| o.require_endpoint_verification),
+        )
+        .any(|on| on);
+    if endpoint_checked && leaf.ip_sans.is_empty() {
+        warnings.push(format!(
+            "endpoint verification is on but {role} \"{}\" has no IP SAN: peers that verify endpoints \
+             will refuse this node; reissue it with the node's IP (`ringseal certs node --ip ...`)",
+            leaf.subject
+        ));
+    }
+    if leaf.days_left < EXPIRY_WARNING_DAYS {
+        warnings.push(format!(
+            "{role} \"{}\" expires in {} days ({}); issue the next one now",
+            leaf.subject, leaf.days_left, leaf.not_after
+        ));
+    }
+    for c in std::iter::once(leaf).chain(rest) {
+        if c.uses_weak_hash() {
+            warnings.push(format!(
+                "\"{}\" is signed with {} (SHA-1/MD5 signatures are forgeable; webpki refuses them): \
+                 reissue it with SHA-256",
+                c.subject, c.signature
+            ));
+        }
+    }
+    if leaf.key.starts_with("RSA") && leaf.key_bits < 2048 {
+        warnings.push(format!(
+            "{role} \"{}\" has an {} key, below 2048 bits (rustls refuses to use it)",
+            leaf.subject, leaf.key
+        ));
+    }
+    if let Some(cluster) = &config.cluster_name {
+        let info = &config.tls.material.identity;
+        let ous = if role == "identity" {
+            info.ou.clone()
+        } else {
+            config
+                .tls
+                .material
+                .outbound
+                .as_ref()
+                .map(|(_, i)| i.ou.clone())
+                .unwrap_or_default()
+        };
+        if !ous.iter().any(|ou| ou == cluster) {
+            warnings.push(format!(
+                "{role} \"{}\" has OU {} but the cluster is \"{cluster}\": allow-lists on OU (and the \
+                 guides' convention) expect the cluster name",
+                leaf.subject,
+                if ous.is_empty() {
+                    "none".to_owned()
+                } else {
+                    ous.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")
+                }
+            ));
+        }
+    }
+}
+
+/// The report as text for a terminal.
+pub fn render(report: &Report, config: &Config) -> String {
+    let mut out = String::new();
+    let _ = match (report.errors.len(), report.warnings.len()) {
+        (0, 0) => writeln!(out, "config OK"),
+        (0, w) => writeln!(out, "config OK, {w} warning(s)"),
+        (e, w) => writeln!(out, "config loaded, {e} error(s), {w} warning(s)"),
+    };
+    if let Some(name) = &report.cluster_name {
+        let _ = writeln!(out, "cluster    {name}");
+    }
+    for (title, id) in std::iter::once(("identity", &report.identity))
+        .chain(report.outbound_identity.iter().map(|i| ("outbound", i)))
+    {
+        let _ = writeln!(out, "{title:<10} {}", id.source);
+        render_cert(&mut out, &id.certificate);
+        let _ = writeln!(
+            out,
+            "  keypair  private key matches the certificate\n  verifies serverAuth: {}; clientAuth: {}",
+            id.verifies_for_server_auth, id.verifies_for_client_auth
+        );
+        for c in &id.chain {
+            let _ = writeln!(
+                out,
+                "  chain    {} (until {}, {})",
+                c.subject, c.not_after, c.signature
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "trust      {} ({} CA certificate(s))",
+        report.trust.source,
+        report.trust.cas.len()
+    );
+    for ca in &report.trust.cas {
+        let _ = writeln!(
+            out,
+            "  CA       {} (v{}, {}, until {}, {} days left)",
+            ca.subject, ca.version, ca.key, ca.not_after, ca.days_left
+        );
+    }
+    out.push_str(&crate::config::describe(config));
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    for e in &report.errors {
+        let _ = writeln!(out, "error: {e}");
+    }
+    out
+}
+
+fn render_cert(out: &mut String, c: &Cert) {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  subject  {}\n  issuer   {}\n  serial   {}\n  version  v{}\n  key      {}\n  signed   {}\n  \
+         valid    {} .. {} ({} days left)\n  IP SANs  {}\n  DNS SANs {}\n  EKU      {}",
+        c.subject,
+        c.issuer,
+        c.serial,
+        c.version,
+        c.key,
+        c.signature,
+        c.not_before,
+        c.not_after,
+        c.days_left,
+        list(&c.ip_sans),
+        list(&c.dns_sans),
+        if c.eku.is_empty() {
+            "none (any usage)".to_owned()
+        } else {
+            c.eku.join(", ")
+        },
+    );
+}

@@ -1,0 +1,468 @@
+//! Java-world key material: keystores (our identity) and truststores (the cluster CAs) as Cassandra nodes
+//! already have them, read without converting anything.
+//!
+//! The format is detected from the content, never from the file name: keytool on JDK 9+ writes PKCS#12
+//! even into a file called `node.jks`, and Java itself reads either whatever `store_type` says. Supported:
+//! - PKCS#12 (`.p12`, `.pfx`, JDK 9+ `.jks`), AES/PBES2 as JDK 17 writes it and the legacy 3DES/RC2 that
+//!   `openssl pkcs12 -legacy` and older JDKs write, through the `p12-keystore` crate;
+//! - real JKS (magic `FEEDFEED`, `keytool -storetype JKS`, JDK 8's default), through [`super::jks`];
+//! - PEM (Cassandra 4.1+'s `PEMBasedSslContextFactory`): private key and certificates in one file.
+//!
+//! JCEKS is recognised and refused with the conversion command (its key protection needs MD5 + 3DES for a
+//! format Java itself deprecated).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use p12_keystore::Pkcs12Archive;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::material::MaterialError;
+
+/// `keystore_type` / `truststore_type`: what the operator says the file is. The content decides; a stated
+/// JKS holding PKCS#12 (or the reverse) is fine, as it is for Java.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreType {
+    Pkcs12,
+    Jks,
+    Pem,
+}
+
+impl StoreType {
+    /// Parses the spellings of ringseal and Cassandra (`PKCS12`, `JKS`, `PEM`), in any case.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "pkcs12" | "p12" | "pfx" => Some(Self::Pkcs12),
+            "jks" => Some(Self::Jks),
+            "pem" => Some(Self::Pem),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pkcs12 => "PKCS#12",
+            Self::Jks => "JKS",
+            Self::Pem => "PEM",
+        }
+    }
+}
+
+/// A password that never reaches a log line or a `Debug` dump.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where a store's password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Password {
+    /// None given: fine for PEM; PKCS#12 and JKS are tried with the empty password.
+    None,
+    /// `keystore_password = "..."` (or the `RINGSEAL_..._PASSWORD` environment variable, read at load).
+    Inline(Secret),
+    /// `keystore_password_file`: the file's first line (read with the other files, so a reload notices
+    /// a changed password).
+    File(PathBuf),
+}
+
+/// One keystore or truststore named in `[tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFile {
+    /// The config key, e.g. `tls.keystore`; messages derive `tls.keystore_password` etc. from it.
+    pub key: &'static str,
+    pub path: PathBuf,
+    pub stated: Option<StoreType>,
+    pub password: Password,
+    /// `keystore_alias`: which key entry, when the store holds several.
+    pub alias: Option<String>,
+}
+
+/// A private key and its chain (leaf first), as read from a keystore.
+#[derive(Debug)]
+pub struct Identity {
+    pub alias: Option<String>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// What a store file turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detected {
+    Pkcs12,
+    Jks,
+    Jceks,
+    Pem,
+}
+
+fn detect(bytes: &[u8]) -> Option<Detected> {
+    if super::jks::is_jks(bytes) {
+        Some(Detected::Jks)
+    } else if super::jks::is_jceks(bytes) {
+        Some(Detected::Jceks)
+    } else if bytes.len() > 2 && bytes[0] == 0x30 && bytes[1] >= 0x80 {
+        // A DER SEQUENCE with a long-form length: PKCS#12's PFX (a certificate alone would also start so,
+        // but then the PKCS#12 parser says precisely what is wrong).
+        Some(Detected::Pkcs12)
+    } else if memmem(bytes, b"-----BEGIN ") {
+        Some(Detected::Pem)
+    } else {
+        None
+    }
+}
+
+impl StoreFile {
+    fn password_key(&self) -> String {
+        format!("{}_password", self.key)
+    }
+
+    fn content(&self, message: String) -> MaterialError {
+        MaterialError::Content {
+            key: self.key,
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    fn password<'a>(&self, resolved: Option<&'a Secret>) -> &'a str {
+        resolved.map_or("", Secret::expose)
+    }
+
+    fn detect(&self, bytes: &[u8]) -> Result<Detected, MaterialError> {
+        let found = detect(bytes).ok_or_else(|| {
+            let stated = self.stated.map_or(String::new(), |t| {
+                format!(" ({} says {})", self.type_key(), t.name())
+            });
+            self.content(format!(
+                "not a keystore: neither PKCS#12, JKS nor PEM{stated}{}",
+                if bytes.is_empty() {
+                    "; the file is empty"
+                } else {
+                    "; is it truncated, or base64 text of a binary store?"
+                }
+            ))
+        })?;
+        if found == Detected::Jceks {
+            return Err(self.content(format!(
+                "JCEKS keystores are not supported; convert it once with `keytool -importkeystore \
+                 -srckeystore {0} -srcstoretype JCEKS -destkeystore {0}.p12 -deststoretype PKCS12` \
+                 and point {1} at the .p12",
+                self.path.display(),
+                self.key
+            )));
+        }
+        // Binary and PEM cannot be mistaken for each other; JKS and PKCS#12 can (and Java accepts both).
+        match (self.stated, found) {
+            (Some(StoreType::Pem), Detected::Pkcs12 | Detected::Jks) => Err(self.content(format!(
+                "{} = \"pem\" but the file is a binary {} store; remove {} (the format is detected)",
+                self.type_key(),
+                if found == Detected::Jks { "JKS" } else { "PKCS#12" },
+                self.type_key()
+            ))),
+            (Some(StoreType::Pkcs12 | StoreType::Jks), Detected::Pem) => Err(self.content(format!(
+                "{} says a binary store but the file is PEM text; remove {} (the format is detected)",
+                self.type_key(),
+                self.type_key()
+            ))),
+            _ => Ok(found),
+        }
+    }
+
+    fn type_key(&self) -> String {
+        format!("{}_type", self.key)
+    }
+
+    fn wrong_password(&self, how: &str) -> MaterialError {
+        self.content(format!(
+            "wrong password, or the file is damaged ({how}); check {} (Cassandra: \
+             server_encryption_options.{}_password)",
+            self.password_key(),
+            self.key.trim_start_matches("tls.")
+        ))
+    }
+
+    /// Reads our identity: the single key entry, or the one `alias` names.
+    pub fn identity(
+        &self,
+        bytes: &[u8],
+        password: Option<&Secret>,
+    ) -> Result<Identity, MaterialError> {
+        let entries = match self.detect(bytes)? {
+            Detected::Pem => return self.pem_identity(bytes),
+            Detected::Pkcs12 => self.pkcs12(bytes, password)?.0,
+            Detected::Jks => self.jks(bytes, password)?.0,
+            Detected::Jceks => unreachable!("refused by detect"),
+        };
+        self.pick(entries)
+    }
+
+    /// Reads the trusted certificates.
+    pub fn trusted(
+        &self,
+        bytes: &[u8],
+        password: Option<&Secret>,
+    ) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+        let certs = match self.detect(bytes)? {
+            Detected::Pem => CertificateDer::pem_slice_iter(bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.content(format!("malformed PEM: {e}")))?,
+            Detected::Pkcs12 => self.pkcs12(bytes, password)?.1,
+            Detected::Jks => self.jks(bytes, password)?.1,
+            Detected::Jceks => unreachable!("refused by detect"),
+        };
+        if certs.is_empty() {
+            return Err(self.content(
+                "holds no trusted certificate; import the cluster CA with `keytool -importcert \
+                 -trustcacerts -alias ca -file ca.pem -keystore FILE`"
+                    .into(),
+            ));
+        }
+        Ok(certs)
+    }
+
+    /// PKCS#12 → (key entries, trusted certificates).
+    fn pkcs12(
+        &self,
+        bytes: &[u8],
+        password: Option<&Secret>,
+    ) -> Result<(Vec<Identity>, Vec<CertificateDer<'static>>), MaterialError> {
+        let archive = Pkcs12Archive::from_pkcs12(bytes, self.password(password)).map_err(|e| {
+            use p12_keystore::error::Error as E;
+            match e {
+                E::MacError(_) => self.wrong_password("the PKCS#12 integrity check failed"),
+                E::UnsupportedEncryptionScheme | E::UnsupportedMacAlgorithm => self.content(format!(
+                    "PKCS#12 encryption not supported ({e}); re-export it with \
+                     `keytool -importkeystore -srckeystore {0} -destkeystore {0}.p12 -deststoretype PKCS12`",
+                    self.path.display()
+                )),
+                // A bag that does not decrypt without a MAC failure: the key or certificate password
+                // differs from the store's (Cassandra needs them equal) or the file is damaged.
+                E::UnpadError | E::Pkcs5Error(_) => self.content(format!(
+                    "an entry cannot be decrypted with {} ({e}); Cassandra and ringseal need the key \
+                     password to equal the store password",
+                    self.password_key()
+                )),
+                _ => self.content(format!("not a readable PKCS#12 file ({e}); is it truncated?")),
+            }
+        })?;
+        let identities = archive
+            .keys
+            .iter()
+            .map(|k| {
+                let leaf = archive.certs.iter().find(|c| {
+                    c.local_key_id.is_some()
+                        && c.local_key_id.as_deref()
+                            == k.local_key_id.as_ref().map(|id| id.as_ref())
+                });
+                let mut chain = Vec::new();
+                if let Some(leaf) = leaf {
+                    chain.push(CertificateDer::from(leaf.cert.as_der().to_vec()));
+                    let others: Vec<_> = archive
+                        .certs
+                        .iter()
+                        .filter(|c| c.local_key_id.is_none())
+                        .map(|c| CertificateDer::from(c.cert.as_der().to_vec()))
+                        .collect();
+                    extend_chain(&mut chain, &others);
+                }
+                Identity {
+                    alias: k.friendly_name.clone(),
+                    chain,
+                    key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.key.as_der().to_vec())),
+                }
+            })
+            .collect();
+        // Java's trusted-certificate entries carry Oracle's trust attribute; a store made by
+        // `openssl pkcs12 -export -nokeys` has none, then every certificate not tied to a key counts.
+        let any_marked = archive.certs.iter().any(|c| c.trusted);
+        let trusted = archive
+            .certs
+            .iter()
+            .filter(|c| {
+                if any_marked {
+                    c.trusted
+                } else {
+                    c.local_key_id.is_none()
+                }
+            })
+            .map(|c| CertificateDer::from(c.cert.as_der().to_vec()))
+            .collect();
+        Ok((identities, trusted))
+    }
+
+    /// JKS → (key entries, trusted certificates).
+    fn jks(
+        &self,
+        bytes: &[u8],
+        password: Option<&Secret>,
+    ) -> Result<(Vec<Identity>, Vec<CertificateDer<'static>>), MaterialError> {
+        use super::jks::{Entry, JksError};
+        let store = super::jks::parse(bytes, self.password(password)).map_err(|e| match e {
+            JksError::WrongPassword => self.wrong_password("the JKS integrity check failed"),
+            JksError::KeyPasswordMismatch { ref alias } => self.content(format!(
+                "key entry \"{alias}\" cannot be decrypted with {}: its key password differs from \
+                 the store password; Cassandra and ringseal need them equal (`keytool -keypasswd \
+                 -alias {alias} -keystore {}`)",
+                self.password_key(),
+                self.path.display()
+            )),
+            e => self.content(format!("not a readable JKS keystore: {e}")),
+        })?;
+        let mut identities = Vec::new();
+        let mut trusted = Vec::new();
+        for entry in store.entries {
+            match entry {
+                Entry::PrivateKey {
+                    alias,
+                    pkcs8,
+                    chain,
+                } => identities.push(Identity {
+                    alias: Some(alias),
+                    chain: chain.into_iter().map(CertificateDer::from).collect(),
+                    key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
+                }),
+                Entry::TrustedCert { der, .. } => trusted.push(CertificateDer::from(der)),
+            }
+        }
+        Ok((identities, trusted))
+    }
+
+    fn pem_identity(&self, bytes: &[u8]) -> Result<Identity, MaterialError> {
+        let chain = CertificateDer::pem_slice_iter(bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.content(format!("malformed PEM: {e}")))?;
+        if memmem(bytes, b"BEGIN ENCRYPTED PRIVATE KEY") {
+            return Err(self.content(
+                "the PEM private key is encrypted; write a plain copy readable only by ringseal \
+                 (`openssl pkey -in FILE -out FILE.plain && chmod 600 FILE.plain`)"
+                    .into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(bytes).map_err(|_| {
+            self.content(
+                "a PEM keystore must hold the private key (\"BEGIN PRIVATE KEY\") and the certificate \
+                 chain; no private key found"
+                    .into(),
+            )
+        })?;
+        if chain.is_empty() {
+            return Err(self.content(
+                "a PEM keystore must hold the certificate chain after the private key; no \
+                 \"BEGIN CERTIFICATE\" block found"
+                    .into(),
+            ));
+        }
+        Ok(Identity {
+            alias: None,
+            chain,
+            key,
+        })
+    }
+
+    fn pick(&self, mut entries: Vec<Identity>) -> Result<Identity, MaterialError> {
+        let aliases = || {
+            entries
+                .iter()
+                .map(|e| format!("\"{}\"", e.alias.as_deref().unwrap_or("<no alias>")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let index = match (&self.alias, entries.len()) {
+            (_, 0) => {
+                return Err(self.content(
+                    "holds no private key entry (a truststore?); the keystore must hold this node's \
+                     key and certificate (`keytool -genkeypair` or `ringseal certs node`)"
+                        .into(),
+                ));
+            }
+            (None, 1) => 0,
+            (None, _) => {
+                return Err(self.content(format!(
+                    "holds {} private key entries ({}); say which one with {}_alias",
+                    entries.len(),
+                    aliases(),
+                    self.key
+                )));
+            }
+            (Some(alias), _) => entries
+                .iter()
+                .position(|e| {
+                    e.alias
+                        .as_deref()
+                        .is_some_and(|a| a.eq_ignore_ascii_case(alias))
+                })
+                .ok_or_else(|| {
+                    self.content(format!(
+                        "{}_alias = \"{alias}\" names no private key entry; the entries are {}",
+                        self.key,
+                        aliases()
+                    ))
+                })?,
+        };
+        let identity = entries.swap_remove(index);
+        if identity.chain.is_empty() {
+            return Err(self.content(format!(
+                "key entry \"{}\" has no certificate",
+                identity.alias.as_deref().unwrap_or("<no alias>")
+            )));
+        }
+        Ok(identity)
+    }
+}
+
+/// Appends to `chain` the issuers of its last certificate found in `pool`, in order (keystores do not
+/// promise an order for the CA certificates they carry).
+fn extend_chain(chain: &mut Vec<CertificateDer<'static>>, pool: &[CertificateDer<'static>]) {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let names = |der: &CertificateDer<'_>| {
+        X509Certificate::from_der(der.as_ref())
+            .ok()
+            .map(|(_, c)| (c.subject().as_raw().to_vec(), c.issuer().as_raw().to_vec()))
+    };
+    while let Some((subject, issuer)) = chain.last().and_then(names) {
+        if subject == issuer {
+            return;
+        }
+        let next = pool
+            .iter()
+            .find(|c| !chain.contains(c) && names(c).is_some_and(|(s, _)| s == issuer));
+        match next {
+            Some(c) => chain.push(c.clone()),
+            None => return,
+        }
+    }
+}
+
+/// Reads a password file: its first line, without the line ending (editors add one).
+pub fn password_from_file(
+    key: &'static str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Secret, MaterialError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| MaterialError::Content {
+        key,
+        path: path.to_owned(),
+        message: "the password file is not UTF-8 text".into(),
+    })?;
+    Ok(Secret::new(text.lines().next().unwrap_or_default()))
+}
+
+fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
