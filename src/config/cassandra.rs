@@ -43,9 +43,9 @@
 //! | `keystore_password_file` | trunk | `tls.keystore_password_file` (the password wins when both are set, as in Cassandra) |
 //! | `truststore` (`conf/.truststore`) | all | `tls.truststore` |
 //! | `truststore_password`, `truststore_password_file` | all, trunk | `tls.truststore_password`, `tls.truststore_password_file`; as the keystore's; ignored for PEM, as in Cassandra |
-//! | `outbound_keystore`, `outbound_keystore_password` | 5.0+ | `tls.outbound_keystore`, `tls.outbound_keystore_password` (defaults: the keystore's, as in Cassandra) |
+//! | `outbound_keystore`, `outbound_keystore_password` | 5.0+ | `tls.outbound_keystore`, `tls.outbound_keystore_password`, `tls.outbound_keystore_type` (defaults: the keystore's, as in Cassandra) |
 //! | `outbound_keystore_password_file` | trunk | `tls.outbound_keystore_password_file` |
-//! | `store_type` (`JKS`) | all | `tls.keystore_type` and `tls.truststore_type`: `jks`, `pkcs12`, `pem`; others: warning |
+//! | `store_type` (`JKS`) | all | `tls.keystore_type`, `tls.truststore_type` (and `tls.outbound_keystore_type`): `jks`, `pkcs12`, `pem`; others: warning. As in Java, ringseal reads a PKCS#12 file said to be JKS and the other way round |
 //! | `keystore_type`, `truststore_type` | DataStax Enterprise spellings; no Apache version has them | override `store_type` for their store |
 //! | `ssl_context_factory.class_name` | 4.1+ | `DefaultSslContextFactory`: nothing; `PEMBasedSslContextFactory`: both store types `pem`; any other: warning |
 //! | `ssl_context_factory.parameters` `private_key`, `trusted_certificates`, `outbound_private_key` (+ `_password`) | 4.1+ (outbound 5.0+) | warning (inline PEM: write it to a file); the store path is left out |
@@ -1008,6 +1008,9 @@ impl Deriver {
                 (value, file) => self.password("outbound_keystore", value, file, pem),
             };
             insert_password(tls, "outbound_keystore", &password);
+            if let Some(ty) = keystore_type {
+                tls.insert("outbound_keystore_type".into(), ty.into());
+            }
         }
     }
 
@@ -2430,6 +2433,7 @@ mod tests {
             Some("pw"),
             "inherited"
         );
+        assert_eq!(t["outbound_keystore_type"].as_str(), Some("jks"));
         assert!(
             d.notes
                 .iter()
