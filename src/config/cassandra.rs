@@ -1095,7 +1095,7 @@ impl Deriver {
         for (name, key_node, value) in entries {
             let key = format!("{SEO}.{name}");
             let key = key.as_str();
-            if value.is_null() {
+            if value.is_null() && SEO_KEYS.contains(&name) {
                 continue; // not set: Cassandra's default
             }
             let at = value.at;
@@ -1297,10 +1297,17 @@ impl Deriver {
                 );
                 continue;
             }
-            if v.is_null() {
+            let pem = seo.factory == Factory::Pem;
+            let known = [
+                "private_key",
+                "private_key_password",
+                "trusted_certificates",
+                "outbound_private_key",
+                "outbound_private_key_password",
+            ];
+            if v.is_null() && pem && known.contains(&name) {
                 continue;
             }
-            let pem = seo.factory == Factory::Pem;
             let (store, flag) = match name {
                 "private_key" if pem => ("tls.keystore", &mut seo.inline_key),
                 "trusted_certificates" if pem => ("tls.truststore", &mut seo.inline_trust),
@@ -1847,6 +1854,37 @@ impl Deriver {
         }
     }
 }
+
+/// Every `server_encryption_options` key of Cassandra 3.11 to trunk (and DataStax Enterprise's
+/// per-store types): set to null they mean "the default"; any other key is warned about.
+const SEO_KEYS: &[&str] = &[
+    "internode_encryption",
+    "optional",
+    "enabled",
+    "enable_legacy_ssl_storage_port",
+    "legacy_ssl_storage_port_enabled",
+    "keystore",
+    "keystore_password",
+    "keystore_password_file",
+    "truststore",
+    "truststore_password",
+    "truststore_password_file",
+    "outbound_keystore",
+    "outbound_keystore_password",
+    "outbound_keystore_password_file",
+    "store_type",
+    "keystore_type",
+    "truststore_type",
+    "protocol",
+    "accepted_protocols",
+    "cipher_suites",
+    "require_client_auth",
+    "require_endpoint_verification",
+    "algorithm",
+    "ssl_context_factory",
+    "max_certificate_validity_period",
+    "certificate_validity_warn_threshold",
+];
 
 /// Top-level keys read here: a duplicate of one of them is warned about.
 const READ_TOP_LEVEL: &[&str] = &[
@@ -2514,6 +2552,26 @@ mod tests {
         assert!(d.warnings[2].ends_with(
             "none of the listed suites can be used; ringseal's default suites are used"
         ));
+    }
+
+    #[test]
+    fn unknown_keys_are_warned_about_even_when_empty() {
+        let d = ok(
+            "listen_address: 10.0.0.1\nserver_encryption_options:\n  internode_encryption: none\n  \
+                    keystore:\n  algorithm: ~\n  ca_file:\n  trust_all: ~\n",
+        );
+        assert_eq!(
+            warned(&d),
+            [
+                "server_encryption_options.ca_file",
+                "server_encryption_options.trust_all"
+            ]
+        );
+        assert_eq!(
+            tls(&d)["keystore"].as_str(),
+            Some("/opt/cassandra/conf/.keystore"),
+            "null: the default"
+        );
     }
 
     #[test]
