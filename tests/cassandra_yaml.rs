@@ -5,9 +5,14 @@
 //! `tests/cassandra-yaml/invalid/` (plus generated garbage) fails with its exact message. No network,
 //! no ports.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use ringseal::config::cassandra::{Derived, derive, derive_with_home, merge};
+use ringseal::config::{Config, FileConfig, Mode, Target};
+use ringseal::pki::files::{load_ca, write_ca, write_node};
+use ringseal::pki::{KeyType, NodeSpec};
 use toml::{Table, Value};
 
 /// The fixtures folder, as the derived absolute paths spell it.
@@ -303,6 +308,7 @@ fn cassandra_5_0_pem_files_outbound_keystore_and_mutual_tls_authenticator() {
         keystore = "/opt/cassandra/conf/tls/node.pem"
         keystore_type = "pem"
         outbound_keystore = "/opt/cassandra/conf/tls/node-client.pem"
+        outbound_keystore_type = "pem"
         truststore = "/opt/cassandra/conf/tls/ca.pem"
         truststore_type = "pem"
         protocols = ["TLSv1.3"]
@@ -393,6 +399,7 @@ fn cassandra_trunk_password_files_and_keys_ringseal_cannot_honour() {
         keystore_type = "pkcs12"
         outbound_keystore = "/etc/cassandra/tls/client.p12"
         outbound_keystore_password_file = "/etc/cassandra/tls/client.password"
+        outbound_keystore_type = "pkcs12"
         truststore = "/etc/cassandra/tls/truststore.p12"
         truststore_password_file = "{dir}/tls/truststore.password"
         truststore_type = "pkcs12"
@@ -473,6 +480,209 @@ fn a_ringseal_config_overrides_the_derived_one() {
         "#,
     );
     assert_table_eq(&d.table, &expected, "");
+}
+
+/// Every derived table has the shape of a ringseal config: the file structs (which refuse unknown keys)
+/// accept it, so no key is misspelt.
+#[test]
+fn derived_tables_are_ringseal_configs() {
+    for (name, home) in [
+        ("cassandra-3.11/conf/cassandra.yaml", None),
+        ("cassandra-4.0.yaml", None),
+        ("cassandra-4.1.yaml", None),
+        ("cassandra-4.1-default.yaml", None),
+        ("cassandra-5.0.yaml", Some("/opt/cassandra")),
+        ("cassandra-5.0-pem-inline.yaml", None),
+        ("cassandra-trunk.yaml", None),
+    ] {
+        let d = derive_fixture(name, home);
+        if let Err(e) = Value::Table(d.table).try_into::<FileConfig>() {
+            panic!("{name}: {e}");
+        }
+    }
+}
+
+/// Derives from `yaml` (written as CASSANDRA_HOME/conf/cassandra.yaml) and loads the result the way
+/// `run` does, every store included.
+fn load(home: &Path, yaml: &str) -> Config {
+    let path = home.join("conf/cassandra.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let d = derive_with_home(&path, Some(home)).unwrap_or_else(|e| panic!("{e}"));
+    let file: FileConfig = Value::Table(d.table)
+        .try_into()
+        .unwrap_or_else(|e| panic!("{e}"));
+    file.validate(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn tool(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn have_keytool() -> bool {
+    let ok = Command::new("keytool")
+        .arg("-help")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "keytool (a JRE) is required in CI"
+        );
+        eprintln!("skipping: keytool (a JRE) is not installed");
+    }
+    ok
+}
+
+/// A cluster CA and node1 (127.0.0.1) in `home/ca` and `home/node`, as `ringseal certs` writes them.
+fn pki(home: &Path) {
+    write_ca(
+        &home.join("ca"),
+        "Payments Prod",
+        KeyType::default(),
+        30,
+        false,
+    )
+    .unwrap();
+    let ca = load_ca(&home.join("ca")).unwrap();
+    let spec = NodeSpec::new("node1", &["127.0.0.1".parse().unwrap()]);
+    write_node(&ca, &spec, &home.join("node"), Some("p12-pass"), false).unwrap();
+    std::fs::create_dir_all(home.join("conf")).unwrap();
+}
+
+/// The 3.11 way: JKS keystore and truststore at Cassandra's default relative paths, made with the
+/// keytool commands of the tutorials, derived and loaded as `run` loads them.
+#[test]
+fn a_derived_config_loads_keytool_jks_stores_at_cassandra_s_default_paths() {
+    if !have_keytool() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    pki(home);
+    tool(
+        home,
+        "keytool",
+        &[
+            "-importkeystore",
+            "-noprompt",
+            "-srckeystore",
+            "node/node1.p12",
+            "-srcstoretype",
+            "PKCS12",
+            "-srcstorepass",
+            "p12-pass",
+            "-destkeystore",
+            "conf/.keystore",
+            "-deststoretype",
+            "JKS",
+            "-deststorepass",
+            "ks-pass",
+            "-destkeypass",
+            "ks-pass",
+        ],
+    );
+    tool(
+        home,
+        "keytool",
+        &[
+            "-importcert",
+            "-noprompt",
+            "-trustcacerts",
+            "-alias",
+            "ca",
+            "-file",
+            "ca/ca.crt",
+            "-keystore",
+            "conf/.truststore",
+            "-storetype",
+            "JKS",
+            "-storepass",
+            "ts-pass",
+        ],
+    );
+    let config = load(
+        home,
+        "cluster_name: 'Payments Prod'\nlisten_address: 127.0.0.1\nserver_encryption_options:\n    \
+         internode_encryption: none\n    keystore: conf/.keystore\n    keystore_password: ks-pass\n    \
+         truststore: conf/.truststore\n    truststore_password: ts-pass\n    store_type: JKS\n    \
+         require_client_auth: true\n    require_endpoint_verification: true\n",
+    );
+    assert!(config.tls.material.identity.subject.contains("node1"));
+    assert_eq!(config.tls.material.cas.len(), 1);
+    assert!(config.tls.require_client_auth);
+    let inbound = &config.inbound[0];
+    assert_eq!(
+        inbound.listen,
+        "127.0.0.1:7001".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        inbound.forward,
+        "127.0.0.1:7000".parse::<SocketAddr>().unwrap()
+    );
+    assert!(inbound.require_endpoint_verification);
+    assert_eq!(inbound.mode, Mode::Strict);
+    let outbound = &config.outbound[0];
+    assert_eq!(outbound.target, Target::Transparent { tls_port: 7001 });
+    assert!(outbound.require_endpoint_verification);
+}
+
+/// The 5.0 way: PEMBasedSslContextFactory with PEM files (key + chain in one) and a separate outbound
+/// keystore, derived and loaded; a wrong keystore password is reported on ringseal's key, with the
+/// cassandra.yaml key it came from.
+#[test]
+fn a_derived_config_loads_pem_stores_and_an_outbound_keystore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    pki(home);
+    let read = |p: &str| std::fs::read_to_string(home.join(p)).unwrap();
+    let pem = format!("{}{}", read("node/node1.key"), read("node/node1.crt"));
+    std::fs::create_dir_all(home.join("conf/tls")).unwrap();
+    std::fs::write(home.join("conf/tls/node.pem"), &pem).unwrap();
+    std::fs::write(home.join("conf/tls/client.pem"), &pem).unwrap();
+    std::fs::write(home.join("conf/tls/ca.pem"), read("ca/ca.crt")).unwrap();
+    let config = load(
+        home,
+        "listen_address: 127.0.0.1\nserver_encryption_options:\n  internode_encryption: none\n  \
+         keystore: conf/tls/node.pem\n  ssl_context_factory:\n    class_name: \
+         org.apache.cassandra.security.PEMBasedSslContextFactory\n  outbound_keystore: \
+         conf/tls/client.pem\n  truststore: conf/tls/ca.pem\n  require_client_auth: true\n  \
+         optional: true\n",
+    );
+    assert!(config.tls.material.identity.subject.contains("node1"));
+    assert!(
+        config.tls.material.outbound.is_some(),
+        "the outbound keystore is loaded"
+    );
+    assert_eq!(config.inbound[0].mode, Mode::Permissive);
+
+    // The PKCS#12 keystore with the wrong password: ringseal's message names the cassandra.yaml key.
+    let path = home.join("conf/cassandra.yaml");
+    std::fs::write(
+        &path,
+        "listen_address: 127.0.0.1\nserver_encryption_options:\n  keystore: node/node1.p12\n  \
+         keystore_password: not-the-password\n  truststore: conf/tls/ca.pem\n  truststore_type: pem\n  \
+         store_type: PKCS12\n",
+    )
+    .unwrap();
+    let d = derive_with_home(&path, Some(home)).unwrap();
+    let file: FileConfig = Value::Table(d.table).try_into().unwrap();
+    let err = file.validate(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("wrong password")
+            && err.contains("server_encryption_options.keystore_password"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "{err}");
 }
 
 /// Every file of `tests/cassandra-yaml/invalid/` and the exact message it fails with (after

@@ -33,7 +33,7 @@
 //! | `internode_authenticator` | string ≤4.1, `class_name` + `parameters` 5.0+ | `AllowAllInternodeAuthenticator`: nothing; any other: warning (use `allow`) |
 //! | `internode_encryption: none` (default) | all | note: ringseal encrypts all internode traffic |
 //! | `internode_encryption: all` | all | warning: Cassandra's own TLS cannot run behind ringseal; set `none` |
-//! | `internode_encryption: dc`, `rack` | all | warning: ringseal encrypts all traffic, also inside the dc/rack |
+//! | `internode_encryption: dc`, `rack` | all | warning: ringseal encrypts all traffic, also inside the dc/rack (mode stays strict unless `optional: true`, although Cassandra accepts plaintext then) |
 //! | `optional` | 4.0+ | `true`: `mode = "permissive"` (+ `inbound[0].allow_non_loopback_plaintext = true` on a non-loopback address); else `"strict"` |
 //! | `enabled` | 4.0+ (no effect on internode) | `true`: warning; `false`: nothing |
 //! | `enable_legacy_ssl_storage_port` | 4.0 | `true`: warning (Cassandra takes ringseal's port); both spellings: error, as in Cassandra |
@@ -43,9 +43,9 @@
 //! | `keystore_password_file` | trunk | `tls.keystore_password_file` (the password wins when both are set, as in Cassandra) |
 //! | `truststore` (`conf/.truststore`) | all | `tls.truststore` |
 //! | `truststore_password`, `truststore_password_file` | all, trunk | `tls.truststore_password`, `tls.truststore_password_file`; as the keystore's; ignored for PEM, as in Cassandra |
-//! | `outbound_keystore`, `outbound_keystore_password` | 5.0+ | `tls.outbound_keystore`, `tls.outbound_keystore_password` (defaults: the keystore's, as in Cassandra) |
+//! | `outbound_keystore`, `outbound_keystore_password` | 5.0+ | `tls.outbound_keystore`, `tls.outbound_keystore_password`, `tls.outbound_keystore_type` (defaults: the keystore's, as in Cassandra) |
 //! | `outbound_keystore_password_file` | trunk | `tls.outbound_keystore_password_file` |
-//! | `store_type` (`JKS`) | all | `tls.keystore_type` and `tls.truststore_type`: `jks`, `pkcs12`, `pem`; others: warning |
+//! | `store_type` (`JKS`) | all | `tls.keystore_type`, `tls.truststore_type` (and `tls.outbound_keystore_type`): `jks`, `pkcs12`, `pem`; others: warning. As in Java, ringseal reads a PKCS#12 file said to be JKS and the other way round |
 //! | `keystore_type`, `truststore_type` | DataStax Enterprise spellings; no Apache version has them | override `store_type` for their store |
 //! | `ssl_context_factory.class_name` | 4.1+ | `DefaultSslContextFactory`: nothing; `PEMBasedSslContextFactory`: both store types `pem`; any other: warning |
 //! | `ssl_context_factory.parameters` `private_key`, `trusted_certificates`, `outbound_private_key` (+ `_password`) | 4.1+ (outbound 5.0+) | warning (inline PEM: write it to a file); the store path is left out |
@@ -70,8 +70,9 @@
 //! * **Values** follow Cassandra's YAML reader (SnakeYAML, YAML 1.1) where it matters: a string
 //!   setting takes any scalar as written (`keystore_password: 123456` is the password "123456"),
 //!   booleans may be `yes`/`no`/`on`/`off`, a port may be quoted (`"7000"`), and `~`, `null` or an
-//!   empty value means "not set" (the default). Duplicate keys are allowed, the last one counts (as
-//!   in Cassandra), with a warning for the keys read here.
+//!   empty value means "not set" (the default). Anchors, aliases and merge keys (`<<: *tls`) work.
+//!   Duplicate keys are allowed, the last one counts (as in Cassandra), with a warning for the keys
+//!   read here.
 //! * **An empty file** (or one with only comments) is an error, not "all defaults": Cassandra itself
 //!   would not start without `partitioner`, `commitlog_sync` and `endpoint_snitch`, so an empty
 //!   file is a wrong path or a truncated write, and a TLS config invented from nothing would hide
@@ -131,6 +132,7 @@ pub struct Derived {
     /// Facts about the derivation that need no action (defaults used, where relative paths were
     /// resolved, what `internode_encryption: none` means here). For `check` to print.
     pub notes: Vec<String>,
+    /// `cluster_name`, or Cassandra's default "Test Cluster" when the file does not set it.
     pub cluster_name: Option<String>,
 }
 
@@ -611,19 +613,42 @@ fn last_wins<'n, 'a>(entries: &'n [(Node<'a>, Node<'a>)]) -> Keyed<'n, 'a> {
     let mut out: Vec<(&'n str, &'n Node<'a>, &'n Node<'a>)> = Vec::new();
     let mut dups: Vec<(&'n str, Vec<usize>)> = Vec::new();
     let mut odd = Vec::new();
-    for (key, value) in entries {
+    // YAML 1.1 merge keys (`<<: *defaults`), which SnakeYAML applies: merged entries come first,
+    // the mapping's own keys override them, and of several merged mappings the first one wins.
+    let is_merge =
+        |k: &Node<'_>| matches!(&k.kind, Kind::Scalar { text, plain: true } if text == "<<");
+    for (key, value) in entries.iter().filter(|(k, _)| is_merge(k)) {
+        let maps: Vec<&'n Node<'a>> = match &value.kind {
+            Kind::Seq(items) => items.iter().collect(),
+            _ => vec![value],
+        };
+        for map in maps {
+            let Kind::Map(inner) = &map.kind else {
+                odd.push(key);
+                continue;
+            };
+            for entry in last_wins(inner).entries {
+                if !out.iter().any(|(n, _, _)| *n == entry.0) {
+                    out.push(entry);
+                }
+            }
+        }
+    }
+    let mut explicit: Vec<(&'n str, usize)> = Vec::new();
+    for (key, value) in entries.iter().filter(|(k, _)| !is_merge(k)) {
         let Some(name) = key.scalar() else {
             odd.push(key);
             continue;
         };
-        if let Some(i) = out.iter().position(|(n, _, _)| *n == name) {
-            let first_line = out[i].1.at.line;
+        if let Some((_, first_line)) = explicit.iter().find(|(n, _)| *n == name) {
             match dups.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, lines)) => lines.push(key.at.line),
-                None => dups.push((name, vec![first_line, key.at.line])),
+                None => dups.push((name, vec![*first_line, key.at.line])),
             }
-            out.remove(i);
+        } else {
+            explicit.push((name, key.at.line));
         }
+        out.retain(|(n, _, _)| *n != name);
         out.push((name, key, value));
     }
     Keyed {
@@ -782,6 +807,7 @@ impl Deriver {
         Ok(self.build(cluster_name, storage_port, ssl_storage_port, listen, seo))
     }
 
+    /// The ringseal table from what was read.
     fn build(
         mut self,
         cluster_name: String,
@@ -791,112 +817,8 @@ impl Deriver {
         seo: Seo,
     ) -> Derived {
         let mut tls = Table::new();
-        let pem_key = seo.factory == Factory::Pem;
-
-        // Store types: one store_type for every store (Apache), or DSE's per-store spellings.
-        let (keystore_type, truststore_type) = if pem_key {
-            if let Some((name, _)) = &seo.store_type
-                && store_type_name(name) != Some("pem")
-            {
-                self.notes.push(format!(
-                    "{SEO}.store_type {name:?} is ignored with PEMBasedSslContextFactory, as in \
-                     Cassandra: the stores are PEM files"
-                ));
-            }
-            (Some("pem"), Some("pem"))
-        } else {
-            let common = match (&seo.keystore_type, &seo.truststore_type, &seo.store_type) {
-                (Some(_), Some(_), _) | (_, _, None) => Some("jks"),
-                (_, _, Some(given)) => self.store_type("store_type", given),
-            };
-            let keystore_type = match &seo.keystore_type {
-                Some(given) => self.store_type("keystore_type", given),
-                None => common,
-            };
-            let truststore_type = match &seo.truststore_type {
-                Some(given) => self.store_type("truststore_type", given),
-                None => common,
-            };
-            (keystore_type, truststore_type)
-        };
-
-        // The inbound identity.
-        let keystore_password = self.password(
-            "keystore",
-            seo.keystore_password.clone(),
-            seo.keystore_password_file.clone(),
-            pem_key,
-        );
-        if !seo.inline_key {
-            let keystore = self.resolve(seo.keystore.as_deref().unwrap_or(DEFAULT_KEYSTORE));
-            tls.insert("keystore".into(), Value::String(keystore));
-            insert_password(&mut tls, "keystore", &keystore_password);
-            if let Some(ty) = keystore_type {
-                tls.insert("keystore_type".into(), ty.into());
-            }
-        }
-
-        // Trust.
-        if !seo.inline_trust {
-            let truststore = self.resolve(seo.truststore.as_deref().unwrap_or(DEFAULT_TRUSTSTORE));
-            tls.insert("truststore".into(), Value::String(truststore));
-            if truststore_type == Some("pem") {
-                if seo.truststore_password.is_some() || seo.truststore_password_file.is_some() {
-                    self.notes.push(format!(
-                        "{SEO}.truststore_password is ignored for a PEM truststore, as in Cassandra"
-                    ));
-                }
-            } else {
-                let password = self.password(
-                    "truststore",
-                    seo.truststore_password.clone(),
-                    seo.truststore_password_file.clone(),
-                    false,
-                );
-                insert_password(&mut tls, "truststore", &password);
-            }
-            if let Some(ty) = truststore_type {
-                tls.insert("truststore_type".into(), ty.into());
-            }
-        }
-
-        // The outbound identity (5.0+): defaults to the keystore and its password, as in Cassandra.
-        let outbound_given = seo.outbound_keystore.is_some()
-            || seo.outbound_keystore_password.is_some()
-            || seo.outbound_keystore_password_file.is_some();
-        if outbound_given && !seo.inline_outbound_key {
-            let path = seo
-                .outbound_keystore
-                .as_deref()
-                .or(seo.keystore.as_deref())
-                .unwrap_or(DEFAULT_KEYSTORE);
-            let path = self.resolve(path);
-            tls.insert("outbound_keystore".into(), Value::String(path));
-            let password = match (
-                seo.outbound_keystore_password.clone(),
-                seo.outbound_keystore_password_file.clone(),
-            ) {
-                (None, None) => keystore_password,
-                (value, file) => self.password("outbound_keystore", value, file, pem_key),
-            };
-            insert_password(&mut tls, "outbound_keystore", &password);
-        }
-
-        // Protocols and suites.
-        let protocols = self.protocols(seo.protocol.as_ref(), seo.accepted_protocols.as_ref());
-        let (protocols, suites) = match &seo.cipher_suites {
-            Some((names, at)) => {
-                let suites = self.cipher_suites(names, *at);
-                self.protocols_for_suites(protocols, suites, *at)
-            }
-            None => (protocols, Vec::new()),
-        };
-        if !protocols.is_empty() {
-            tls.insert("protocols".into(), strings_value(&protocols));
-        }
-        if !suites.is_empty() {
-            tls.insert("cipher_suites".into(), strings_value(&suites));
-        }
+        self.stores(&seo, &mut tls);
+        self.protocols_and_suites(&seo, &mut tls);
 
         // Client authentication and endpoint verification.
         let client_auth = seo.require_client_auth.unwrap_or(ClientAuth::NotRequired);
@@ -922,37 +844,8 @@ impl Deriver {
             ));
         }
 
-        // Mode.
+        self.internode_encryption(&seo, ssl_storage_port);
         let permissive = seo.optional == Some(true);
-        let mode = if permissive { "permissive" } else { "strict" };
-        match seo.internode_encryption.as_ref().map(|(v, at)| (v.as_str(), *at)) {
-            None | Some(("none", _)) => self.notes.push(format!(
-                "{SEO}.internode_encryption is none: Cassandra itself sends plaintext, and ringseal \
-                 encrypts all internode traffic (that is its job)"
-            )),
-            Some(("all", at)) => self.warn_at(
-                &format!("{SEO}.internode_encryption"),
-                at,
-                format!(
-                    "\"all\": Cassandra still encrypts internode traffic itself, which cannot \
-                     work behind ringseal (3.x binds ssl_storage_port {ssl_storage_port}, the port \
-                     ringseal's inbound listener takes; 4.0+ sends TLS into ringseal's outbound \
-                     listener and, without optional: true, refuses the plaintext ringseal forwards \
-                     to storage_port); ringseal encrypts all internode traffic, so set \
-                     internode_encryption: none in cassandra.yaml when ringseal takes over"
-                ),
-            ),
-            Some((scope, at)) => self.warn_at(
-                &format!("{SEO}.internode_encryption"),
-                at,
-                format!(
-                    "{scope:?}: ringseal encrypts all internode traffic, also between nodes in the \
-                     same {}; set internode_encryption: none in cassandra.yaml when ringseal takes \
-                     over (Cassandra's own TLS cannot run behind ringseal)",
-                    if scope == "dc" { "datacenter" } else { "rack" }
-                ),
-            ),
-        }
 
         let mut inbound = Table::new();
         let mut non_loopback = None;
@@ -1007,6 +900,7 @@ impl Deriver {
 
         let mut table = Table::new();
         table.insert("cluster_name".into(), cluster_name.clone().into());
+        let mode = if permissive { "permissive" } else { "strict" };
         table.insert("mode".into(), mode.into());
         table.insert("tls".into(), Value::Table(tls));
         table.insert("inbound".into(), Value::Array(vec![Value::Table(inbound)]));
@@ -1020,6 +914,158 @@ impl Deriver {
             warnings: self.warnings.into_iter().map(|(_, w)| w).collect(),
             notes: self.notes,
             cluster_name: Some(cluster_name),
+        }
+    }
+
+    /// Keystore, truststore and outbound keystore: paths, passwords (or password files), types.
+    fn stores(&mut self, seo: &Seo, tls: &mut Table) {
+        let pem = seo.factory == Factory::Pem;
+
+        // One store_type for every store (Apache), or DSE's per-store spellings.
+        let (keystore_type, truststore_type) = if pem {
+            if let Some((name, _)) = &seo.store_type
+                && store_type_name(name) != Some("pem")
+            {
+                self.notes.push(format!(
+                    "{SEO}.store_type {name:?} is ignored with PEMBasedSslContextFactory, as in \
+                     Cassandra: the stores are PEM files"
+                ));
+            }
+            (Some("pem"), Some("pem"))
+        } else {
+            let common = match (&seo.keystore_type, &seo.truststore_type, &seo.store_type) {
+                (Some(_), Some(_), _) | (_, _, None) => Some("jks"),
+                (_, _, Some(given)) => self.store_type("store_type", given),
+            };
+            let keystore_type = match &seo.keystore_type {
+                Some(given) => self.store_type("keystore_type", given),
+                None => common,
+            };
+            let truststore_type = match &seo.truststore_type {
+                Some(given) => self.store_type("truststore_type", given),
+                None => common,
+            };
+            (keystore_type, truststore_type)
+        };
+
+        // The identity (inbound, and outbound unless outbound_keystore says otherwise).
+        let keystore_password = self.password(
+            "keystore",
+            seo.keystore_password.clone(),
+            seo.keystore_password_file.clone(),
+            pem,
+        );
+        if !seo.inline_key {
+            let keystore = self.resolve(seo.keystore.as_deref().unwrap_or(DEFAULT_KEYSTORE));
+            tls.insert("keystore".into(), Value::String(keystore));
+            insert_password(tls, "keystore", &keystore_password);
+            if let Some(ty) = keystore_type {
+                tls.insert("keystore_type".into(), ty.into());
+            }
+        }
+
+        // Trust.
+        if !seo.inline_trust {
+            let truststore = self.resolve(seo.truststore.as_deref().unwrap_or(DEFAULT_TRUSTSTORE));
+            tls.insert("truststore".into(), Value::String(truststore));
+            if truststore_type == Some("pem") {
+                if seo.truststore_password.is_some() || seo.truststore_password_file.is_some() {
+                    self.notes.push(format!(
+                        "{SEO}.truststore_password is ignored for a PEM truststore, as in Cassandra"
+                    ));
+                }
+            } else {
+                let password = self.password(
+                    "truststore",
+                    seo.truststore_password.clone(),
+                    seo.truststore_password_file.clone(),
+                    false,
+                );
+                insert_password(tls, "truststore", &password);
+            }
+            if let Some(ty) = truststore_type {
+                tls.insert("truststore_type".into(), ty.into());
+            }
+        }
+
+        // The outbound identity (5.0+): defaults to the keystore and its password, as in Cassandra.
+        let outbound_given = seo.outbound_keystore.is_some()
+            || seo.outbound_keystore_password.is_some()
+            || seo.outbound_keystore_password_file.is_some();
+        if outbound_given && !seo.inline_outbound_key {
+            let path = seo
+                .outbound_keystore
+                .as_deref()
+                .or(seo.keystore.as_deref())
+                .unwrap_or(DEFAULT_KEYSTORE);
+            let path = self.resolve(path);
+            tls.insert("outbound_keystore".into(), Value::String(path));
+            let password = match (
+                seo.outbound_keystore_password.clone(),
+                seo.outbound_keystore_password_file.clone(),
+            ) {
+                (None, None) => keystore_password,
+                (value, file) => self.password("outbound_keystore", value, file, pem),
+            };
+            insert_password(tls, "outbound_keystore", &password);
+            if let Some(ty) = keystore_type {
+                tls.insert("outbound_keystore_type".into(), ty.into());
+            }
+        }
+    }
+
+    /// `tls.protocols` and `tls.cipher_suites`: what ringseal accepts of them, consistent together.
+    fn protocols_and_suites(&mut self, seo: &Seo, tls: &mut Table) {
+        let protocols = self.protocols(seo.protocol.as_ref(), seo.accepted_protocols.as_ref());
+        let (protocols, suites) = match &seo.cipher_suites {
+            Some((names, at)) => {
+                let suites = self.cipher_suites(names, *at);
+                self.protocols_for_suites(protocols, suites, *at)
+            }
+            None => (protocols, Vec::new()),
+        };
+        if !protocols.is_empty() {
+            tls.insert("protocols".into(), strings_value(&protocols));
+        }
+        if !suites.is_empty() {
+            tls.insert("cipher_suites".into(), strings_value(&suites));
+        }
+    }
+
+    /// What `internode_encryption` means next to ringseal: a note for `none`, a warning otherwise.
+    fn internode_encryption(&mut self, seo: &Seo, ssl_storage_port: u16) {
+        let key = format!("{SEO}.internode_encryption");
+        match seo
+            .internode_encryption
+            .as_ref()
+            .map(|(v, at)| (v.as_str(), *at))
+        {
+            None | Some(("none", _)) => self.notes.push(format!(
+                "{key} is none: Cassandra itself sends plaintext, and ringseal encrypts all \
+                 internode traffic (that is its job)"
+            )),
+            Some(("all", at)) => self.warn_at(
+                &key,
+                at,
+                format!(
+                    "\"all\": Cassandra still encrypts internode traffic itself, which cannot \
+                     work behind ringseal (3.x binds ssl_storage_port {ssl_storage_port}, the port \
+                     ringseal's inbound listener takes; 4.0+ sends TLS into ringseal's outbound \
+                     listener and, without optional: true, refuses the plaintext ringseal forwards \
+                     to storage_port); ringseal encrypts all internode traffic, so set \
+                     internode_encryption: none in cassandra.yaml when ringseal takes over"
+                ),
+            ),
+            Some((scope, at)) => self.warn_at(
+                &key,
+                at,
+                format!(
+                    "{scope:?}: ringseal encrypts all internode traffic, also between nodes in the \
+                     same {}; set internode_encryption: none in cassandra.yaml when ringseal takes \
+                     over (Cassandra's own TLS cannot run behind ringseal)",
+                    if scope == "dc" { "datacenter" } else { "rack" }
+                ),
+            ),
         }
     }
 
@@ -1049,7 +1095,7 @@ impl Deriver {
         for (name, key_node, value) in entries {
             let key = format!("{SEO}.{name}");
             let key = key.as_str();
-            if value.is_null() {
+            if value.is_null() && SEO_KEYS.contains(&name) {
                 continue; // not set: Cassandra's default
             }
             let at = value.at;
@@ -1251,10 +1297,17 @@ impl Deriver {
                 );
                 continue;
             }
-            if v.is_null() {
+            let pem = seo.factory == Factory::Pem;
+            let known = [
+                "private_key",
+                "private_key_password",
+                "trusted_certificates",
+                "outbound_private_key",
+                "outbound_private_key_password",
+            ];
+            if v.is_null() && pem && known.contains(&name) {
                 continue;
             }
-            let pem = seo.factory == Factory::Pem;
             let (store, flag) = match name {
                 "private_key" if pem => ("tls.keystore", &mut seo.inline_key),
                 "trusted_certificates" if pem => ("tls.truststore", &mut seo.inline_trust),
@@ -1802,6 +1855,37 @@ impl Deriver {
     }
 }
 
+/// Every `server_encryption_options` key of Cassandra 3.11 to trunk (and DataStax Enterprise's
+/// per-store types): set to null they mean "the default"; any other key is warned about.
+const SEO_KEYS: &[&str] = &[
+    "internode_encryption",
+    "optional",
+    "enabled",
+    "enable_legacy_ssl_storage_port",
+    "legacy_ssl_storage_port_enabled",
+    "keystore",
+    "keystore_password",
+    "keystore_password_file",
+    "truststore",
+    "truststore_password",
+    "truststore_password_file",
+    "outbound_keystore",
+    "outbound_keystore_password",
+    "outbound_keystore_password_file",
+    "store_type",
+    "keystore_type",
+    "truststore_type",
+    "protocol",
+    "accepted_protocols",
+    "cipher_suites",
+    "require_client_auth",
+    "require_endpoint_verification",
+    "algorithm",
+    "ssl_context_factory",
+    "max_certificate_validity_period",
+    "certificate_validity_warn_threshold",
+];
+
 /// Top-level keys read here: a duplicate of one of them is warned about.
 const READ_TOP_LEVEL: &[&str] = &[
     "cluster_name",
@@ -1984,6 +2068,30 @@ mod tests {
             !d.warnings.iter().any(|w| w.contains("num_tokens")),
             "unread keys are not ours"
         );
+    }
+
+    #[test]
+    fn merge_keys_are_applied_as_snakeyaml_does() {
+        let d = ok("listen_address: 10.0.0.1\n\
+                    client_encryption_options: &tls\n  keystore: /shared.p12\n  keystore_password: shared\n  \
+                    truststore: /shared-trust.p12\n\
+                    other: &strict {require_client_auth: true, keystore: /other.p12}\n\
+                    server_encryption_options:\n  <<: [*tls, *strict]\n  internode_encryption: none\n  \
+                    truststore: /own-trust.p12\n");
+        let t = tls(&d);
+        assert_eq!(
+            t["keystore"].as_str(),
+            Some("/shared.p12"),
+            "the first merged mapping wins"
+        );
+        assert_eq!(t["keystore_password"].as_str(), Some("shared"));
+        assert_eq!(
+            t["truststore"].as_str(),
+            Some("/own-trust.p12"),
+            "own keys win"
+        );
+        assert_eq!(t["require_client_auth"].as_bool(), Some(true));
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
     }
 
     #[test]
@@ -2363,6 +2471,7 @@ mod tests {
             Some("pw"),
             "inherited"
         );
+        assert_eq!(t["outbound_keystore_type"].as_str(), Some("jks"));
         assert!(
             d.notes
                 .iter()
@@ -2443,6 +2552,26 @@ mod tests {
         assert!(d.warnings[2].ends_with(
             "none of the listed suites can be used; ringseal's default suites are used"
         ));
+    }
+
+    #[test]
+    fn unknown_keys_are_warned_about_even_when_empty() {
+        let d = ok(
+            "listen_address: 10.0.0.1\nserver_encryption_options:\n  internode_encryption: none\n  \
+                    keystore:\n  algorithm: ~\n  ca_file:\n  trust_all: ~\n",
+        );
+        assert_eq!(
+            warned(&d),
+            [
+                "server_encryption_options.ca_file",
+                "server_encryption_options.trust_all"
+            ]
+        );
+        assert_eq!(
+            tls(&d)["keystore"].as_str(),
+            Some("/opt/cassandra/conf/.keystore"),
+            "null: the default"
+        );
     }
 
     #[test]
