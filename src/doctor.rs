@@ -164,8 +164,16 @@ fn days_left(t: SystemTime) -> i64 {
     }
 }
 
+/// Who asks: `check` gets everything; `run` logs the report at start-up, where our identity's expiry is
+/// already warned about by the reloader (at 30, 14, 7 and 1 days, and again after reloads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Check,
+    Startup,
+}
+
 /// Examines a loaded config.
-pub fn examine(config: &Config) -> Report {
+pub fn examine(config: &Config, purpose: Purpose) -> Report {
     let material = &config.tls.material;
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
@@ -212,7 +220,7 @@ pub fn examine(config: &Config) -> Report {
                 ));
             }
         }
-        warn_about_identity(config, role, leaf, rest, &mut warnings);
+        warn_about_identity(config, role, leaf, rest, purpose, &mut warnings);
         let mut chain = chain.into_iter();
         identities.push(Identity {
             source,
@@ -300,6 +308,7 @@ fn warn_about_identity(
     role: &str,
     leaf: &Cert,
     rest: &[Cert],
+    purpose: Purpose,
     warnings: &mut Vec<String>,
 ) {
     if leaf.version == 1 {
@@ -328,7 +337,7 @@ fn warn_about_identity(
             leaf.subject
         ));
     }
-    if leaf.days_left < EXPIRY_WARNING_DAYS {
+    if leaf.days_left < EXPIRY_WARNING_DAYS && purpose == Purpose::Check {
         warnings.push(format!(
             "{role} \"{}\" expires in {} days ({}); issue the next one now",
             leaf.subject, leaf.days_left, leaf.not_after

@@ -51,6 +51,15 @@ fn main() -> ExitCode {
                             tracing::info!("cassandra.yaml: {n}");
                         }
                     }
+                    // What `check` would warn about is worth a line at start-up too: an operator
+                    // who never runs `check` still learns that peers will refuse this node.
+                    let report = ringseal::doctor::examine(
+                        &loaded.config,
+                        ringseal::doctor::Purpose::Startup,
+                    );
+                    for w in report.warnings.iter().chain(&report.errors) {
+                        tracing::warn!("{w}");
+                    }
                     loaded.config
                 }
                 Err(e) => return config_error(&e),
@@ -69,7 +78,7 @@ fn main() -> ExitCode {
         Command::Check { sources, json } => match sources.sources().load() {
             Ok(loaded) => {
                 let c = &loaded.config;
-                let report = ringseal::doctor::examine(c);
+                let report = ringseal::doctor::examine(c, ringseal::doctor::Purpose::Check);
                 if json {
                     let mut value = serde_json::to_value(&report).expect("the report serializes");
                     if let Some(d) = &loaded.derived {

@@ -192,6 +192,12 @@ async fn seed_pki_runs_mutual_tls(jks: bool) {
     );
     let mut a = Proc::spawn(&[], &a_config, a_dir);
     let a_addr = address_after(&a.wait_for("listener on"), "listener on ");
+    // What `check` warns about is logged at start-up too.
+    assert!(
+        a.seen.iter().any(|l| l.contains("WARN") && l.contains("is an X.509 v1 certificate")),
+        "{}",
+        a.seen.join("\n")
+    );
 
     // node2: outbound to node1, keystore password from a file, truststore password from the environment.
     let b_dir = copy_dir(files.path());
