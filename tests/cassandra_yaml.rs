@@ -7,8 +7,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+mod common;
+
+use common::tools::{have, run};
 use ringseal::config::cassandra::{Derived, derive, derive_with_home, merge};
 use ringseal::config::{Config, FileConfig, Mode, Target};
 use ringseal::pki::files::{load_ca, write_ca, write_node};
@@ -514,35 +516,6 @@ fn load(home: &Path, yaml: &str) -> Config {
     file.validate(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn tool(dir: &Path, program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn have_keytool() -> bool {
-    let ok = Command::new("keytool")
-        .arg("-help")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "keytool (a JRE) is required in CI"
-        );
-        eprintln!("skipping: keytool (a JRE) is not installed");
-    }
-    ok
-}
-
 /// A cluster CA and node1 (127.0.0.1) in `home/ca` and `home/node`, as `ringseal certs` writes them.
 fn pki(home: &Path) {
     write_ca(
@@ -563,13 +536,13 @@ fn pki(home: &Path) {
 /// keytool commands of the tutorials, derived and loaded as `run` loads them.
 #[test]
 fn a_derived_config_loads_keytool_jks_stores_at_cassandra_s_default_paths() {
-    if !have_keytool() {
+    if !have(&["keytool"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     pki(home);
-    tool(
+    run(
         home,
         "keytool",
         &[
@@ -591,7 +564,7 @@ fn a_derived_config_loads_keytool_jks_stores_at_cassandra_s_default_paths() {
             "ks-pass",
         ],
     );
-    tool(
+    run(
         home,
         "keytool",
         &[

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::tools::have;
 use common::*;
 
 fn ringseal(args: &[&str]) -> Output {
@@ -23,18 +24,6 @@ fn tool(name: &str, args: &[&str], dir: &Path) -> Output {
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI");
-        eprintln!("skipping: {tool} is not installed");
-    }
-    ok
 }
 
 fn text(o: &Output) -> String {
@@ -66,7 +55,7 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn ca_and_node_files_verify_and_refuse_to_overwrite() {
-    if !have("openssl") || !have("keytool") {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -211,7 +200,7 @@ fn ca_and_node_files_verify_and_refuse_to_overwrite() {
 
 #[test]
 fn keytool_csr_is_signed_and_the_reply_installs() {
-    if !have("openssl") || !have("keytool") {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

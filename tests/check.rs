@@ -2,33 +2,12 @@
 //! report (text and `--json`), each warning the issue names, and the exit status (0 with warnings, 1 when
 //! our own chain does not verify against our trust store, 64 when the config cannot be loaded).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-fn have_openssl() -> bool {
-    let ok = Command::new("openssl").arg("version").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is required in CI"
-        );
-        eprintln!("skipping: openssl is not installed");
-    }
-    ok
-}
-
-fn sh(dir: &Path, script: &str) {
-    let out = Command::new("sh")
-        .args(["-ec", script])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::tools::{have, sh};
 
 struct Checked {
     code: Option<i32>,
@@ -86,7 +65,7 @@ fn config(extra_top: &str, tls_extra: &str, endpoint: bool) -> String {
 
 #[test]
 fn a_sound_pki_reports_every_field_and_no_warning() {
-    if !have_openssl() {
+    if !have(&["openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -126,7 +105,7 @@ fn a_sound_pki_reports_every_field_and_no_warning() {
 
 #[test]
 fn warnings_v1_no_ip_san_expiry_sha1_small_rsa_ou() {
-    if !have_openssl() {
+    if !have(&["openssl"]) {
         return;
     }
     // v1 leaf (no -extfile), SHA-1 signature, 10 days left, issued by an RSA 1024 CA.
@@ -164,7 +143,7 @@ fn warnings_v1_no_ip_san_expiry_sha1_small_rsa_ou() {
 
 #[test]
 fn chain_not_in_trust_store_is_an_error_and_json_says_so() {
-    if !have_openssl() {
+    if !have(&["openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -9,10 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+mod common;
 
 use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use common::tools::{have, run};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringseal::tls::jks::{self, Entry, Jks, JksError};
@@ -20,38 +23,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const PASS: &str = "changeit";
-
-fn have_tools() -> bool {
-    for tool in ["keytool", "openssl"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI");
-            eprintln!("skipping: {tool} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
-/// Runs a tool in `dir` with no standard input (keytool prompts otherwise), asserting success.
-fn run(dir: &Path, tool: &str, args: &[&str]) -> Output {
-    let out = Command::new(tool)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn keytool(dir: &Path, args: &[&str]) -> Output {
     run(dir, "keytool", args)
@@ -299,7 +270,7 @@ fn reseal(store: &mut [u8], password: &str) {
 
 #[test]
 fn rsa_and_ec_key_entries_decrypt_to_the_keys_keytool_made() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -324,7 +295,7 @@ fn rsa_and_ec_key_entries_decrypt_to_the_keys_keytool_made() {
 
 #[test]
 fn a_ca_signed_reply_makes_the_chain_leaf_first() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -399,7 +370,7 @@ fn a_ca_signed_reply_makes_the_chain_leaf_first() {
 
 #[test]
 fn truststore_entries_are_the_imported_certificates() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -445,7 +416,7 @@ fn truststore_entries_are_the_imported_certificates() {
 
 #[test]
 fn a_key_password_other_than_the_store_password_is_named() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -467,7 +438,7 @@ fn a_key_password_other_than_the_store_password_is_named() {
 
 #[test]
 fn a_wrong_store_password_is_reported_as_such() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -484,7 +455,7 @@ fn a_wrong_store_password_is_reported_as_such() {
 
 #[test]
 fn every_prefix_of_a_real_store_is_a_truncation_error() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -507,7 +478,7 @@ fn every_prefix_of_a_real_store_is_a_truncation_error() {
 
 #[test]
 fn every_single_byte_change_is_detected() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -530,7 +501,7 @@ fn every_single_byte_change_is_detected() {
 
 #[test]
 fn huge_declared_lengths_and_trailing_garbage_are_refused() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -560,7 +531,7 @@ fn huge_declared_lengths_and_trailing_garbage_are_refused() {
 
 #[test]
 fn pkcs12_jceks_pem_and_empty_files_are_not_jks() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -626,7 +597,7 @@ fn pkcs12_jceks_pem_and_empty_files_are_not_jks() {
 /// kind of outcome. A cheap, deterministic stand-in for `fuzz/` that runs in every `cargo test`.
 #[test]
 fn seeded_mutations_of_real_stores_never_panic() {
-    if !have_tools() {
+    if !have(&["keytool", "openssl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -5,46 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
+use common::tools::{have, run, sh};
 use common::*;
 
 /// The files of one test: a `ringseal certs` CA with node1 and node2, and keytool stores made from them.
 struct Stores {
     dir: tempfile::TempDir,
-}
-
-fn run(dir: &Path, program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn have_tools() -> bool {
-    let ok = ["openssl", "keytool"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl and keytool are required in CI"
-        );
-        eprintln!("skipping: openssl or keytool (a JRE) is not installed");
-    }
-    ok
 }
 
 impl Stores {
@@ -93,7 +62,7 @@ impl Stores {
     }
 
     fn sh(&self, command: &str) {
-        run(self.dir.path(), "sh", &["-c", command]);
+        sh(self.dir.path(), command);
     }
 
     /// `ringseal check` on a config with this `[tls]` body and one inbound listener.
@@ -152,7 +121,7 @@ fn keytool_truststore(s: &Stores, name: &str, storetype: &str) {
 
 #[test]
 fn formats_that_clusters_use_are_read() {
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let s = Stores::new();
@@ -211,7 +180,7 @@ fn formats_that_clusters_use_are_read() {
 
 #[test]
 fn wrong_password_names_the_file_and_the_key() {
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let s = Stores::new();
@@ -247,7 +216,7 @@ fn wrong_password_names_the_file_and_the_key() {
 
 #[test]
 fn truncated_and_corrupt_keystores_are_refused() {
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let s = Stores::new();
@@ -293,7 +262,7 @@ fn truncated_and_corrupt_keystores_are_refused() {
 
 #[test]
 fn keystore_entries_no_key_several_keys_alias() {
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let s = Stores::new();
@@ -335,7 +304,7 @@ fn keystore_entries_no_key_several_keys_alias() {
 
 #[test]
 fn empty_truststore_key_mismatch_expired_ca() {
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let s = Stores::new();
@@ -388,7 +357,7 @@ fn empty_truststore_key_mismatch_expired_ca() {
 async fn outbound_keystore_is_the_client_certificate() {
     use common::process::{Proc, address_after};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let s = Stores::new();
@@ -449,7 +418,7 @@ async fn keystore_reload_swaps_identity_and_keeps_it_on_a_wrong_password() {
     use common::process::{Proc, address_after};
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let s = Stores::new();

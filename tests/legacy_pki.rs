@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::process::{Proc, address_after};
+use common::tools::{have, sh};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -49,38 +50,6 @@ const COMMANDS: &[&str] = &[
     "keytool -keystore node2-server-keystore.jks -alias node2 -import -file node2_cert_signed -keypass awesomekeypass -storepass awesomekeypass",
     "keytool -keystore generic-server-truststore.jks -alias CARoot -importcert -file ca-cert -keypass mypass -storepass truststorepass -noprompt{jks}",
 ];
-
-fn sh(dir: &Path, command: &str) -> Output {
-    let out = Command::new("sh")
-        .args(["-c", command])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "`{command}` failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn have_tools() -> bool {
-    let ok = ["openssl", "keytool"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl and keytool are required in CI"
-        );
-        eprintln!("skipping: openssl or keytool (a JRE) is not installed");
-    }
-    ok
-}
 
 /// Runs the tutorial in a new directory; `jks`: with `-storetype JKS`.
 fn tutorial(jks: bool) -> tempfile::TempDir {
@@ -146,7 +115,7 @@ fn copy_dir(dir: &Path) -> tempfile::TempDir {
 }
 
 async fn seed_pki_runs_mutual_tls(jks: bool) {
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let files = tutorial(jks);
@@ -194,7 +163,9 @@ async fn seed_pki_runs_mutual_tls(jks: bool) {
     let a_addr = address_after(&a.wait_for("listener on"), "listener on ");
     // What `check` warns about is logged at start-up too.
     assert!(
-        a.seen.iter().any(|l| l.contains("WARN") && l.contains("is an X.509 v1 certificate")),
+        a.seen
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("is an X.509 v1 certificate")),
         "{}",
         a.seen.join("\n")
     );
@@ -256,7 +227,7 @@ async fn seed_tutorial_pki_with_storetype_jks() {
 /// the option on, the same peer gets through.
 #[tokio::test(flavor = "multi_thread")]
 async fn peer_v1_certificate_refused_unless_accepted() {
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let files = tutorial(false);
@@ -365,7 +336,7 @@ async fn peer_v1_certificate_refused_unless_accepted() {
 /// yaml cannot say (loopback test ports, accepting the tutorial's v1 certificates).
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_tutorial_cassandra_yaml_runs_as_is() {
-    if !have_tools() {
+    if !have(&["openssl", "keytool"]) {
         return;
     }
     let files = tutorial(true);

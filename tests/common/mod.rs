@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod stream;
+pub mod tools;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,45 @@
+//! The external tools tests drive (openssl, keytool, the ringseal binary): found or skipped (never
+//! skipped in CI), run with no standard input (keytool prompts otherwise), failing loudly with their
+//! output.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Whether every tool is installed. Outside CI a missing one skips the test, saying why; under CI
+/// (`CI` set) it fails it, because CI installs them.
+pub fn have(tools: &[&str]) -> bool {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI");
+            eprintln!("skipping: {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// Runs `program` in `dir`, asserting success.
+pub fn run(dir: &Path, program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a shell script (`sh -ec`) in `dir`, asserting success.
+pub fn sh(dir: &Path, script: &str) -> Output {
+    run(dir, "sh", &["-ec", script])
+}
