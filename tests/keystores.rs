@@ -65,6 +65,16 @@ impl Stores {
         sh(self.dir.path(), command);
     }
 
+    /// `keytool -importkeystore` of `node`'s PKCS#12 (from `ringseal certs`) into `dest` (added to it
+    /// when it exists), as `storetype`, keeping the alias and the password.
+    fn convert(&self, node: &str, dest: &str, storetype: &str) {
+        self.sh(&format!(
+            "keytool -importkeystore -noprompt -srckeystore {node}/{node}.p12 -srcstoretype PKCS12 \
+             -srcstorepass storepass1 -srcalias {node} -destkeystore {dest} -deststoretype {storetype} \
+             -deststorepass storepass1 -destalias {node}"
+        ));
+    }
+
     /// `ringseal check` on a config with this `[tls]` body and one inbound listener.
     fn check(&self, tls: &str) -> (Option<i32>, String, String) {
         self.check_env(tls, &[])
@@ -136,11 +146,7 @@ fn formats_that_clusters_use_are_read() {
     assert!(out.contains("CN=node1"), "{out}");
     // keytool -importkeystore to JKS and to PKCS#12 (JDK 17: AES-256/PBES2).
     for (file, storetype) in [("node1.jks", "JKS"), ("node1-keytool.p12", "PKCS12")] {
-        s.sh(&format!(
-            "keytool -importkeystore -noprompt -srckeystore node1/node1.p12 -srcstoretype PKCS12 \
-             -srcstorepass storepass1 -destkeystore {file} -deststoretype {storetype} \
-             -deststorepass storepass1"
-        ));
+        s.convert("node1", file, storetype);
         let out = s.accepted(&format!(
             "keystore = \"{file}\"\nkeystore_password = \"storepass1\"\n\
              truststore = \"trust.jks\"\ntruststore_password = \"trustpass7\""
@@ -185,10 +191,7 @@ fn wrong_password_names_the_file_and_the_key() {
     }
     let s = Stores::new();
     keytool_truststore(&s, "trust.jks", "JKS");
-    s.sh(
-        "keytool -importkeystore -noprompt -srckeystore node1/node1.p12 -srcstoretype PKCS12 \
-         -srcstorepass storepass1 -destkeystore node1.jks -deststoretype JKS -deststorepass storepass1",
-    );
+    s.convert("node1", "node1.jks", "JKS");
     let trust = "truststore = \"trust.jks\"\ntruststore_password = \"trustpass7\"";
     for (file, what) in [("node1/node1.p12", "PKCS#12"), ("node1.jks", "JKS")] {
         s.refused(
@@ -220,10 +223,7 @@ fn truncated_and_corrupt_keystores_are_refused() {
         return;
     }
     let s = Stores::new();
-    s.sh(
-        "keytool -importkeystore -noprompt -srckeystore node1/node1.p12 -srcstoretype PKCS12 \
-         -srcstorepass storepass1 -destkeystore node1.jks -deststoretype JKS -deststorepass storepass1",
-    );
+    s.convert("node1", "node1.jks", "JKS");
     for file in ["node1/node1.p12", "node1.jks"] {
         let bytes = std::fs::read(s.path(file)).unwrap();
         for (name, damaged) in [
@@ -246,10 +246,7 @@ fn truncated_and_corrupt_keystores_are_refused() {
         }
     }
     // A JCEKS store: refused with the conversion command.
-    s.sh(
-        "keytool -importkeystore -noprompt -srckeystore node1/node1.p12 -srcstoretype PKCS12 \
-         -srcstorepass storepass1 -destkeystore node1.jceks -deststoretype JCEKS -deststorepass storepass1",
-    );
+    s.convert("node1", "node1.jceks", "JCEKS");
     s.refused(
         "keystore = \"node1.jceks\"\nkeystore_password = \"storepass1\"\nca = \"ca/ca.crt\"",
         &[
@@ -275,11 +272,7 @@ fn keystore_entries_no_key_several_keys_alias() {
     // Two key entries: an alias is needed, and picks the right one.
     for (store, alias) in [("both.p12", "PKCS12"), ("both.jks", "JKS")] {
         for node in ["node1", "node2"] {
-            s.sh(&format!(
-                "keytool -importkeystore -noprompt -srckeystore {node}/{node}.p12 -srcstoretype PKCS12 \
-                 -srcstorepass storepass1 -srcalias {node} -destkeystore {store} -deststoretype {alias} \
-                 -deststorepass storepass1 -destalias {node}"
-            ));
+            s.convert(node, store, alias);
         }
         let base = format!(
             "keystore = \"{store}\"\nkeystore_password = \"storepass1\"\nca = \"ca/ca.crt\""
