@@ -32,6 +32,8 @@ pub enum KeyType {
     EcdsaP256,
     Rsa2048,
     Rsa4096,
+    /// Ed25519: the smallest keys and signatures (rustls, OpenSSL 1.1.1+; Java only from 15 on).
+    Ed25519,
 }
 
 impl KeyType {
@@ -44,6 +46,7 @@ impl KeyType {
             Self::Rsa4096 => {
                 KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
             }
+            Self::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
         }
     }
 }
