@@ -17,6 +17,7 @@
 //! * [`pki`]: `ringseal certs` (cluster CA, node certificates, CSR signing) and the demo's certificates.
 //! * [`doctor`]: `ringseal check`, the PKI report and its warnings.
 //! * [`demo`]: `ringseal demo`, the whole thing on loopback with a live summary.
+//! * [`bench`]: `ringseal bench`, ringseal and stunnel/HAProxy/nginx sidecar pairs measured side by side.
 //!
 //! [`Server::bind`] then [`Server::serve`] (or [`run`]) is the whole sidecar; `main` only parses the
 //! command line and config and calls it.
@@ -24,6 +25,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

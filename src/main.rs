@@ -26,7 +26,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(matches!(cli.command, Command::Demo { .. }));
+    init_logging(matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Bench(_)
+    ));
     // Every relayed connection holds two descriptors; the default soft limit (often 1024) would cap a
     // busy node far below limits.max_connections. The hard limit is the administrator's decision.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -174,6 +177,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Bench(args) => match runtime.block_on(ringseal::bench::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: bench failed: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Demo { duration } => runtime.block_on(async {

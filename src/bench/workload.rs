@@ -1,0 +1,501 @@
+//! The load generator: a backend standing in for the storage port, and the clients that drive a
+//! pair. Plain TCP on the plaintext sides (tokio), rustls where the driver speaks TLS itself.
+//!
+//! Wire protocol with the backend (the proxies just relay it): the first byte picks the mode.
+//! `S` + a u64 length (big-endian): the backend reads exactly that many bytes, then answers one byte,
+//! so the sender knows everything arrived without relying on half-close (which the proxies treat
+//! differently). `E`: echo everything until EOF. A connection that sends nothing (openssl s_time)
+//! is simply closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::anchors::{Certs, Pair};
+use super::{Group, Suite};
+
+const SINK: u8 = b'S';
+const ECHO: u8 = b'E';
+/// The sender's and the sink's buffer: large, like iperf3's default 128 KiB, so the load
+/// generator's own syscalls stay a small part of the machine's work.
+const BULK_BUFFER: usize = 256 * 1024;
+/// Ping-pong message size.
+const PING: usize = 1024;
+/// Round trips before the ping-pong starts recording (connection setup, lazily grown buffers).
+const PING_WARMUP: usize = 200;
+/// Connections in flight in the handshake tests: enough to keep both cores busy whichever side is
+/// the bottleneck; more would only queue.
+pub const HANDSHAKE_WORKERS: usize = 4;
+/// Idle connections opened at once in the memory test.
+const IDLE_PARALLEL: usize = 64;
+/// Deadline for one connection's setup and first round trip (a wedged proxy must not hang the bench).
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The storage-port stand-in: sink or echo per connection, counting open connections.
+pub struct Backend {
+    pub addr: SocketAddr,
+    active: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl Backend {
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let active = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (count, halt) = (active.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = halt.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((conn, _)) = accepted else {
+                    // Out of descriptors under the memory test: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+                let (count, halt) = (count.clone(), halt.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = halt.cancelled() => {}
+                        _ = serve(conn) => {}
+                    }
+                    count.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        });
+        Ok(Self { addr, active, stop })
+    }
+
+    /// Connections currently open at the backend.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until no connection is open at the backend.
+    pub async fn wait_idle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.active() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn serve(mut conn: TcpStream) -> std::io::Result<()> {
+    let _ = conn.set_nodelay(true);
+    let mut mode = [0u8; 1];
+    if conn.read(&mut mode).await? == 0 {
+        return Ok(());
+    }
+    match mode[0] {
+        SINK => {
+            let mut left = conn.read_u64().await?;
+            let mut buf = vec![0u8; BULK_BUFFER];
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = conn.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    return Ok(()); // truncated: the sender sees no acknowledgement
+                }
+                left -= n as u64;
+            }
+            conn.write_all(&[1]).await?;
+            // Until the sender closes.
+            while conn.read(&mut buf).await? > 0 {}
+        }
+        ECHO => {
+            // Small buffer: an idle echo connection should cost the backend little.
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = conn.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                conn.write_all(&buf[..n]).await?;
+            }
+        }
+        _ => {}
+    }
+    let _ = conn.shutdown().await;
+    Ok(())
+}
+
+/// Streams `bytes` through `entry` on one connection; returns the time from connect until the
+/// backend acknowledged the last byte.
+pub async fn bulk(entry: SocketAddr, bytes: u64) -> anyhow::Result<Duration> {
+    // Generous: even 20 MB/s would finish; a stalled pair fails instead of hanging.
+    let limit = Duration::from_secs(30 + bytes / 20_000_000);
+    tokio::time::timeout(limit, async {
+        let started = Instant::now();
+        let mut conn = TcpStream::connect(entry)
+            .await
+            .with_context(|| format!("connecting {entry}"))?;
+        let mut header = [0u8; 9];
+        header[0] = SINK;
+        header[1..].copy_from_slice(&bytes.to_be_bytes());
+        conn.write_all(&header).await?;
+        // Not all zeros (nothing compresses in TLS, but keep the data honest anyway).
+        let chunk: Vec<u8> = (0..BULK_BUFFER)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut left = bytes;
+        while left > 0 {
+            let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            conn.write_all(&chunk[..n])
+                .await
+                .context("sending the bulk stream")?;
+            left -= n as u64;
+        }
+        let mut ack = [0u8; 1];
+        conn.read_exact(&mut ack).await.context(
+            "no acknowledgement from the backend: the pair lost or truncated the stream",
+        )?;
+        Ok(started.elapsed())
+    })
+    .await
+    .with_context(|| format!("the transfer did not finish within {}s", limit.as_secs()))?
+}
+
+/// 1 KiB ping-pong on one connection for `duration`; returns the round trips in microseconds.
+pub async fn pingpong(entry: SocketAddr, duration: Duration) -> anyhow::Result<Vec<f64>> {
+    let mut conn = tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect(entry))
+        .await
+        .context("connect timed out")?
+        .with_context(|| format!("connecting {entry}"))?;
+    conn.set_nodelay(true)?;
+    conn.write_all(&[ECHO]).await?;
+    let out = [0x5au8; PING];
+    let mut back = [0u8; PING];
+    let mut rtts = Vec::with_capacity(64 * 1024);
+    let mut i = 0usize;
+    let mut started = None;
+    loop {
+        let t = Instant::now();
+        let round = async {
+            conn.write_all(&out).await?;
+            conn.read_exact(&mut back).await
+        };
+        tokio::time::timeout(CONNECT_DEADLINE, round)
+            .await
+            .context("a round trip took more than 10s")?
+            .context("ping-pong")?;
+        let rtt = t.elapsed();
+        i += 1;
+        if i <= PING_WARMUP {
+            continue;
+        }
+        let s = *started.get_or_insert(t);
+        rtts.push(rtt.as_secs_f64() * 1e6);
+        if s.elapsed() >= duration || rtts.len() >= 2_000_000 {
+            break;
+        }
+    }
+    anyhow::ensure!(back == out, "the echo differs from what was sent");
+    Ok(rtts)
+}
+
+/// The `q` quantile (0..=1) by nearest rank; `samples` need not be sorted.
+pub fn percentile(samples: &[f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// One connection through the pair that proves the whole path: plaintext in, a full mutual
+/// handshake between the proxies, plaintext out to the backend, and one byte back.
+async fn round_trip(entry: SocketAddr) -> anyhow::Result<TcpStream> {
+    tokio::time::timeout(CONNECT_DEADLINE, async {
+        let mut conn = TcpStream::connect(entry).await?;
+        conn.set_nodelay(true)?;
+        conn.write_all(&[ECHO, 0x2a]).await?;
+        let mut b = [0u8; 1];
+        conn.read_exact(&mut b).await?;
+        anyhow::ensure!(b[0] == 0x2a, "wrong byte echoed");
+        Ok(conn)
+    })
+    .await
+    .context("no echo within 10s")?
+}
+
+/// New connections through the pair for `duration` with `workers` in flight; returns how many
+/// completed. Fails if none did, or if more than a tenth failed (the pair is refusing).
+pub async fn churn(entry: SocketAddr, duration: Duration, workers: usize) -> anyhow::Result<u64> {
+    run_workers(duration, workers, move || async move {
+        round_trip(entry).await.map(drop)
+    })
+    .await
+}
+
+/// A client config that offers exactly one suite and one key exchange group, with the node
+/// certificate for client authentication and no resumption (every connection a full handshake).
+pub fn tls_client(certs: &Certs, suite: &Suite, group: Group) -> anyhow::Result<Arc<ClientConfig>> {
+    let base = crate::tls::provider();
+    let cs = base
+        .cipher_suites
+        .iter()
+        .find(|s| crate::tls::suites::iana_name(**s) == suite.iana)
+        .copied()
+        .with_context(|| format!("{} is not in the crypto provider", suite.iana))?;
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![cs],
+        kx_groups: vec![group.rustls()],
+        ..(*base).clone()
+    };
+    let mut roots = RootCertStore::empty();
+    roots.add(certs.ca_der.clone())?;
+    let version = if suite.tls13 {
+        &rustls::version::TLS13
+    } else {
+        &rustls::version::TLS12
+    };
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![certs.node.cert_der.clone()], certs.node.key())?;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// Full mutual TLS handshakes straight to an inbound side (`tls`), each followed by one echoed
+/// byte (the server has verified us and connected its backend), then close_notify.
+pub async fn tls_churn(
+    tls: SocketAddr,
+    config: Arc<ClientConfig>,
+    duration: Duration,
+    workers: usize,
+) -> anyhow::Result<u64> {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    run_workers(duration, workers, move || {
+        let connector = connector.clone();
+        async move {
+            tokio::time::timeout(CONNECT_DEADLINE, async {
+                let tcp = TcpStream::connect(tls).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::IpAddress(tls.ip().into());
+                let mut s = connector.connect(name, tcp).await?;
+                s.write_all(&[ECHO, 0x2a]).await?;
+                s.flush().await?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await?;
+                s.shutdown().await?;
+                anyhow::Ok(())
+            })
+            .await
+            .context("no echo within 10s")?
+        }
+    })
+    .await
+}
+
+async fn run_workers<F, Fut>(duration: Duration, workers: usize, one: F) -> anyhow::Result<u64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let deadline = Instant::now() + duration;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let one = one.clone();
+        set.spawn(async move {
+            let (mut ok, mut failed, mut first) = (0u64, 0u64, None);
+            while Instant::now() < deadline {
+                match one().await {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        failed += 1;
+                        first.get_or_insert(e);
+                        if ok == 0 && failed >= 3 {
+                            break; // refused outright: no point hammering
+                        }
+                    }
+                }
+            }
+            (ok, failed, first)
+        });
+    }
+    let (mut ok, mut failed, mut first) = (0, 0, None);
+    while let Some(r) = set.join_next().await {
+        let (o, f, e) = r.context("a handshake worker panicked")?;
+        ok += o;
+        failed += f;
+        if first.is_none() {
+            first = e;
+        }
+    }
+    if let Some(e) = first
+        && (ok == 0 || failed * 10 > ok)
+    {
+        return Err(e.context(format!("{failed} of {} connections failed", ok + failed)));
+    }
+    Ok(ok)
+}
+
+/// `openssl s_time -new` with the node certificate as client certificate against an inbound side,
+/// for `duration` (whole seconds, at least one); returns the number of connections it made.
+pub async fn s_time(
+    tls: SocketAddr,
+    certs: &Certs,
+    suite: &Suite,
+    duration: Duration,
+) -> anyhow::Result<u64> {
+    let secs = duration.as_secs().max(1);
+    let mut cmd = tokio::process::Command::new("openssl");
+    cmd.arg("s_time")
+        .arg("-connect")
+        .arg(tls.to_string())
+        .arg("-new")
+        .arg("-cert")
+        .arg(&certs.cert)
+        .arg("-key")
+        .arg(&certs.key)
+        .arg("-CAfile")
+        .arg(&certs.ca)
+        .arg("-time")
+        .arg(secs.to_string());
+    if suite.tls13 {
+        cmd.arg("-tls1_3").arg("-ciphersuites").arg(suite.openssl);
+    } else {
+        cmd.arg("-tls1_2").arg("-cipher").arg(suite.openssl);
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(secs + 30), cmd.output())
+        .await
+        .context("openssl s_time did not finish")?
+        .context("running openssl s_time")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "1234 connections in 0.85s; 1451.76 connections/user sec, bytes read 0"
+    let n = text
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.trim().split_once(' ')?;
+            rest.starts_with("connections in")
+                .then(|| n.parse::<u64>().ok())?
+        })
+        .with_context(|| {
+            format!(
+                "openssl s_time ({}) printed no connection count: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            )
+        })?;
+    anyhow::ensure!(
+        n > 0,
+        "openssl s_time made no connection: {}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .unwrap_or("")
+    );
+    Ok(n)
+}
+
+/// Memory per idle connection of each side, in KiB.
+pub struct IdleMemory {
+    pub outbound: f64,
+    pub inbound: f64,
+}
+
+/// Opens `n` connections through the pair (each proven with one echoed byte), lets them sit, and
+/// compares the proxies' resident memory with what it was before.
+pub async fn idle_memory(pair: &Pair, backend: &Backend, n: usize) -> anyhow::Result<IdleMemory> {
+    // Warm-up: whatever a proxy allocates once (pools, lazily built TLS contexts) is not per
+    // connection.
+    drop(open_idle(pair.entry, IDLE_PARALLEL.min(n)).await?);
+    backend.wait_idle(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = pair.rss();
+    let conns = open_idle(pair.entry, n).await?;
+    // Let deferred work (buffers released after the first exchange) settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = pair.rss();
+    anyhow::ensure!(
+        backend.active() >= n,
+        "only {} of {n} connections reached the backend",
+        backend.active()
+    );
+    drop(conns);
+    let per = |a: u64, b: u64| (a as f64 - b as f64) / 1024.0 / n as f64;
+    Ok(IdleMemory {
+        outbound: per(after.0, before.0),
+        inbound: per(after.1, before.1),
+    })
+}
+
+/// Opens `n` connections through `entry`, `IDLE_PARALLEL` at a time.
+async fn open_idle(entry: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
+    let mut conns = Vec::with_capacity(n);
+    let mut set = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while conns.len() < n {
+        while started < n && set.len() < IDLE_PARALLEL {
+            set.spawn(round_trip(entry));
+            started += 1;
+        }
+        match set.join_next().await {
+            Some(Ok(Ok(c))) => conns.push(c),
+            Some(Ok(Err(e))) => {
+                return Err(e.context(format!(
+                    "opening idle connection {} of {n}",
+                    conns.len() + 1
+                )));
+            }
+            Some(Err(e)) => anyhow::bail!("a connecting task failed: {e}"),
+            None => break,
+        }
+    }
+    Ok(conns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+    }
+
+    #[tokio::test]
+    async fn backend_sinks_and_echoes() {
+        let b = Backend::start().await.unwrap();
+        let t = bulk(b.addr, 3 << 20).await.unwrap();
+        assert!(t > Duration::ZERO);
+        let rtts = pingpong(b.addr, Duration::from_millis(50)).await.unwrap();
+        assert!(!rtts.is_empty());
+        let n = churn(b.addr, Duration::from_millis(50), 2).await.unwrap();
+        assert!(n > 0);
+        let conns = open_idle(b.addr, 10).await.unwrap();
+        assert_eq!(conns.len(), 10);
+        drop(conns);
+        b.wait_idle(Duration::from_secs(5)).await;
+        assert_eq!(b.active(), 0);
+    }
+}

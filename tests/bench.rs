@@ -1,0 +1,308 @@
+//! `ringseal bench` end to end: the real binary starts real sidecar pairs (its own, and with
+//! `--compare` stunnel's, HAProxy's and nginx's) on loopback. Only the structure of the output is
+//! checked (table rows, JSON, CSV, SVG), never a figure: timing belongs to benchmarks, not tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const TESTS: [&str; 6] = ["bulk", "latency", "handshake", "kx", "s_time", "memory"];
+
+struct Run {
+    stdout: String,
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn json(&self) -> Value {
+        let text = std::fs::read_to_string(self.path("bench.json")).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bench.json: {e}\n{text}"))
+    }
+}
+
+/// `ringseal bench --quick ARGS --json=DIR/bench.json --csv=DIR/bench.csv --plot DIR/bench.svg`.
+fn bench(args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringseal"))
+        .arg("bench")
+        .arg("--quick")
+        .args(args)
+        .arg(format!("--json={}", d.join("bench.json").display()))
+        .arg(format!("--csv={}", d.join("bench.csv").display()))
+        .arg("--plot")
+        .arg(d.join("bench.svg"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ringseal bench failed ({}):\n{stderr}\n{stdout}",
+        out.status
+    );
+    // The progress indicator goes to stderr, the table to stdout.
+    assert!(
+        stderr.contains("measured "),
+        "no progress summary:\n{stderr}"
+    );
+    Run { stdout, dir }
+}
+
+fn results<'a>(doc: &'a Value, peer: &str) -> impl Iterator<Item = &'a Value> + use<'a> {
+    let peer = peer.to_owned();
+    doc["results"]
+        .as_array()
+        .expect("results is an array")
+        .iter()
+        .filter(move |r| r["peer"] == peer.as_str())
+}
+
+/// The result of `peer` for `test` and `metric` (and `group` for the kx test).
+fn find<'a>(
+    doc: &'a Value,
+    peer: &str,
+    test: &str,
+    metric: &str,
+    group: Option<&str>,
+) -> &'a Value {
+    results(doc, peer)
+        .find(|r| {
+            r["test"] == test && r["metric"] == metric && group.is_none_or(|g| r["group"] == g)
+        })
+        .unwrap_or_else(|| panic!("no {peer} {test} {metric} {group:?} result"))
+}
+
+fn median(r: &Value) -> f64 {
+    r["median"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no median in {r}"))
+}
+
+/// Every metric an anchor must deliver when it runs at all (X25519MLKEM768 is not among them:
+/// OpenSSL 3.0 has no ML-KEM).
+const ESSENTIAL: [(&str, &str, Option<&str>); 9] = [
+    ("bulk", "gbit_per_s", None),
+    ("bulk", "proxy_cpu_s_per_gb", None),
+    ("latency", "added_latency_p99_us", None),
+    ("handshake", "handshakes_per_s", None),
+    ("handshake", "inbound_cpu_ms_per_handshake", None),
+    ("kx", "server_cpu_ms_per_handshake", Some("X25519")),
+    ("kx", "server_cpu_ms_per_handshake", Some("secp256r1")),
+    ("s_time", "server_cpu_ms_per_handshake", None),
+    ("memory", "pair_kib_per_idle_connection", None),
+];
+
+#[test]
+fn quick_run_prints_table_json_csv_and_svg() {
+    let run = bench(&[]);
+
+    // The table: a section per test, a row per metric, ringseal's column.
+    let t = &run.stdout;
+    for needle in [
+        "ringseal bench, ",
+        "Bulk transfer: one connection",
+        "Gbit/s",
+        "proxy CPU-s/GB",
+        "added p50 µs",
+        "added p99 µs",
+        "handshakes/s",
+        "outbound CPU ms/hs",
+        "server CPU ms/hs",
+        "X25519MLKEM768",
+        "openssl s_time",
+        "pair KiB/conn",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "ed25519",
+        "direct",
+    ] {
+        assert!(t.contains(needle), "no {needle:?} in the table:\n{t}");
+    }
+    let header = t
+        .lines()
+        .find(|l| l.trim_start().starts_with("ringseal") && l.contains("direct"))
+        .unwrap_or_else(|| panic!("no column header with ringseal and direct:\n{t}"));
+    assert!(
+        !header.contains("haproxy"),
+        "no anchor was asked for: {header}"
+    );
+
+    // JSON: the machine and date, and a ringseal result for every test.
+    let doc = run.json();
+    let meta = &doc["meta"];
+    for k in ["date", "cpu", "kernel", "load_average_at_start", "build"] {
+        assert!(meta[k].is_string(), "meta.{k} missing: {meta}");
+    }
+    assert!(meta["cores"].as_u64().unwrap() >= 1);
+    assert_eq!(meta["quick"], true);
+    for test in TESTS {
+        assert!(
+            results(&doc, "ringseal").any(|r| r["test"] == test && r["median"].is_number()),
+            "no ringseal {test} result with a median"
+        );
+    }
+    for (test, metric, group) in ESSENTIAL {
+        let r = find(&doc, "ringseal", test, metric, group);
+        assert!(r["note"].is_null(), "{test} {metric}: {}", r["note"]);
+        assert!(median(r).is_finite());
+        assert!(
+            r["ratio_ringseal_to_peer"].is_null(),
+            "no ratio against itself"
+        );
+    }
+    assert!(median(find(&doc, "ringseal", "bulk", "gbit_per_s", None)) > 0.0);
+    assert!(
+        median(find(
+            &doc,
+            "ringseal",
+            "handshake",
+            "handshakes_per_s",
+            None
+        )) > 0.0
+    );
+    // ringseal (rustls) offers the post-quantum hybrid.
+    let pq = find(
+        &doc,
+        "ringseal",
+        "kx",
+        "handshakes_per_s",
+        Some("X25519MLKEM768"),
+    );
+    assert!(median(pq) > 0.0);
+    assert!(median(find(&doc, "direct", "bulk", "gbit_per_s", None)) > 0.0);
+
+    // CSV: a comment with the machine, the header, and rows that all have the header's fields.
+    let csv = std::fs::read_to_string(run.path("bench.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("# ringseal bench "));
+    assert_eq!(
+        lines.next().unwrap(),
+        "test,suite,protocol,key_type,group,metric,unit,peer,median,runs,ratio_ringseal_to_peer,note"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), doc["results"].as_array().unwrap().len());
+    for r in &rows {
+        assert!(r.split(',').count() >= 12, "short CSV row {r:?}");
+    }
+    assert!(rows.iter().any(|r| r.starts_with(
+        "bulk,TLS_AES_128_GCM_SHA256,TLSv1.3,ecdsa-p256,,gbit_per_s,Gbit/s,ringseal,"
+    )));
+
+    // SVG: well-formed, ringseal's series in every panel.
+    let svg = std::fs::read_to_string(run.path("bench.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("bench.svg: {e}"));
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let series = |class: &str| -> Vec<String> {
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some(class))
+            .filter_map(|n| n.attribute("data-series").map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(series("legend"), ["ringseal"]);
+    let panels: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("panel"))
+        .collect();
+    assert_eq!(
+        panels.len(),
+        6,
+        "bulk, CPU, latency, handshakes, kx, memory"
+    );
+    for p in &panels {
+        assert!(
+            p.descendants().any(|n| n.attribute("class") == Some("bar")
+                && n.attribute("data-series") == Some("ringseal")
+                && n.attribute("data-value")
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some()),
+            "a panel without a ringseal bar"
+        );
+    }
+}
+
+/// Where an anchor's binary is, if installed (root's PATH has sbin, a user's may not).
+fn installed(bin: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|d| d.join(bin).is_file())
+}
+
+#[test]
+fn compare_runs_stunnel_haproxy_and_nginx_in_the_same_run() {
+    let mut missing = Vec::new();
+    for (bin, package) in [
+        ("stunnel4", "stunnel4"),
+        ("haproxy", "haproxy"),
+        ("nginx", "nginx"),
+    ] {
+        if !installed(bin) {
+            missing.push(package);
+        }
+    }
+    if !Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists() {
+        missing.push("libnginx-mod-stream");
+    }
+    if !missing.is_empty() {
+        let why = format!(
+            "not installed: {} (apt-get install them)",
+            missing.join(" ")
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must run the anchors; {why}");
+        }
+        eprintln!("skipping the --compare test: {why}");
+        return;
+    }
+    let run = bench(&["--compare", "stunnel,haproxy,nginx"]);
+    let doc = run.json();
+    let versions = &doc["meta"]["versions"];
+    for anchor in ["haproxy", "stunnel", "nginx"] {
+        assert!(
+            versions[anchor].is_string(),
+            "no {anchor} version: {versions}"
+        );
+        for (test, metric, group) in ESSENTIAL {
+            let r = find(&doc, anchor, test, metric, group);
+            assert!(
+                r["note"].is_null() && r["median"].is_number(),
+                "{anchor} {test} {metric} {group:?}: {r}"
+            );
+            assert!(
+                r["ratio_ringseal_to_peer"].is_number(),
+                "{anchor} {test} {metric}: no ratio against ringseal"
+            );
+        }
+        // Both TLS 1.2 and TLS 1.3 configs of the anchor worked.
+        let tls12 = results(&doc, anchor).find(|r| {
+            r["test"] == "bulk" && r["protocol"] == "TLSv1.2" && r["metric"] == "gbit_per_s"
+        });
+        assert!(
+            tls12.is_some_and(|r| r["median"].is_number()),
+            "{anchor}: no TLS 1.2 bulk result"
+        );
+    }
+    // The table has a column per peer and ratios.
+    let t = &run.stdout;
+    let header = t
+        .lines()
+        .find(|l| l.trim_start().starts_with("ringseal") && l.contains("haproxy"))
+        .unwrap_or_else(|| panic!("no column header:\n{t}"));
+    for peer in ["stunnel", "nginx", "direct"] {
+        assert!(header.contains(peer), "no {peer} column: {header}");
+    }
+    assert!(t.contains("x)"), "no ratio in the table:\n{t}");
+    let svg = std::fs::read_to_string(run.path("bench.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let legend: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("legend"))
+        .filter_map(|n| n.attribute("data-series"))
+        .collect();
+    assert_eq!(legend, ["ringseal", "haproxy", "stunnel", "nginx"]);
+}
