@@ -1,0 +1,149 @@
+//! Shared by the criterion benches: a test PKI per key type, ringseal's own server configuration
+//! (the verifier it really runs), clients restricted to one suite and one key exchange group, and
+//! in-memory TLS (no sockets: crypto and protocol work only).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use ringseal::config::TlsSettings;
+use ringseal::pki::{Ca, Identity, KeyType, NodeSpec};
+use ringseal::tls::material::TlsMaterial;
+use ringseal::tls::verify::{AllowList, PeerPolicy};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::pki_types::ServerName;
+use rustls::{
+    ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
+    SupportedCipherSuite,
+};
+
+/// A CA and a node certificate (127.0.0.1), both of `key` type.
+pub struct Pki {
+    pub ca: Ca,
+    pub node: Identity,
+}
+
+impl Pki {
+    pub fn new(key: KeyType) -> Self {
+        let ca = Ca::create("BenchCluster", key, 30).unwrap();
+        let mut spec = NodeSpec::new("node1", &[std::net::Ipv4Addr::LOCALHOST.into()]);
+        spec.key = key;
+        let node = ca.issue(&spec).unwrap();
+        Self { ca, node }
+    }
+
+    /// ringseal's inbound server configuration (client certificate required, its verifier),
+    /// restricted to `suite`.
+    pub fn server(&self, suite: SupportedCipherSuite) -> Arc<ServerConfig> {
+        let mut settings = TlsSettings::from_material(
+            TlsMaterial::from_der(
+                vec![self.node.cert_der.clone()],
+                self.node.key(),
+                vec![self.ca.cert_der.clone()],
+                None,
+            )
+            .unwrap(),
+        );
+        settings.versions = vec![suite.version()];
+        settings.suites = vec![suite];
+        let provider = ringseal::tls::provider_for(&settings);
+        let verifier = ringseal::tls::client_verifier(
+            &settings,
+            provider.clone(),
+            Arc::new(PeerPolicy {
+                allow: AllowList::default(),
+            }),
+        );
+        ringseal::tls::server_config(&settings, provider, Arc::new(verifier))
+    }
+
+    /// A client presenting the node certificate, offering only `suite` and `group`.
+    pub fn client(
+        &self,
+        suite: SupportedCipherSuite,
+        group: &'static dyn SupportedKxGroup,
+    ) -> Arc<ClientConfig> {
+        let provider = CryptoProvider {
+            cipher_suites: vec![suite],
+            kx_groups: vec![group],
+            ..(*ringseal::tls::provider()).clone()
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.cert_der.clone()).unwrap();
+        let mut c = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[suite.version()])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![self.node.cert_der.clone()], self.node.key())
+            .unwrap();
+        c.resumption = rustls::client::Resumption::disabled();
+        Arc::new(c)
+    }
+}
+
+/// The provider's suite with this IANA name.
+pub fn suite(iana: &str) -> SupportedCipherSuite {
+    ringseal::tls::provider()
+        .cipher_suites
+        .iter()
+        .copied()
+        .find(|s| ringseal::tls::suites::iana_name(*s) == iana)
+        .unwrap_or_else(|| panic!("{iana} not in the provider"))
+}
+
+/// A full mutual handshake, in memory; returns both ends, ready for data.
+pub fn handshake(
+    client: &Arc<ClientConfig>,
+    server: &Arc<ServerConfig>,
+) -> (Connection, Connection) {
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut c = Connection::Client(ClientConnection::new(client.clone(), name).unwrap());
+    let mut s = Connection::Server(ServerConnection::new(server.clone()).unwrap());
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while c.is_handshaking() || s.is_handshaking() {
+        buf.clear();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        buf.clear();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+    }
+    (c, s)
+}
+
+/// Moves `data` from `tx` to `rx` through TLS records (encrypt, then decrypt), with rustls' default
+/// buffer limits, as a relay would.
+pub fn pump(
+    tx: &mut Connection,
+    rx: &mut Connection,
+    data: &[u8],
+    wire: &mut Vec<u8>,
+    sink: &mut [u8],
+) {
+    let (mut sent, mut got) = (0, 0);
+    while got < data.len() {
+        if sent < data.len() {
+            sent += tx.writer().write(&data[sent..]).unwrap();
+        }
+        wire.clear();
+        while tx.wants_write() {
+            tx.write_tls(wire).unwrap();
+        }
+        let mut rd = wire.as_slice();
+        while !rd.is_empty() {
+            rx.read_tls(&mut rd).unwrap();
+            rx.process_new_packets().unwrap();
+            loop {
+                match rx.reader().read(sink) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("reading plaintext: {e}"),
+                }
+            }
+        }
+    }
+    assert_eq!(got, data.len());
+}
