@@ -524,11 +524,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(v) = &openssl {
         versions.insert("openssl".to_owned(), v.clone());
     }
-    let connections = anchors::raise_fd_limit(opts.connections);
+    let mut connections = anchors::raise_fd_limit(opts.connections);
     if connections < opts.connections {
         eprintln!(
-            "the open-file limit allows only {connections} idle connections (not {}); raise it (ulimit -Hn) or run as root",
+            "the open-file limit ({}) allows {connections} idle connections (two descriptors each, in this \
+             process and in every proxy), not {}: measuring memory at {connections} (raising the hard limit \
+             needs CAP_SYS_RESOURCE)",
+            anchors::fd_limit(),
             opts.connections
+        );
+    }
+    if peers.contains(&Peer::Stunnel) && connections > anchors::stunnel_max_clients() {
+        connections = anchors::stunnel_max_clients();
+        eprintln!(
+            "stunnel serves at most 125/256 of its open-file limit ({}): measuring memory at {connections} \
+             connections for every peer",
+            anchors::fd_limit()
         );
     }
     let mut results = Results::new(report::Meta::collect(&opts, connections, versions));
@@ -652,7 +663,7 @@ async fn run_setup(
             suite: setup.suite,
             certs: certs.clone(),
             backend: ctx.backend,
-            max_connections: ctx.connections + 1000,
+            max_connections: ctx.connections + 64,
         };
         match Pair::start(peer, &spec) {
             Ok(p) => pairs.push((peer, Some(p))),
@@ -991,7 +1002,7 @@ async fn run_memory(
                 suite,
                 certs: certs.clone(),
                 backend: ctx.backend,
-                max_connections: n + 1000,
+                max_connections: n + 64,
             };
             let r = async {
                 let pair = Pair::start(peer, &spec)?;
