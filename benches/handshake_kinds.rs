@@ -36,6 +36,11 @@ fn bench(c: &mut Criterion) {
         ("X25519MLKEM768", kx_group::X25519MLKEM768),
     ] {
         let client = pki.client(suite, group);
+        let (c, _) = common::handshake(&client, &server);
+        assert_eq!(
+            c.negotiated_key_exchange_group().map(|k| k.name()),
+            Some(group.name())
+        );
         g.bench_function(name, |b| b.iter(|| common::handshake(&client, &server)));
     }
     g.finish();

@@ -101,16 +101,24 @@ pub fn handshake(
     let mut s = Connection::Server(ServerConnection::new(server.clone()).unwrap());
     let mut buf = Vec::with_capacity(16 * 1024);
     while c.is_handshaking() || s.is_handshaking() {
-        buf.clear();
-        c.write_tls(&mut buf).unwrap();
-        s.read_tls(&mut buf.as_slice()).unwrap();
-        s.process_new_packets().unwrap();
-        buf.clear();
-        s.write_tls(&mut buf).unwrap();
-        c.read_tls(&mut buf.as_slice()).unwrap();
-        c.process_new_packets().unwrap();
+        flight(&mut c, &mut s, &mut buf);
+        flight(&mut s, &mut c, &mut buf);
     }
     (c, s)
+}
+
+/// Everything `tx` has to send, delivered to `rx` and processed. `read_tls` takes at most a few KiB
+/// per call (an RSA certificate flight is more), and must not see an empty read, which means EOF.
+fn flight(tx: &mut Connection, rx: &mut Connection, buf: &mut Vec<u8>) {
+    buf.clear();
+    while tx.wants_write() {
+        tx.write_tls(buf).unwrap();
+    }
+    let mut rd = buf.as_slice();
+    while !rd.is_empty() {
+        rx.read_tls(&mut rd).unwrap();
+        rx.process_new_packets().unwrap();
+    }
 }
 
 /// Moves `data` from `tx` to `rx` through TLS records (encrypt, then decrypt), with rustls' default
