@@ -273,9 +273,16 @@ fn compare_runs_stunnel_haproxy_and_nginx_in_the_same_run() {
                 r["note"].is_null() && r["median"].is_number(),
                 "{anchor} {test} {metric} {group:?}: {r}"
             );
+        }
+        // Ratios against ringseal (latency differences can be at or below zero on a noisy
+        // machine, and then have no meaningful ratio, so only rates are checked here).
+        for (test, metric) in [("bulk", "gbit_per_s"), ("handshake", "handshakes_per_s")] {
+            let r = find(&doc, anchor, test, metric, None);
             assert!(
-                r["ratio_ringseal_to_peer"].is_number(),
-                "{anchor} {test} {metric}: no ratio against ringseal"
+                r["ratio_ringseal_to_peer"]
+                    .as_f64()
+                    .is_some_and(|x| x > 0.0),
+                "{anchor} {test} {metric}: no ratio against ringseal: {r}"
             );
         }
         // Both TLS 1.2 and TLS 1.3 configs of the anchor worked.

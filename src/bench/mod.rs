@@ -687,7 +687,6 @@ async fn run_setup(
     }
     for rep in 0..ctx.opts.repeat {
         for &step in &setup.steps {
-            let mut direct_rtt = None;
             if step.has_direct() {
                 progress.step(&format!(
                     "{}: direct (run {}/{})",
@@ -695,11 +694,8 @@ async fn run_setup(
                     rep + 1,
                     ctx.opts.repeat
                 ));
-                match measure(ctx, setup, step, Peer::Direct, None, certs, None).await {
+                match measure(ctx, setup, step, Peer::Direct, None, certs).await {
                     Ok(m) => {
-                        if step == Step::Latency {
-                            direct_rtt = rtt_of(&m);
-                        }
                         for (metric, v) in m {
                             results.add(key(setup, step, metric), Peer::Direct, v);
                         }
@@ -728,7 +724,7 @@ async fn run_setup(
                     );
                     continue;
                 }
-                match measure(ctx, setup, step, *peer, Some(p), certs, direct_rtt).await {
+                match measure(ctx, setup, step, *peer, Some(p), certs).await {
                     Ok(m) => {
                         for (metric, v) in m {
                             results.add(key(setup, step, metric), *peer, v);
@@ -736,7 +732,8 @@ async fn run_setup(
                     }
                     Err(e) => {
                         let msg = e.to_string();
-                        progress.println(&format!(
+                        // Once per peer and step: the same refusal in every run says nothing new.
+                        progress.println_once(&format!(
                             "{} {}: {}",
                             peer.name(),
                             step.label(setup.suite, setup.key),
@@ -753,6 +750,9 @@ async fn run_setup(
                 }
             }
         }
+    }
+    if setup.steps.contains(&Step::Latency) {
+        derive_added_latency(results, setup);
     }
     progress.status("stopping the pairs");
     drop(pairs);
@@ -772,9 +772,35 @@ fn key(setup: &Setup, step: Step, metric: Metric) -> Key {
     }
 }
 
-fn rtt_of(m: &[(Metric, f64)]) -> Option<(f64, f64)> {
-    let get = |x: Metric| m.iter().find(|(k, _)| *k == x).map(|(_, v)| *v);
-    Some((get(Metric::RttP50Us)?, get(Metric::RttP99Us)?))
+/// Added latency: a peer's median round trip minus the direct baseline's median (both over the
+/// interleaved runs of the same setup). Medians on both sides keep one disturbed run from turning
+/// the difference negative.
+fn derive_added_latency(results: &mut Results, setup: &Setup) {
+    for (rtt, added) in [
+        (Metric::RttP50Us, Metric::AddedP50Us),
+        (Metric::RttP99Us, Metric::AddedP99Us),
+    ] {
+        let base = key(setup, Step::Latency, rtt);
+        let Some(row) = results.rows.iter().find(|r| r.key == base).cloned() else {
+            continue;
+        };
+        let direct = row.cells.get(&Peer::Direct).and_then(report::Cell::median);
+        for (peer, cell) in &row.cells {
+            if *peer == Peer::Direct {
+                continue;
+            }
+            let target = key(setup, Step::Latency, added);
+            match (cell.median(), direct) {
+                (Some(v), Some(d)) => results.add(target, *peer, v - d),
+                (Some(_), None) => results.note(target, *peer, "the direct baseline failed"),
+                (None, _) => results.note(
+                    target,
+                    *peer,
+                    cell.note.as_deref().unwrap_or("no round trips measured"),
+                ),
+            }
+        }
+    }
 }
 
 /// The metrics a test yields for a peer (for failure notes and the report's row order).
@@ -886,7 +912,6 @@ async fn measure(
     peer: Peer,
     pair: Option<&Pair>,
     certs: &Certs,
-    direct_rtt: Option<(f64, f64)>,
 ) -> anyhow::Result<Vec<(Metric, f64)>> {
     let entry = pair.map_or(ctx.backend, |p| p.entry);
     let before = pair.map(Pair::cpu);
@@ -909,19 +934,10 @@ async fn measure(
         }
         Step::Latency => {
             let rtts = workload::pingpong(entry, d).await?;
-            let (p50, p99) = (
-                workload::percentile(&rtts, 0.50),
-                workload::percentile(&rtts, 0.99),
-            );
-            let mut m = vec![(Metric::RttP50Us, p50), (Metric::RttP99Us, p99)];
-            if peer != Peer::Direct {
-                let (b50, b99) = direct_rtt.context(
-                    "the direct baseline failed in this run, so no added latency can be computed",
-                )?;
-                m.push((Metric::AddedP50Us, p50 - b50));
-                m.push((Metric::AddedP99Us, p99 - b99));
-            }
-            Ok(m)
+            Ok(vec![
+                (Metric::RttP50Us, workload::percentile(&rtts, 0.50)),
+                (Metric::RttP99Us, workload::percentile(&rtts, 0.99)),
+            ])
         }
         Step::Handshake => {
             let p = pair.context("handshakes need a pair")?;
@@ -1040,6 +1056,7 @@ struct Progress {
     tty: bool,
     /// Whether the terminal line currently shows something that must be cleared first.
     dirty: bool,
+    printed: Vec<String>,
 }
 
 impl Progress {
@@ -1050,6 +1067,7 @@ impl Progress {
             started: Instant::now(),
             tty: std::io::stderr().is_terminal(),
             dirty: false,
+            printed: Vec::new(),
         }
     }
 
@@ -1096,6 +1114,14 @@ impl Progress {
             self.dirty = true;
         } else {
             eprintln!("{line}");
+        }
+    }
+
+    /// [`Progress::println`], unless the same message was printed before.
+    fn println_once(&mut self, msg: &str) {
+        if !self.printed.iter().any(|m| m == msg) {
+            self.printed.push(msg.to_owned());
+            self.println(msg);
         }
     }
 

@@ -238,7 +238,7 @@ fn section(test: Test, m: &Meta) -> String {
              CPU = both proxies (direct = no proxy)"
         ),
         Test::Latency => format!(
-            "1 KiB ping-pong for {d}s through the pair; added = round trip minus the direct one of the same run"
+            "1 KiB ping-pong for {d}s through the pair; added = median round trip minus the direct one's (no proxy)"
         ),
         Test::Handshake => format!(
             "New connections through the pair for {d}s ({} in flight), each a full mutual TLS 1.3 handshake \
