@@ -745,7 +745,17 @@ async fn run_setup(
                     }
                 }
                 if let Err(e) = p.check_alive() {
-                    progress.println(&format!("{}: {e:#}", peer.name()));
+                    progress.println(&format!(
+                        "{}: {}",
+                        peer.name(),
+                        report::clip(&format!("{e:#}"))
+                    ));
+                    // Whatever was not measured yet says why.
+                    for step in &setup.steps {
+                        for metric in metrics_of(step.test(), *peer) {
+                            results.note(key(setup, *step, metric), *peer, &format!("{e:#}"));
+                        }
+                    }
                     *pair = None;
                 }
             }
