@@ -628,7 +628,7 @@ fn certs_for(
         return Ok(c.clone());
     }
     progress.status(&format!(
-        "generating a {} CA and node certificate",
+        "generating {} certificates (CA, node)",
         key.name()
     ));
     let c = Arc::new(Certs::write(&dir.join(key.name()), key)?);
@@ -1150,7 +1150,7 @@ impl Progress {
             self.dirty = false;
         }
         eprintln!(
-            "measured {} runs in {:.0}s",
+            "measured {} runs in {:.1}s",
             self.done,
             self.started.elapsed().as_secs_f64()
         );
