@@ -2,14 +2,25 @@
 //! sockets (not through tokio-rustls) so that this module alone decides when records are written, how
 //! half-close propagates and what happens to bytes on a dead leg.
 //!
-//! Copies: peer -> backend reads ciphertext into `cin` (one 64 KiB `recv` feeds several records to rustls,
-//! instead of rustls's own 4 KiB reads), rustls decrypts in place, and the plaintext is written to the
-//! backend straight out of rustls's buffer (`fill_buf`/`consume`, no copy). Backend -> peer reads into
-//! `pin` and rustls encrypts from there into its send queue, which goes out with one `writev`.
-//! Buffers are allocated once per connection; nothing is allocated per chunk here.
+//! What a byte costs, and why the buffers are what they are. rustls 0.23 (buffered or unbuffered API
+//! alike) decrypts a record in place in its deframer buffer and then copies the plaintext into a fresh
+//! `Vec`; it encrypts each outgoing record into a fresh `Vec` as well. Those copies are rustls's; what
+//! this module controls is the number of system calls and wake-ups, which on loopback and on a LAN cost
+//! more than the copies:
+//! * peer -> backend: one `recv` of up to [`MAX_BUF`] ciphertext into `cin` feeds rustls many records;
+//!   rustls accepts at most about one record (16 KiB of plaintext) at a time, so the plaintext of every
+//!   record decrypted is gathered into `pout` and written to the backend with ONE `send` when `pout` is
+//!   full or nothing more has arrived (one copy of 16 KiB costs far less than a system call and a TCP
+//!   segment per record).
+//! * backend -> peer: one `recv` of up to [`MAX_BUF`] plaintext into `pin`; rustls encrypts all of it into
+//!   full 16 KiB records in its send queue (its limit is raised to [`MAX_BUF`]), which goes out with ONE
+//!   `writev`.
+//!
+//! Buffers start at [`MIN_BUF`] and grow once to [`MAX_BUF`] when a transfer fills them (a bulk stream),
+//! so the many quiet connections of a cluster keep small buffers. Nothing is allocated per chunk here.
 
 use std::future::Future;
-use std::io::{self, BufRead, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,9 +31,70 @@ use tokio::net::TcpStream;
 use super::{Close, Deadlines, Directions, Outcome, RelayLimits, Side};
 use crate::metrics::ByteCounters;
 
-/// 64 KiB: several full 16 KiB TLS records per system call, the same size as the socket's usual send
-/// window on loopback.
-const BUF: usize = 64 * 1024;
+/// A connection's buffers start at 64 KiB: four full TLS records, the size the relay used before
+/// bulk transfers were measured, and enough for every message that is not a bulk stream.
+const MIN_BUF: usize = 64 * 1024;
+/// ... and grow to 256 KiB once a read fills them: 16 full records per system call. Measured on
+/// loopback (benches/relay_throughput.rs), larger buffers gained nothing more.
+const MAX_BUF: usize = 256 * 1024;
+
+/// A byte buffer whose unconsumed bytes are `data[pos..len]`. Reads append at `len`; once everything
+/// is consumed both go back to 0 (and the buffer grows then, if the last fill asked for it).
+struct Buf {
+    data: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    grow: bool,
+}
+
+impl Buf {
+    fn new() -> Self {
+        Self {
+            data: vec![0; MIN_BUF].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            grow: false,
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.data[self.pos..self.len]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos == self.len
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.len {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.pos = 0;
+        self.len = 0;
+        if self.grow {
+            // Once per connection at most: the allocation is not per chunk.
+            self.grow = false;
+            self.data = vec![0; MAX_BUF].into_boxed_slice();
+        }
+    }
+
+    /// Where the next read goes: the free tail (empty when the buffer is full).
+    fn spare(&mut self) -> &mut [u8] {
+        &mut self.data[self.len..]
+    }
+
+    /// `n` bytes were read into [`Buf::spare`].
+    fn filled(&mut self, n: usize) {
+        self.len += n;
+        if self.len == self.data.len() && self.data.len() < MAX_BUF {
+            self.grow = true;
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -36,14 +108,14 @@ pub(super) struct Relay {
     tls: TcpStream,
     plain: TcpStream,
     conn: rustls::Connection,
-    /// Ciphertext received from the peer, not yet handed to rustls: `cin[cin_pos..cin_len]`.
-    cin: Box<[u8]>,
-    cin_pos: usize,
-    cin_len: usize,
-    /// Plaintext received from the backend, not yet handed to rustls: `pin[pin_pos..pin_len]`.
-    pin: Box<[u8]>,
-    pin_pos: usize,
-    pin_len: usize,
+    /// Ciphertext received from the peer, not yet handed to rustls.
+    cin: Buf,
+    /// Plaintext decrypted by rustls, not yet written to the backend.
+    pout: Buf,
+    /// Plaintext received from the backend, not yet handed to rustls.
+    pin: Buf,
+    /// How the peer's stream ended, once rustls has no more plaintext: written out when `pout` is empty.
+    up_end: Option<UpEnd>,
     /// No more ciphertext will arrive (EOF, reset, or a TLS error).
     tls_rd_done: bool,
     /// The TLS socket cannot be written any more.
@@ -64,21 +136,22 @@ pub(super) struct Relay {
 impl Relay {
     pub(super) fn new(
         tls: TcpStream,
-        conn: rustls::Connection,
+        mut conn: rustls::Connection,
         plain: TcpStream,
         limits: RelayLimits,
         counters: ByteCounters,
     ) -> Self {
+        // rustls's send queue (64 KiB by default) takes a whole `pin` at once, so a full buffer of
+        // plaintext becomes one `writev` of full records.
+        conn.set_buffer_limit(Some(MAX_BUF));
         Self {
             tls,
             plain,
             conn,
-            cin: vec![0; BUF].into_boxed_slice(),
-            cin_pos: 0,
-            cin_len: 0,
-            pin: vec![0; BUF].into_boxed_slice(),
-            pin_pos: 0,
-            pin_len: 0,
+            cin: Buf::new(),
+            pout: Buf::new(),
+            pin: Buf::new(),
+            up_end: None,
             tls_rd_done: false,
             tls_wr_dead: false,
             tls_app_dead: false,
@@ -134,95 +207,111 @@ impl Relay {
         self.up = Phase::Done;
     }
 
-    /// Peer -> backend.
+    /// Peer -> backend: gathers decrypted plaintext into `pout`, then writes it with one `send`.
     fn poll_up(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         while self.up != Phase::Done {
-            let step = {
-                let (plain, discard) = (&self.plain, self.plain_wr_dead);
-                let mut reader = self.conn.reader();
-                match reader.fill_buf() {
-                    // close_notify received and all plaintext delivered.
-                    Ok([]) => Up::Closed,
-                    Ok(chunk) if discard => {
-                        let n = chunk.len();
-                        reader.consume(n);
-                        Up::Moved(0)
-                    }
-                    Ok(chunk) => match poll_nb(cx, plain, Dir::Write, || plain.try_write(chunk)) {
-                        Poll::Pending => return progress,
-                        Poll::Ready(Ok(n)) => {
-                            reader.consume(n);
-                            Up::Moved(n)
-                        }
-                        Poll::Ready(Err(e)) => Up::BackendErr(e),
-                    },
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Up::NeedMore,
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Up::Truncated,
-                    Err(e) => Up::Failed(e),
-                }
+            let gathered = match self.up_end {
+                None => self.gather(cx, &mut progress),
+                Some(_) => Gather::Ended,
             };
-            match step {
-                Up::NeedMore => {}
-                Up::Moved(n) => {
-                    self.from_peer += n as u64;
-                    self.counters.from_peer.increment(n as u64);
-                    progress = true;
-                    continue;
+            if self.plain_wr_dead {
+                // Read and discarded, so that the peer's data never turns our close into a reset.
+                self.pout.clear();
+            } else if !self.pout.is_empty() {
+                let (plain, pout) = (&self.plain, &self.pout);
+                match poll_nb(cx, plain, Dir::Write, || plain.try_write(pout.pending())) {
+                    Poll::Pending => return progress,
+                    Poll::Ready(Ok(n)) => {
+                        self.pout.consume(n);
+                        self.from_peer += n as u64;
+                        self.counters.from_peer.increment(n as u64);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.note_plain_err(&e);
+                        self.plain_wr_dead = true;
+                    }
                 }
-                Up::BackendErr(e) => {
-                    self.note_plain_err(&e);
-                    self.plain_wr_dead = true;
-                    progress = true;
-                    continue;
-                }
-                Up::Closed | Up::Truncated | Up::Failed(_) => {
-                    match step {
-                        Up::Truncated => self.note(Close::PeerNoCloseNotify),
-                        Up::Failed(e) => self.note(Close::Io(format!("peer: {e}"))),
+                progress = true;
+                continue;
+            }
+            match gathered {
+                Gather::Pending => return progress,
+                Gather::Full => {}
+                Gather::Ended => {
+                    match self.up_end.take() {
+                        Some(UpEnd::Truncated) => self.note(Close::PeerNoCloseNotify),
+                        Some(UpEnd::Failed(e)) => self.note(Close::Io(format!("peer: {e}"))),
                         _ => {}
                     }
                     self.finish_up();
                     progress = true;
-                    continue;
                 }
             }
-            if self.tls_rd_done {
-                self.finish_up();
-                progress = true;
-                continue;
-            }
+        }
+        progress
+    }
 
-            if self.cin_pos == self.cin_len {
-                let (tls, buf) = (&self.tls, &mut self.cin);
-                match poll_nb(cx, tls, Dir::Read, || tls.try_read(buf)) {
-                    Poll::Pending => return progress,
+    /// Moves decrypted plaintext into `pout` until it is full, the peer's stream has ended (`up_end`
+    /// set) or nothing more has arrived (read interest registered).
+    fn gather(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Gather {
+        loop {
+            if self.pout.spare().is_empty() {
+                return Gather::Full;
+            }
+            match self.conn.reader().read(self.pout.spare()) {
+                // close_notify received and all plaintext delivered.
+                Ok(0) => {
+                    self.up_end = Some(UpEnd::Closed);
+                    return Gather::Ended;
+                }
+                Ok(n) => {
+                    self.pout.filled(n);
+                    *progress = true;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.up_end = Some(if e.kind() == io::ErrorKind::UnexpectedEof {
+                        UpEnd::Truncated
+                    } else {
+                        UpEnd::Failed(e)
+                    });
+                    return Gather::Ended;
+                }
+            }
+            // rustls needs more ciphertext.
+            if self.tls_rd_done {
+                self.up_end = Some(UpEnd::Closed);
+                return Gather::Ended;
+            }
+            if self.cin.is_empty() {
+                let (tls, cin) = (&self.tls, &mut self.cin);
+                match poll_nb(cx, tls, Dir::Read, || tls.try_read(cin.spare())) {
+                    Poll::Pending => return Gather::Pending,
                     Poll::Ready(Ok(0)) => {
                         // Let rustls see the EOF: its reader then tells a clean close_notify from a
                         // truncation.
                         let _ = self.conn.read_tls(&mut io::empty());
                         self.tls_rd_done = true;
-                        progress = true;
+                        *progress = true;
                         continue;
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.cin_pos = 0;
-                        self.cin_len = n;
-                        progress = true;
+                        self.cin.filled(n);
+                        *progress = true;
                     }
                     Poll::Ready(Err(e)) => {
                         self.note_tls_err(&e);
                         self.tls_rd_done = true;
-                        progress = true;
+                        *progress = true;
                         continue;
                     }
                 }
             }
-            match self
-                .conn
-                .read_tls(&mut &self.cin[self.cin_pos..self.cin_len])
-            {
-                Ok(n) => self.cin_pos += n,
+            // rustls takes at most about one record per call (and only once its plaintext was read).
+            match self.conn.read_tls(&mut self.cin.pending()) {
+                Ok(n) => self.cin.consume(n),
                 Err(e) => {
                     self.note(Close::Io(format!("tls buffer: {e}")));
                     self.tls_rd_done = true;
@@ -234,7 +323,7 @@ impl Relay {
                 self.note(Close::PeerTlsError(e.to_string()));
                 self.tls_rd_done = true;
                 self.tls_app_dead = true;
-                self.cin_pos = self.cin_len;
+                self.cin.clear();
             }
             if self.down == Phase::Open && !self.tls_app_dead {
                 // rustls 0.23 holds the KeyUpdate it owes the peer (after a KeyUpdate with
@@ -248,7 +337,6 @@ impl Relay {
                 self.flush_tls(cx);
             }
         }
-        progress
     }
 
     /// Backend -> peer.
@@ -272,13 +360,12 @@ impl Relay {
                 }
                 Phase::Open => {
                     let discard = self.tls_wr_dead || self.tls_app_dead;
-                    if !discard && self.pin_pos < self.pin_len {
-                        let n = self
-                            .conn
-                            .writer()
-                            .write(&self.pin[self.pin_pos..self.pin_len])
-                            .unwrap_or(0);
-                        self.pin_pos += n;
+                    if discard {
+                        self.pin.clear();
+                    }
+                    if !self.pin.is_empty() {
+                        let n = self.conn.writer().write(self.pin.pending()).unwrap_or(0);
+                        self.pin.consume(n);
                         self.to_peer += n as u64;
                         self.counters.to_peer.increment(n as u64);
                         progress |= n > 0;
@@ -293,8 +380,8 @@ impl Relay {
                         }
                         continue;
                     }
-                    let (plain, buf) = (&self.plain, &mut self.pin);
-                    match poll_nb(cx, plain, Dir::Read, || plain.try_read(buf)) {
+                    let (plain, pin) = (&self.plain, &mut self.pin);
+                    match poll_nb(cx, plain, Dir::Read, || plain.try_read(pin.spare())) {
                         Poll::Pending => return progress,
                         Poll::Ready(Ok(0)) => {
                             if !discard {
@@ -302,12 +389,7 @@ impl Relay {
                             }
                             self.down = Phase::Closing;
                         }
-                        Poll::Ready(Ok(n)) => {
-                            if !discard {
-                                self.pin_pos = 0;
-                                self.pin_len = n;
-                            }
-                        }
+                        Poll::Ready(Ok(n)) => self.pin.filled(n),
                         Poll::Ready(Err(e)) => {
                             self.note_plain_err(&e);
                             if !discard {
@@ -363,14 +445,23 @@ impl Future for Relay {
     }
 }
 
-/// What delivering decrypted plaintext to the backend came to.
-enum Up {
-    Moved(usize),
-    NeedMore,
+/// What gathering decrypted plaintext came to.
+enum Gather {
+    /// `pout` has no room left.
+    Full,
+    /// Nothing more now; the peer socket's read readiness is registered.
+    Pending,
+    /// No more plaintext will come: `up_end` says how the stream ended.
+    Ended,
+}
+
+/// How the peer's stream ended.
+enum UpEnd {
+    /// close_notify (or the read side already finished for a reason noted before).
     Closed,
+    /// TCP EOF without close_notify.
     Truncated,
     Failed(io::Error),
-    BackendErr(io::Error),
 }
 
 #[derive(Clone, Copy)]
