@@ -2,22 +2,32 @@
 //! sockets (not through tokio-rustls) so that this module alone decides when records are written, how
 //! half-close propagates and what happens to bytes on a dead leg.
 //!
-//! What a byte costs, and why the buffers are what they are. rustls 0.23 (buffered or unbuffered API
-//! alike) decrypts a record in place in its deframer buffer and then copies the plaintext into a fresh
-//! `Vec`; it encrypts each outgoing record into a fresh `Vec` as well. Those copies are rustls's; what
-//! this module controls is the number of system calls and wake-ups, which on loopback and on a LAN cost
-//! more than the copies:
+//! What a byte costs, and why the buffers are what they are. Profiled on loopback
+//! (`benches/relay_throughput.rs`), about three quarters of the relay's CPU time is the kernel's TCP
+//! work (copies into and out of socket buffers, segments, wake-ups), AES-GCM an eighth, copies in user
+//! space a twentieth. So what this module controls, the number of system calls, segments and wake-ups,
+//! is what matters:
 //! * peer -> backend: one `recv` of up to [`MAX_BUF`] ciphertext into `cin` feeds rustls many records;
-//!   rustls accepts at most about one record (16 KiB of plaintext) at a time, so the plaintext of every
-//!   record decrypted is gathered into `pout` and written to the backend with ONE `send` when `pout` is
-//!   full or nothing more has arrived (one copy of 16 KiB costs far less than a system call and a TCP
-//!   segment per record).
+//!   rustls holds at most about one record of plaintext at a time, so the plaintext of every record
+//!   decrypted is gathered into `pout` and written to the backend with ONE `send` when `pout` is full or
+//!   nothing more has arrived (a 16 KiB copy costs far less than a system call and a TCP segment per
+//!   record: one `send` per 16 KiB before, one per up to 256 KiB now).
 //! * backend -> peer: one `recv` of up to [`MAX_BUF`] plaintext into `pin`; rustls encrypts all of it into
 //!   full 16 KiB records in its send queue (its limit is raised to [`MAX_BUF`]), which goes out with ONE
 //!   `writev`.
 //!
+//! Why not rustls's unbuffered API: in rustls 0.23 it does not decrypt in place either. It decrypts in
+//! the caller's buffer, then copies each record's plaintext into a fresh `Vec`
+//! (`CommonState::take_received_plaintext`), exactly as the buffered API does; and it encrypts each
+//! record into a fresh `Vec` that it then copies into the caller's buffer (`write_fragments`), one copy
+//! more than the buffered API's send queue. It would save one copy on receive (`read_tls` copying
+//! from `cin`), lose one on send, and need the handshake rewritten around it. In-place decryption for
+//! the unbuffered API is merged upstream (rustls/rustls#2746) but not in 0.23.46; with it the receive
+//! side could drop two copies.
+//!
 //! Buffers start at [`MIN_BUF`] and grow once to [`MAX_BUF`] when a transfer fills them (a bulk stream),
-//! so the many quiet connections of a cluster keep small buffers. Nothing is allocated per chunk here.
+//! so the many quiet connections of a cluster keep small buffers. Nothing is allocated per chunk here
+//! (rustls itself allocates one `Vec` per record, see above).
 
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -35,7 +45,7 @@ use crate::metrics::ByteCounters;
 /// bulk transfers were measured, and enough for every message that is not a bulk stream.
 const MIN_BUF: usize = 64 * 1024;
 /// ... and grow to 256 KiB once a read fills them: 16 full records per system call. Measured on
-/// loopback (benches/relay_throughput.rs), larger buffers gained nothing more.
+/// loopback (benches/relay_throughput.rs), 1 MiB gained nothing more.
 const MAX_BUF: usize = 256 * 1024;
 
 /// A byte buffer whose unconsumed bytes are `data[pos..len]`. Reads append at `len`; once everything
@@ -529,4 +539,46 @@ pub(super) async fn close(tls: &TcpStream, mut conn: rustls::Connection) {
         }
     }
     let _ = SockRef::from(tls).shutdown(Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Buf, MAX_BUF, MIN_BUF};
+
+    fn fill(b: &mut Buf, n: usize) {
+        let spare = b.spare();
+        assert!(spare.len() >= n);
+        spare[..n].fill(7);
+        b.filled(n);
+    }
+
+    #[test]
+    fn a_buffer_stays_small_until_a_read_fills_it() {
+        let mut b = Buf::new();
+        fill(&mut b, 1000);
+        assert_eq!(b.pending().len(), 1000);
+        b.consume(400);
+        assert_eq!(b.pending().len(), 600);
+        b.consume(600);
+        assert!(b.is_empty());
+        // Emptied: the next read starts at the front, and the buffer did not grow.
+        assert_eq!(b.spare().len(), MIN_BUF);
+    }
+
+    #[test]
+    fn a_full_buffer_grows_once_it_is_empty_and_never_again() {
+        let mut b = Buf::new();
+        fill(&mut b, MIN_BUF - 10);
+        fill(&mut b, 10);
+        assert!(b.spare().is_empty());
+        // Still full of unconsumed bytes: nothing is moved or reallocated under them.
+        b.consume(MIN_BUF / 2);
+        assert!(b.spare().is_empty());
+        assert_eq!(b.pending().len(), MIN_BUF / 2);
+        b.consume(MIN_BUF / 2);
+        assert_eq!(b.spare().len(), MAX_BUF);
+        fill(&mut b, MAX_BUF);
+        b.clear();
+        assert_eq!(b.spare().len(), MAX_BUF);
+    }
 }
