@@ -249,7 +249,9 @@ fn find_kernel(root: &Path) -> Option<Kernel> {
 
 /// An initramfs (newc cpio, uncompressed) with busybox, the tls and crypto modules, the ringseal
 /// binary and this test binary at their host paths (the test finds ringseal through
-/// `CARGO_BIN_EXE_ringseal`), their shared libraries, and `/init`.
+/// `CARGO_BIN_EXE_ringseal`), their shared libraries, and `/init`. The initramfs root is itself a
+/// writable RAM file system, so nothing is mounted over /tmp: the checkout may live there (CI clones
+/// into /tmp), and a tmpfs on /tmp would hide the binaries.
 fn build_initramfs(out: &Path, busybox: &Path, kernel: &Kernel) {
     let mut cpio = Cpio::default();
     for dir in [
@@ -284,7 +286,6 @@ fn build_initramfs(out: &Path, busybox: &Path, kernel: &Kernel) {
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\
-         mount -t tmpfs tmp /tmp\n\
          ip link set lo up\n\
          depmod\n\
          modprobe tls || echo '{MARK} modprobe tls failed'\n\
