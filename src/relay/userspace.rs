@@ -8,10 +8,11 @@
 //! space a twentieth. So what this module controls, the number of system calls, segments and wake-ups,
 //! is what matters:
 //! * peer -> backend: one `recv` of up to [`MAX_IN`] ciphertext into `cin` feeds rustls many records;
-//!   rustls holds at most about one record of plaintext at a time, so the plaintext of every record
-//!   decrypted is gathered into `pout` and written to the backend with ONE `send` when `pout` is full or
-//!   nothing more has arrived (a 16 KiB copy costs far less than a system call and a TCP segment per
-//!   record: one `send` per 16 KiB before, one per up to [`MAX_OUT`] now).
+//!   rustls holds at most about one record of plaintext at a time, so while more ciphertext waits in
+//!   `cin`, the plaintext of every record decrypted is gathered into `pout` and written to the backend
+//!   with ONE `send` when `pout` is full or nothing more has arrived (a 16 KiB copy costs far less than
+//!   a system call and a TCP segment per record: one `send` per 16 KiB before, one per up to
+//!   [`MAX_OUT`] now). A record that arrives alone (small messages) is written straight from rustls.
 //! * backend -> peer: one `recv` of up to [`MAX_IN`] plaintext into `pin`; rustls encrypts it into full
 //!   16 KiB records in its send queue ([`MAX_OUT`] at a time, its limit raised from 64 KiB), which goes
 //!   out with ONE `writev`.
@@ -25,13 +26,13 @@
 //! the unbuffered API is merged upstream (rustls/rustls#2746) but not in 0.23.46; with it the receive
 //! side could drop two copies.
 //!
-//! Buffers start at [`MIN_BUF`] and grow when a transfer fills them (a bulk stream), and shrink again
-//! after [`SHRINK_AFTER`] without traffic, so the many quiet connections of a cluster keep small
-//! buffers. Nothing is allocated per chunk here (rustls itself allocates one `Vec` per record, see
+//! Buffers are allocated at first use at [`MIN_BUF`], grow when a transfer fills them (a bulk stream)
+//! and are released after [`SHRINK_AFTER`] without traffic, so the many quiet connections of a
+//! cluster keep small buffers. Nothing is allocated per chunk here (rustls itself allocates one `Vec` per record, see
 //! above).
 
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -44,21 +45,22 @@ use tokio::time::Sleep;
 use super::{Close, Deadlines, Directions, Outcome, RelayLimits, Side};
 use crate::metrics::ByteCounters;
 
-/// A connection's buffers start at 64 KiB: four full TLS records, enough for every message that is not
-/// a bulk stream.
-const MIN_BUF: usize = 64 * 1024;
+/// A buffer is allocated at its first read, at 16 KiB (one full TLS record): 32 KiB per connection
+/// (`pout` is not needed, see [`Relay::gather`]) for the many connections that carry small messages
+/// (gossip, mutations) or sit idle. The first read that fills a buffer grows it.
+const MIN_BUF: usize = 16 * 1024;
 /// Buffers that sockets are read into (`cin`, `pin`) grow to 768 KiB once a read fills them: a reader
 /// that was scheduled late drains everything queued in one `recv`, so fewer reads and wake-ups per
 /// byte. Measured on loopback (benches/relay_throughput.rs, 2 cores): 768 KiB and 1 MiB cost ~10% less
 /// CPU per byte than 256 KiB; 512 KiB is in between and 2 MiB no better.
 const MAX_IN: usize = 768 * 1024;
 /// What is written to a socket at once (`pout`, and rustls's send queue) grows to 256 KiB: 16 full
-/// records per `send`/`writev`. Larger writes measured worse (a burst the receiver cannot take at once
-/// ends in a partial write and a wait for space, and more data is cold in the cache).
+/// records per `send`/`writev`. Larger writes (512 KiB, 1 MiB) measured worse, more so on a busy
+/// machine.
 const MAX_OUT: usize = 256 * 1024;
-/// Grown buffers go back to [`MIN_BUF`] once the connection has moved nothing for this long, so that
-/// only connections streaming right now hold large buffers (a few MiB at most each), not every
-/// connection that ever did.
+/// Grown buffers are released once the connection has moved nothing for this long, so that only
+/// connections streaming right now hold large buffers (about 2 MiB at most each), not every connection
+/// that ever did.
 const SHRINK_AFTER: Duration = Duration::from_secs(5);
 
 /// A byte buffer whose unconsumed bytes are `data[pos..len]`. Reads append at `len`; once everything
@@ -73,9 +75,10 @@ struct Buf {
 }
 
 impl Buf {
+    /// Allocated at the first read into it.
     fn new(max: usize) -> Self {
         Self {
-            data: vec![0; MIN_BUF].into_boxed_slice(),
+            data: Box::default(),
             pos: 0,
             len: 0,
             max,
@@ -88,10 +91,10 @@ impl Buf {
         self.data.len() > MIN_BUF
     }
 
-    /// Back to [`MIN_BUF`] if it is grown and empty.
+    /// Released (allocated again at the next read) if it is grown and empty.
     fn shrink(&mut self) {
         if self.is_grown() && self.is_empty() {
-            self.data = vec![0; MIN_BUF].into_boxed_slice();
+            self.data = Box::default();
             self.pos = 0;
             self.len = 0;
         }
@@ -124,6 +127,9 @@ impl Buf {
 
     /// Where the next read goes: the free tail (empty when the buffer is full).
     fn spare(&mut self) -> &mut [u8] {
+        if self.data.is_empty() {
+            self.data = vec![0; MIN_BUF].into_boxed_slice();
+        }
         &mut self.data[self.len..]
     }
 
@@ -318,32 +324,43 @@ impl Relay {
         progress
     }
 
-    /// Moves decrypted plaintext into `pout` until it is full, the peer's stream has ended (`up_end`
-    /// set) or nothing more has arrived (read interest registered).
+    /// Moves decrypted plaintext towards the backend until `pout` is full, the peer's stream has ended
+    /// (`up_end` set), the backend cannot take more, or nothing more has arrived (interest registered).
     fn gather(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Gather {
         loop {
-            if self.pout.spare().is_empty() {
-                return Gather::Full;
-            }
-            match self.conn.reader().read(self.pout.spare()) {
-                // close_notify received and all plaintext delivered.
-                Ok(0) => {
-                    self.up_end = Some(UpEnd::Closed);
-                    return Gather::Ended;
+            if self.pout.is_empty() && self.cin.is_empty() {
+                // Nothing to gather this plaintext with: it goes to the backend straight from rustls's
+                // buffer, without a copy. The usual case for small messages, which therefore never
+                // need `pout` at all.
+                match self.deliver_direct(cx) {
+                    Direct::Moved => {
+                        *progress = true;
+                        continue;
+                    }
+                    Direct::Blocked => return Gather::Pending,
+                    Direct::Ended => return Gather::Ended,
+                    Direct::NeedMore => {}
                 }
-                Ok(n) => {
-                    self.pout.filled(n);
-                    *progress = true;
-                    continue;
+            } else {
+                if self.pout.spare().is_empty() {
+                    return Gather::Full;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    self.up_end = Some(if e.kind() == io::ErrorKind::UnexpectedEof {
-                        UpEnd::Truncated
-                    } else {
-                        UpEnd::Failed(e)
-                    });
-                    return Gather::Ended;
+                match self.conn.reader().read(self.pout.spare()) {
+                    // close_notify received and all plaintext delivered.
+                    Ok(0) => {
+                        self.up_end = Some(UpEnd::Closed);
+                        return Gather::Ended;
+                    }
+                    Ok(n) => {
+                        self.pout.filled(n);
+                        *progress = true;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        self.up_end = Some(UpEnd::from_reader(e));
+                        return Gather::Ended;
+                    }
                 }
             }
             // rustls needs more ciphertext.
@@ -403,6 +420,48 @@ impl Relay {
                 self.flush_tls(cx);
             }
         }
+    }
+
+    /// Writes the plaintext rustls holds straight to the backend (or discards it when the backend is
+    /// dead).
+    fn deliver_direct(&mut self, cx: &mut Context<'_>) -> Direct {
+        let (plain, discard) = (&self.plain, self.plain_wr_dead);
+        let mut reader = self.conn.reader();
+        let written = match reader.fill_buf() {
+            Ok([]) => {
+                self.up_end = Some(UpEnd::Closed);
+                return Direct::Ended;
+            }
+            Ok(chunk) if discard => {
+                let n = chunk.len();
+                reader.consume(n);
+                return Direct::Moved;
+            }
+            Ok(chunk) => match poll_nb(cx, plain, Dir::Write, || plain.try_write(chunk)) {
+                Poll::Pending => return Direct::Blocked,
+                Poll::Ready(Ok(n)) => {
+                    reader.consume(n);
+                    Ok(n)
+                }
+                Poll::Ready(Err(e)) => Err(e),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Direct::NeedMore,
+            Err(e) => {
+                self.up_end = Some(UpEnd::from_reader(e));
+                return Direct::Ended;
+            }
+        };
+        match written {
+            Ok(n) => {
+                self.from_peer += n as u64;
+                self.counters.from_peer.increment(n as u64);
+            }
+            Err(e) => {
+                self.note_plain_err(&e);
+                self.plain_wr_dead = true;
+            }
+        }
+        Direct::Moved
     }
 
     /// Backend -> peer.
@@ -518,7 +577,8 @@ impl Future for Relay {
 enum Gather {
     /// `pout` has no room left.
     Full,
-    /// Nothing more now; the peer socket's read readiness is registered.
+    /// Nothing more now: the peer socket's read readiness (or the backend's write readiness) is
+    /// registered.
     Pending,
     /// No more plaintext will come: `up_end` says how the stream ended.
     Ended,
@@ -531,6 +591,29 @@ enum UpEnd {
     /// TCP EOF without close_notify.
     Truncated,
     Failed(io::Error),
+}
+
+impl UpEnd {
+    /// From an error of rustls's plaintext reader other than `WouldBlock`.
+    fn from_reader(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Self::Truncated
+        } else {
+            Self::Failed(e)
+        }
+    }
+}
+
+/// What writing rustls's plaintext straight to the backend came to.
+enum Direct {
+    /// Bytes written (or discarded, or the backend found dead).
+    Moved,
+    /// The backend is not writable; its readiness is registered.
+    Blocked,
+    /// rustls holds no plaintext.
+    NeedMore,
+    /// No more plaintext will come: `up_end` says how the stream ended.
+    Ended,
 }
 
 #[derive(Clone, Copy)]
@@ -614,6 +697,7 @@ mod tests {
     #[test]
     fn a_buffer_stays_small_until_a_read_fills_it() {
         let mut b = Buf::new(MAX_IN);
+        assert!(b.data.is_empty(), "nothing allocated before the first read");
         fill(&mut b, 1000);
         assert_eq!(b.pending().len(), 1000);
         b.consume(400);
@@ -655,6 +739,7 @@ mod tests {
         b.consume(100);
         b.shrink();
         assert!(!b.is_grown());
+        assert!(b.data.is_empty(), "released");
         assert_eq!(b.spare().len(), MIN_BUF);
     }
 }
