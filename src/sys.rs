@@ -1,5 +1,5 @@
 //! The kernel interfaces that need `unsafe`: kernel TLS (the `tls` ULP, `SOL_TLS` keys, records of a
-//! given type), `splice(2)` and pipes. The only module of the crate allowed `unsafe`; every block says
+//! given type), `splice(2)`, pipes and `recv(MSG_PEEK)` into a plain byte slice. The only module of the crate allowed `unsafe`; every block says
 //! why it is sound. Callers get safe functions over borrowed descriptors and plain byte slices.
 //!
 //! Everything here is non-blocking: the sockets are tokio's (O_NONBLOCK), pipes are created O_NONBLOCK,
@@ -30,6 +30,22 @@ fn check_len(ret: libc::ssize_t) -> io::Result<usize> {
     } else {
         Ok(ret as usize)
     }
+}
+
+/// Copies what the socket has received into `buf` without taking it off the socket (`MSG_PEEK`).
+/// std has this only for its own `TcpStream`, tokio only as a future that cannot tell "nothing new
+/// arrived" apart from "ready".
+pub fn peek(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for `buf.len()` bytes for the duration of the call; the kernel writes at
+    // most that many.
+    check_len(unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    })
 }
 
 /// A pipe, both ends non-blocking and close-on-exec: the kernel buffer that `splice` moves pages through.

@@ -358,3 +358,58 @@ async fn s_client_with_certificate_from_another_ca_is_refused() {
     assert_echoed(&run, "TLSv1.3");
     assert_eq!(s.backend.accepted(), 1);
 }
+
+/// `openssl s_time -new` finishes each handshake and closes (or resets) at once. Each of those
+/// handshakes was complete and verified, so each must count as one: the whole path runs (the storage
+/// port gets its connection), not a refusal "in the middle of the handshake" because the closing
+/// peer was read beyond its Finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s_time_handshakes_that_close_at_once_reach_the_backend() {
+    if !have_openssl() {
+        return;
+    }
+    let s = Setup::start().await;
+    let args: Vec<String> = [
+        "s_time",
+        "-connect",
+        &s.sidecar.addr.to_string(),
+        "-new",
+        "-cert",
+        &path(&s.cert),
+        "-key",
+        &path(&s.key),
+        "-CAfile",
+        &path(&s.ca),
+        "-time",
+        "1",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let out = within(
+        "s_time",
+        tokio::task::spawn_blocking(move || Command::new("openssl").args(&args).output()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // "123 connections in 0.41s; ..." (the count of completed handshakes).
+    let done: usize = stdout
+        .lines()
+        .find_map(|l| l.split(" connections in ").next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in s_time's output: {stdout}"));
+    assert!(done > 0, "s_time completed no handshake: {stdout}");
+    for _ in 0..500 {
+        if s.backend.accepted() >= done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        s.backend.accepted() >= done,
+        "{done} handshakes completed, {} reached the backend",
+        s.backend.accepted()
+    );
+    let _ = &s.dir;
+}

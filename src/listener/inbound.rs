@@ -18,7 +18,7 @@ use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Inbound, Limits, Mode, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
-use crate::relay::{self, Offload, RelayLimits, TlsIo};
+use crate::relay::{self, Offload, RelayLimits};
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::{PeerPolicy, PeerVerifier};
 use crate::tls::x509::CertInfo;
@@ -217,13 +217,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
     tracing::debug!(peer = %peer, "accepted {peer} \"{subject}\" ({protocol}, {suite})");
 
     let Some(backend) = connect_forward(peer, s).await else {
-        relay::close(tls.into_inner(), rustls::Connection::Server(conn)).await;
+        relay::close(tls, conn).await;
         return;
     };
     let _ = backend.set_nodelay(true);
 
-    let relay =
-        relay::Relay::start(tls, rustls::Connection::Server(conn), backend, s.offload).await;
+    let relay = relay::Relay::start(tls, conn, backend, s.offload).await;
     let active = ActiveConnection::start(Direction::Inbound, true, relay.path().label());
     let limits = RelayLimits {
         idle: s.limits.idle_timeout,
@@ -287,7 +286,7 @@ async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &S
 // allocation to every handshake.
 #[allow(clippy::large_enum_variant)]
 enum Accepted {
-    Tls(TlsIo, rustls::ServerConnection),
+    Tls(TcpStream, rustls::Connection),
     /// Permissive mode only.
     Plain(TcpStream, Sniffed),
 }
@@ -330,15 +329,11 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Ac
         tls.config.clone()
     };
     drop(tls);
-    // Read record by record, so that kTLS can take the socket over at a record boundary.
-    match tokio_rustls::TlsAcceptor::from(config)
-        .accept(TlsIo::new(stream))
-        .await
-    {
-        Ok(tls) => {
-            let (tcp, conn) = tls.into_inner();
-            Ok(Accepted::Tls(tcp, conn))
-        }
+    let mut conn = rustls::ServerConnection::new(config)
+        .map(rustls::Connection::Server)
+        .map_err(|e| Refusal::new(Reason::Io, format!("cannot start the TLS session: {e}")))?;
+    match relay::handshake(&stream, &mut conn).await {
+        Ok(()) => Ok(Accepted::Tls(stream, conn)),
         Err(e) => Err(super::refusal_from_io(&e)),
     }
 }

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
-use crate::relay::{self, Offload, RelayLimits, TlsIo};
+use crate::relay::{self, Offload, RelayLimits};
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::PeerPolicy;
 
@@ -283,7 +283,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     metrics::handshake_ok(Direction::Outbound, protocol, suite, started.elapsed());
     tracing::debug!(peer = %peer, "outbound {from} -> {peer} established ({protocol}, {suite})");
 
-    let relay = relay::Relay::start(tls, rustls::Connection::Client(conn), local, s.offload).await;
+    let relay = relay::Relay::start(tls, conn, local, s.offload).await;
     let active = ActiveConnection::start(Direction::Outbound, true, relay.path().label());
     let limits = RelayLimits {
         idle: s.limits.idle_timeout,
@@ -301,7 +301,7 @@ async fn dial(
     peer: SocketAddr,
     state: &OutboundTls,
     s: &Shared,
-) -> Result<(TlsIo, rustls::ClientConnection), (Refusal, bool)> {
+) -> Result<(TcpStream, rustls::Connection), (Refusal, bool)> {
     let connect = connect_from(state.source, peer);
     let tcp = match tokio::time::timeout(s.limits.connect_timeout, connect).await {
         Ok(Ok(tcp)) => tcp,
@@ -327,11 +327,16 @@ async fn dial(
     };
     let _ = tcp.set_nodelay(true);
     let name = ServerName::IpAddress(peer.ip().into());
-    // Read record by record, so that kTLS can take the socket over at a record boundary.
-    let handshake =
-        tokio_rustls::TlsConnector::from(state.config.clone()).connect(name, TlsIo::new(tcp));
+    let mut conn = match rustls::ClientConnection::new(state.config.clone(), name) {
+        Ok(c) => rustls::Connection::Client(c),
+        Err(e) => {
+            let why = format!("cannot start the TLS session: {e}");
+            return Err((Refusal::new(Reason::Io, why), false));
+        }
+    };
+    let handshake = relay::handshake(&tcp, &mut conn);
     match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => Ok(tls.into_inner()),
+        Ok(Ok(())) => Ok((tcp, conn)),
         Ok(Err(e)) => {
             let not_tls = e.kind() == std::io::ErrorKind::UnexpectedEof
                 || e.get_ref()

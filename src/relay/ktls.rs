@@ -4,9 +4,8 @@
 //!
 //! * [`support`] probes once per process which ciphers the kernel takes (on loopback, with throwaway
 //!   keys), and why not if none.
-//! * [`engage`] hands a connection over: it completes the TLS record rustls holds part of (see
-//!   [`TlsIo`]), takes the plaintext rustls already decrypted (written to the backend first), flushes
-//!   what rustls queued, extracts the keys and sets them. Anything that rules kTLS out is found before
+//! * [`engage`] hands a connection over (the handshake left the socket at a record boundary, see
+//!   [`super::handshake`]): it flushes what rustls queued, extracts the keys and sets them. Anything that rules kTLS out is found before
 //!   the keys leave rustls (then the connection stays on the user-space path); after that the connection
 //!   stays here, and a failure ends it with the bytes already received delivered.
 //! * Control records: `splice` stops with EINVAL at a record that is not application data; that record
@@ -32,14 +31,12 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::handshake::flush;
 use super::splice::{CHUNK, Pump, poll_io};
-use super::userspace::NbWrite;
-use super::{Close, Deadlines, Directions, Offload, Outcome, RelayLimits, Side, TlsIo};
+use super::{Close, Deadlines, Directions, Offload, Outcome, RelayLimits, Side};
 use crate::metrics::ByteCounters;
 use crate::sys::{self, CryptoInfo, KtlsCipher, KtlsDirection};
 
-/// How long the rest of a record that was half read during the handshake may take to arrive.
-const BOUNDARY_DEADLINE: Duration = Duration::from_secs(10);
 /// How long flushing what rustls queued before the hand-over may take.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 /// The largest TLS record payload a control record can carry (2^14), plus room for TLS 1.3 padding.
@@ -290,14 +287,14 @@ pub(super) struct Engaged {
 
 /// Hands the connection to the kernel if `offload` allows and the kernel can take its cipher.
 pub(super) async fn engage(
-    mut tls: TlsIo,
+    tls: TcpStream,
     mut conn: rustls::Connection,
     plain: TcpStream,
     offload: Offload,
 ) -> Engage {
     macro_rules! decline {
         ($($why:tt)+) => {
-            return Engage::Declined { tcp: tls.into_inner(), conn, plain, why: format!($($why)+) }
+            return Engage::Declined { tcp: tls, conn, plain, why: format!($($why)+) }
         };
     }
     if offload == Offload::Off {
@@ -323,7 +320,7 @@ pub(super) async fn engage(
         Ok(p) => p,
         Err(e) => decline!("cannot create pipes: {e}"),
     };
-    if let Err(e) = sys::set_tls_ulp(tls.tcp().as_fd()) {
+    if let Err(e) = sys::set_tls_ulp(tls.as_fd()) {
         decline!("setsockopt TCP_ULP \"tls\": {e}");
     }
     // Committed: with the tls ULP but no key yet the socket still works as plain TCP, but from here
@@ -335,55 +332,14 @@ pub(super) async fn engage(
     let client = matches!(conn, rustls::Connection::Client(_));
     let mut pending = Vec::new();
     let mut close = None;
-
-    // 1. The record rustls holds part of, if any, and everything rustls decrypted.
     let mut rx_open = true;
-    let completed = tokio::time::timeout(
-        BOUNDARY_DEADLINE,
-        tls.to_boundary(|bytes| feed(&mut conn, bytes, &mut pending)),
-    )
-    .await;
-    match completed {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => {
-            close = Some(Close::PeerNoCloseNotify);
-            rx_open = false;
-        }
-        Ok(Err(e)) => {
-            close = Some(
-                match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                    Some(tls_err) => Close::PeerTlsError(tls_err.to_string()),
-                    None => Side::Peer.close_for(&e),
-                },
-            );
-            rx_open = false;
-        }
-        Err(_) => {
-            close = Some(Close::Io(format!(
-                "kTLS hand-over: the record after the handshake did not complete within {}s",
-                BOUNDARY_DEADLINE.as_secs()
-            )));
-            rx_open = false;
-        }
-    }
-    let mut tls_error = matches!(close, Some(Close::PeerTlsError(_)));
-    if close.is_none() {
-        match conn.process_new_packets() {
-            Ok(state) => rx_open = !state.peer_has_closed(),
-            Err(e) => {
-                close = Some(Close::PeerTlsError(e.to_string()));
-                rx_open = false;
-                tls_error = true;
-            }
-        }
-    }
+
+    // 1. Plaintext rustls decrypted: none, as `super::handshake` stops at the handshake's last record
+    //    (which also leaves the socket at a record boundary); taken anyway, should that ever change.
     take_plaintext(&mut conn, &mut pending);
 
-    // 2. What rustls queued: after a TLS error its alert, after a failed hand-over close_notify.
-    if close.is_some() && !tls_error {
-        conn.send_close_notify();
-    }
-    let tcp = tls.into_inner();
+    // 2. What rustls queued (the client's last flight is flushed by the handshake already).
+    let tcp = tls;
     let flushed = tokio::time::timeout(FLUSH_DEADLINE, flush(&tcp, &mut conn)).await;
     let mut tx = None;
     if let Ok(Err(e)) | Err(e) = flushed.map_err(|_| io::Error::from(io::ErrorKind::TimedOut)) {
@@ -437,20 +393,6 @@ pub(super) async fn engage(
     })
 }
 
-/// Feeds ciphertext read off the socket to rustls, taking out the plaintext as it goes (rustls refuses
-/// more ciphertext while its plaintext buffer is full).
-fn feed(conn: &mut rustls::Connection, mut bytes: &[u8], pending: &mut Vec<u8>) -> io::Result<()> {
-    while !bytes.is_empty() {
-        take_plaintext(conn, pending);
-        let n = conn.read_tls(&mut bytes)?;
-        conn.process_new_packets().map_err(io::Error::other)?;
-        if n == 0 {
-            return Err(io::Error::other("rustls accepts no more ciphertext"));
-        }
-    }
-    Ok(())
-}
-
 fn take_plaintext(conn: &mut rustls::Connection, pending: &mut Vec<u8>) {
     let mut reader = conn.reader();
     while let Ok(chunk) = reader.fill_buf() {
@@ -461,18 +403,6 @@ fn take_plaintext(conn: &mut rustls::Connection, pending: &mut Vec<u8>) {
         pending.extend_from_slice(chunk);
         reader.consume(n);
     }
-}
-
-async fn flush(tcp: &TcpStream, conn: &mut rustls::Connection) -> io::Result<()> {
-    while conn.wants_write() {
-        tcp.writable().await?;
-        match conn.write_tls(&mut NbWrite(tcp)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 fn set_key(

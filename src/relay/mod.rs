@@ -1,8 +1,8 @@
 //! The relay: the only code that moves bytes between a verified TLS connection and its plaintext leg.
 //!
-//! Interface: the listener hands the handshake a [`TlsIo`] (the TCP socket, read one TLS record at a
-//! time), then [`Relay::start`] takes the socket with its finished rustls connection and the plaintext
-//! socket and picks the path; [`Relay::path`] names it for the connection counter, and [`Relay::run`]
+//! Interface: the listener completes the TLS handshake with [`handshake`] (whole records only, so the
+//! socket is left at a record boundary), then [`Relay::start`] takes the socket with its finished rustls
+//! connection and the plaintext socket and picks the path; [`Relay::path`] names it for the connection counter, and [`Relay::run`]
 //! returns an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext
 //! legs.
 //!
@@ -47,9 +47,9 @@
 //!   (`PeerKeyUpdate`). Records after the KeyUpdate are never read.
 //! * A NewSessionTicket is read and ignored (ringseal never resumes sessions).
 
+mod handshake;
 mod ktls;
 mod splice;
-mod tls_io;
 mod userspace;
 
 use std::future::Future;
@@ -62,8 +62,8 @@ use tokio::time::Sleep;
 
 use crate::metrics::ByteCounters;
 
+pub use handshake::handshake;
 pub use ktls::{KtlsSupport, support};
-pub use tls_io::TlsIo;
 
 /// Deadlines that apply while relaying.
 #[derive(Debug, Clone, Copy)]
@@ -183,7 +183,7 @@ impl Relay {
     /// Chooses the path for a connection whose handshake is complete in `conn`, engaging kTLS when
     /// `offload` allows and the kernel can take the negotiated cipher.
     pub async fn start(
-        tls: TlsIo,
+        tls: TcpStream,
         conn: rustls::Connection,
         plain: TcpStream,
         offload: Offload,
