@@ -112,7 +112,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// A failed handshake (tokio-rustls wraps rustls's error in an `io::Error`) as a refusal.
+/// A failed handshake (`relay::handshake` wraps rustls's error in an `io::Error`) as a refusal.
 pub fn refusal_from_io(e: &std::io::Error) -> Refusal {
     if let Some(tls_err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         let (reason, message) = crate::tls::verify::classify(tls_err);
