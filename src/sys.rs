@@ -68,6 +68,18 @@ impl Pipe {
     }
 }
 
+/// Asks for a pipe of `size` bytes (`F_SETPIPE_SZ`); returns the size the kernel gave (rounded up to a
+/// power-of-two number of pages). EPERM when the user's pipe pages exceed
+/// /proc/sys/fs/pipe-user-pages-soft, or `size` exceeds /proc/sys/fs/pipe-max-size (1 MiB by default).
+pub fn set_pipe_size(pipe: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
+    let size =
+        libc::c_int::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
+    let ret = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    check(ret)?;
+    Ok(ret as usize)
+}
+
 /// Moves up to `len` bytes from `from` to `to` (one of them a pipe) without copying them through user
 /// space. `Ok(0)` is end of stream on `from`.
 pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {

@@ -5,8 +5,11 @@
 //! A pump is filled only when it is empty, so `EAGAIN` from filling always means "the source has
 //! nothing", never "the pipe is full", and is drained completely before the next fill. A pipe holds
 //! 64 KiB by default (16 pages; fewer when the user exceeds /proc/sys/fs/pipe-user-pages-soft, which
-//! costs throughput, not correctness). Each direction of a connection has its own pipe: two
-//! descriptors per direction, six per connection with the two sockets.
+//! costs throughput, not correctness). A fill that fills the pipe (a bulk stream) grows it to
+//! [`MAX_PIPE`], so that a stream moves in fewer, larger splices; quiet connections keep the default
+//! (the kernel allocates a pipe's pages only while they hold data, but the ring of page slots grows
+//! with the size). Each direction of a connection has its own pipe: two descriptors per direction,
+//! six per connection with the two sockets.
 
 use std::future::Future;
 use std::io::{self, Read};
@@ -23,8 +26,10 @@ use super::{Close, Deadlines, Directions, Outcome, RelayLimits, Side};
 use crate::metrics::ByteCounters;
 use crate::sys;
 
-/// What one splice into a pipe asks for: the default pipe size.
+/// What one splice into a pipe asks for on the kTLS path: the default pipe size.
 pub(super) const CHUNK: usize = 64 * 1024;
+/// What a pipe grows to once a fill has filled it: the default /proc/sys/fs/pipe-max-size.
+const MAX_PIPE: usize = 1024 * 1024;
 
 /// Runs a non-blocking system call on `sock`; when it would block, clears tokio's readiness, registers
 /// for the next readiness event and returns `Pending` (or retries at once if it became ready meanwhile).
@@ -58,6 +63,9 @@ pub(super) fn poll_io<T>(
 pub(super) struct Pump {
     pipe: sys::Pipe,
     held: usize,
+    /// The pipe's size as far as we know; `grow` is false once it has grown or cannot.
+    capacity: usize,
+    grow: bool,
 }
 
 impl Pump {
@@ -65,6 +73,8 @@ impl Pump {
         Ok(Self {
             pipe: sys::Pipe::new()?,
             held: 0,
+            capacity: CHUNK,
+            grow: true,
         })
     }
 
@@ -81,12 +91,19 @@ impl Pump {
     ) -> Poll<io::Result<usize>> {
         debug_assert!(self.is_empty() && max > 0);
         let to = self.pipe.write.as_fd();
-        let len = max.min(CHUNK);
+        let len = max.min(self.capacity);
         let r = poll_io(cx, src, Interest::READABLE, || {
             sys::splice(src.as_fd(), to, len)
         });
         if let Poll::Ready(Ok(n)) = r {
             self.held += n;
+            if n == self.capacity && self.grow && max > self.capacity {
+                // Over the user's pipe-page allowance (EPERM) it stays as it is, for good.
+                self.grow = false;
+                if let Ok(size) = sys::set_pipe_size(to, MAX_PIPE) {
+                    self.capacity = size;
+                }
+            }
         }
         r
     }
@@ -201,7 +218,7 @@ fn poll_flow(
             flow.done = true;
             return true;
         }
-        match flow.pump.poll_fill(cx, src, CHUNK) {
+        match flow.pump.poll_fill(cx, src, usize::MAX) {
             Poll::Pending => return progress,
             Poll::Ready(Ok(0)) => flow.src_done = true,
             Poll::Ready(Ok(_)) => {}
@@ -296,4 +313,77 @@ pub(super) async fn plain(
         deadlines: Deadlines::new(limits),
     }
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (a, l.accept().await.unwrap().0)
+    }
+
+    /// A pipe grows once a fill has filled it, and then moves more per splice; a fill limited to the
+    /// default size (the kTLS path) never grows it.
+    #[tokio::test]
+    async fn a_filled_pipe_grows_and_carries_more_per_fill() {
+        let (mut tx, src) = pair().await;
+        let (dst, mut rx) = pair().await;
+        let sent: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move { tx.write_all(&sent).await.unwrap() })
+        };
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut pump = Pump::new().unwrap();
+        let mut fills = Vec::new();
+        let mut moved = 0;
+        while moved < sent.len() {
+            let n = poll_fn(|cx| pump.poll_fill(cx, &src, usize::MAX))
+                .await
+                .unwrap();
+            fills.push(n);
+            while !pump.is_empty() {
+                poll_fn(|cx| pump.poll_drain(cx, &dst, usize::MAX))
+                    .await
+                    .unwrap();
+            }
+            moved += n;
+        }
+        writer.await.unwrap();
+        drop(dst);
+        assert_eq!(reader.await.unwrap(), sent, "bytes changed on the way");
+        assert_eq!(pump.capacity, MAX_PIPE, "fills: {fills:?}");
+        assert!(
+            fills.iter().any(|&n| n > CHUNK),
+            "no fill moved more than the default pipe size: {fills:?}"
+        );
+
+        let (mut tx, src) = pair().await;
+        let (dst, _rx) = pair().await;
+        tx.write_all(&sent[..200_000]).await.unwrap();
+        let mut pump = Pump::new().unwrap();
+        let mut moved = 0;
+        while moved < 200_000 {
+            moved += poll_fn(|cx| pump.poll_fill(cx, &src, CHUNK)).await.unwrap();
+            while !pump.is_empty() {
+                poll_fn(|cx| pump.poll_drain(cx, &dst, usize::MAX))
+                    .await
+                    .unwrap();
+            }
+        }
+        assert_eq!(
+            pump.capacity, CHUNK,
+            "a fill bounded by CHUNK grew the pipe"
+        );
+    }
 }
