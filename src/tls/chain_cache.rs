@@ -21,7 +21,7 @@
 //!   one snapshot of the TLS material and settings. A reload (SIGHUP or a changed file, see
 //!   [`crate::reload`]) builds new verifiers with new, empty caches, so an entry made under old trust can
 //!   never answer under new trust: a CRL added by a reload, or a CA removed from `tls.ca`, applies to the
-//!   very next handshake. Listeners that share nothing share no cache.
+//!   very next handshake. Each listener builds its own verifiers, so its own caches.
 //! - **Time**: webpki's only time-dependent checks are each certificate's validity period (valid when
 //!   `notBefore <= now <= notAfter`, trust anchors excepted) and, with `crl_expired = "deny"`, each
 //!   CRL's nextUpdate (expired when `now >= nextUpdate`). An entry stores the intersection of every
