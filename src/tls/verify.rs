@@ -330,9 +330,7 @@ impl ServerVerifier {
             endpoint_verification,
         }
     }
-}
 
-impl ServerVerifier {
     /// The verified-chain cache of this verifier.
     pub fn chain_cache(&self) -> &ChainCache {
         &self.chains
