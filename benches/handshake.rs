@@ -2,6 +2,10 @@
 //! chain check wrapped by `PeerVerifier`, with and without a per-connection verifier for endpoint
 //! verification and with an allow-list. In memory (no sockets), so it measures crypto + verification,
 //! which is what features must not make heavier. `cargo bench --bench handshake`.
+//!
+//! A verifier remembers the chains it verified (`tls::chain_cache`), so every case that reuses one
+//! measures a reconnecting peer (chain answered from the cache, everything else run); "first contact"
+//! builds a fresh verifier per handshake, so the chain is verified in full.
 
 use std::sync::Arc;
 
@@ -69,6 +73,18 @@ fn bench(c: &mut Criterion) {
     g.bench_function("chain only", |b| {
         b.iter(|| handshake(&client, plain.clone()))
     });
+    g.bench_function(
+        "chain only, first contact (fresh verifier and config)",
+        |b| {
+            b.iter(|| {
+                let fresh = verifier(AllowList::default());
+                handshake(
+                    &client,
+                    ringseal::tls::server_config(&settings, provider.clone(), fresh),
+                )
+            })
+        },
+    );
     let base = verifier(AllowList::default());
     g.bench_function("endpoint verification (per-connection config)", |b| {
         b.iter(|| {

@@ -5,7 +5,8 @@
 //! * [`config`]: the TOML file -> a validated runtime [`config::Config`] (certificates already loaded).
 //! * [`tls`]: our identity and trust ([`tls::material`]) from PEM files or Java keystores
 //!   ([`tls::keystore`], JKS in [`tls::jks`]), suite/protocol names ([`tls::suites`]), peer verification
-//!   on webpki + endpoint verification + allow-list ([`tls::verify`]), X.509 v1 opt-in ([`tls::v1`]).
+//!   on webpki + endpoint verification + allow-list ([`tls::verify`]) with recently verified chains
+//!   reused ([`tls::chain_cache`]), X.509 v1 opt-in ([`tls::v1`]).
 //! * [`listener`]: accept under a permit, sniff, handshake under a deadline, verify, then connect the
 //!   storage port ([`listener::inbound`]); or accept the local node's plaintext and dial a peer's
 //!   sidecar with mutual TLS ([`listener::outbound`]).

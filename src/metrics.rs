@@ -18,6 +18,7 @@ pub const CLOSES: &str = "ringseal_connections_closed_total";
 pub const BUILD_INFO: &str = "ringseal_build_info";
 pub const CERT_EXPIRY: &str = "ringseal_certificate_expiry_timestamp_seconds";
 pub const RELOADS: &str = "ringseal_config_reloads_total";
+pub const CHAIN_CACHE: &str = "ringseal_chain_cache_lookups_total";
 
 /// Every metric name above: what `/metrics` may contain, and what dashboards and alerts may reference.
 pub const ALL: &[&str] = &[
@@ -31,6 +32,7 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     CERT_EXPIRY,
     RELOADS,
+    CHAIN_CACHE,
 ];
 
 /// Why a handshake was refused: the `reason` label, a small fixed set.
@@ -134,6 +136,11 @@ pub fn describe() {
         RELOADS,
         "Certificate and configuration reload attempts by result (ok|error)"
     );
+    describe_counter!(
+        CHAIN_CACHE,
+        "Peer certificate chains looked up in the verified-chain cache, by direction and result (hit: \
+         the chain's signatures were not checked again; miss: verified in full)"
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -152,6 +159,9 @@ pub fn register_zeroes(directions: &[Direction]) {
         counter!(BYTES, "direction" => d, "flow" => "from_peer").increment(0);
         counter!(BYTES, "direction" => d, "flow" => "to_peer").increment(0);
         counter!(BACKEND_FAILURES, "direction" => d).increment(0);
+        for result in ["hit", "miss"] {
+            counter!(CHAIN_CACHE, "direction" => d, "result" => result).increment(0);
+        }
         for result in ["ok", "refused"] {
             // Registering is enough: the histogram renders with empty buckets.
             let _ = histogram!(HANDSHAKE_DURATION, "direction" => d, "result" => result);
@@ -176,6 +186,12 @@ pub fn handshake_refused(dir: Direction, reason: Reason, took: Duration) {
         "reason" => reason.as_str(), "protocol" => "", "cipher_suite" => "")
     .increment(1);
     histogram!(HANDSHAKE_DURATION, "direction" => dir.as_str(), "result" => "refused").record(took);
+}
+
+/// One lookup in a verifier's verified-chain cache ([`crate::tls::chain_cache`]).
+pub fn chain_cache_lookup(dir: Direction, hit: bool) {
+    counter!(CHAIN_CACHE, "direction" => dir.as_str(), "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
 }
 
 pub fn backend_failure(dir: Direction) {

@@ -1,6 +1,7 @@
 //! TLS: our key material, the suite and protocol names operators write, peer verification, and the
 //! rustls configurations built from them.
 
+pub mod chain_cache;
 pub mod jks;
 pub mod keystore;
 pub mod material;
@@ -69,7 +70,12 @@ pub fn client_verifier(
         settings.crl_expired,
         provider_signature_algs(),
     );
-    PeerVerifier::new(inner, policy, Arc::new(v1))
+    let chains = chain_cache::ChainCache::new(
+        crate::metrics::Direction::Inbound,
+        &settings.material,
+        settings.crl_expired,
+    );
+    PeerVerifier::new(inner, policy, Arc::new(v1), chains)
 }
 
 /// A server config for one listener (or one connection, when the verifier is bound to the peer's IP).

@@ -5,6 +5,10 @@
 //! `require_endpoint_verification` (the peer's source IP must be an IP SAN of its certificate) and an
 //! optional identity allow-list. All of it runs inside the handshake, so a refused peer receives a TLS
 //! alert and nothing is ever forwarded for it.
+//!
+//! Both verifiers answer the chain check from a [`ChainCache`] when the peer presents a chain they
+//! verified moments ago (see [`super::chain_cache`] for why that is sound); endpoint verification, the
+//! allow-list and the handshake signature run on every handshake regardless.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,12 +22,13 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::chain_cache::ChainCache;
 use super::material::TlsMaterial;
 use super::v1;
 pub use super::v1::V1Trust;
 use super::x509::{CertInfo, fmt_time, unix};
 use crate::config::CrlExpired;
-use crate::metrics::Reason;
+use crate::metrics::{Direction, Reason};
 
 /// `allow = { ou, cn, dns, ip, uri }`: a certificate is allowed when any listed value matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,38 +128,51 @@ pub struct PeerPolicy {
     pub allow: AllowList,
 }
 
-/// A client certificate verifier: webpki for the chain, then endpoint verification (when `peer_ip` is set)
-/// and the allow-list.
+/// A client certificate verifier: webpki for the chain (or the cache of chains it verified), then
+/// endpoint verification (when `peer_ip` is set) and the allow-list.
 #[derive(Debug)]
 pub struct PeerVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     policy: Arc<PeerPolicy>,
     peer_ip: Option<IpAddr>,
     v1: Arc<V1Trust>,
+    /// Chains `inner` has verified: built with it, from the same material and settings.
+    chains: Arc<ChainCache>,
 }
 
 impl PeerVerifier {
+    /// `chains` must be new and belong to `inner`'s trust material and settings: a verdict of one
+    /// verifier must never answer for another.
     pub fn new(
         inner: Arc<dyn ClientCertVerifier>,
         policy: Arc<PeerPolicy>,
         v1: Arc<V1Trust>,
+        chains: ChainCache,
     ) -> Self {
         Self {
             inner,
             policy,
             peer_ip: None,
             v1,
+            chains: Arc::new(chains),
         }
     }
 
-    /// The same verifier, additionally requiring `peer` to be an IP SAN of the client certificate.
+    /// The same verifier (and chain cache), additionally requiring `peer` to be an IP SAN of the client
+    /// certificate.
     pub fn for_endpoint(&self, peer: IpAddr) -> Self {
         Self {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
             peer_ip: Some(canonical_ip(peer)),
             v1: self.v1.clone(),
+            chains: self.chains.clone(),
         }
+    }
+
+    /// The verified-chain cache (shared with every [`Self::for_endpoint`] copy).
+    pub fn chain_cache(&self) -> &ChainCache {
+        &self.chains
     }
 }
 
@@ -223,9 +241,13 @@ impl ClientCertVerifier for PeerVerifier {
         if v1::is_v1(end_entity) {
             self.v1.verify_leaf(end_entity, now)?;
         } else {
-            self.inner
-                .verify_client_cert(end_entity, intermediates, now)?;
+            self.chains.verify(end_entity, intermediates, now, || {
+                self.inner
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map(|_| ())
+            })?;
         }
+        // Per connection, hit or miss.
         check_identity(end_entity, self.peer_ip, &self.policy.allow)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -272,6 +294,8 @@ pub struct ServerVerifier {
     provider: Arc<rustls::crypto::CryptoProvider>,
     policy: Arc<PeerPolicy>,
     endpoint_verification: bool,
+    /// Chains verified with the material, CRLs and settings above.
+    chains: ChainCache,
 }
 
 impl ServerVerifier {
@@ -297,6 +321,7 @@ impl ServerVerifier {
                 crl_expired,
                 provider.signature_verification_algorithms,
             ),
+            chains: ChainCache::new(Direction::Outbound, &material, crl_expired),
             material,
             crls,
             crl_expired,
@@ -305,28 +330,19 @@ impl ServerVerifier {
             endpoint_verification,
         }
     }
-}
 
-impl ServerCertVerifier for ServerVerifier {
-    fn verify_server_cert(
+    /// The verified-chain cache of this verifier.
+    pub fn chain_cache(&self) -> &ChainCache {
+        &self.chains
+    }
+
+    /// The full chain check: webpki, serverAuth usage, `tls.crl` with the `crl_expired` policy.
+    fn verify_chain(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        if v1::is_v1(end_entity) {
-            self.v1.verify_leaf(end_entity, now)?;
-            let dialed = match server_name {
-                ServerName::IpAddress(ip) if self.endpoint_verification => {
-                    Some(canonical_ip(IpAddr::from(*ip)))
-                }
-                _ => None,
-            };
-            check_identity(end_entity, dialed, &self.policy.allow)?;
-            return Ok(ServerCertVerified::assertion());
-        }
+    ) -> Result<(), Error> {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
@@ -349,8 +365,29 @@ impl ServerCertVerifier for ServerVerifier {
             revocation,
             None,
         )
-        .map_err(webpki_error)?;
-        // Outbound connections are always made to an IP address, which is the "server name" here.
+        .map(|_| ())
+        .map_err(webpki_error)
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if v1::is_v1(end_entity) {
+            self.v1.verify_leaf(end_entity, now)?;
+        } else {
+            self.chains.verify(end_entity, intermediates, now, || {
+                self.verify_chain(end_entity, intermediates, now)
+            })?;
+        }
+        // Per connection, hit or miss. Outbound connections are always made to an IP address, which is
+        // the "server name" here.
         let dialed = match server_name {
             ServerName::IpAddress(ip) if self.endpoint_verification => {
                 Some(canonical_ip(IpAddr::from(*ip)))
