@@ -32,7 +32,7 @@
 //! here (rustls itself allocates one `Vec` per record, see above). Measured 2026-11-22
 //! (`ringseal bench --tests memory`, 9,968 idle connections that each echoed one byte, load average
 //! 6-7): 13.6 KiB per connection on the outbound side, 17.5 KiB inbound, down from 52.6 / 54.9 KiB
-//! with 16 KiB buffers held from the first poll and a connection task of 27 KiB (now about 5 KiB, see
+//! with 16 KiB buffers held from the first poll and a connection task of 27 KiB (now 5.8 KiB, see
 //! `Relay::start`); most of what remains is rustls's (its record buffer alone about 6 KiB).
 
 use std::cell::RefCell;
