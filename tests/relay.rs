@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::stream::{MIB, expected_hash, recv_all, send_seeded};
 use common::*;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -85,6 +86,59 @@ async fn sixty_four_mib_each_way_peer_closes_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_each_way_backend_closes_first() {
     stream_both_ways(First::Backend).await;
+}
+
+/// A connection that is quiet, then streams, then is quiet again, on the user-space path: small
+/// messages go through buffers lent for one poll, a stream grows the connection's own buffers, small
+/// messages follow through those. Every byte comes back, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_then_bulk_then_quiet_again() {
+    const BULK: usize = 16 * MIB;
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let mut config = config(&pki, backend.addr);
+    config.offload = ringseal::relay::Offload::Off;
+    let sidecar = Sidecar::start(config).await;
+    let mut tls = connect(&client(pki.roots(), Some(&pki.node)), sidecar.addr)
+        .await
+        .unwrap();
+    // One byte, a few, and more than one record (a read that fills a small buffer).
+    let small: [&[u8]; 3] = [b"x", b"gossip", &[7u8; 40_000]];
+    for msg in small {
+        within("echo before the stream", echo(&mut tls, msg))
+            .await
+            .unwrap();
+    }
+
+    let (mut r, mut w) = tokio::io::split(tls);
+    let reader = tokio::spawn(async move {
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = BULK;
+        while left > 0 {
+            let n = r.read(&mut buf[..left.min(256 * 1024)]).await.unwrap();
+            assert!(n > 0, "the echo ended early");
+            hash.update(&buf[..n]);
+            left -= n;
+        }
+        (r, hash.finalize().to_vec())
+    });
+    let sent = send_seeded(&mut w, 3, BULK, None).await;
+    let (r, echoed) = within("the stream's echo", reader).await.unwrap();
+    assert_eq!(echoed, sent, "the stream came back unchanged");
+    let mut tls = r.unsplit(w);
+
+    for msg in small.iter().rev() {
+        within("echo after the stream", echo(&mut tls, msg))
+            .await
+            .unwrap();
+    }
+    tls.shutdown().await.unwrap();
+    backend.wait_finished(1).await;
+    let total: usize = small.iter().map(|m| 2 * m.len()).sum::<usize>() + BULK;
+    assert_eq!(backend.received.lock().unwrap()[0].len(), total);
+    assert_eq!(backend.endings.lock().unwrap()[0], "eof");
+    assert_eq!(sidecar.stop().await.cut, 0);
 }
 
 /// A TLS client whose TCP socket can be taken back, to end it without close_notify or with a reset.

@@ -87,18 +87,20 @@ pub async fn serve<S, F, Fut>(
     handle: F,
 ) where
     S: Send + Sync + 'static,
-    F: Fn(TcpStream, SocketAddr, Arc<S>) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<S>) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     while let Some((stream, peer, permit)) =
         accept(listener, &life.permits, &life.shutdown, log).await
     {
         let cut = life.cut.clone();
-        let connection = handle(stream, peer, shared.clone());
+        let shared = shared.clone();
+        // The connection's future is created inside the task: captured by the task's block it would
+        // be stored twice in the task (captured, and moved into `select!`).
         life.tracker.spawn(async move {
             tokio::select! {
                 _ = cut.cancelled() => {}
-                _ = connection => {}
+                _ = handle(stream, peer, shared) => {}
             }
             drop(permit);
         });

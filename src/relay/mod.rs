@@ -2,8 +2,8 @@
 //!
 //! Interface: the listener completes the TLS handshake with [`handshake`] (whole records only, so the
 //! socket is left at a record boundary), then [`Relay::start`] takes the socket with its finished rustls
-//! connection and the plaintext socket and picks the path; [`Relay::path`] names it for the connection counter, and [`Relay::run`]
-//! returns an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext
+//! connection and the plaintext socket and picks the path; [`Relay::path`] names it for the connection
+//! counter, and [`Relay::run`] returns an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext
 //! legs.
 //!
 //! # Paths
@@ -167,10 +167,13 @@ pub struct Outcome {
 
 /// A connection whose path is chosen; [`Relay::run`] moves its bytes.
 pub struct Relay {
-    inner: Inner,
+    /// Boxed for the moment between `start` and `run`: the listener's task keeps the space of a
+    /// `Relay` it has moved into `run` for the connection's whole life (1.2 KiB inline, measured
+    /// with -Zprint-type-sizes).
+    inner: Box<Inner>,
 }
 
-// One per connection, consumed by `run`: boxing the rustls connection would only add an allocation.
+// Boxed whole in `Relay`; its variants are not boxed again.
 #[allow(clippy::large_enum_variant)]
 enum Inner {
     Userspace(TcpStream, rustls::Connection, TcpStream),
@@ -182,52 +185,87 @@ enum Inner {
 impl Relay {
     /// Chooses the path for a connection whose handshake is complete in `conn`, engaging kTLS when
     /// `offload` allows and the kernel can take the negotiated cipher.
-    pub async fn start(
+    ///
+    /// Boxed: engaging kTLS holds KiBs of state for a moment (the session keys, the flush of what
+    /// rustls queued); inline, that space would be part of the connection's task, and so of its
+    /// memory, for the connection's whole life.
+    pub fn start(
         tls: TcpStream,
         conn: rustls::Connection,
         plain: TcpStream,
         offload: Offload,
-    ) -> Self {
-        let inner = match ktls::engage(tls, conn, plain, offload).await {
-            ktls::Engage::Engaged(e) => Inner::Ktls(e),
-            ktls::Engage::Declined {
-                tcp,
-                conn,
-                plain,
-                why,
-            } if offload != Offload::Require => {
-                tracing::trace!("user-space relay: {why}");
-                Inner::Userspace(tcp, conn, plain)
+    ) -> impl Future<Output = Self> + Send {
+        Box::pin(async move {
+            let inner = match ktls::engage(tls, conn, plain, offload).await {
+                ktls::Engage::Engaged(e) => Inner::Ktls(e),
+                ktls::Engage::Declined {
+                    tcp,
+                    conn,
+                    plain,
+                    why,
+                } if offload != Offload::Require => {
+                    tracing::trace!("user-space relay: {why}");
+                    Inner::Userspace(tcp, conn, plain)
+                }
+                ktls::Engage::Declined { tcp, conn, why, .. } => {
+                    close(tcp, conn).await;
+                    Inner::Refused(why)
+                }
+            };
+            Self {
+                inner: Box::new(inner),
             }
-            ktls::Engage::Declined { tcp, conn, why, .. } => {
-                close(tcp, conn).await;
-                Inner::Refused(why)
-            }
-        };
-        Self { inner }
+        })
     }
 
     /// The path for the connection counter; a connection refused under `offload = "require"` counts
     /// as `ktls`, the path it was required to take (and ends with `how="offload_unavailable"`).
     pub fn path(&self) -> Path {
-        match self.inner {
+        match *self.inner {
             Inner::Userspace(..) => Path::Userspace,
             Inner::Ktls(_) | Inner::Refused(_) => Path::Ktls,
         }
     }
 
-    /// Relays until both directions finish.
-    pub async fn run(self, limits: RelayLimits, counters: ByteCounters) -> Outcome {
-        match self.inner {
+    /// Relays until both directions finish. The future is the path's own relay (no more than it
+    /// needs while the connection lives: it is part of every connection's task).
+    pub fn run(self, limits: RelayLimits, counters: ByteCounters) -> Run {
+        Run(match *self.inner {
             Inner::Userspace(tls, conn, plain) => {
-                userspace::Relay::new(tls, conn, plain, limits, counters).await
+                RunInner::Userspace(userspace::Relay::new(tls, conn, plain, limits, counters))
             }
-            Inner::Ktls(engaged) => engaged.relay(limits, counters).await,
-            Inner::Refused(why) => Outcome {
+            Inner::Ktls(engaged) => RunInner::Ktls(Box::pin(engaged.relay(limits, counters))),
+            Inner::Refused(why) => RunInner::Refused(Some(Outcome {
                 from_peer: 0,
                 to_peer: 0,
                 close: Close::OffloadUnavailable(why),
-            },
+            })),
+        })
+    }
+}
+
+/// The future of [`Relay::run`].
+pub struct Run(RunInner);
+
+// One per connection: boxing the user-space relay would only add an allocation. The kTLS relay's
+// future cannot be named here, so it is boxed (a few hundred bytes).
+#[allow(clippy::large_enum_variant)]
+enum RunInner {
+    Userspace(userspace::Relay),
+    Ktls(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+    Refused(Option<Outcome>),
+}
+
+impl Future for Run {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut self.get_mut().0 {
+            RunInner::Userspace(r) => Pin::new(r).poll(cx),
+            RunInner::Ktls(r) => r.as_mut().poll(cx),
+            RunInner::Refused(outcome) => {
+                Poll::Ready(outcome.take().expect("polled after completion"))
+            }
         }
     }
 }
@@ -256,9 +294,12 @@ pub fn log_offload(offload: Offload) {
 }
 
 /// Ends a TLS connection that will carry no data (its backend could not be reached): close_notify, then
-/// FIN, bounded by [`CLOSE_DEADLINE`] so a peer that does not read cannot hold the task.
-pub async fn close(tls: TcpStream, conn: rustls::Connection) {
-    let _ = tokio::time::timeout(CLOSE_DEADLINE, userspace::close(&tls, conn)).await;
+/// FIN, bounded by [`CLOSE_DEADLINE`] so a peer that does not read cannot hold the task. Boxed, like
+/// [`Relay::start`], so that its state is not part of every connection's task.
+pub fn close(tls: TcpStream, conn: rustls::Connection) -> impl Future<Output = ()> + Send {
+    Box::pin(async move {
+        let _ = tokio::time::timeout(CLOSE_DEADLINE, userspace::close(&tls, conn)).await;
+    })
 }
 
 /// How long [`close`] may take.

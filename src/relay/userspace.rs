@@ -26,11 +26,18 @@
 //! the unbuffered API is merged upstream (rustls/rustls#2746) but not in 0.23.46; with it the receive
 //! side could drop two copies.
 //!
-//! Buffers are allocated at first use at [`MIN_BUF`], grow when a transfer fills them (a bulk stream)
-//! and are released after [`SHRINK_AFTER`] without traffic, so the many quiet connections of a
-//! cluster keep small buffers. Nothing is allocated per chunk here (rustls itself allocates one `Vec` per record, see
-//! above).
+//! A quiet connection holds no buffer: buffers of [`MIN_BUF`] are lent by the worker thread for one
+//! poll and given back at its end when empty; a read that fills one makes it grow, and grown buffers
+//! stay with the connection until [`SHRINK_AFTER`] without traffic. Nothing is allocated per chunk
+//! here (rustls itself allocates one `Vec` per record, see above). Measured 2026-11-22
+//! (`ringseal bench --compare haproxy --tests bulk,memory`, 9,968 idle connections that each echoed
+//! one byte, medians of 3, load average 0.2-2.5): 12.4 KiB per connection on the outbound side,
+//! 16.4 KiB inbound (HAProxy 30.7 / 22.8), down from 52.5 / 54.9 KiB with 16 KiB buffers held from
+//! the first poll and a connection task of 27 KiB (now 4.6-4.7 KiB, see `Relay::start`); most of
+//! what remains is rustls's (its record buffer alone about 6 KiB). Bulk unchanged by this: 0.78-0.81
+//! proxy CPU-s/GB against 0.84 before, HAProxy 1.59-1.76, in the same runs.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, BufRead, Read, Write};
 use std::net::Shutdown;
@@ -45,10 +52,36 @@ use tokio::time::Sleep;
 use super::{Close, Deadlines, Directions, Outcome, RelayLimits, Side};
 use crate::metrics::ByteCounters;
 
-/// A buffer is allocated at its first read, at 16 KiB (one full TLS record): 32 KiB per connection
-/// (`pout` is not needed, see [`Relay::gather`]) for the many connections that carry small messages
-/// (gossip, mutations) or sit idle. The first read that fills a buffer grows it.
+/// The size of a buffer before it grows: 16 KiB, one full TLS record. A connection holds no buffer of
+/// this size while it is quiet: each is lent from the worker thread's [`SPARE`] for one poll and given
+/// back at the end of it if it is empty then (small messages, gossip and mutations, are relayed within
+/// the poll that read them). The first read that fills a buffer grows it, and the connection keeps
+/// that one (a bulk stream) until [`SHRINK_AFTER`].
 const MIN_BUF: usize = 16 * 1024;
+/// Empty [`MIN_BUF`] buffers a worker thread keeps for lending; a connection uses at most three at
+/// once (`cin`, `pin`, `pout`).
+const SPARE_KEPT: usize = 4;
+
+thread_local! {
+    /// The worker thread's empty buffers of [`MIN_BUF`], lent to connections for one poll.
+    static SPARE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A [`MIN_BUF`] buffer from the thread's [`SPARE`], or a new one.
+fn lend() -> Box<[u8]> {
+    SPARE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| vec![0; MIN_BUF].into_boxed_slice())
+}
+
+/// Gives an empty [`MIN_BUF`] buffer back to the thread's [`SPARE`] (or frees it when that is full).
+fn give_back(buf: Box<[u8]>) {
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_KEPT {
+            spare.push(buf);
+        }
+    });
+}
 /// Buffers that sockets are read into (`cin`, `pin`) grow to 768 KiB once a read fills them: a reader
 /// that was scheduled late drains everything queued in one `recv`, so fewer reads and wake-ups per
 /// byte. Measured on loopback (benches/relay_throughput.rs, 2 cores): 768 KiB and 1 MiB cost ~10% less
@@ -91,6 +124,14 @@ impl Buf {
         self.data.len() > MIN_BUF
     }
 
+    /// Gives a [`MIN_BUF`] buffer back to the thread's [`SPARE`] if it is empty (the end of every
+    /// poll): a quiet connection holds none.
+    fn give_back(&mut self) {
+        if self.is_empty() && self.data.len() == MIN_BUF && !self.grow {
+            give_back(std::mem::take(&mut self.data));
+        }
+    }
+
     /// Released (allocated again at the next read) if it is grown and empty.
     fn shrink(&mut self) {
         if self.is_grown() && self.is_empty() {
@@ -121,14 +162,17 @@ impl Buf {
         if self.grow {
             // Once per bulk transfer (see SHRINK_AFTER), not per chunk.
             self.grow = false;
-            self.data = vec![0; self.max].into_boxed_slice();
+            let small = std::mem::replace(&mut self.data, vec![0; self.max].into_boxed_slice());
+            if small.len() == MIN_BUF {
+                give_back(small);
+            }
         }
     }
 
     /// Where the next read goes: the free tail (empty when the buffer is full).
     fn spare(&mut self) -> &mut [u8] {
         if self.data.is_empty() {
-            self.data = vec![0; MIN_BUF].into_boxed_slice();
+            self.data = lend();
         }
         &mut self.data[self.len..]
     }
@@ -569,7 +613,12 @@ impl Future for Relay {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        super::drive(self.get_mut(), cx)
+        let this = self.get_mut();
+        let poll = super::drive(this, cx);
+        this.cin.give_back();
+        this.pin.give_back();
+        this.pout.give_back();
+        poll
     }
 }
 
@@ -724,6 +773,27 @@ mod tests {
         fill(&mut b, MAX_IN);
         b.clear();
         assert_eq!(b.spare().len(), MAX_IN);
+    }
+
+    #[test]
+    fn an_empty_small_buffer_goes_back_to_the_thread() {
+        let mut b = Buf::new(MAX_IN);
+        fill(&mut b, 100);
+        b.give_back();
+        assert_eq!(
+            b.pending().len(),
+            100,
+            "bytes still waiting keep their buffer"
+        );
+        b.consume(100);
+        b.give_back();
+        assert!(b.data.is_empty(), "a quiet connection holds no buffer");
+        assert_eq!(b.spare().len(), MIN_BUF, "the next read borrows one again");
+        // A read that fills it: a stream, which keeps its grown buffer.
+        fill(&mut b, MIN_BUF);
+        b.clear();
+        b.give_back();
+        assert!(b.is_grown());
     }
 
     #[test]
