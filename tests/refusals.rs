@@ -186,6 +186,82 @@ async fn malformed_handshake_record_is_refused() {
     assert_still_serves(&pki, &backend, &sidecar, 0).await;
 }
 
+#[tokio::test]
+async fn record_header_announcing_more_than_any_record_is_refused_at_once() {
+    let pki = Pki::new();
+    let (backend, sidecar) = start(&pki, |c| c.limits.handshake_timeout = NEVER).await;
+    // 65,535 bytes announced, more than TLS allows (2^14 + 2048): refused on the header, without
+    // waiting for a body that may never come (the handshake timeout is an hour).
+    let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00])
+        .await
+        .unwrap();
+    let got = within("oversized record header", until_closed(&mut s)).await;
+    assert_nothing_but_alert(&got, "oversized record header");
+    assert_still_serves(&pki, &backend, &sidecar, 0).await;
+}
+
+/// A TCP stream whose writes carry at most 3 bytes each: with TCP_NODELAY every record reaches the
+/// sidecar in pieces.
+struct Dribble(TcpStream);
+
+impl tokio::io::AsyncRead for Dribble {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Dribble {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let n = buf.len().min(3);
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &buf[..n])
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn handshake_records_arriving_in_pieces_complete() {
+    let pki = Pki::new();
+    let (backend, sidecar) = start(&pki, |c| c.limits.handshake_timeout = NEVER).await;
+    let tcp = TcpStream::connect(sidecar.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let cfg = client(pki.roots(), Some(&pki.node));
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let mut tls = within(
+        "handshake in 3-byte pieces",
+        connector.connect(ServerName::IpAddress(LOCALHOST.into()), Dribble(tcp)),
+    )
+    .await
+    .expect("a handshake whose records arrive in pieces must complete");
+    let msg = b"pieces of a record";
+    tls.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    within("echo", tls.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, msg);
+    assert_eq!(backend.accepted(), 1);
+}
+
 // 2. A truncated ClientHello.
 
 #[tokio::test]
