@@ -24,7 +24,6 @@ pub mod workload;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,7 +179,8 @@ pub enum Test {
     Handshake,
     /// TLS handshakes straight to the inbound proxy with one key exchange group offered.
     Kx,
-    /// `openssl s_time -new` with a client certificate against the inbound proxy.
+    /// `openssl s_time -new` with a client certificate against the inbound proxy, twice: the client
+    /// closing right after each handshake, and sending one request (`-www`) on each connection.
     #[value(name = "s_time")]
     STime,
     /// Memory of the pair at `--connections` idle established connections.
@@ -205,6 +205,37 @@ impl Test {
             Self::Kx => "kx",
             Self::STime => "s_time",
             Self::Memory => "memory",
+        }
+    }
+}
+
+/// What `openssl s_time` does on each connection after its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum STimeClient {
+    /// `-new`: closes at once. A proxy may skip the storage-port connection for a client that is
+    /// already gone (HAProxy does), so not every peer runs the whole path here.
+    Closes,
+    /// `-new -www /`: sends one request and reads the reply until the backend closes, so every
+    /// proxy runs the whole path (verification, backend connect, relay, close) for every handshake.
+    Request,
+}
+
+impl STimeClient {
+    pub const ALL: [STimeClient; 2] = [Self::Closes, Self::Request];
+
+    /// The JSON and CSV field.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Closes => "closes_at_once",
+            Self::Request => "one_request",
+        }
+    }
+
+    /// The row label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Closes => "closes at once",
+            Self::Request => "one request (-www)",
         }
     }
 }
@@ -419,7 +450,7 @@ enum Step {
     Latency,
     Handshake,
     Kx(Group),
-    STime,
+    STime(STimeClient),
 }
 
 impl Step {
@@ -429,13 +460,20 @@ impl Step {
             Self::Latency => Test::Latency,
             Self::Handshake => Test::Handshake,
             Self::Kx(_) => Test::Kx,
-            Self::STime => Test::STime,
+            Self::STime(_) => Test::STime,
         }
     }
 
     fn group(self) -> Option<Group> {
         match self {
             Self::Kx(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    fn client(self) -> Option<STimeClient> {
+        match self {
+            Self::STime(c) => Some(c),
             _ => None,
         }
     }
@@ -451,7 +489,7 @@ impl Step {
             Self::Latency => format!("ping-pong {} ({})", suite.iana, key.name()),
             Self::Handshake => format!("handshakes through the pair ({})", key.name()),
             Self::Kx(g) => format!("handshakes to the inbound side ({})", g.name()),
-            Self::STime => "openssl s_time -new".to_owned(),
+            Self::STime(c) => format!("openssl s_time -new, {}", c.label()),
         }
     }
 }
@@ -496,7 +534,9 @@ fn plan(o: &Options) -> Vec<Setup> {
         }
     }
     if o.wants(Test::STime) {
-        add(d, KeyKind::EcdsaP256, Step::STime);
+        for c in STimeClient::ALL {
+            add(d, KeyKind::EcdsaP256, Step::STime(c));
+        }
     }
     setups
 }
@@ -567,7 +607,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut certs: BTreeMap<KeyKind, Arc<Certs>> = BTreeMap::new();
     let ctx = Ctx {
         opts: &opts,
-        backend: backend.addr,
+        backend: &backend,
         connections,
         s_time: openssl.is_some(),
     };
@@ -611,7 +651,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// What every measurement needs.
 struct Ctx<'a> {
     opts: &'a Options,
-    backend: SocketAddr,
+    backend: &'a Backend,
     /// `--connections`, possibly lowered to what the open-file limit allows.
     connections: usize,
     /// `openssl` is installed.
@@ -662,7 +702,7 @@ async fn run_setup(
         let spec = anchors::PairSpec {
             suite: setup.suite,
             certs: certs.clone(),
-            backend: ctx.backend,
+            backend: ctx.backend.addr,
             max_connections: ctx.connections + 64,
         };
         match Pair::start(peer, &spec) {
@@ -716,7 +756,7 @@ async fn run_setup(
                     rep + 1,
                     ctx.opts.repeat
                 ));
-                if step == Step::STime && !ctx.s_time {
+                if matches!(step, Step::STime(_)) && !ctx.s_time {
                     results.note(
                         key(setup, step, Metric::HandshakesPerSec),
                         *peer,
@@ -778,6 +818,7 @@ fn key(setup: &Setup, step: Step, metric: Metric) -> Key {
         suite: setup.suite,
         key_type: setup.key,
         group: step.group(),
+        client: step.client(),
         metric,
     }
 }
@@ -923,7 +964,7 @@ async fn measure(
     pair: Option<&Pair>,
     certs: &Certs,
 ) -> anyhow::Result<Vec<(Metric, f64)>> {
-    let entry = pair.map_or(ctx.backend, |p| p.entry);
+    let entry = pair.map_or(ctx.backend.addr, |p| p.entry);
     let before = pair.map(Pair::cpu);
     let cpu_since = |p: &Pair, b: anchors::Cpu| {
         let now = p.cpu();
@@ -982,13 +1023,21 @@ async fn measure(
                 (Metric::ServerCpuMsPerHandshake, i * 1e3 / n as f64),
             ])
         }
-        Step::STime => {
+        Step::STime(client) => {
             let p = pair.context("s_time needs a pair")?;
             let b = before.context("cpu")?;
+            let answered = ctx.backend.requests();
             let started = Instant::now();
-            let n = workload::s_time(p.tls, certs, setup.suite, d).await?;
+            let n = workload::s_time(p.tls, certs, setup.suite, d, client).await?;
             let secs = started.elapsed().as_secs_f64();
             let (_, i) = cpu_since(p, b);
+            // Every connection s_time counted must have been answered by the storage port: a proxy
+            // that dropped requests would otherwise look cheap.
+            let answered = ctx.backend.requests() - answered;
+            anyhow::ensure!(
+                client == STimeClient::Closes || answered >= n,
+                "openssl s_time -www made {n} connections but only {answered} requests reached the backend"
+            );
             Ok(vec![
                 (Metric::HandshakesPerSec, n as f64 / secs),
                 (Metric::ServerCpuMsPerHandshake, i * 1e3 / n as f64),
@@ -1022,12 +1071,13 @@ async fn run_memory(
                 suite,
                 key_type: KeyKind::EcdsaP256,
                 group: None,
+                client: None,
                 metric,
             };
             let spec = anchors::PairSpec {
                 suite,
                 certs: certs.clone(),
-                backend: ctx.backend,
+                backend: ctx.backend.addr,
                 max_connections: n + 64,
             };
             let r = async {

@@ -59,7 +59,10 @@ fn panel(
                     format!("{} {}", row.key.suite.short, row.key.key_type.name())
                 }
             }
-            Test::STime => "openssl s_time".to_owned(),
+            Test::STime => format!(
+                "s_time, {}",
+                row.key.client.map_or("", super::STimeClient::label)
+            ),
             _ => row.key.scenario(),
         };
         let values = peers

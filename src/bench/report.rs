@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Group, KeyKind, Metric, Options, Peer, Suite, Test};
+use super::{Group, KeyKind, Metric, Options, Peer, STimeClient, Suite, Test};
 
 /// What a row measures.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +22,8 @@ pub struct Key {
     /// The one group the driver offered (the `kx` test); `None`: what the peers negotiate by
     /// themselves (X25519 for every peer here).
     pub group: Option<Group>,
+    /// What the `s_time` client does after each handshake; `None` for the other tests.
+    pub client: Option<STimeClient>,
     pub metric: Metric,
 }
 
@@ -31,6 +33,7 @@ impl PartialEq for Key {
             && std::ptr::eq(self.suite, o.suite)
             && self.key_type == o.key_type
             && self.group == o.group
+            && self.client == o.client
             && self.metric == o.metric
     }
 }
@@ -48,7 +51,11 @@ impl Key {
             }
             Test::Handshake => self.key_type.name().to_owned(),
             Test::Kx => self.group.map_or("", Group::name).to_owned(),
-            Test::STime => format!("{} {}", self.key_type.name(), "X25519"),
+            Test::STime => format!(
+                "{} X25519, {}",
+                self.key_type.name(),
+                self.client.map_or("", STimeClient::label)
+            ),
             Test::Memory => "idle, established".to_owned(),
         }
     }
@@ -251,7 +258,9 @@ fn section(test: Test, m: &Meta) -> String {
         ),
         Test::STime => format!(
             "openssl s_time -new -cert -key for {}s against the inbound side (client certificate, X25519); \
-             server CPU = the inbound proxy, whole path (verification, backend connect)",
+             server CPU = the inbound proxy. \"closes at once\": a proxy may skip the backend for a client \
+             already gone (HAProxy does); \"one request\" (-www): every proxy connects the backend, relays \
+             the request and its reply, and closes: the whole path for every handshake",
             d.max(1.0).floor()
         ),
         Test::Memory => format!(
@@ -401,6 +410,8 @@ struct JsonResult<'a> {
     protocol: &'static str,
     key_type: &'static str,
     group: Option<&'static str>,
+    /// `s_time` only: `closes_at_once` or `one_request`.
+    client: Option<&'static str>,
     metric: &'static str,
     unit: &'static str,
     higher_is_better: bool,
@@ -421,6 +432,7 @@ fn flat(r: &Results) -> Vec<JsonResult<'_>> {
                 protocol: row.key.suite.protocol(),
                 key_type: row.key.key_type.name(),
                 group: row.key.group.map(Group::name),
+                client: row.key.client.map(STimeClient::id),
                 metric: row.key.metric.id(),
                 unit: row.key.metric.unit(),
                 higher_is_better: row.key.metric.higher_is_better(),
@@ -451,8 +463,7 @@ pub fn json(r: &Results) -> String {
     s
 }
 
-pub const CSV_HEADER: &str =
-    "test,suite,protocol,key_type,group,metric,unit,peer,median,runs,ratio_ringseal_to_peer,note";
+pub const CSV_HEADER: &str = "test,suite,protocol,key_type,group,client,metric,unit,peer,median,runs,ratio_ringseal_to_peer,note";
 
 /// One line per row and peer; the machine and date go in `#` comment lines at the top.
 pub fn csv(r: &Results) -> String {
@@ -471,12 +482,13 @@ pub fn csv(r: &Results) -> String {
         });
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
             j.test,
             j.suite,
             j.protocol,
             j.key_type,
             j.group.unwrap_or(""),
+            j.client.unwrap_or(""),
             j.metric,
             j.unit,
             j.peer,
@@ -511,6 +523,7 @@ mod tests {
                 suite: super::super::default_suite(),
                 key_type: KeyKind::EcdsaP256,
                 group: None,
+                client: None,
                 metric: Metric::GbitPerSec,
             },
             cells: BTreeMap::new(),

@@ -4,12 +4,13 @@
 //! Wire protocol with the backend (the proxies just relay it): the first byte picks the mode.
 //! `S` + a u64 length (big-endian): the backend reads exactly that many bytes, then answers one byte,
 //! so the sender knows everything arrived without relying on half-close (which the proxies treat
-//! differently). `E`: echo everything until EOF. A connection that sends nothing (openssl s_time)
-//! is simply closed.
+//! differently). `E`: echo everything until EOF. `G`: `openssl s_time -www`'s "GET / HTTP/1.0"
+//! request, answered with an empty HTTP/1.0 reply and a close. A connection that sends nothing
+//! (openssl s_time without `-www`) is simply closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,10 +21,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::anchors::{Certs, Pair};
-use super::{Group, Suite};
+use super::{Group, STimeClient, Suite};
 
 const SINK: u8 = b'S';
 const ECHO: u8 = b'E';
+/// The first byte of `openssl s_time -www`'s request line ("GET ...").
+const REQUEST: u8 = b'G';
+/// The answer to it.
+const REPLY: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
 /// The sender's and the sink's buffer: large, like iperf3's default 128 KiB, so the load
 /// generator's own syscalls stay a small part of the machine's work.
 const BULK_BUFFER: usize = 256 * 1024;
@@ -43,6 +48,8 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 pub struct Backend {
     pub addr: SocketAddr,
     active: Arc<AtomicUsize>,
+    /// `-www` requests answered.
+    requests: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -51,8 +58,9 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let active = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let (count, halt) = (active.clone(), stop.clone());
+        let (count, answered, halt) = (active.clone(), requests.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -65,17 +73,27 @@ impl Backend {
                     continue;
                 };
                 count.fetch_add(1, Ordering::Relaxed);
-                let (count, halt) = (count.clone(), halt.clone());
+                let (count, answered, halt) = (count.clone(), answered.clone(), halt.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = halt.cancelled() => {}
-                        _ = serve(conn) => {}
+                        _ = serve(conn, &answered) => {}
                     }
                     count.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
-        Ok(Self { addr, active, stop })
+        Ok(Self {
+            addr,
+            active,
+            requests,
+            stop,
+        })
+    }
+
+    /// `-www` requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Connections currently open at the backend.
@@ -98,7 +116,7 @@ impl Drop for Backend {
     }
 }
 
-async fn serve(mut conn: TcpStream) -> std::io::Result<()> {
+async fn serve(mut conn: TcpStream, answered: &AtomicU64) -> std::io::Result<()> {
     let _ = conn.set_nodelay(true);
     let mut mode = [0u8; 1];
     if conn.read(&mut mode).await? == 0 {
@@ -130,6 +148,21 @@ async fn serve(mut conn: TcpStream) -> std::io::Result<()> {
                 }
                 conn.write_all(&buf[..n]).await?;
             }
+        }
+        REQUEST => {
+            // `openssl s_time -www PAGE`: "GET PAGE HTTP/1.0" and a blank line; answer and close, as
+            // an HTTP/1.0 server does, so the client's read of the reply ends.
+            let mut seen = vec![mode[0]];
+            let mut buf = [0u8; 512];
+            while !seen.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await?;
+                if n == 0 || seen.len() > 8192 {
+                    return Ok(());
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(REPLY).await?;
+            answered.fetch_add(1, Ordering::Relaxed);
         }
         _ => {}
     }
@@ -352,12 +385,14 @@ where
 }
 
 /// `openssl s_time -new` with the node certificate as client certificate against an inbound side,
-/// for `duration` (whole seconds, at least one); returns the number of connections it made.
+/// for `duration` (whole seconds, at least one), each connection closed at once or carrying one
+/// request (`-www /`, answered by the backend); returns the number of connections it made.
 pub async fn s_time(
     tls: SocketAddr,
     certs: &Certs,
     suite: &Suite,
     duration: Duration,
+    client: STimeClient,
 ) -> anyhow::Result<u64> {
     let secs = duration.as_secs().max(1);
     let mut cmd = tokio::process::Command::new("openssl");
@@ -373,6 +408,9 @@ pub async fn s_time(
         .arg(&certs.ca)
         .arg("-time")
         .arg(secs.to_string());
+    if client == STimeClient::Request {
+        cmd.arg("-www").arg("/");
+    }
     if suite.tls13 {
         cmd.arg("-tls1_3").arg("-ciphersuites").arg(suite.openssl);
     } else {
@@ -492,6 +530,14 @@ mod tests {
         assert!(!rtts.is_empty());
         let n = churn(b.addr, Duration::from_millis(50), 2).await.unwrap();
         assert!(n > 0);
+        // s_time -www: one request, one reply, then the backend closes.
+        let mut c = TcpStream::connect(b.addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.0\r\n").await.unwrap();
+        c.write_all(b"\r\n").await.unwrap();
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, REPLY);
+        assert_eq!(b.requests(), 1);
         let conns = open_idle(b.addr, 10).await.unwrap();
         assert_eq!(conns.len(), 10);
         drop(conns);
