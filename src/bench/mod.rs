@@ -617,7 +617,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if memory {
         let c = certs_for(&mut certs, KeyKind::EcdsaP256, dir.path(), &mut progress)?;
-        run_memory(&ctx, &c, &peers, &backend, &mut results, &mut progress).await;
+        run_memory(&ctx, &c, &peers, &mut results, &mut progress).await;
     }
     progress.finish();
     drop(backend);
@@ -1052,7 +1052,6 @@ async fn run_memory(
     ctx: &Ctx<'_>,
     certs: &Arc<Certs>,
     peers: &[Peer],
-    backend: &Backend,
     results: &mut Results,
     progress: &mut Progress,
 ) {
@@ -1082,7 +1081,7 @@ async fn run_memory(
             };
             let r = async {
                 let pair = Pair::start(peer, &spec)?;
-                workload::idle_memory(&pair, backend, n).await
+                workload::idle_memory(&pair, ctx.backend, n).await
             }
             .await;
             match r {
@@ -1103,7 +1102,7 @@ async fn run_memory(
                 }
             }
             // Connections closed by the pair leave the backend asynchronously; start clean.
-            backend.wait_idle(Duration::from_secs(10)).await;
+            ctx.backend.wait_idle(Duration::from_secs(10)).await;
         }
     }
 }
