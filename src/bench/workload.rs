@@ -193,7 +193,7 @@ fn sink(conn: std::net::TcpStream, mut left: u64) -> std::io::Result<()> {
 ///
 /// The sender and the sink (see [`sink`]) use blocking I/O on threads of their own, as iperf3 does:
 /// as tokio tasks each full or empty socket buffer costs an extra `epoll_wait` and wake-up, CPU
-/// taken from the proxies being measured (direct loopback measured ~20% slower that way than
+/// taken from the proxies being measured (direct loopback measured 10-20% slower that way than
 /// iperf3 on this machine), and more so from the faster pair.
 pub async fn bulk(entry: SocketAddr, bytes: u64) -> anyhow::Result<Duration> {
     tokio::task::spawn_blocking(move || bulk_blocking(entry, bytes))
