@@ -167,12 +167,11 @@ async fn serve(mut conn: TcpStream, answered: &AtomicU64) -> std::io::Result<()>
 
 /// The bulk sink: reads `left` bytes, acknowledges them with one byte, then reads until the sender
 /// closes. Blocking reads on a thread of its own, like iperf3's (see [`bulk`]).
-fn sink(conn: std::net::TcpStream, mut left: u64) -> std::io::Result<()> {
+fn sink(mut conn: std::net::TcpStream, mut left: u64) -> std::io::Result<()> {
     use std::io::{Read as _, Write as _};
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(STALL))?;
     conn.set_write_timeout(Some(STALL))?;
-    let mut conn = conn;
     let mut buf = vec![0u8; BULK_BUFFER];
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
