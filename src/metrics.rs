@@ -19,6 +19,7 @@ pub const BUILD_INFO: &str = "ringseal_build_info";
 pub const CERT_EXPIRY: &str = "ringseal_certificate_expiry_timestamp_seconds";
 pub const RELOADS: &str = "ringseal_config_reloads_total";
 pub const CHAIN_CACHE: &str = "ringseal_chain_cache_lookups_total";
+pub const LOG_LINES_DROPPED: &str = "ringseal_log_lines_dropped_total";
 
 /// Every metric name above: what `/metrics` may contain, and what dashboards and alerts may reference.
 pub const ALL: &[&str] = &[
@@ -33,6 +34,7 @@ pub const ALL: &[&str] = &[
     CERT_EXPIRY,
     RELOADS,
     CHAIN_CACHE,
+    LOG_LINES_DROPPED,
 ];
 
 /// Why a handshake was refused: the `reason` label, a small fixed set.
@@ -141,6 +143,11 @@ pub fn describe() {
         "Peer certificate chains looked up in the verified-chain cache, by direction and result (hit: \
          the chain's signatures were not checked again; miss: verified in full)"
     );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr could not take them (closed, or stalled until the buffer \
+         was full)"
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -170,6 +177,7 @@ pub fn register_zeroes(directions: &[Direction]) {
     for result in ["ok", "error"] {
         counter!(RELOADS, "result" => result).increment(0);
     }
+    counter!(LOG_LINES_DROPPED).increment(0);
 }
 
 /// A successful handshake.
@@ -278,6 +286,11 @@ pub fn certificate_expiry(material: &crate::tls::material::TlsMaterial) {
         gauge!(CERT_EXPIRY, "role" => "ca", "subject" => ca.subject.clone())
             .set(unix(ca.not_after));
     }
+}
+
+/// Log lines that could not be written (called from the log thread).
+pub fn log_lines_dropped(n: u64) {
+    counter!(LOG_LINES_DROPPED).increment(n);
 }
 
 /// One reload attempt.

@@ -174,3 +174,86 @@ async fn descriptor_exhaustion_backs_off_and_recovers() {
     assert!(ok, "ringseal did not recover after descriptors were freed");
     assert!(proc.child.try_wait().unwrap().is_none(), "ringseal exited");
 }
+
+/// `ringseal run 2>&1 | head -n 2`: once the reader of stderr is gone, log lines fail with EPIPE. They
+/// are dropped and counted, the sidecar keeps serving, and SIGTERM still shuts it down (a failed log
+/// write used to panic, in the signal task too, after which no signal was acted on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_is_counted_and_sigterm_still_works() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    pki.write(dir.path());
+    let config = dir.path().join("ringseal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n[[inbound]]\n\
+             listen = \"127.0.0.1:0\"\nforward = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            backend.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringseal"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RINGSEAL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut metrics, mut listen) = (None, None);
+    {
+        // Read the start lines, then close our end of the pipe, as `head` does when it exits.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        while listen.is_none() {
+            let line = lines.next().expect("ringseal exited").unwrap();
+            if line.contains("serving metrics on ") {
+                metrics = Some(process::address_after(&line, "serving metrics on "));
+            }
+            if line.contains("starting inbound mTLS listener on ") {
+                listen = Some(process::address_after(&line, "listener on "));
+            }
+        }
+    }
+    let (metrics, listen) = (metrics.unwrap(), listen.unwrap());
+    // Every refusal is a WARN line that now cannot be written; the sidecar serves on regardless.
+    let anonymous = client(pki.roots(), None);
+    let good = client(pki.roots(), Some(&pki.node));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(roundtrip(&anonymous, LOCALHOST, listen).await.is_err());
+        roundtrip(&good, LOCALHOST, listen)
+            .await
+            .expect("a verified peer is relayed while logging fails");
+        let dropped = sample(&scrape(metrics), "ringseal_log_lines_dropped_total");
+        if dropped >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dropped log line counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM was ignored with stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
