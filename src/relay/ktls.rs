@@ -213,10 +213,7 @@ struct TxLimit {
 
 impl TxLimit {
     fn new(cipher: KtlsCipher, seq: u64, confidentiality_limit: u64) -> Self {
-        let stop = match test_record_limit() {
-            Some(limit) => limit,
-            None => confidentiality_limit - confidentiality_limit / 8,
-        };
+        let stop = record_stop(confidentiality_limit, test_record_limit());
         Self {
             cipher,
             bound: seq,
@@ -242,8 +239,15 @@ impl TxLimit {
     }
 }
 
+/// Where a key stops: 7/8 of the suite's confidentiality limit, or the test limit if that is lower. A
+/// testing aid may only bring the stop closer, never raise a safety limit.
+fn record_stop(confidentiality_limit: u64, test_limit: Option<u64>) -> u64 {
+    let stop = confidentiality_limit - confidentiality_limit / 8;
+    test_limit.map_or(stop, |t| t.min(stop))
+}
+
 /// `RINGSEAL_TEST_KTLS_RECORD_LIMIT`: a lower record limit, so that tests can reach it with a few
-/// megabytes. Not for production: the real limit is the suite's.
+/// megabytes. Not for production: the real limit is the suite's, and a higher value is ignored.
 fn test_record_limit() -> Option<u64> {
     static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
     *LIMIT.get_or_init(|| {
@@ -914,6 +918,14 @@ mod tests {
         assert_eq!(types(&mut r, &[4, 0, 0, 10, 9, 9]), [4]);
         assert_eq!(types(&mut r, &[9; 8]), Vec::<u8>::new());
         assert_eq!(types(&mut r, &[24, 0, 0, 1, 0]), [24]);
+    }
+
+    #[test]
+    fn the_test_record_limit_only_lowers_the_stop() {
+        let aes_gcm = 1 << 24;
+        assert_eq!(record_stop(aes_gcm, None), aes_gcm - aes_gcm / 8);
+        assert_eq!(record_stop(aes_gcm, Some(1000)), 1000);
+        assert_eq!(record_stop(aes_gcm, Some(u64::MAX)), aes_gcm - aes_gcm / 8);
     }
 
     #[test]

@@ -160,6 +160,9 @@ pub struct TlsMaterial {
     pub cas: Vec<CertInfo>,
     /// `tls.crl`: revocation lists for peer certificates.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// The same lists as webpki parsed them at load, for verifiers that use them directly (so no
+    /// verifier can ever drop one that fails to parse later).
+    pub parsed_crls: Vec<webpki::CertRevocationList<'static>>,
     /// What the log says about each CRL, in the same order.
     pub crl_info: Vec<CrlInfo>,
 }
@@ -328,6 +331,12 @@ impl TlsMaterial {
             path: origins.ca.1.clone(),
             message,
         };
+        if cas.is_empty() {
+            return Err(content(
+                "no trusted CA certificate: without one no peer can be verified; add the cluster CA"
+                    .into(),
+            ));
+        }
         let mut roots = RootCertStore::empty();
         let mut infos = Vec::with_capacity(cas.len());
         for (i, ca) in cas.iter().enumerate() {
@@ -370,6 +379,7 @@ impl TlsMaterial {
             origins,
             cas: infos,
             crls: Vec::new(),
+            parsed_crls: Vec::new(),
             crl_info: Vec::new(),
         })
     }
@@ -401,11 +411,12 @@ impl TlsMaterial {
         }
         for (i, crl) in crls.into_iter().enumerate() {
             // webpki decides revocation; it must accept the list now, not at the first handshake.
-            webpki::OwnedCertRevocationList::from_der(crl.as_ref()).map_err(|e| {
+            let parsed = webpki::OwnedCertRevocationList::from_der(crl.as_ref()).map_err(|e| {
                 content(format!("CRL #{} is malformed or unsupported: {e:?}", i + 1))
             })?;
             let info = CrlInfo::parse(&crl)
                 .ok_or_else(|| content(format!("CRL #{} cannot be parsed", i + 1)))?;
+            self.parsed_crls.push(parsed.into());
             self.crl_info.push(info);
             self.crls.push(crl);
         }
@@ -477,9 +488,17 @@ fn certify(
         })?;
     // Compared here rather than with CertifiedKey::keys_match, which parses the leaf with webpki and so
     // cannot judge a v1 certificate.
-    let matches = signing_key
-        .public_key()
-        .is_none_or(|spki| Some(spki.as_ref()) == super::x509::spki(leaf).as_deref());
+    let Some(spki) = signing_key.public_key() else {
+        // Unknown is not a match: a certificate must never go out beside a key it was not issued for.
+        return Err(MaterialError::Content {
+            key: key_key,
+            path: key_path.clone(),
+            message: "cannot tell whether the private key matches the certificate (its public key \
+                      cannot be derived); use an RSA, ECDSA P-256/P-384 or Ed25519 key"
+                .into(),
+        });
+    };
+    let matches = Some(spki.as_ref()) == super::x509::spki(leaf).as_deref();
     if !matches {
         if cert_path == key_path {
             return Err(MaterialError::Content {
@@ -576,4 +595,23 @@ fn looks_like_der(bytes: &[u8]) -> bool {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, NodeSpec};
+
+    #[test]
+    fn material_without_a_trusted_ca_is_refused() {
+        let ca = Ca::new("T").unwrap();
+        let id = ca.issue(&NodeSpec::new("n", &[])).unwrap();
+        let err = TlsMaterial::from_der(vec![id.cert_der.clone()], id.key(), Vec::new(), None)
+            .expect_err("no CA at all must not build material (the verifier would panic later)");
+        assert!(err.to_string().contains("no trusted CA"), "{err}");
+        assert!(
+            TlsMaterial::from_der(vec![id.cert_der.clone()], id.key(), vec![ca.cert_der], None)
+                .is_ok()
+        );
+    }
 }

@@ -111,8 +111,12 @@ impl V1Trust {
         now: UnixTime,
     ) -> Result<(), Error> {
         for der in &self.material.crls {
+            // The material parsed every CRL with this parser at load; should that ever not hold,
+            // fail closed rather than skip a list that may revoke this certificate.
             let Ok((_, crl)) = CertificateRevocationList::from_der(der.as_ref()) else {
-                continue;
+                return Err(Error::InvalidCertificate(
+                    CertificateError::UnknownRevocationStatus,
+                ));
             };
             if crl.issuer().as_raw() != leaf.issuer().as_raw() {
                 continue;

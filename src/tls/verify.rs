@@ -289,7 +289,6 @@ impl ClientCertVerifier for PeerVerifier {
 pub struct ServerVerifier {
     material: Arc<TlsMaterial>,
     v1: V1Trust,
-    crls: Vec<webpki::CertRevocationList<'static>>,
     crl_expired: CrlExpired,
     provider: Arc<rustls::crypto::CryptoProvider>,
     policy: Arc<PeerPolicy>,
@@ -307,13 +306,6 @@ impl ServerVerifier {
         policy: Arc<PeerPolicy>,
         endpoint_verification: bool,
     ) -> Self {
-        // Parsed once here; the material has already checked that webpki accepts every CRL.
-        let crls = material
-            .crls
-            .iter()
-            .filter_map(|c| webpki::OwnedCertRevocationList::from_der(c.as_ref()).ok())
-            .map(webpki::CertRevocationList::from)
-            .collect();
         Self {
             v1: V1Trust::new(
                 accept_v1,
@@ -323,7 +315,6 @@ impl ServerVerifier {
             ),
             chains: ChainCache::new(Direction::Outbound, &material, crl_expired),
             material,
-            crls,
             crl_expired,
             provider,
             policy,
@@ -345,7 +336,8 @@ impl ServerVerifier {
     ) -> Result<(), Error> {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> =
+            self.material.parsed_crls.iter().collect();
         let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
             .ok()
             .map(|b| {
