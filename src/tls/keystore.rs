@@ -13,10 +13,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use p12_keystore::Pkcs12Archive;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use zeroize::Zeroizing;
 
 use super::material::MaterialError;
 
@@ -49,18 +51,32 @@ impl StoreType {
     }
 }
 
-/// A password that never reaches a log line or a `Debug` dump.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+/// A password that never reaches a log line or a `Debug` dump. Copies (every config snapshot holds
+/// one) share one allocation, which is wiped when the last of them is dropped.
+#[derive(Clone)]
+pub struct Secret(Arc<Zeroizing<String>>);
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
+        Self(Arc::new(Zeroizing::new(s.into())))
     }
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
     }
 }
 

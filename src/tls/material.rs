@@ -13,6 +13,7 @@ use rustls::SupportedCipherSuite;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use zeroize::Zeroizing;
 
 use super::keystore::{self, Password, Secret, StoreFile};
 use super::x509::{CertInfo, fmt_time};
@@ -191,15 +192,28 @@ impl CrlInfo {
 }
 
 /// The bytes of every file `[tls]` names, read in one go: reload compares their fingerprint to notice a
-/// change, and parses exactly these bytes, so certificate and key always come from the same read.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// change, and parses exactly these bytes, so certificate and key always come from the same read. They
+/// include private keys and password files: wiped when dropped, and `Debug` shows only names and sizes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct FileBytes {
-    files: Vec<(PathBuf, Vec<u8>)>,
+    files: Vec<(PathBuf, Zeroizing<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.files
+                    .iter()
+                    .map(|(p, b)| (p.display(), format!("<{} bytes>", b.len()))),
+            )
+            .finish()
+    }
 }
 
 impl FileBytes {
     pub fn read(files: &TlsFiles) -> Result<Self, MaterialError> {
-        let mut read_files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        let mut read_files: Vec<(PathBuf, Zeroizing<Vec<u8>>)> = Vec::new();
         for (key, path) in files.paths() {
             if !read_files.iter().any(|(p, _)| p == path) {
                 read_files.push((path.to_owned(), read(key, path)?));
@@ -220,7 +234,10 @@ impl FileBytes {
     pub fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut h);
+        for (path, bytes) in &self.files {
+            path.hash(&mut h);
+            bytes.as_slice().hash(&mut h);
+        }
         h.finish()
     }
 
@@ -520,12 +537,14 @@ fn certify(
     Ok((CertifiedKey::new(chain, signing_key), identity))
 }
 
-fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, MaterialError> {
-    std::fs::read(path).map_err(|source| MaterialError::Read {
-        key,
-        path: path.to_owned(),
-        source,
-    })
+fn read(key: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| MaterialError::Read {
+            key,
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn certs_from(
@@ -601,6 +620,40 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::pki::{Ca, NodeSpec};
+
+    #[test]
+    fn file_bytes_never_show_their_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("T").unwrap();
+        let id = ca.issue(&NodeSpec::new("n", &[])).unwrap();
+        let (cert, key, ca_path) = (
+            dir.path().join("n.crt"),
+            dir.path().join("n.key"),
+            dir.path().join("ca.crt"),
+        );
+        std::fs::write(&cert, &id.cert_pem).unwrap();
+        std::fs::write(&key, &id.key_pem).unwrap();
+        std::fs::write(&ca_path, &ca.cert_pem).unwrap();
+        let files = TlsFiles {
+            identity: IdentityFiles::Pem { cert, key },
+            outbound_identity: None,
+            trust: TrustFiles::Pem(ca_path),
+            crls: Vec::new(),
+        };
+        let bytes = FileBytes::read(&files).unwrap();
+        let shown = format!("{bytes:?}");
+        assert!(
+            shown.contains("n.key") && shown.contains("bytes>"),
+            "{shown}"
+        );
+        // Neither the text nor the byte values of the key (the derived Debug printed the latter).
+        let key_bytes = format!("{:?}", &id.key_pem.as_bytes()[..16]);
+        let key_bytes = key_bytes.trim_matches(['[', ']']);
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains(key_bytes),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn material_without_a_trusted_ca_is_refused() {
