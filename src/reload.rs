@@ -105,7 +105,7 @@ impl Reloader {
         );
         if !restart_needed.is_empty() {
             tracing::warn!(
-                "{}: {} changed; listener addresses are fixed at start, restart ringseal to apply that part",
+                "{}: {} changed; that part is fixed at start and NOT applied: restart ringseal to apply it",
                 self.sources.describe(),
                 restart_needed.join(", ")
             );
@@ -146,7 +146,7 @@ impl Reloader {
         }
     }
 
-    /// What a reload cannot change in place.
+    /// What a reload cannot change in place: listener addresses, `[limits]` and `offload`.
     fn layout_changes(&self, new: &Config) -> Vec<String> {
         let old = &self.current;
         let mut changed = Vec::new();
@@ -170,6 +170,14 @@ impl Reloader {
         }
         if old.metrics.as_ref().map(|m| m.listen) != new.metrics.as_ref().map(|m| m.listen) {
             changed.push("metrics.listen".to_owned());
+        }
+        // Listeners hold their limits and path choice from start; applying half of them to new
+        // connections only would make the running process match neither file.
+        if old.limits != new.limits {
+            changed.push("[limits]".to_owned());
+        }
+        if old.offload != new.offload {
+            changed.push("offload".to_owned());
         }
         changed
     }

@@ -252,6 +252,40 @@ async fn allow_list_changes_apply_on_reload() {
     roundtrip(&good, LOCALHOST, addr).await.unwrap();
 }
 
+/// `[limits]` and `offload` are fixed at start: a reload that changes them applies the rest and says
+/// plainly that those parts need a restart (it used to log "reloaded" as if they had applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_offload_changes_say_they_need_a_restart() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    pki.write(dir.path());
+    let (mut proc, addr, path) = start(dir, backend.addr, "");
+    let base = config_text(backend.addr, "", "");
+    for (change, named) in [
+        ("[limits]\nhandshake_timeout = \"3s\"\n", "[limits]"),
+        ("offload = \"off\"\n", "offload"),
+    ] {
+        // Top-level keys must precede the first table.
+        let text = if change.starts_with('[') {
+            format!("{base}\n{change}")
+        } else {
+            format!("{change}{base}")
+        };
+        std::fs::write(path.join("ringseal.toml"), text).unwrap();
+        reload(&mut proc);
+        let line = proc.wait_for("restart ringseal to apply it");
+        assert!(
+            line.contains(named) && line.contains("NOT applied"),
+            "{line}"
+        );
+        std::fs::write(path.join("ringseal.toml"), &base).unwrap();
+        reload(&mut proc);
+    }
+    let good = client(pki.roots(), Some(&pki.node));
+    roundtrip(&good, LOCALHOST, addr).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_changes_are_picked_up_through_symlink_swaps() {
     use std::os::unix::fs::symlink;

@@ -186,7 +186,7 @@ impl std::fmt::Display for Target {
 }
 
 /// `[limits]`: every phase of a connection has a deadline.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
