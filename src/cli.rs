@@ -48,7 +48,7 @@ pub enum Command {
         #[arg(long, default_value_t = 7000)]
         storage_port: u16,
         /// The uid ringseal runs as; its own connections are not redirected. Default: the `ringseal`
-        /// user, or the current user when there is none.
+        /// user (without one, --uid is required).
         #[arg(long)]
         uid: Option<u32>,
         /// Also refuse storage-port connections that do not come from this host.

@@ -148,9 +148,23 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
+            let Some(uid) = uid.or_else(rules::default_uid) else {
+                return config_error(
+                    &"rules: there is no `ringseal` user on this host and no --uid: give the uid \
+                      ringseal runs as (e.g. --uid $(id -u ringseal)); its own connections are the only \
+                      ones not redirected",
+                );
+            };
+            if uid == 0 {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: --uid 0: connections of every root process bypass the interception; run \
+                     ringseal as a user of its own"
+                );
+            }
             let options = rules::RuleOptions {
                 storage_port,
-                uid: uid.unwrap_or_else(rules::default_uid),
+                uid,
                 strict,
             };
             let generated = if iptables {

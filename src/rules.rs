@@ -230,16 +230,15 @@ fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<(), RulesError> {
     }
 }
 
-/// The uid to exclude when none is given: the `ringseal` user if it exists, else whoever runs this.
-pub fn default_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    let from_passwd = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+/// The uid to exclude when none is given: the `ringseal` user's. Never a fallback to whoever runs the
+/// command: run as root, that would exempt every root process from interception.
+pub fn default_uid() -> Option<u32> {
+    std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
         p.lines()
             .map(|l| l.split(':').collect::<Vec<_>>())
             .find(|f| f.first() == Some(&"ringseal"))
             .and_then(|f| f.get(2)?.parse().ok())
-    });
-    from_passwd.unwrap_or_else(|| std::fs::metadata("/proc/self").map_or(0, |m| m.uid()))
+    })
 }
 
 #[cfg(test)]

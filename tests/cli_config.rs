@@ -16,6 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ringseal");
 /// EX_USAGE, what main.rs returns for a config error.
 const EXIT_CONFIG: i32 = 64;
 
+#[derive(Debug)]
 struct Run {
     code: Option<i32>,
     stdout: String,
@@ -299,4 +300,36 @@ fn help_texts() {
             assert!(r.stdout.contains(want), "want {want:?} in:\n{}", r.stdout);
         }
     }
+}
+
+/// Without a `ringseal` user and without --uid, `ringseal rules` refuses instead of excluding whoever
+/// runs it (as root: every root process would bypass the interception); --uid 0 is allowed, with a
+/// warning.
+#[test]
+fn rules_need_the_ringseal_user_or_an_explicit_uid() {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    if passwd.lines().any(|l| l.starts_with("ringseal:")) {
+        eprintln!("skipped: this host has a `ringseal` user, which `rules` rightly defaults to");
+        return;
+    }
+    let s = Setup::new();
+    let path = s.config(
+        "ringseal.toml",
+        &format!("{TLS}\n[[outbound]]\nlisten = \"127.0.0.1:7002\"\ntransparent = true\n"),
+    );
+    let r = ringseal(&["rules", "--config", arg(&path)], s.dir.path(), &[]);
+    assert_eq!(r.code, Some(EXIT_CONFIG), "{r:?}");
+    assert_eq!(r.stdout, "", "{r:?}");
+    assert!(
+        r.stderr.contains("no `ringseal` user") && r.stderr.contains("--uid"),
+        "{r:?}"
+    );
+    let r = ringseal(
+        &["rules", "--config", arg(&path), "--uid", "0"],
+        s.dir.path(),
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("meta skuid 0 return"), "{r:?}");
+    assert!(r.stderr.contains("every root process bypass"), "{r:?}");
 }
