@@ -222,6 +222,50 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
         "marker-through-ringseal",
         "IPv6"
     );
+    // An IPv4 connection redirected to a dual-stack [::] listener arrives IPv4-mapped: its original
+    // destination is read the IPv4 way (the listener's family would ask for an IPv6 NAT entry).
+    let dual_config = path.join("dual-stack.toml");
+    std::fs::write(
+        &dual_config,
+        "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n\
+         [[outbound]]\nlisten = \"[::]:7004\"\ntransparent = true\ntls_port = 7001\n\
+         allow_non_loopback_plaintext = true\nrequire_endpoint_verification = true\n",
+    )
+    .unwrap();
+    let mut dual = Proc::spawn(&netns_prefix, &dual_config, tempfile::tempdir().unwrap());
+    dual.wait_for("starting outbound listener on [::]:7004");
+    run(ns.cmd(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "ringseal",
+        "outbound_redirect",
+        "ip",
+        "daddr",
+        "!=",
+        "127.0.0.0/8",
+        "tcp",
+        "dport",
+        "7010",
+        "redirect",
+        "to",
+        ":7004",
+    ]));
+    let to_7010 = CLIENT.replace("sys.argv[1], 7000", "sys.argv[1], 7010");
+    let out = ns
+        .as_node(&["/usr/bin/python3", "-c", &to_7010, PEER])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "marker-through-ringseal",
+        "IPv4 through a [::] listener: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dual.drain(std::time::Duration::from_millis(200)).join("\n")
+    );
+    drop(dual);
+
     // ringseal's own uid is not redirected: the same connection as root finds nothing on PEER:7000.
     let direct = ns
         .cmd(&["/usr/bin/python3", "-c", CLIENT, PEER])

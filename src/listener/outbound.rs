@@ -88,7 +88,14 @@ fn destination(
         Target::Transparent { tls_port } => tls_port,
     };
     let sock = socket2::SockRef::from(local);
-    let original = if s.listen.is_ipv4() {
+    let here = local.local_addr().map_err(|e| e.to_string())?;
+    // The connection's own family decides, not the listener's: an IPv4 connection accepted on a
+    // dual-stack [::] listener has an IPv4 NAT entry (and an IPv4-mapped local address).
+    let ipv4 = match here.ip() {
+        std::net::IpAddr::V4(_) => true,
+        std::net::IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
+    };
+    let original = if ipv4 {
         sock.original_dst_v4()
     } else {
         sock.original_dst_v6()
@@ -96,7 +103,7 @@ fn destination(
     .ok()
     .and_then(|a| a.as_socket())
     .map(|a| SocketAddr::new(crate::tls::verify::canonical_ip(a.ip()), a.port()));
-    let here = local.local_addr().map_err(|e| e.to_string())?;
+    let here = SocketAddr::new(crate::tls::verify::canonical_ip(here.ip()), here.port());
     match original {
         // Without a NAT entry the "original" destination is this socket itself.
         None => Err(format!(
