@@ -255,6 +255,17 @@ pub fn examine(config: &Config, purpose: Purpose) -> Report {
         }
     }
 
+    if !material.sends_ca_names() {
+        warnings.push(format!(
+            "{}: the names of its {} trusted CAs take {} KiB, more than a CertificateRequest can \
+             carry to every peer; ringseal sends no CA names, and peers choose their certificate \
+             without that hint",
+            origin(&material.origins.ca),
+            material.cas.len(),
+            material.ca_names_len() / 1024
+        ));
+    }
+
     let mut identities = identities.into_iter();
     Report {
         ok: errors.is_empty(),

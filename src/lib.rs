@@ -2,7 +2,8 @@
 //!
 //! The path a byte takes, and the module that owns each step:
 //!
-//! * [`config`]: the TOML file -> a validated runtime [`config::Config`] (certificates already loaded).
+//! * [`config`]: the TOML file -> a validated runtime [`config::Config`] (certificates already loaded);
+//!   every file an operator names is read through [`files`] (regular files only, bounded per kind).
 //! * [`tls`]: our identity and trust ([`tls::material`]) from PEM files or Java keystores
 //!   ([`tls::keystore`], JKS in [`tls::jks`]), suite/protocol names ([`tls::suites`]), peer verification
 //!   on webpki + endpoint verification + allow-list ([`tls::verify`]) with recently verified chains
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod files;
 pub mod listener;
 pub mod metrics;
 pub mod pki;

@@ -249,10 +249,10 @@ fn certs(command: ringseal::cli::Certs) -> Result<(), ringseal::pki::files::Cert
             spec.not_after = spec.not_before + std::time::Duration::from_secs(days * 86400 + 3600);
             let password = match &p12_password_file {
                 Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .map_err(|source| files::CertsError::Io {
+                    ringseal::files::read_text(path, ringseal::files::PASSWORD_FILE)
+                        .map_err(|e| files::CertsError::Input {
                             path: path.clone(),
-                            source,
+                            message: e.to_string(),
                         })?
                         .trim_end_matches(['\r', '\n'])
                         .to_owned(),

@@ -32,6 +32,15 @@ fn check_len(ret: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
+/// Whether a network interface has this index (an IPv6 scope id such as `%2` names one). std has no
+/// safe wrapper for `if_indextoname(3)`.
+pub fn interface_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` is IF_NAMESIZE bytes, the size if_indextoname writes at most (its contract); the
+    // returned pointer is only compared with null.
+    !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
+}
+
 /// Copies what the socket has received into `buf` without taking it off the socket (`MSG_PEEK`).
 /// std has this only for its own `TcpStream`, tokio only as a future that cannot tell "nothing new
 /// arrived" apart from "ready".

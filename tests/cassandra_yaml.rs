@@ -839,8 +839,8 @@ fn garbage_empty_missing_and_huge_files() {
     assert_eq!(
         derive(tmp.path()).unwrap_err().to_string(),
         format!(
-            "cassandra.yaml {}: cannot read: Is a directory (os error 21) (check the path given to \
-             --cassandra-yaml)",
+            "cassandra.yaml {}: is a directory, not a regular file; name the file itself (check the \
+             path given to --cassandra-yaml)",
             tmp.path().display()
         )
     );
@@ -852,11 +852,29 @@ fn garbage_empty_missing_and_huge_files() {
     assert_eq!(
         derive(&huge).unwrap_err().to_string(),
         format!(
-            "cassandra.yaml {}: 17825792 bytes is far too large for a cassandra.yaml (at most 16 \
-             MiB); check the path given to --cassandra-yaml",
+            "cassandra.yaml {}: is 17.0 MiB, more than the 16.0 MiB ringseal reads for a \
+             cassandra.yaml; is this the right file? (check the path given to --cassandra-yaml)",
             huge.display()
         )
     );
+    // A character device (unbounded) and a FIFO (no writer: opening it would hang): refused at once.
+    let e = derive(std::path::Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("is a character device, not a regular file"),
+        "{e}"
+    );
+    let fifo = tmp.path().join("fifo.yaml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let e = derive(&fifo).unwrap_err().to_string();
+    assert!(e.contains("is a FIFO, not a regular file"), "{e}");
 }
 
 /// A cassandra.yaml saved by a Windows editor (byte order mark, CRLF) reads the same.

@@ -205,3 +205,49 @@ fn unloadable_config_exits_64_with_json_error() {
     );
     assert!(r.stderr.starts_with("error: config "), "{}", r.stderr);
 }
+
+/// A trust bundle whose CA names do not fit a CertificateRequest (peers refuse handshake messages above
+/// 64 KiB, rustls with "excessive message size"): `check` says so, and the sidecar sends no CA names
+/// instead of failing every handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_too_large_for_a_certificate_request_sends_no_names() {
+    use common::process::Proc;
+    use common::{Backend, LOCALHOST, Mode, Pki, client, roundtrip};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    pki.write(dir.path());
+    // 600 more CAs with names of ~140 bytes: about 80 KiB of names.
+    let mut bundle = pki.ca.cert_pem.clone();
+    for i in 0..600 {
+        let ca =
+            ringseal::pki::Ca::new(&format!("Retired-Cluster-{i:04}-{}", "x".repeat(100))).unwrap();
+        bundle.push_str(&ca.cert_pem);
+    }
+    std::fs::write(dir.path().join("ca.crt"), bundle).unwrap();
+    let backend = Backend::start(Mode::Echo).await;
+    let config = format!(
+        "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n[[inbound]]\n\
+         listen = \"127.0.0.1:0\"\nforward = \"{}\"\n",
+        backend.addr
+    );
+    let checked = check(dir.path(), &config, false);
+    assert_eq!(
+        checked.code,
+        Some(0),
+        "{}{}",
+        checked.stdout,
+        checked.stderr
+    );
+    assert!(
+        checked.stdout.contains("601 trusted CAs") && checked.stdout.contains("sends no CA names"),
+        "{}",
+        checked.stdout
+    );
+    let mut proc = Proc::spawn(&[], &dir.path().join("ringseal.toml"), dir);
+    let line = proc.wait_for("starting inbound mTLS listener");
+    let addr = common::process::address_after(&line, "listener on ");
+    let good = client(pki.roots(), Some(&pki.node));
+    roundtrip(&good, LOCALHOST, addr)
+        .await
+        .expect("a handshake with a trusted peer");
+}

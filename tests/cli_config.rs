@@ -333,3 +333,22 @@ fn rules_need_the_ringseal_user_or_an_explicit_uid() {
     assert!(r.stdout.contains("meta skuid 0 return"), "{r:?}");
     assert!(r.stderr.contains("every root process bypass"), "{r:?}");
 }
+
+/// `--config` naming a device or a FIFO: one line and exit 64 at once (it used to read /dev/zero until
+/// memory ran out, and to wait for a FIFO's writer with no output).
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused_at_once() {
+    let s = Setup::new();
+    let fifo = s.dir.path().join("config.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (path, kind) in [
+        (Path::new("/dev/zero"), "a character device"),
+        (fifo.as_path(), "a FIFO"),
+    ] {
+        for command in ["check", "run"] {
+            let r = ringseal(&[command, "--config", arg(path)], s.dir.path(), &[]);
+            assert_config_error(&r, path, &format!("is {kind}, not a regular file"), command);
+        }
+    }
+}

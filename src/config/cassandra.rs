@@ -102,8 +102,6 @@ use toml::{Table, Value};
 
 use crate::tls::suites::{self, SuiteError};
 
-/// A cassandra.yaml is about 100 KiB; anything far bigger is not one.
-const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Nesting deeper than this is refused (cassandra.yaml nests three levels).
 const MAX_DEPTH: usize = 64;
 /// How many nodes alias expansion may copy (a "billion laughs" file stops here).
@@ -185,11 +183,11 @@ pub enum CassandraYamlError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "cassandra.yaml {path}: {size} bytes is far too large for a cassandra.yaml (at most 16 MiB); \
-         check the path given to --cassandra-yaml"
-    )]
-    TooLarge { path: PathBuf, size: u64 },
+    #[error("cassandra.yaml {path}: {why} (check the path given to --cassandra-yaml)")]
+    Unusable {
+        path: PathBuf,
+        why: crate::files::ReadError,
+    },
     #[error(
         "cassandra.yaml {path}: not a text file (invalid UTF-8 at byte {offset}); give the node's \
          cassandra.yaml"
@@ -251,20 +249,18 @@ pub fn derive_with_home(
     cassandra_home: Option<&Path>,
 ) -> Result<Derived, CassandraYamlError> {
     let path = yaml_path.to_owned();
-    let size = std::fs::metadata(yaml_path)
-        .map_err(|source| CassandraYamlError::Read {
-            path: path.clone(),
-            source,
-        })?
-        .len();
-    if size > MAX_FILE_BYTES {
-        return Err(CassandraYamlError::TooLarge { path, size });
-    }
-    let bytes = std::fs::read(yaml_path).map_err(|source| CassandraYamlError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| CassandraYamlError::NotText {
+    let bytes =
+        crate::files::read(yaml_path, crate::files::CASSANDRA_YAML).map_err(|e| match e {
+            crate::files::ReadError::Io(source) => CassandraYamlError::Read {
+                path: path.clone(),
+                source,
+            },
+            why => CassandraYamlError::Unusable {
+                path: path.clone(),
+                why,
+            },
+        })?;
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| CassandraYamlError::NotText {
         path: path.clone(),
         offset: e.utf8_error().valid_up_to(),
     })?;

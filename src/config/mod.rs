@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
+use crate::files;
 use crate::tls::keystore::{Password, StoreFile, StoreType};
 use crate::tls::material::{IdentityFiles, MaterialError, TlsFiles, TlsMaterial, TrustFiles};
 use crate::tls::suites::{self, SuiteError};
@@ -23,10 +24,10 @@ pub use file::FileConfig;
 /// Errors that stop ringseal before it binds a port. Each names the file and key and says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config {path}: cannot read: {source} (check the path given to --config)")]
+    #[error("config {path}: {source}{}", read_hint(.source))]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -60,6 +61,15 @@ pub enum ConfigError {
         source: MaterialError,
     },
 }
+
+/// The most connections `limits.max_connections` allows: far above any node's need, far below what
+/// the runtime's semaphore can count.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// The longest deadline or interval accepted: longer ones are mistakes, and a deadline past what
+/// `Instant` can represent would panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600); // humantime's "1year"
+/// Checking files for changes more often costs CPU for nothing.
+pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
@@ -245,7 +255,7 @@ impl Config {
 
     /// Reads, parses and validates a config file, loading every certificate and key it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = files::read_text(path, files::CONFIG).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -261,6 +271,14 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, path))?;
         file.validate(path)
+    }
+}
+
+/// The hint after a config file that cannot be read.
+fn read_hint(e: &files::ReadError) -> &'static str {
+    match e {
+        files::ReadError::Io(_) => " (check the path given to --config)",
+        _ => "",
     }
 }
 
@@ -309,10 +327,11 @@ impl Sources {
         // Derived paths are absolute; relative paths of the ringseal file resolve against its directory.
         let base = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    files::read_text(path, files::CONFIG).map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
                 let overrides: toml::Table =
                     toml::from_str(&text).map_err(|e| toml_error(&e, &text, path))?;
                 cassandra::merge(&mut table, overrides);
@@ -336,8 +355,13 @@ impl Sources {
     pub fn read(&self) -> Result<Vec<u8>, String> {
         let mut all = Vec::new();
         for path in self.config.iter().chain(&self.cassandra_yaml) {
-            all.extend(
-                std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?,
+            let limit = if Some(path) == self.cassandra_yaml.as_ref() {
+                files::CASSANDRA_YAML
+            } else {
+                files::CONFIG
+            };
+            all.extend_from_slice(
+                &files::read(path, limit).map_err(|e| format!("{}: {e}", path.display()))?,
             );
         }
         Ok(all)
@@ -379,10 +403,17 @@ impl FileConfig {
             })?;
 
         let files = tls_files(&self.tls, base, &invalid)?;
-        if self.tls.reload_interval.is_zero() {
+        let interval = self.tls.reload_interval;
+        if interval < MIN_RELOAD_INTERVAL || interval > MAX_DURATION {
             return Err(invalid(
                 "tls.reload_interval",
-                "must be longer than 0s (60s is a good default; SIGHUP reloads at once)".into(),
+                format!(
+                    "{} is out of range: at least {} (every check reads and hashes every file it \
+                     names) and at most {}; 60s is a good default, and SIGHUP reloads at once",
+                    humantime::format_duration(interval),
+                    humantime::format_duration(MIN_RELOAD_INTERVAL),
+                    humantime::format_duration(MAX_DURATION)
+                ),
             ));
         }
         let material = TlsMaterial::load(&files).map_err(|source| ConfigError::Material {
@@ -619,6 +650,40 @@ impl FileConfig {
             }
         }
 
+        let targets = inbound
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("inbound[{i}].forward"), l.forward))
+            .chain(outbound.iter().enumerate().flat_map(|(i, o)| {
+                let upstream = match o.target {
+                    Target::Fixed(a) => Some((format!("outbound[{i}].upstream"), a)),
+                    Target::Transparent { .. } => None,
+                };
+                upstream.into_iter().chain(
+                    o.plaintext_fallback
+                        .map(|a| (format!("outbound[{i}].plaintext_fallback"), a)),
+                )
+            }));
+        for (key, target) in targets {
+            if let Some((name, listen)) = listens.iter().find(|(_, l)| reaches(target, *l)) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{target} is this process's own {name}.listen {listen}: every connection would \
+                         come back into ringseal, again and again, until the connection limit is \
+                         taken; point it at {}",
+                        if key.ends_with("forward") {
+                            "the local storage port (e.g. 127.0.0.1:7000)"
+                        } else if key.ends_with("upstream") {
+                            "the peer's TLS address (e.g. 10.0.0.2:7001)"
+                        } else {
+                            "the peer's plaintext storage port (e.g. 10.0.0.2:7000)"
+                        }
+                    ),
+                ));
+            }
+        }
+
         let metrics = self
             .metrics
             .map(|m| {
@@ -662,11 +727,33 @@ impl FileConfig {
         }
 
         let l = self.limits;
-        if l.max_connections == 0 {
+        if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS {
             return Err(invalid(
                 "limits.max_connections",
-                "must be at least 1 (10000 is a good default)".into(),
+                format!(
+                    "{} is out of range: at least 1 and at most {MAX_CONNECTIONS} (each connection \
+                     holds 2 to 6 descriptors; 10000 is a good default)",
+                    l.max_connections
+                ),
             ));
+        }
+        for (key, d) in [
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.connect_timeout", l.connect_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.close_linger", l.close_linger),
+            ("limits.shutdown_grace", l.shutdown_grace),
+        ] {
+            if d > MAX_DURATION {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is longer than the {} ringseal accepts for a deadline",
+                        humantime::format_duration(d),
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                ));
+            }
         }
         for (key, d) in [
             ("limits.handshake_timeout", l.handshake_timeout),
@@ -970,6 +1057,29 @@ fn store(
     }))
 }
 
+/// Whether connecting to `target` reaches a socket listening on `listen`: the same port, and the same
+/// address, or a wildcard listen of a compatible family and an address of this host (a dual-stack
+/// `[::]` also takes IPv4). Port 0 listens on a port chosen at bind time, which no config can name.
+fn reaches(target: SocketAddr, listen: SocketAddr) -> bool {
+    let ip = crate::tls::verify::canonical_ip(target.ip());
+    if target.port() != listen.port() || listen.port() == 0 {
+        return false;
+    }
+    if ip == crate::tls::verify::canonical_ip(listen.ip()) {
+        return true;
+    }
+    let family_ok = match listen.ip() {
+        std::net::IpAddr::V4(l) => l.is_unspecified() && ip.is_ipv4(),
+        std::net::IpAddr::V6(l) => l.is_unspecified(),
+    };
+    family_ok && is_local(ip)
+}
+
+/// Whether `ip` is an address of this host: loopback, or one it can bind to.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// Whether two listen addresses would fight over the same port (port 0 means "any free port").
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
@@ -984,6 +1094,30 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 fn parse_addr(
+    path: &Path,
+    key: &str,
+    value: &str,
+    example: &'static str,
+) -> Result<SocketAddr, ConfigError> {
+    let addr = parse_addr_text(path, key, value, example)?;
+    if let SocketAddr::V6(a) = addr
+        && a.scope_id() != 0
+        && !crate::sys::interface_exists(a.scope_id())
+    {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message: format!(
+                "{value}: scope id %{} names no network interface on this host (`ip link` lists them \
+                 with their index)",
+                a.scope_id()
+            ),
+        });
+    }
+    Ok(addr)
+}
+
+fn parse_addr_text(
     path: &Path,
     key: &str,
     value: &str,

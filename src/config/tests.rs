@@ -21,6 +21,8 @@
 //!   | `{expired_key}`  | its private key                                            |
 //!   | `{ca_as_key}`    | a certificate file (the CA), for use as a key              |
 //!   | `{dir}`          | the directory the config file is written to                |
+//!   | `{fifo}`         | a FIFO (named pipe) with no writer                         |
+//!   | `{big}`          | a 5 MiB file (sparse), above every key-material bound      |
 
 use std::collections::BTreeSet;
 
@@ -39,7 +41,7 @@ use super::*;
 use crate::pki::{Ca, NodeSpec};
 use crate::tls::suites::{iana_name, protocol_name};
 
-const PLACEHOLDERS: [&str; 11] = [
+const PLACEHOLDERS: [&str; 13] = [
     "cert",
     "key",
     "ca",
@@ -51,6 +53,8 @@ const PLACEHOLDERS: [&str; 11] = [
     "expired_key",
     "ca_as_key",
     "dir",
+    "fifo",
+    "big",
 ];
 
 /// Generated key material in a temporary directory, one file per placeholder.
@@ -112,6 +116,17 @@ impl Material {
             ),
             ("ca_as_key", ca_path),
             ("dir", d.to_owned()),
+            ("fifo", {
+                let p = d.join("fifo.pem");
+                let made = std::process::Command::new("mkfifo").arg(&p).status();
+                assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+                p
+            }),
+            ("big", {
+                let p = d.join("big.pem");
+                std::fs::File::create(&p).unwrap().set_len(5 << 20).unwrap();
+                p
+            }),
         ];
         assert_eq!(
             files.iter().map(|f| f.0).collect::<Vec<_>>(),

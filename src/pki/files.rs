@@ -93,11 +93,25 @@ pub fn write_ca(
     Ok(vec![cert, key_path])
 }
 
+/// A file that could not be read, as the error names it.
+fn input(path: &Path, e: crate::files::ReadError) -> CertsError {
+    match e {
+        crate::files::ReadError::Io(source) => CertsError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        why => CertsError::Input {
+            path: path.to_owned(),
+            message: why.to_string(),
+        },
+    }
+}
+
 /// Reads the CA that `write_ca` wrote.
 pub fn load_ca(dir: &Path) -> Result<Ca, CertsError> {
     let read = |name: &str| {
         let path = dir.join(name);
-        std::fs::read_to_string(&path).map_err(|source| CertsError::Io { path, source })
+        crate::files::read_text(&path, crate::files::PEM).map_err(|e| input(&path, e))
     };
     let (cert, key) = (read(CA_CERT)?, read(CA_KEY)?);
     Ca::load(&cert, &key).map_err(|e| CertsError::Input {
@@ -214,7 +228,8 @@ fn random_password() -> Result<String, CertsError> {
 /// `ringseal certs sign`: signs a CSR (e.g. from `keytool -certreq`) as a node certificate: its subject
 /// and SANs are kept, serverAuth + clientAuth are set, valid for `days`.
 pub fn sign_csr(ca: &Ca, csr_path: &Path, days: u64) -> Result<String, CertsError> {
-    let text = std::fs::read_to_string(csr_path).map_err(io(csr_path))?;
+    let text =
+        crate::files::read_text(csr_path, crate::files::PEM).map_err(|e| input(csr_path, e))?;
     // keytool writes "NEW CERTIFICATE REQUEST"; the PEM label is otherwise "CERTIFICATE REQUEST".
     let text = text.replace("NEW CERTIFICATE REQUEST", "CERTIFICATE REQUEST");
     use rustls_pki_types::pem::PemObject;

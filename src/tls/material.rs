@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use super::keystore::{self, Password, Secret, StoreFile};
 use super::x509::{CertInfo, fmt_time};
+use crate::files;
 
 /// The files `[tls]` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,12 @@ pub enum MaterialError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{key} {path}: {why}")]
+    Unusable {
+        key: &'static str,
+        path: PathBuf,
+        why: files::ReadError,
+    },
     #[error("{key} {path}: {message}")]
     Content {
         key: &'static str,
@@ -143,6 +150,12 @@ pub enum MaterialError {
         suggest: &'static str,
     },
 }
+
+/// The most bytes of CA names a CertificateRequest carries. Peers refuse handshake messages above
+/// 64 KiB (rustls: "excessive message size"), so a bundle whose names take more than half of that is
+/// not announced at all: no names, and peers choose their certificate without the hint (a node has
+/// one).
+pub const CA_NAMES_LIMIT: usize = 32 * 1024;
 
 /// Identity and trust, ready for rustls. Cheap to share: everything inside is behind an `Arc`.
 #[derive(Debug)]
@@ -401,6 +414,21 @@ impl TlsMaterial {
         })
     }
 
+    /// The bytes the trusted CAs' names take in a CertificateRequest (each a DER name with a 2-byte
+    /// length).
+    pub fn ca_names_len(&self) -> usize {
+        self.roots
+            .subjects()
+            .iter()
+            .map(|n| n.as_ref().len() + 2)
+            .sum()
+    }
+
+    /// Whether the CAs' names fit a CertificateRequest; see [`CA_NAMES_LIMIT`].
+    pub fn sends_ca_names(&self) -> bool {
+        self.ca_names_len() <= CA_NAMES_LIMIT
+    }
+
     /// The identity outbound connections present: `tls.outbound_keystore` when given, else ours.
     pub fn client_identity(&self) -> &Arc<CertifiedKey> {
         self.outbound.as_ref().map_or(&self.certified, |(c, _)| c)
@@ -538,13 +566,25 @@ fn certify(
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|source| MaterialError::Read {
+    let limit = match key {
+        "tls.cert" | "tls.key" => files::PEM,
+        "tls.ca" => files::CA_BUNDLE,
+        "tls.crl" => files::CRL,
+        k if k.ends_with("_password_file") => files::PASSWORD_FILE,
+        _ => files::KEYSTORE,
+    };
+    files::read(path, limit).map_err(|e| match e {
+        files::ReadError::Io(source) => MaterialError::Read {
             key,
             path: path.to_owned(),
             source,
-        })
+        },
+        why => MaterialError::Unusable {
+            key,
+            path: path.to_owned(),
+            why,
+        },
+    })
 }
 
 fn certs_from(

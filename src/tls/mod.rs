@@ -60,6 +60,9 @@ pub fn client_verifier(
     if !settings.require_client_auth {
         builder = builder.allow_unauthenticated();
     }
+    if !settings.material.sends_ca_names() {
+        builder = builder.clear_root_hint_subjects();
+    }
     // The material guarantees at least one root, the only reason build() fails.
     let inner = builder
         .build()
