@@ -105,7 +105,7 @@ impl Reloader {
         );
         if !restart_needed.is_empty() {
             tracing::warn!(
-                "{}: {} changed; listener addresses are fixed at start, restart ringseal to apply that part",
+                "{}: {} changed; listener addresses and [permissive] are fixed at start, restart ringseal to apply that part",
                 self.sources.describe(),
                 restart_needed.join(", ")
             );
@@ -170,6 +170,9 @@ impl Reloader {
         }
         if old.metrics.as_ref().map(|m| m.listen) != new.metrics.as_ref().map(|m| m.listen) {
             changed.push("metrics.listen".to_owned());
+        }
+        if old.permissive != new.permissive {
+            changed.push("[permissive]".to_owned());
         }
         changed
     }
