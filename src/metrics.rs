@@ -196,11 +196,10 @@ pub fn register_zeroes(directions: &[Direction]) {
             // Registering is enough: the histogram renders with empty buckets.
             let _ = histogram!(HANDSHAKE_DURATION, "direction" => d, "result" => result);
         }
-        if *dir == Direction::Outbound {
-            for reason in FallbackReason::ALL {
-                counter!(PLAINTEXT_FALLBACKS, "reason" => reason.as_str()).increment(0);
-            }
-        }
+    }
+    // Outbound only, but always there: a sidecar without outbound listeners truly has none.
+    for reason in FallbackReason::ALL {
+        counter!(PLAINTEXT_FALLBACKS, "reason" => reason.as_str()).increment(0);
     }
     for result in ["ok", "error"] {
         counter!(RELOADS, "result" => result).increment(0);
