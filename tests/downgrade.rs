@@ -119,7 +119,10 @@ async fn serve(mut conn: TcpStream, fault: Fault, upstream: SocketAddr) {
 async fn read_record(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut header = [0u8; 5];
     conn.read_exact(&mut header).await?;
-    assert_eq!(header[0], 22, "the sidecar opens with a TLS handshake record");
+    assert_eq!(
+        header[0], 22,
+        "the sidecar opens with a TLS handshake record"
+    );
     let mut body = vec![0u8; u16::from_be_bytes([header[3], header[4]]) as usize];
     conn.read_exact(&mut body).await?;
     Ok(body)
@@ -187,7 +190,9 @@ impl Outbound {
     fn count(&self, metric: &str, labels: &[&str]) -> f64 {
         scrape(self.admin)
             .lines()
-            .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+            .filter(|l| {
+                l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} "))
+            })
             .filter(|l| labels.iter().all(|want| l.contains(want)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
@@ -266,7 +271,10 @@ async fn a_verified_peer_is_not_downgraded_by(fault: Fault, reason: &str) {
     let sidecar = Outbound::start(&pki, peer.proxy.addr, peer.plain.addr, "");
     for i in 0..VERIFIED {
         let msg = format!("verified {i}");
-        assert_eq!(node_sends(sidecar.out, msg.as_bytes()).await, msg.as_bytes());
+        assert_eq!(
+            node_sends(sidecar.out, msg.as_bytes()).await,
+            msg.as_bytes()
+        );
     }
     assert_eq!(peer.storage.accepted(), VERIFIED);
 
@@ -420,6 +428,9 @@ async fn a_corrupt_state_file_is_a_warning() {
     assert_eq!(node_sends(sidecar.out, b"hello").await, b"hello");
     // Renamed into place whole: once the header is there, so is the peer.
     let text = wait_for_state(&file, "# ringseal permissive.state_file v1").await;
-    assert!(text.lines().nth(1).unwrap().starts_with("127.0.0.1 "), "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("127.0.0.1 "),
+        "{text}"
+    );
     assert!(sidecar.proc.child.try_wait().unwrap().is_none());
 }

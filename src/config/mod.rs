@@ -799,7 +799,10 @@ pub fn describe(c: &Config) -> String {
         c.permissive
             .state_file
             .as_ref()
-            .map_or("in memory only".into(), |f| format!("state file {}", f.display()))
+            .map_or("in memory only".into(), |f| format!(
+                "state file {}",
+                f.display()
+            ))
     );
     let support = crate::relay::support();
     let _ = writeln!(
@@ -849,7 +852,8 @@ fn permissive(
         Some(f) if f.as_os_str().is_empty() => {
             return Err(invalid(
                 "permissive.state_file",
-                "is empty; name a file, e.g. \"/var/lib/ringseal/tls-peers\", or remove the key".into(),
+                "is empty; name a file, e.g. \"/var/lib/ringseal/tls-peers\", or remove the key"
+                    .into(),
             ));
         }
         Some(f) => {

@@ -217,7 +217,8 @@ impl OutboundListener {
                 self.shared.listen,
                 humantime::format_duration(peers.memory()),
                 peers.state_file().map_or_else(
-                    || "remembered in memory only: a restart forgets; set permissive.state_file".into(),
+                    || "remembered in memory only: a restart forgets; set permissive.state_file"
+                        .into(),
                     |f| format!("remembered in {}", f.display())
                 )
             );
@@ -461,7 +462,10 @@ enum Answer {
 /// Sends the ClientHello and looks (without taking them) at the first bytes that come back: the
 /// evidence for "no TLS there". An EOF or reset before any byte is an error, like any other failed
 /// handshake.
-async fn first_answer(tcp: &mut TcpStream, conn: &mut rustls::Connection) -> std::io::Result<Answer> {
+async fn first_answer(
+    tcp: &mut TcpStream,
+    conn: &mut rustls::Connection,
+) -> std::io::Result<Answer> {
     use tokio::io::AsyncWriteExt;
     let mut hello = Vec::new();
     while conn.wants_write() {

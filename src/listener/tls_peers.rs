@@ -250,7 +250,9 @@ fn read(path: &Path) -> Result<Option<Vec<(IpAddr, SystemTime)>>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read it: {e}")),
     };
-    let meta = file.metadata().map_err(|e| format!("cannot read it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?;
     if !meta.is_file() {
         return Err("is not a regular file".into());
     }
@@ -302,7 +304,9 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().map_or("tls-peers".into(), |n| n.to_string_lossy());
+    let name = path
+        .file_name()
+        .map_or("tls-peers".into(), |n| n.to_string_lossy());
     // tempfile creates it 0600 with a random name, and removes it if anything below fails.
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
@@ -360,7 +364,10 @@ mod tests {
         let p = peers(DAY, None);
         let now = Instant::now();
         for i in 0..(MAX_PEERS as u32 + 10) {
-            p.record(IpAddr::from(i.to_be_bytes()), now + Duration::from_millis(i.into()));
+            p.record(
+                IpAddr::from(i.to_be_bytes()),
+                now + Duration::from_millis(i.into()),
+            );
         }
         assert_eq!(p.lock().expires.len(), MAX_PEERS);
         // The least recently verified went first; the latest is there.
@@ -380,7 +387,9 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(HEADER), "{text}");
         assert_eq!(text.lines().count(), 3, "{text}");
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600);
         // No temporary file is left beside it.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
