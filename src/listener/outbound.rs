@@ -551,15 +551,14 @@ impl Shared {
     /// Why `ip` was found without TLS, if it was within `FALLBACK_MEMORY` and has not completed a
     /// verified handshake since.
     fn recently_plaintext(&self, ip: std::net::IpAddr) -> Option<FallbackReason> {
-        let peers = self
+        let reason = self
             .plaintext_peers
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        peers
+            .unwrap_or_else(|e| e.into_inner())
             .get(&ip)
             .filter(|(t, _)| t.elapsed() < FALLBACK_MEMORY)
-            .map(|(_, reason)| *reason)
-            .filter(|_| !self.tls_peers.has_tls(ip))
+            .map(|(_, reason)| *reason);
+        reason.filter(|_| !self.tls_peers.has_tls(ip))
     }
 
     fn remember_plaintext(&self, ip: std::net::IpAddr, reason: FallbackReason) {

@@ -141,7 +141,8 @@ impl TlsPeers {
         }
     }
 
-    /// Writes the state file off the connection's task; one writer at a time, the last change wins.
+    /// Writes the state file on a blocking thread of the runtime (off the connection's task); one writer
+    /// at a time, the last change wins.
     fn save(self: &Arc<Self>) {
         if self.file.is_none() {
             return;
