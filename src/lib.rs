@@ -112,9 +112,17 @@ impl Server {
             inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
         let mut outbound = Vec::with_capacity(config.outbound.len());
+        // One memory of the peers that have TLS for all outbound listeners (permissive mode never
+        // downgrades them); its state file is read only when there is an outbound listener.
+        let mut tls_peers = None;
         for (i, l) in config.outbound.iter().enumerate() {
+            let peers = tls_peers
+                .get_or_insert_with(|| {
+                    Arc::new(listener::tls_peers::TlsPeers::load(&config.permissive))
+                })
+                .clone();
             let bound =
-                OutboundListener::bind(l, &config.tls, &config.limits, config.offload).await;
+                OutboundListener::bind(l, &config.tls, &config.limits, config.offload, peers).await;
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }

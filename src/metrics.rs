@@ -20,6 +20,7 @@ pub const CERT_EXPIRY: &str = "ringseal_certificate_expiry_timestamp_seconds";
 pub const RELOADS: &str = "ringseal_config_reloads_total";
 pub const CHAIN_CACHE: &str = "ringseal_chain_cache_lookups_total";
 pub const LOG_LINES_DROPPED: &str = "ringseal_log_lines_dropped_total";
+pub const PLAINTEXT_FALLBACKS: &str = "ringseal_plaintext_fallbacks_total";
 
 /// Every metric name above: what `/metrics` may contain, and what dashboards and alerts may reference.
 pub const ALL: &[&str] = &[
@@ -35,6 +36,7 @@ pub const ALL: &[&str] = &[
     RELOADS,
     CHAIN_CACHE,
     LOG_LINES_DROPPED,
+    PLAINTEXT_FALLBACKS,
 ];
 
 /// Why a handshake was refused: the `reason` label, a small fixed set.
@@ -79,6 +81,28 @@ impl Reason {
             Self::NotTls => "not_tls",
             Self::Io => "io",
             Self::Other => "other",
+        }
+    }
+}
+
+/// Why permissive outbound sent a connection in plaintext: the `reason` label of
+/// [`PLAINTEXT_FALLBACKS`]. Only these two: anything else that goes wrong with TLS is a refused
+/// handshake, never a fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackReason {
+    /// The peer's TLS port refused the connection (ECONNREFUSED): nothing listens there.
+    ConnectionRefused,
+    /// The peer's TLS port answered our ClientHello with bytes that are not a TLS record header.
+    NotTls,
+}
+
+impl FallbackReason {
+    pub const ALL: [Self; 2] = [Self::ConnectionRefused, Self::NotTls];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionRefused => "connection_refused",
+            Self::NotTls => "not_tls",
         }
     }
 }
@@ -148,6 +172,12 @@ pub fn describe() {
         "Log lines dropped because stderr could not take them (closed, or stalled until the buffer \
          was full)"
     );
+    describe_counter!(
+        PLAINTEXT_FALLBACKS,
+        "Outbound connections sent in plaintext by permissive mode to a peer that has never completed a \
+         verified TLS handshake with this sidecar (within permissive.tls_peer_memory), by reason \
+         (connection_refused: its TLS port refused; not_tls: it answered with bytes that are not TLS)"
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -174,6 +204,10 @@ pub fn register_zeroes(directions: &[Direction]) {
             let _ = histogram!(HANDSHAKE_DURATION, "direction" => d, "result" => result);
         }
     }
+    // Outbound only, but always there: a sidecar without outbound listeners truly has none.
+    for reason in FallbackReason::ALL {
+        counter!(PLAINTEXT_FALLBACKS, "reason" => reason.as_str()).increment(0);
+    }
     for result in ["ok", "error"] {
         counter!(RELOADS, "result" => result).increment(0);
     }
@@ -194,6 +228,11 @@ pub fn handshake_refused(dir: Direction, reason: Reason, took: Duration) {
         "reason" => reason.as_str(), "protocol" => "", "cipher_suite" => "")
     .increment(1);
     histogram!(HANDSHAKE_DURATION, "direction" => dir.as_str(), "result" => "refused").record(took);
+}
+
+/// A permissive outbound connection sent in plaintext, and why.
+pub fn plaintext_fallback(reason: FallbackReason) {
+    counter!(PLAINTEXT_FALLBACKS, "reason" => reason.as_str()).increment(1);
 }
 
 /// One lookup in a verifier's verified-chain cache ([`crate::tls::chain_cache`]).

@@ -179,6 +179,9 @@ impl Reloader {
         if old.offload != new.offload {
             changed.push("offload".to_owned());
         }
+        if old.permissive != new.permissive {
+            changed.push("[permissive]".to_owned());
+        }
         changed
     }
 

@@ -817,6 +817,7 @@ fn alerts_and_scrape_config_reference_only_defined_metrics() {
                 ringseal::metrics::HANDSHAKES,
                 ringseal::metrics::CONNECTIONS,
                 ringseal::metrics::RELOADS,
+                ringseal::metrics::PLAINTEXT_FALLBACKS,
             ] {
                 assert!(names.contains(m), "no alert on {m}");
             }
@@ -893,6 +894,29 @@ tests:
               description: 'ringseal on a:9464 relayed inbound internode traffic without TLS in the last 10 minutes. In a strict cluster nothing may; find the node that still connects in plaintext (ringseal''s logs name it) and enable its sidecar.'
       - eval_time: 5m
         alertname: RingsealPlaintextConnection
+        exp_alerts: []
+  # A plaintext fallback of permissive outbound, in a series that starts at 0.
+  - interval: 1m
+    input_series:
+      - series: 'ringseal_plaintext_fallbacks_total{{instance="a:9464",reason="connection_refused"}}'
+        values: '0x5 3x25'
+      - series: 'ringseal_plaintext_fallbacks_total{{instance="a:9464",reason="not_tls"}}'
+        values: '0x30'
+      - series: 'ringseal_plaintext_fallbacks_total{{instance="b:9464",reason="connection_refused"}}'
+        values: '0x30'
+    alert_rule_test:
+      - eval_time: 8m
+        alertname: RingsealPlaintextFallback
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: "a:9464", reason: connection_refused}}
+            exp_annotations:
+              summary: 'Permissive outbound fell back to plaintext (connection_refused) on a:9464'
+              description: 'ringseal on a:9464 sent outbound internode connections in plaintext in the last 10 minutes (reason connection_refused: connection_refused = the peer''s TLS port refused, not_tls = it answered with bytes that are not TLS) to a peer it has not verified over TLS recently. Its WARN log line names the peer. If that peer should have a sidecar, its sidecar is down or something on the network blocks or answers its TLS port in its place; if every node has one, switch to strict mode.'
+      - eval_time: 4m
+        alertname: RingsealPlaintextFallback
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: RingsealPlaintextFallback
         exp_alerts: []
   # A failed reload.
   - interval: 1m

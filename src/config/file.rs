@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{CrlExpired, Limits, Mode};
+use super::{CrlExpired, Limits, Mode, Permissive};
 use crate::relay::Offload;
 use crate::tls::keystore::Secret;
 use crate::tls::verify::AllowList;
@@ -31,6 +31,28 @@ pub struct FileConfig {
     pub limits: FileLimits,
     #[serde(default)]
     pub metrics: Option<FileMetrics>,
+    #[serde(default)]
+    pub permissive: FilePermissive,
+}
+
+/// `[permissive]`: how permissive outbound remembers the peers that have TLS; a missing key takes its
+/// default from [`Permissive::default`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilePermissive {
+    #[serde(deserialize_with = "duration")]
+    pub tls_peer_memory: Duration,
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for FilePermissive {
+    fn default() -> Self {
+        let p = Permissive::default();
+        Self {
+            tls_peer_memory: p.tls_peer_memory,
+            state_file: p.state_file,
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint (off when the table is absent).

@@ -87,6 +87,34 @@ pub struct Config {
     pub source: Option<Sources>,
     /// `cluster_name` (Cassandra's): `check` warns about certificates whose OU differs.
     pub cluster_name: Option<String>,
+    /// `[permissive]`: the outbound side's memory of peers that have TLS. Fixed at start.
+    pub permissive: Permissive,
+}
+
+/// `[permissive]`: permissive outbound falls back to plaintext only for a peer that has not completed
+/// a verified TLS handshake with this sidecar within `tls_peer_memory`; this is that memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissive {
+    /// How long after its last verified handshake a peer is never reached in plaintext.
+    pub tls_peer_memory: Duration,
+    /// Where the memory survives restarts (written atomically); `None`: in memory only.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Permissive {
+    /// Shorter would let an attacker wait out the memory between two of a quiet peer's connections.
+    pub const MIN_MEMORY: Duration = Duration::from_secs(60);
+    /// Ten years: "forever" for a migration, and far from any `Instant` overflow.
+    pub const MAX_MEMORY: Duration = Duration::from_secs(3650 * 86_400);
+}
+
+impl Default for Permissive {
+    fn default() -> Self {
+        Self {
+            tls_peer_memory: Duration::from_secs(24 * 3600),
+            state_file: None,
+        }
+    }
 }
 
 /// `[metrics]`.
@@ -250,6 +278,7 @@ impl Config {
             metrics: None,
             source: None,
             cluster_name: None,
+            permissive: Permissive::default(),
         }
     }
 
@@ -703,6 +732,8 @@ impl FileConfig {
             ));
         }
 
+        let permissive = permissive(self.permissive, base, &invalid)?;
+
         if self.offload == crate::relay::Offload::Require {
             let support = crate::relay::support();
             if let Err(why) = &support.result {
@@ -791,6 +822,7 @@ impl FileConfig {
             metrics,
             source: None,
             cluster_name: self.cluster_name,
+            permissive,
         })
     }
 }
@@ -847,6 +879,18 @@ pub fn describe(c: &Config) -> String {
             o.allow
         );
     }
+    let _ = writeln!(
+        out,
+        "permissive peers verified over TLS are never sent plaintext for {} after their last handshake ({})",
+        humantime::format_duration(c.permissive.tls_peer_memory),
+        c.permissive
+            .state_file
+            .as_ref()
+            .map_or("in memory only".into(), |f| format!(
+                "state file {}",
+                f.display()
+            ))
+    );
     let support = crate::relay::support();
     let _ = writeln!(
         out,
@@ -871,6 +915,53 @@ pub fn describe(c: &Config) -> String {
         humantime::format_duration(l.shutdown_grace),
     );
     out
+}
+
+/// `[permissive]`: the memory's length within bounds, the state file a file (not a directory).
+fn permissive(
+    p: file::FilePermissive,
+    base: &Path,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Permissive, ConfigError> {
+    let memory = p.tls_peer_memory;
+    if memory < Permissive::MIN_MEMORY || memory > Permissive::MAX_MEMORY {
+        return Err(invalid(
+            "permissive.tls_peer_memory",
+            format!(
+                "{} is outside 1m..3650d; it is how long a peer that completed a verified TLS \
+                 handshake is never sent plaintext (24h is a good default)",
+                humantime::format_duration(memory)
+            ),
+        ));
+    }
+    let state_file = match p.state_file {
+        None => None,
+        Some(f) if f.as_os_str().is_empty() => {
+            return Err(invalid(
+                "permissive.state_file",
+                "is empty; name a file, e.g. \"/var/lib/ringseal/tls-peers\", or remove the key"
+                    .into(),
+            ));
+        }
+        Some(f) => {
+            let path = base.join(f);
+            if path.is_dir() {
+                return Err(invalid(
+                    "permissive.state_file",
+                    format!(
+                        "{} is a directory; name a file in it, e.g. \"{}\"",
+                        path.display(),
+                        path.join("tls-peers").display()
+                    ),
+                ));
+            }
+            Some(path)
+        }
+    };
+    Ok(Permissive {
+        tls_peer_memory: memory,
+        state_file,
+    })
 }
 
 /// The identity and trust files of `[tls]`: PEM files or keystores, exactly one of each.

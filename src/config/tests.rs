@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 
-use super::file::{FileAllow, FileInbound, FileLimits, FileTls};
+use super::file::{FileAllow, FileInbound, FileLimits, FilePermissive, FileTls};
 use super::*;
 use crate::pki::{Ca, NodeSpec};
 use crate::tls::suites::{iana_name, protocol_name};
@@ -318,6 +318,14 @@ fn reference_config_values() {
     assert_eq!(l.close_linger, Duration::from_secs(30));
     assert_eq!(l.max_connections, 10_000);
     assert_eq!(l.shutdown_grace, Duration::from_secs(30));
+
+    assert_eq!(
+        c.permissive,
+        crate::config::Permissive {
+            tls_peer_memory: Duration::from_secs(24 * 3600),
+            state_file: Some(PathBuf::from("/var/lib/ringseal/tls-peers")),
+        }
+    );
 }
 
 /// The reference says "where a key has a default, the value written here IS the default": removing
@@ -334,6 +342,8 @@ fn reference_config_shows_the_defaults() {
         assert!(tls.remove(key).is_some(), "tls.{key}");
     }
     assert!(t.remove("limits").is_some(), "[limits]");
+    let permissive = t["permissive"].as_table_mut().unwrap();
+    assert!(permissive.remove("tls_peer_memory").is_some());
     for l in t["inbound"].as_array_mut().unwrap() {
         let l = l.as_table_mut().unwrap();
         assert!(l.remove("require_endpoint_verification").is_some());
@@ -407,6 +417,11 @@ fn reference_config_has_every_key() {
         keys(t["limits"].as_table().unwrap()),
         fields_of::<FileLimits>(),
         "[limits]"
+    );
+    assert_eq!(
+        keys(t["permissive"].as_table().unwrap()),
+        fields_of::<FilePermissive>(),
+        "[permissive]"
     );
     let inbound = t["inbound"].as_array().unwrap();
     assert!(!inbound.is_empty());

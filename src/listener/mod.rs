@@ -4,6 +4,7 @@
 pub mod inbound;
 pub mod outbound;
 pub mod sniff;
+pub mod tls_peers;
 
 use std::collections::HashMap;
 use std::io;

@@ -4,6 +4,13 @@
 //! Per connection: permit -> connect `upstream` under `connect_timeout` -> handshake under
 //! `handshake_timeout` -> relay. The local node's bytes wait in the kernel until the peer is verified;
 //! if it cannot be, the local connection is closed and the node retries as it would for a dead peer.
+//!
+//! Permissive mode reaches a peer in plaintext only when it has no TLS endpoint (its TLS port refuses
+//! the connection, or answers our ClientHello with bytes that are not a TLS record) and it has never
+//! completed a verified handshake with this sidecar within `permissive.tls_peer_memory`
+//! ([`super::tls_peers`]). Anything else, an EOF or reset after the ClientHello, a timeout, a TLS or
+//! certificate error, is a refused handshake: an attacker on the path can make a peer unreachable,
+//! but cannot make a peer that has TLS receive plaintext.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,14 +21,16 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::tls_peers::TlsPeers;
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target, TlsSettings};
-use crate::metrics::{self, ActiveConnection, Direction, Reason};
+use crate::metrics::{self, ActiveConnection, Direction, FallbackReason, Reason};
 use crate::relay::{self, Offload, RelayLimits};
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::PeerPolicy;
 
-/// How long a peer found without TLS is reached in plaintext before TLS is tried again.
+/// How long a peer found without TLS (and never verified) is reached in plaintext before TLS is tried
+/// again.
 const FALLBACK_MEMORY: Duration = Duration::from_secs(30);
 
 /// What a reload may change: TLS material, peer policy, mode.
@@ -137,8 +146,14 @@ struct Shared {
     target: Target,
     /// Swapped whole by a reload; each connection takes the current one.
     state: ArcSwap<OutboundTls>,
-    /// Permissive mode: peers found without TLS, and when; TLS is tried again after `FALLBACK_MEMORY`.
-    plaintext_peers: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Instant>>,
+    /// Permissive mode: peers found without TLS, when and why; TLS is tried again after
+    /// `FALLBACK_MEMORY`.
+    plaintext_peers:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (Instant, FallbackReason)>>,
+    /// Peers that completed a verified handshake: never sent plaintext. Shared by every outbound
+    /// listener of the process.
+    tls_peers: Arc<TlsPeers>,
+    fallback_log: RateLimit<(FallbackReason, std::net::IpAddr)>,
     limits: Limits,
     refusals: RateLimit<RefusalKey>,
     accept_log: RateLimit<&'static str>,
@@ -152,6 +167,7 @@ impl OutboundListener {
         tls: &TlsSettings,
         limits: &Limits,
         offload: Offload,
+        tls_peers: Arc<TlsPeers>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(cfg.listen).await?;
         let listen = listener.local_addr()?;
@@ -162,6 +178,8 @@ impl OutboundListener {
                 target: cfg.target,
                 state: ArcSwap::from_pointee(OutboundTls::build(cfg, tls)),
                 plaintext_peers: Default::default(),
+                tls_peers,
+                fallback_log: RateLimit::new(Duration::from_secs(60)),
                 limits: limits.clone(),
                 refusals: RateLimit::new(Duration::from_secs(60)),
                 accept_log: RateLimit::new(Duration::from_secs(10)),
@@ -197,6 +215,21 @@ impl OutboundListener {
             },
             cfg.allow,
         );
+        if cfg.mode == Mode::Permissive {
+            let peers = &self.shared.tls_peers;
+            tracing::info!(
+                "outbound listener on {} is permissive: a peer whose TLS port refuses or does not speak \
+                 TLS is reached in plaintext, unless it completed a verified TLS handshake with this \
+                 sidecar within {} ({})",
+                self.shared.listen,
+                humantime::format_duration(peers.memory()),
+                peers.state_file().map_or_else(
+                    || "remembered in memory only: a restart forgets; set permissive.state_file"
+                        .into(),
+                    |f| format!("remembered in {}", f.display())
+                )
+            );
+        }
     }
 
     pub async fn serve(self, life: super::Lifecycle) {
@@ -229,52 +262,43 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
         }
     };
     let peer = route.tls;
+    let ip = crate::tls::verify::canonical_ip(peer.ip());
     let permissive_plain = route.plain.filter(|_| state.mode == Mode::Permissive);
-    // A peer known to have no TLS yet goes straight to plaintext. If its plaintext port refuses, it
-    // has most likely moved to strict: TLS is tried at once instead of waiting out the memory (success
-    // forgets it and logs the move).
+    // A peer known to have no TLS yet (and never verified) goes straight to plaintext. If its plaintext
+    // port refuses, it has most likely moved to strict: TLS is tried at once instead of waiting out
+    // the memory (success forgets it and logs the move).
     if let Some(plain) = permissive_plain
-        && s.recently_plaintext(peer.ip())
+        && let Some(reason) = s.recently_plaintext(ip)
         && let Ok(remote) = connect_plain(plain, s).await
     {
+        metrics::plaintext_fallback(reason);
         return relay_plain(local, from, plain, remote, s).await;
     }
     let (tls, conn) = match dial(peer, &state, s).await {
         Ok(ok) => ok,
-        Err((refusal, no_tls_there)) => {
-            if let Some(plain) = permissive_plain
-                && no_tls_there
-            {
-                if s.remember_plaintext(peer.ip()) {
-                    tracing::warn!(
-                        peer = %peer,
-                        "peer {} has no TLS on {peer} yet ({}); mode = permissive: its connections go \
-                         in plaintext to {plain}, TLS is tried again every {}s",
-                        peer.ip(),
-                        refusal.message,
-                        FALLBACK_MEMORY.as_secs()
-                    );
-                }
-                return match connect_plain(plain, s).await {
-                    Ok(remote) => relay_plain(local, from, plain, remote, s).await,
-                    Err(why) => {
-                        if let Some(n) = s.refusals.check((Reason::Io, plain.ip())) {
-                            tracing::warn!(
-                                peer = %plain,
-                                "plaintext fallback to {plain} failed: {why}{}",
-                                suppressed_note(n)
-                            );
-                        }
-                    }
-                };
+        Err((refusal, no_tls)) => {
+            let known = s.tls_peers.has_tls(ip);
+            if let (Some(plain), Some(reason), false) = (permissive_plain, no_tls, known) {
+                return fall_back(local, from, peer, plain, reason, &refusal, s).await;
             }
             metrics::handshake_refused(Direction::Outbound, refusal.reason, started.elapsed());
             if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
+                // A permissive listener says why this "no TLS there" does not fall back.
+                let why_not_plaintext = if permissive_plain.is_some() && no_tls.is_some() && known {
+                    format!(
+                        " (mode = permissive, but this peer completed a verified TLS handshake within \
+                         permissive.tls_peer_memory ({}), so it is never sent plaintext: its sidecar is \
+                         down or something on the path blocks TLS)",
+                        humantime::format_duration(s.tls_peers.memory())
+                    )
+                } else {
+                    String::new()
+                };
                 tracing::warn!(
                     peer = %peer,
                     listen = %s.listen,
                     reason = refusal.reason.as_str(),
-                    "outbound to {peer} failed: {}; closing the local connection from {from}{}",
+                    "outbound to {peer} failed: {}; closing the local connection from {from}{why_not_plaintext}{}",
                     refusal.message,
                     suppressed_note(n)
                 );
@@ -282,7 +306,15 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
             return;
         }
     };
-    if s.forget_plaintext(peer.ip()) {
+    if s.tls_peers.verified(ip) && permissive_plain.is_some() {
+        tracing::info!(
+            peer = %peer,
+            "peer {ip} completed a verified TLS handshake: permissive mode will not send it plaintext \
+             for {} after its last one",
+            humantime::format_duration(s.tls_peers.memory())
+        );
+    }
+    if s.forget_plaintext(ip) {
         tracing::info!(peer = %peer, "peer {} now accepts TLS; its connections are encrypted", peer.ip());
     }
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
@@ -300,20 +332,66 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     super::report_close(Direction::Outbound, peer, from, &outcome);
 }
 
-/// Connects and completes mutual TLS. On failure, the refusal and whether the peer simply has no TLS
-/// endpoint (nothing listens on the TLS port, or what answers is not TLS): only then may permissive
-/// mode fall back to plaintext. A certificate problem never does: that would hand plaintext to
+/// Permissive mode, for a peer without a TLS endpoint that was never verified: counts, logs
+/// (rate-limited) and carries the connection to the peer's plaintext port.
+async fn fall_back(
+    local: TcpStream,
+    from: SocketAddr,
+    peer: SocketAddr,
+    plain: SocketAddr,
+    reason: FallbackReason,
+    refusal: &Refusal,
+    s: &Shared,
+) {
+    let ip = crate::tls::verify::canonical_ip(peer.ip());
+    s.remember_plaintext(ip, reason);
+    if let Some(n) = s.fallback_log.check((reason, ip)) {
+        tracing::warn!(
+            peer = %peer,
+            reason = reason.as_str(),
+            "peer {ip} has no TLS on {peer} ({}) and has not completed a verified TLS handshake with this \
+             sidecar within {}; mode = permissive: its connections go in plaintext to {plain}, TLS is \
+             tried again every {}s (counted in ringseal_plaintext_fallbacks_total){}",
+            refusal.message,
+            humantime::format_duration(s.tls_peers.memory()),
+            FALLBACK_MEMORY.as_secs(),
+            suppressed_note(n)
+        );
+    }
+    match connect_plain(plain, s).await {
+        Ok(remote) => {
+            metrics::plaintext_fallback(reason);
+            relay_plain(local, from, plain, remote, s).await;
+        }
+        Err(why) => {
+            if let Some(n) = s.refusals.check((Reason::Io, plain.ip())) {
+                tracing::warn!(
+                    peer = %plain,
+                    "plaintext fallback to {plain} failed: {why}{}",
+                    suppressed_note(n)
+                );
+            }
+        }
+    }
+}
+
+/// Connects and completes mutual TLS. On failure, the refusal and, when the peer plainly has no TLS
+/// endpoint, why: its TLS port refused the connection, or answered our ClientHello with bytes that are
+/// not a TLS record header. Only then may permissive mode fall back to plaintext. An EOF or reset after
+/// the ClientHello, a timeout, or any TLS or certificate error never does: an attacker on the path can
+/// cause each of those to a peer that has TLS, and a certificate failure would hand plaintext to
 /// whoever fails verification.
 async fn dial(
     peer: SocketAddr,
     state: &OutboundTls,
     s: &Shared,
-) -> Result<(TcpStream, rustls::Connection), (Refusal, bool)> {
+) -> Result<(TcpStream, rustls::Connection), (Refusal, Option<FallbackReason>)> {
     let connect = connect_from(state.source, peer);
-    let tcp = match tokio::time::timeout(s.limits.connect_timeout, connect).await {
+    let mut tcp = match tokio::time::timeout(s.limits.connect_timeout, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
-            let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+            let refused = (e.kind() == std::io::ErrorKind::ConnectionRefused)
+                .then_some(FallbackReason::ConnectionRefused);
             return Err((
                 Refusal::new(Reason::Io, format!("cannot connect: {e}")),
                 refused,
@@ -328,7 +406,7 @@ async fn dial(
                         humantime::format_duration(s.limits.connect_timeout)
                     ),
                 ),
-                false,
+                None,
             ));
         }
     };
@@ -338,19 +416,35 @@ async fn dial(
         Ok(c) => rustls::Connection::Client(c),
         Err(e) => {
             let why = format!("cannot start the TLS session: {e}");
-            return Err((Refusal::new(Reason::Io, why), false));
+            return Err((Refusal::new(Reason::Io, why), None));
         }
     };
-    let handshake = relay::handshake(&tcp, &mut conn);
-    match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
-        Ok(Ok(())) => Ok((tcp, conn)),
-        Ok(Err(e)) => {
-            let not_tls = e.kind() == std::io::ErrorKind::UnexpectedEof
-                || e.get_ref()
-                    .and_then(|i| i.downcast_ref::<rustls::Error>())
-                    .is_some_and(|t| matches!(t, rustls::Error::InvalidMessage(_)));
-            Err((super::refusal_from_io(&e), not_tls))
+    let handshake = async {
+        match first_answer(&mut tcp, &mut conn).await? {
+            Answer::Tls => relay::handshake(&tcp, &mut conn).await.map(|()| None),
+            Answer::NotTls(first) => Ok(Some(first)),
         }
+    };
+    match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
+        Ok(Ok(None)) => Ok((tcp, conn)),
+        Ok(Ok(Some(first))) => Err((
+            Refusal::new(
+                Reason::NotTls,
+                format!(
+                    "it answered our ClientHello with bytes that are not a TLS record ({})",
+                    hex(&first)
+                ),
+            ),
+            Some(FallbackReason::NotTls),
+        )),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err((
+            Refusal::new(
+                Reason::Io,
+                "the peer closed the connection in the middle of the handshake",
+            ),
+            None,
+        )),
+        Ok(Err(e)) => Err((super::refusal_from_io(&e), None)),
         Err(_) => Err((
             Refusal::new(
                 Reason::Timeout,
@@ -359,9 +453,57 @@ async fn dial(
                     humantime::format_duration(s.limits.handshake_timeout)
                 ),
             ),
-            false,
+            None,
         )),
     }
+}
+
+/// What the peer's TLS port sent first, in answer to our ClientHello.
+enum Answer {
+    /// A TLS record header (or its first byte): the handshake goes on.
+    Tls,
+    /// Something else: the first bytes, for the log.
+    NotTls(Vec<u8>),
+}
+
+/// Sends the ClientHello and looks (without taking them) at the first bytes that come back: the
+/// evidence for "no TLS there". An EOF or reset before any byte is an error, like any other failed
+/// handshake.
+async fn first_answer(
+    tcp: &mut TcpStream,
+    conn: &mut rustls::Connection,
+) -> std::io::Result<Answer> {
+    use tokio::io::AsyncWriteExt;
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello)?;
+    }
+    tcp.write_all(&hello).await?;
+    let mut first = [0u8; 5];
+    let n = tcp.peek(&mut first).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(if is_tls_record_start(&first[..n]) {
+        Answer::Tls
+    } else {
+        Answer::NotTls(first[..n].to_vec())
+    })
+}
+
+/// Whether `bytes` (one to five) can begin a TLS record: content type change_cipher_spec, alert,
+/// handshake or application_data, then protocol major version 3.
+fn is_tls_record_start(bytes: &[u8]) -> bool {
+    match bytes {
+        [] => true,
+        [t] => (20..=23).contains(t),
+        [t, major, ..] => (20..=23).contains(t) && *major == 3,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("first bytes {}", hex.join(" "))
 }
 
 /// Connects to `to`, from `source` when given.
@@ -413,26 +555,28 @@ async fn relay_plain(
 }
 
 impl Shared {
-    fn recently_plaintext(&self, ip: std::net::IpAddr) -> bool {
-        let peers = self
+    /// Why `ip` was found without TLS, if it was within `FALLBACK_MEMORY` and has not completed a
+    /// verified handshake since.
+    fn recently_plaintext(&self, ip: std::net::IpAddr) -> Option<FallbackReason> {
+        let reason = self
             .plaintext_peers
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        peers
+            .unwrap_or_else(|e| e.into_inner())
             .get(&ip)
-            .is_some_and(|t| t.elapsed() < FALLBACK_MEMORY)
+            .filter(|(t, _)| t.elapsed() < FALLBACK_MEMORY)
+            .map(|(_, reason)| *reason);
+        reason.filter(|_| !self.tls_peers.has_tls(ip))
     }
 
-    /// True when the peer was not known as plaintext-only before (log once per peer and period).
-    fn remember_plaintext(&self, ip: std::net::IpAddr) -> bool {
+    fn remember_plaintext(&self, ip: std::net::IpAddr, reason: FallbackReason) {
         let mut peers = self
             .plaintext_peers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if peers.len() >= 4096 {
-            peers.retain(|_, t| t.elapsed() < FALLBACK_MEMORY);
+            peers.retain(|_, (t, _)| t.elapsed() < FALLBACK_MEMORY);
         }
-        peers.insert(ip, Instant::now()).is_none()
+        peers.insert(ip, (Instant::now(), reason));
     }
 
     fn forget_plaintext(&self, ip: std::net::IpAddr) -> bool {
@@ -441,5 +585,24 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         peers.remove(&ip).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_counts_as_the_start_of_a_tls_record() {
+        // A ServerHello, an alert, their first byte alone.
+        assert!(is_tls_record_start(&[22, 3, 3, 0, 90]));
+        assert!(is_tls_record_start(&[21, 3, 3, 0, 2]));
+        assert!(is_tls_record_start(&[22]));
+        // HTTP, Cassandra's internode magic, a handshake type with a wrong version, SSLv2-style.
+        assert!(!is_tls_record_start(b"HTTP/"));
+        assert!(!is_tls_record_start(&[0xCA, 0x55, 0x2D, 0xFA]));
+        assert!(!is_tls_record_start(&[22, 0x48]));
+        assert!(!is_tls_record_start(&[0x80, 0x2e]));
+        assert!(!is_tls_record_start(&[24, 3, 3, 0, 1]));
     }
 }
