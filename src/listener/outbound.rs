@@ -290,7 +290,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
         linger: s.limits.close_linger,
     };
     let outcome = relay.run(limits, active.bytes.clone()).await;
-    super::report_close(Direction::Outbound, peer, from, &outcome);
+    super::report_close(active, peer, from, &outcome);
 }
 
 /// Connects and completes mutual TLS. On failure, the refusal and whether the peer simply has no TLS
@@ -402,7 +402,7 @@ async fn relay_plain(
     };
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
     let outcome = relay::plain(remote, local, limits, active.bytes.clone()).await;
-    super::report_close(Direction::Outbound, to, from, &outcome);
+    super::report_close(active, to, from, &outcome);
 }
 
 impl Shared {

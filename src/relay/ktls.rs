@@ -496,14 +496,13 @@ struct Relay {
     rx_done: bool,
     /// Nothing more can be written to the peer (TCP).
     tls_wr_dead: bool,
-    /// Nothing more may be sent to the peer (it broke the protocol, or its KeyUpdate cannot be
-    /// answered); close_notify is still sent unless the protocol was broken.
+    /// No more application data may be sent to the peer (it broke the protocol, its KeyUpdate cannot
+    /// be answered, or the hand-over failed).
     tls_app_dead: bool,
-    /// close_notify must not be sent (the peer broke the protocol and got a fatal alert).
-    no_close_notify: bool,
     plain_wr_dead: bool,
     up: Phase,
     down: Phase,
+    /// The abort's cause (`None`: everything so far was in order).
     close: Option<Close>,
     from_peer: u64,
     to_peer: u64,
@@ -533,7 +532,6 @@ impl Engaged {
             rx_done: !self.rx_open,
             // A failed hand-over ends the connection: nothing more goes to the peer.
             tls_app_dead: failed,
-            no_close_notify: failed,
             plain_wr_dead: false,
             up: Phase::Open,
             down: Phase::Open,
@@ -547,10 +545,15 @@ impl Engaged {
 }
 
 impl Relay {
-    fn note(&mut self, close: Close) {
+    /// The connection aborts; the first cause is kept, later ones are consequences of it.
+    fn abort(&mut self, close: Close) {
         if self.close.is_none() {
             self.close = Some(close);
         }
+    }
+
+    fn aborting(&self) -> bool {
+        self.close.is_some()
     }
 
     fn delivered(&mut self, n: usize) {
@@ -559,7 +562,7 @@ impl Relay {
     }
 
     fn finish_up(&mut self) {
-        if !self.plain_wr_dead {
+        if !self.plain_wr_dead && !self.aborting() {
             // FIN after everything written: the backend sees the end of the stream, nothing lost.
             let _ = SockRef::from(&self.plain).shutdown(Shutdown::Write);
         }
@@ -593,7 +596,7 @@ impl Relay {
                         self.delivered(n);
                     }
                     Poll::Ready(Err(e)) => {
-                        self.note(Side::Backend.close_for(&e));
+                        self.abort(Side::Backend.close_for(&e));
                         self.plain_wr_dead = true;
                     }
                 }
@@ -608,13 +611,17 @@ impl Relay {
                         Poll::Pending => return progress,
                         Poll::Ready(Ok(n)) => self.delivered(n),
                         Poll::Ready(Err(e)) => {
-                            self.note(Side::Backend.close_for(&e));
+                            self.abort(Side::Backend.close_for(&e));
                             self.plain_wr_dead = true;
                         }
                     }
                 }
                 progress = true;
                 continue;
+            }
+            if self.aborting() {
+                // Nothing more is read from the peer; what was read is delivered above.
+                self.rx_done = true;
             }
             if self.rx_done {
                 self.finish_up();
@@ -624,7 +631,7 @@ impl Relay {
             match self.up_pump.poll_fill(cx, &self.tls, CHUNK) {
                 Poll::Pending => return progress,
                 Poll::Ready(Ok(0)) => {
-                    self.note(Close::PeerNoCloseNotify);
+                    self.abort(Close::PeerNoCloseNotify);
                     self.rx_done = true;
                 }
                 Poll::Ready(Ok(_)) => {}
@@ -638,11 +645,10 @@ impl Relay {
                     }
                 }
                 Poll::Ready(Err(e)) => {
-                    self.note(rx_error(&e));
+                    self.abort(rx_error(&e));
                     self.rx_done = true;
                     if e.raw_os_error() == Some(libc::EBADMSG) {
                         self.tls_app_dead = true;
-                        self.no_close_notify = true;
                     }
                 }
             }
@@ -661,12 +667,11 @@ impl Relay {
             }
             Control::Closed => self.rx_done = true,
             Control::End(close, alert) => {
-                self.note(close);
+                self.abort(close);
                 self.rx_done = true;
                 self.tls_app_dead = true;
                 if let Some(description) = alert {
                     self.send_alert(ALERT_FATAL, description);
-                    self.no_close_notify = true;
                 }
             }
         }
@@ -730,7 +735,7 @@ impl Relay {
                 }
                 HS_KEY_UPDATE => {
                     tracing::trace!(
-                        "kTLS: KeyUpdate from the peer; the kernel cannot follow it, closing"
+                        "kTLS: KeyUpdate from the peer; the kernel cannot follow it, aborting"
                     );
                     result = Control::End(Close::PeerKeyUpdate, None);
                     break;
@@ -759,7 +764,7 @@ impl Relay {
             match self.down {
                 Phase::Done => return progress,
                 Phase::Closing => {
-                    if !self.tls_wr_dead && !self.no_close_notify {
+                    if !self.tls_wr_dead && !self.aborting() {
                         let tls = &self.tls;
                         let alert = [ALERT_WARNING, ALERT_CLOSE_NOTIFY];
                         match poll_io(cx, tls, Interest::WRITABLE, || {
@@ -768,12 +773,12 @@ impl Relay {
                             Poll::Pending => return progress,
                             Poll::Ready(Ok(_)) => {}
                             Poll::Ready(Err(e)) => {
-                                self.note(Side::Peer.close_for(&e));
+                                self.abort(Side::Peer.close_for(&e));
                                 self.tls_wr_dead = true;
                             }
                         }
                     }
-                    if !self.tls_wr_dead {
+                    if !self.tls_wr_dead && !self.aborting() {
                         let _ = SockRef::from(&self.tls).shutdown(Shutdown::Write);
                     }
                     self.down = Phase::Done;
@@ -797,15 +802,15 @@ impl Relay {
                                 self.counters.to_peer.increment(n as u64);
                             }
                             Poll::Ready(Err(e)) => {
-                                self.note(Side::Peer.close_for(&e));
+                                self.abort(Side::Peer.close_for(&e));
                                 self.tls_wr_dead = true;
                             }
                         }
                         progress = true;
                         continue;
                     }
-                    if self.tls_app_dead && !self.tls_wr_dead && !self.no_close_notify {
-                        // The peer's KeyUpdate cannot be answered: close now.
+                    if self.aborting() {
+                        // Nothing more is read from the backend; no close_notify (Closing).
                         self.down = Phase::Closing;
                         progress = true;
                         continue;
@@ -815,8 +820,8 @@ impl Relay {
                         _ => CHUNK,
                     };
                     if room == 0 {
-                        tracing::trace!("kTLS: the key reached its record limit; closing");
-                        self.note(Close::KeyLimit);
+                        tracing::trace!("kTLS: the key reached its record limit; aborting");
+                        self.abort(Close::KeyLimit);
                         self.tls_app_dead = true;
                         self.down = Phase::Closing;
                         progress = true;
@@ -827,7 +832,7 @@ impl Relay {
                         Poll::Ready(Ok(0)) => self.down = Phase::Closing,
                         Poll::Ready(Ok(_)) => {}
                         Poll::Ready(Err(e)) => {
-                            self.note(Side::Backend.close_for(&e));
+                            self.abort(Side::Backend.close_for(&e));
                             self.down = Phase::Closing;
                         }
                     }
@@ -868,13 +873,27 @@ impl Directions for Relay {
         (self.up == Phase::Done, self.down == Phase::Done)
     }
 
+    fn aborted(&self) -> bool {
+        self.aborting()
+    }
+
     fn deadlines(&mut self) -> &mut Deadlines {
         &mut self.deadlines
     }
 
+    fn sockets(&self) -> [&TcpStream; 2] {
+        [&self.tls, &self.plain]
+    }
+
+    fn drain_parts(&mut self) -> (&mut Deadlines, [Option<&TcpStream>; 2]) {
+        let tls = (!self.tls_wr_dead).then_some(&self.tls);
+        let plain = (!self.plain_wr_dead).then_some(&self.plain);
+        (&mut self.deadlines, [tls, plain])
+    }
+
     fn end(&mut self, close: Option<Close>) -> Outcome {
         if let Some(close) = close {
-            self.note(close);
+            self.abort(close);
         }
         self.outcome()
     }
