@@ -123,7 +123,11 @@ pub fn describe() {
         BACKEND_FAILURES,
         "Verified peers dropped because the forward address could not be connected"
     );
-    describe_counter!(CLOSES, "Relayed connections by how they ended");
+    describe_counter!(
+        CLOSES,
+        "Relayed connections by how they ended: how=clean (in order both ways), the cause of an abort \
+         (both sides reset), or cut (still open at the end of shutdown_grace)"
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label is the ringseal version"

@@ -7,14 +7,15 @@
 //! * [`engage`] hands a connection over (the handshake left the socket at a record boundary, see
 //!   [`super::handshake`]): it flushes what rustls queued, extracts the keys and sets them. Anything that rules kTLS out is found before
 //!   the keys leave rustls (then the connection stays on the user-space path); after that the connection
-//!   stays here, and a failure ends it with the bytes already received delivered.
+//!   stays here, and a failure aborts it with the bytes already received delivered.
 //! * Control records: `splice` stops with EINVAL at a record that is not application data; that record
 //!   is read with `recvmsg` and its type. close_notify ends the peer's direction cleanly; other alerts
-//!   are errors (user_canceled is ignored); a NewSessionTicket is ignored; a KeyUpdate ends the
-//!   connection (see the module documentation of [`super`]); a TLS 1.2 HelloRequest is declined with a
-//!   no_renegotiation warning, as rustls does; anything else is a protocol error answered with an
-//!   unexpected_message alert.
-//! * Sending close_notify (or an alert): a record of type alert through `sendmsg`.
+//!   abort the connection (user_canceled is ignored); a NewSessionTicket is ignored; a KeyUpdate aborts
+//!   the connection (see the module documentation of [`super`]); a TLS 1.2 HelloRequest is declined
+//!   with a no_renegotiation warning, as rustls does; anything else is a protocol error answered with
+//!   an unexpected_message alert, then the abort.
+//! * Sending close_notify (or an alert): a record of type alert through `sendmsg`. An abort sends no
+//!   close_notify, and reads from neither socket any more (the close semantics of [`super`]).
 //! * The AEAD limit: see [`TxLimit`].
 
 use std::future::Future;
@@ -204,7 +205,7 @@ fn cipher_of(suite: CipherSuite) -> Option<KtlsCipher> {
 /// after sending `n` bytes at most `n` more records exist. Reads from the backend are sized so that
 /// sending them cannot pass `stop`; when the bound could, the exact sequence number is read back from
 /// the kernel (TLS_TX): with full records once per `stop - seq` bytes, more often only in the last
-/// [`CHUNK`] records. When no room is left, what was read is sent, then close_notify.
+/// [`CHUNK`] records. When no room is left, what was read is sent, then the connection aborts.
 struct TxLimit {
     cipher: KtlsCipher,
     bound: u64,
@@ -428,7 +429,7 @@ fn set_key(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
-    /// (down only) send close_notify, then FIN.
+    /// (down only) send close_notify, then FIN (neither after an abort).
     Closing,
     Done,
 }

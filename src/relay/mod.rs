@@ -16,19 +16,32 @@
 //! * **splice** (`offload="splice"`, [`splice`]): plaintext both ways, socket -> pipe -> socket.
 //!
 //! # Close semantics (the documented policy, on every path)
-//! * Half-close is propagated both ways: a TLS `close_notify` from the peer becomes a TCP FIN towards the
-//!   backend, a FIN from the backend becomes `close_notify` + FIN towards the peer. The other direction
-//!   keeps flowing.
-//! * A peer that drops TCP without `close_notify`, or resets, is treated like a close: the backend still
-//!   receives every byte that was received and authenticated before, then a FIN (never a reset, which
-//!   could discard data still queued in the kernel). The outcome records it (`PeerNoCloseNotify`,
-//!   `PeerReset`).
-//! * A backend that resets: the peer still receives every byte the backend sent before, then
-//!   `close_notify` + FIN. Whatever either side still sends towards a dead leg is read and discarded, so
-//!   that closing never turns into a reset that destroys data queued for the other side.
-//! * Once one direction has finished, the other must finish within `close_linger`; after that the
-//!   connection is dropped (`LingerTimeout`). With `idle_timeout`, a connection that moved no byte for that
-//!   long is dropped (`IdleTimeout`).
+//! A connection ends either **in order** or by an **abort**; an abort on one leg never reaches the
+//! other leg as an orderly end.
+//! * In order: half-close is propagated both ways: a TLS `close_notify` from the peer becomes a TCP
+//!   FIN towards the backend, a FIN from the backend becomes `close_notify` + FIN towards the peer (on
+//!   plaintext legs, FIN becomes FIN). The other direction keeps flowing; once both have ended so, the
+//!   sockets close normally (`Clean`).
+//! * Abort: the peer resets (`PeerReset`), ends TCP without `close_notify` (`PeerNoCloseNotify`) or
+//!   breaks the protocol (`PeerTlsError`: rustls's or the kernel's fatal alert is still sent); the
+//!   backend resets (`BackendReset`); a socket fails otherwise (`Io`); under kTLS, a KeyUpdate from the
+//!   peer or our key's record limit (below). Then the relay reads nothing more from either socket, so
+//!   a sender learns promptly that its bytes are not delivered; it delivers what it has already read
+//!   (from the peer: received and authenticated, ciphertext already received is still decrypted) to
+//!   each leg that is still writable, with neither FIN nor close_notify; it waits until the kernel
+//!   has delivered it (`SIOCOUTQ` at 0: the receiver then reads every byte before it sees the reset),
+//!   at most `close_linger` after the abort; then both legs are **reset** (`SO_LINGER` 0 and close).
+//!   A TLS leg gets a reset rather than a fatal alert: rustls has no way to send one on an established
+//!   connection, a reset is understood by every TLS stack and every TCP one alike, and it also tells
+//!   a sender still writing that its bytes are not taken.
+//! * Our own deadlines abort too, resetting both legs at once (nothing can move any more): with
+//!   `idle_timeout`, a connection that moved no byte for that long (`IdleTimeout`); once one direction
+//!   has ended in order, the other must end within `close_linger` (`LingerTimeout`). Neither end asked
+//!   for the end, so neither may see an orderly one.
+//! * The reset is armed (`SO_LINGER` 0) on both sockets as soon as the relay takes them, and disarmed
+//!   only when both directions have ended in order. So whatever else closes them is a reset as well:
+//!   the cut at the end of `shutdown_grace` (the connection's task is dropped; counted as `cut` by the
+//!   listener), a panic, or the kernel closing the sockets of a killed process.
 //! * TLS records that rustls produces on its own (alerts, KeyUpdate responses) are written as soon as
 //!   they are queued, even when the backend is silent.
 //!
@@ -39,12 +52,13 @@
 //! * ringseal never sends a KeyUpdate. Instead it counts the records the kernel has sent (the exact
 //!   TLS_TX sequence number, read back from the kernel whenever the bytes sent since the last look
 //!   could have reached the limit) and, at 7/8 of the suite's confidentiality limit (AES-GCM: 2^23 or
-//!   2^24 records, i.e. at least 7.3 million records; CHACHA20-POLY1305: none), ends the connection
-//!   gracefully: what was read from the backend is sent, then `close_notify` + FIN, then the
-//!   peer -> backend direction gets `close_linger` to finish (`KeyLimit`). Cassandra reconnects.
+//!   2^24 records, i.e. at least 7.3 million records; CHACHA20-POLY1305: none), aborts the connection
+//!   (`KeyLimit`): what was read from the backend is sent, then both legs are reset. Not
+//!   `close_notify`: the backend's stream did not end, and the peer must not take its truncation for
+//!   an end. Cassandra reconnects.
 //! * A KeyUpdate from the peer cannot be followed (its next records are under keys only the peer has):
-//!   everything before it is delivered to the backend, then FIN; the peer gets `close_notify` + FIN
-//!   (`PeerKeyUpdate`). Records after the KeyUpdate are never read.
+//!   everything before it is delivered to the backend, then the connection aborts (`PeerKeyUpdate`).
+//!   Records after the KeyUpdate are never read.
 //! * A NewSessionTicket is read and ignored (ringseal never resumes sessions).
 
 mod handshake;
@@ -116,7 +130,8 @@ impl Path {
     }
 }
 
-/// How a relayed connection ended: the first notable event, or `Clean`.
+/// How a relayed connection ended: `Clean`, or the cause of its abort (the first abnormal event; what
+/// followed from it is not recorded). Every variant but `Clean` means both legs were reset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Close {
     /// Both sides closed in order (close_notify from the peer, FIN from the backend).
@@ -129,11 +144,12 @@ pub enum Close {
     BackendReset,
     IdleTimeout,
     LingerTimeout,
-    /// kTLS: the peer sent a KeyUpdate, which the kernel cannot follow; the connection was closed.
+    /// kTLS: the peer sent a KeyUpdate, which the kernel cannot follow.
     PeerKeyUpdate,
-    /// kTLS: our key approached the cipher's confidentiality limit; the connection was closed.
+    /// kTLS: our key approached the cipher's confidentiality limit.
     KeyLimit,
-    /// `offload = "require"` and this connection could not be offloaded.
+    /// `offload = "require"` and this connection could not be offloaded (nothing was relayed; the peer
+    /// got close_notify, like a peer whose backend cannot be reached).
     OffloadUnavailable(String),
     Io(String),
 }
@@ -320,8 +336,8 @@ pub fn close(tls: TcpStream, conn: rustls::Connection) -> impl Future<Output = (
 pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Relays plaintext both ways (permissive mode's plaintext legs) with `splice(2)`, propagating each end
-/// of stream; `peer` is the side whose bytes count as `from_peer`. Same close policy and deadlines as
-/// the TLS paths.
+/// of stream; `peer` is the side whose bytes count as `from_peer`. Same close policy (FIN in order,
+/// resets on an abort) and deadlines as the TLS paths.
 pub async fn plain(
     peer: TcpStream,
     backend: TcpStream,

@@ -192,7 +192,8 @@ impl Buf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
-    /// (down only) close_notify is queued; flush it, then FIN.
+    /// (down only) flush what rustls queued (close_notify, unless the connection aborts), then FIN
+    /// (not after an abort).
     Closing,
     Done,
 }
