@@ -310,7 +310,7 @@ pub fn log_offload(offload: Offload) {
         (_, Ok(_)) => tracing::info!(
             "kTLS available ({}); offload = \"{offload}\": connections with these ciphers are encrypted by \
              the kernel and spliced; no rekeying: a peer's KeyUpdate, or 7/8 of an AES-GCM key's record \
-             limit, closes the connection",
+             limit, aborts the connection",
             support.describe()
         ),
         (Offload::Auto, Err(why)) => tracing::info!(
