@@ -149,7 +149,11 @@ pub fn describe() {
         BACKEND_FAILURES,
         "Verified peers dropped because the forward address could not be connected"
     );
-    describe_counter!(CLOSES, "Relayed connections by how they ended");
+    describe_counter!(
+        CLOSES,
+        "Relayed connections by how they ended: how=clean (in order both ways), the cause of an abort \
+         (both sides reset), or cut (still open at the end of shutdown_grace)"
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label is the ringseal version"
@@ -245,10 +249,6 @@ pub fn backend_failure(dir: Direction) {
     counter!(BACKEND_FAILURES, "direction" => dir.as_str()).increment(1);
 }
 
-pub fn closed(dir: Direction, how: &'static str) {
-    counter!(CLOSES, "direction" => dir.as_str(), "how" => how).increment(1);
-}
-
 /// Byte counters handed to the relay: one atomic add per chunk moved.
 #[derive(Clone)]
 pub struct ByteCounters {
@@ -256,10 +256,18 @@ pub struct ByteCounters {
     pub to_peer: Counter,
 }
 
-/// Counts a relayed connection and keeps the active gauge up until dropped.
+/// The `how` of a connection whose task was dropped before its relay finished: the shutdown cut at the
+/// end of `shutdown_grace`. Every other `how` is a `relay::Close` label.
+pub const HOW_CUT: &str = "cut";
+
+/// Counts a relayed connection and keeps the active gauge up until dropped; dropped without
+/// [`ActiveConnection::closed`], it counts the connection as cut ([`HOW_CUT`]).
 pub struct ActiveConnection {
+    dir: Direction,
     gauge: Gauge,
     pub bytes: ByteCounters,
+    /// `closed` counted how it ended.
+    counted: bool,
 }
 
 impl ActiveConnection {
@@ -271,18 +279,33 @@ impl ActiveConnection {
         let gauge = gauge!(CONNECTIONS_ACTIVE, "direction" => dir.as_str(), "tls" => tls);
         gauge.increment(1.0);
         Self {
+            dir,
             gauge,
             bytes: ByteCounters {
                 from_peer: counter!(BYTES, "direction" => dir.as_str(), "flow" => "from_peer"),
                 to_peer: counter!(BYTES, "direction" => dir.as_str(), "flow" => "to_peer"),
             },
+            counted: false,
         }
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    /// The relay finished: counts how (`ringseal_connections_closed_total{how}`).
+    pub fn closed(mut self, how: &'static str) {
+        counter!(CLOSES, "direction" => self.dir.as_str(), "how" => how).increment(1);
+        self.counted = true;
     }
 }
 
 impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);
+        if !self.counted {
+            counter!(CLOSES, "direction" => self.dir.as_str(), "how" => HOW_CUT).increment(1);
+        }
     }
 }
 

@@ -232,7 +232,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
         linger: s.limits.close_linger,
     };
     let outcome = relay.run(limits, active.bytes.clone()).await;
-    super::report_close(Direction::Inbound, peer, s.forward, &outcome);
+    super::report_close(active, peer, s.forward, &outcome);
 }
 
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
@@ -281,7 +281,7 @@ async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &S
         linger: s.limits.close_linger,
     };
     let outcome = relay::plain(plain, backend, limits, active.bytes.clone()).await;
-    super::report_close(Direction::Inbound, peer, s.forward, &outcome);
+    super::report_close(active, peer, s.forward, &outcome);
 }
 
 /// What the first bytes and the handshake came to.

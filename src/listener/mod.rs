@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::{self, Direction, Reason};
+use crate::metrics::{ActiveConnection, Reason};
 use crate::relay::{Close, Outcome};
 
 /// Accepts the next connection once a permit is free. Returns `None` when `shutdown` fires.
@@ -79,7 +79,8 @@ pub struct Lifecycle {
 }
 
 /// Accepts until shutdown and runs `handle` for each connection in its own tracked task, holding a
-/// permit until it ends; a cut drops the connection.
+/// permit until it ends; a cut drops the connection (a relayed one is reset on both legs: see
+/// `relay`'s close semantics).
 pub async fn serve<S, F, Fut>(
     listener: &TcpListener,
     life: Lifecycle,
@@ -133,9 +134,16 @@ pub fn refusal_from_io(e: &std::io::Error) -> Refusal {
     Refusal::new(Reason::Io, message)
 }
 
-/// Counts and logs the end of a relayed connection: routine ends at debug, the rest at info.
-pub fn report_close(dir: Direction, peer: SocketAddr, other: SocketAddr, outcome: &Outcome) {
-    metrics::closed(dir, outcome.close.label());
+/// Counts and logs the end of a relayed connection: routine ends at debug, the rest at info. (A
+/// connection cut at shutdown never gets here: its `active` counts it as cut when dropped.)
+pub fn report_close(
+    active: ActiveConnection,
+    peer: SocketAddr,
+    other: SocketAddr,
+    outcome: &Outcome,
+) {
+    let dir = active.direction();
+    active.closed(outcome.close.label());
     let d = dir.as_str();
     match &outcome.close {
         Close::Clean | Close::PeerNoCloseNotify | Close::PeerReset | Close::BackendReset => {

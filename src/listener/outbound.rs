@@ -329,7 +329,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
         linger: s.limits.close_linger,
     };
     let outcome = relay.run(limits, active.bytes.clone()).await;
-    super::report_close(Direction::Outbound, peer, from, &outcome);
+    super::report_close(active, peer, from, &outcome);
 }
 
 /// Permissive mode, for a peer without a TLS endpoint that was never verified: counts, logs
@@ -551,7 +551,7 @@ async fn relay_plain(
     };
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
     let outcome = relay::plain(remote, local, limits, active.bytes.clone()).await;
-    super::report_close(Direction::Outbound, to, from, &outcome);
+    super::report_close(active, to, from, &outcome);
 }
 
 impl Shared {
