@@ -478,7 +478,9 @@ async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: did not finish within {STEP:?}"))
 }
 
-/// Starts `ringseal run` with `body` as its config (after the [tls] table).
+/// Starts `ringseal run` with `body` as its config (after the [tls] table). `close_linger` is long:
+/// under emulation on a busy host, the second direction of a 64 MiB stream can take longer than the
+/// default 30 s to finish after the first has closed.
 fn sidecar(pki: &Pki, name: &str, body: &str, env: &[(&str, &str)]) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     pki.write(dir.path());
@@ -486,7 +488,8 @@ fn sidecar(pki: &Pki, name: &str, body: &str, env: &[(&str, &str)]) -> Proc {
     std::fs::write(
         &config,
         format!(
-            "offload = \"require\"\n\n[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n{body}"
+            "offload = \"require\"\n\n[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n{body}\n\
+             [limits]\nclose_linger = \"10m\"\n"
         ),
     )
     .unwrap();
