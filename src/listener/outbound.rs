@@ -1,8 +1,8 @@
 //! Outbound: accept the local node's plaintext connection, dial the peer's sidecar, complete mutual TLS
 //! (our identity as client certificate, the peer verified by `ServerVerifier`), then relay.
 //!
-//! Per connection: permit -> connect `upstream` under `connect_timeout` -> handshake under
-//! `handshake_timeout` -> relay. The local node's bytes wait in the kernel until the peer is verified;
+//! Per connection: admission (a handshake slot, [`super::admission`]) -> connect `upstream` under
+//! `connect_timeout` -> handshake under `handshake_timeout` -> an established slot -> relay. The local node's bytes wait in the kernel until the peer is verified;
 //! if it cannot be, the local connection is closed and the node retries as it would for a dead peer.
 
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::admission::{self, Admission, Pending};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target, TlsSettings};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
@@ -135,6 +136,8 @@ struct Shared {
     limits: Limits,
     refusals: RateLimit<RefusalKey>,
     accept_log: RateLimit<&'static str>,
+    /// This listener's budgets (no per-source cap: every connection comes from the local node).
+    admission: Arc<Admission>,
     /// Fixed at start.
     offload: Offload,
 }
@@ -146,7 +149,7 @@ impl OutboundListener {
         limits: &Limits,
         offload: Offload,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(cfg.listen).await?;
+        let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
         Ok(Self {
             listener,
@@ -158,6 +161,7 @@ impl OutboundListener {
                 limits: limits.clone(),
                 refusals: RateLimit::new(Duration::from_secs(60)),
                 accept_log: RateLimit::new(Duration::from_secs(10)),
+                admission: Arc::new(Admission::new(Direction::Outbound, listen, limits, false)),
                 offload,
             }),
         })
@@ -196,15 +200,18 @@ impl OutboundListener {
         super::serve(
             &self.listener,
             life,
+            &self.shared.admission,
             &self.shared.accept_log,
             self.shared.clone(),
-            |stream, local, shared| async move { handle(stream, local, &shared).await },
+            |stream, local, shared, pending| async move {
+                handle(stream, local, &shared, pending).await
+            },
         )
         .await;
     }
 }
 
-async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
+async fn handle(local: TcpStream, from: SocketAddr, s: &Shared, pending: Pending) {
     let started = Instant::now();
     let _ = local.set_nodelay(true);
     let state = s.state.load_full();
@@ -230,7 +237,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
         && s.recently_plaintext(peer.ip())
         && let Ok(remote) = connect_plain(plain, s).await
     {
-        return relay_plain(local, from, plain, remote, s).await;
+        return relay_plain(local, from, plain, remote, s, pending).await;
     }
     let (tls, conn) = match dial(peer, &state, s).await {
         Ok(ok) => ok,
@@ -249,7 +256,7 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
                     );
                 }
                 return match connect_plain(plain, s).await {
-                    Ok(remote) => relay_plain(local, from, plain, remote, s).await,
+                    Ok(remote) => relay_plain(local, from, plain, remote, s, pending).await,
                     Err(why) => {
                         if let Some(n) = s.refusals.check((Reason::Io, plain.ip())) {
                             tracing::warn!(
@@ -281,6 +288,9 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
     let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
     metrics::handshake_ok(Direction::Outbound, protocol, suite, started.elapsed());
+    let Some(_slot) = pending.establish(from) else {
+        return admission::reset(&local);
+    };
     tracing::debug!(peer = %peer, "outbound {from} -> {peer} established ({protocol}, {suite})");
 
     let relay = relay::Relay::start(tls, conn, local, s.offload).await;
@@ -394,7 +404,11 @@ async fn relay_plain(
     to: SocketAddr,
     remote: TcpStream,
     s: &Shared,
+    pending: Pending,
 ) {
+    let Some(_slot) = pending.establish(from) else {
+        return admission::reset(&local);
+    };
     let active = ActiveConnection::start(Direction::Outbound, false, relay::Path::Splice.label());
     let limits = RelayLimits {
         idle: s.limits.idle_timeout,
