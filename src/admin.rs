@@ -353,7 +353,7 @@ async fn connection(
         Err(_) => {
             tracing::debug!(
                 peer = %peer,
-                "metrics endpoint: {peer} sent nothing within {HEADER_READ_TIMEOUT:?}; closed"
+                "metrics endpoint: {peer} did not start a request within {HEADER_READ_TIMEOUT:?}; closed"
             );
             return;
         }
