@@ -219,7 +219,7 @@ impl Pending {
             return None;
         }
         match self.admission.established.clone().try_acquire_owned() {
-            Ok(permit) => Some(Established(permit)),
+            Ok(permit) => Some(Established { _permit: permit }),
             Err(_) => {
                 self.admission.turn_away(TurnAway::ConnectionsFull, peer);
                 None
@@ -235,7 +235,9 @@ impl Drop for Pending {
 }
 
 /// An established connection's slot, held until the connection ends.
-pub struct Established(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Established {
+    _permit: OwnedSemaphorePermit,
+}
 
 /// Makes the close of `stream` a reset (SO_LINGER 0): a turned-away connection is an abort, not an
 /// orderly end, and a reset leaves no TIME_WAIT entry behind on our side during a flood.

@@ -2,8 +2,9 @@
 //! (our identity as client certificate, the peer verified by `ServerVerifier`), then relay.
 //!
 //! Per connection: admission (a handshake slot, [`super::admission`]) -> connect `upstream` under
-//! `connect_timeout` -> handshake under `handshake_timeout` -> an established slot -> relay. The local node's bytes wait in the kernel until the peer is verified;
-//! if it cannot be, the local connection is closed and the node retries as it would for a dead peer.
+//! `connect_timeout` -> handshake under `handshake_timeout` -> an established slot -> relay. The local
+//! node's bytes wait in the kernel until the peer is verified; if it cannot be, the local connection is
+//! closed and the node retries as it would for a dead peer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
