@@ -289,39 +289,3 @@ async fn shutdown_drains_then_cuts_and_counts() {
     let mut rest = Vec::new();
     let _ = within("cut connection", open.read_to_end(&mut rest)).await;
 }
-
-/// `max_connections` is a semaphore: with one permit, a second peer waits in the listen backlog (its
-/// handshake does not start) until the first connection ends, then it is served.
-#[tokio::test]
-async fn max_connections_holds_further_peers_until_a_slot_frees() {
-    let pki = Pki::new();
-    let backend = Backend::start(Mode::Echo).await;
-    let mut cfg = config(&pki, backend.addr);
-    cfg.limits.max_connections = 1;
-    let sidecar = Sidecar::start(cfg).await;
-    let c = client(pki.roots(), Some(&pki.node));
-    let mut first = connect(&c, sidecar.addr).await.unwrap();
-    echo(&mut first, b"one").await.unwrap();
-
-    let second = tokio::spawn({
-        let (c, addr) = (c.clone(), sidecar.addr);
-        async move {
-            let mut tls = connect(&c, addr).await?;
-            echo(&mut tls, b"two").await?;
-            tls.shutdown().await
-        }
-    });
-    // While the first holds the only permit, the second is not even accepted.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "the second peer was served beyond max_connections"
-    );
-    assert_eq!(backend.accepted(), 1);
-
-    first.shutdown().await.unwrap();
-    drop(first);
-    within("second peer", second).await.unwrap().unwrap();
-    assert_eq!(backend.accepted(), 2);
-    assert_eq!(sidecar.stop().await.cut, 0);
-}

@@ -1,9 +1,10 @@
 //! Inbound: accept mutual TLS from a peer node, verify it, and only then connect to the local storage
 //! port and relay.
 //!
-//! Per connection: permit -> sniff the first bytes (not TLS: refuse) -> handshake under
-//! `handshake_timeout`, with the verifier deciding inside it -> connect `forward` under `connect_timeout`
-//! -> relay. No connection to `forward` exists before the peer is fully verified.
+//! Per connection: admission (a handshake slot, [`super::admission`]) -> sniff the first bytes (not TLS:
+//! refuse) -> handshake under `handshake_timeout`, with the verifier deciding inside it -> an established
+//! slot -> connect `forward` under `connect_timeout` -> relay. No connection to `forward` exists before
+//! the peer is fully verified.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Inbound, Limits, Mode, TlsSettings};
@@ -41,6 +43,8 @@ struct Shared {
     refusals: RateLimit<RefusalKey>,
     backend_log: RateLimit<()>,
     accept_log: RateLimit<&'static str>,
+    /// This listener's budgets: handshakes in progress (per source too) and established connections.
+    admission: Arc<Admission>,
     /// Permissive mode: peers last seen in plaintext, to log once when each moves to TLS.
     plaintext_peers: super::PeerSet,
     /// Fixed at start.
@@ -101,7 +105,7 @@ impl InboundListener {
         limits: &Limits,
         offload: Offload,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(cfg.listen).await?;
+        let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
         let shared = Arc::new(Shared {
             listen,
@@ -111,6 +115,7 @@ impl InboundListener {
             refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
             backend_log: RateLimit::new(Duration::from_secs(10)),
             accept_log: RateLimit::new(Duration::from_secs(10)),
+            admission: Arc::new(Admission::new(Direction::Inbound, listen, limits, true)),
             plaintext_peers: super::PeerSet::default(),
             offload,
         });
@@ -162,15 +167,18 @@ impl InboundListener {
         super::serve(
             &self.listener,
             life,
+            &self.shared.admission,
             &self.shared.accept_log,
             self.shared.clone(),
-            |stream, peer, shared| async move { handle(stream, peer, &shared).await },
+            |stream, peer, shared, pending| async move {
+                handle(stream, peer, &shared, pending).await
+            },
         )
         .await;
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
+async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared, pending: Pending) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
     let result =
@@ -186,7 +194,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
         };
     let (tls, conn) = match result {
         Ok(Accepted::Tls(tls, conn)) => (tls, conn),
-        Ok(Accepted::Plain(plain, sniffed)) => return passthrough(plain, peer, sniffed, s).await,
+        Ok(Accepted::Plain(plain, sniffed)) => {
+            let Some(_slot) = pending.establish(peer) else {
+                return admission::reset(&plain);
+            };
+            return passthrough(plain, peer, sniffed, s).await;
+        }
         Err(refusal) => {
             metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
             if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
@@ -208,6 +221,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
     let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
     metrics::handshake_ok(Direction::Inbound, protocol, suite, started.elapsed());
+    let Some(_slot) = pending.establish(peer) else {
+        return admission::reset(&tls);
+    };
     // Parsing the certificate again costs microseconds per handshake: only when the line is logged.
     if tracing::enabled!(tracing::Level::DEBUG) {
         let subject = conn
