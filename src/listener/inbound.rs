@@ -174,7 +174,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
     let result =
-        match tokio::time::timeout(s.limits.handshake_timeout, handshake(stream, peer, s)).await {
+        match tokio::time::timeout(s.limits.handshake_timeout, handshake(&stream, peer, s)).await {
             Ok(r) => r,
             Err(_) => Err(Refusal::new(
                 Reason::Timeout,
@@ -184,9 +184,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
                 ),
             )),
         };
-    let (tls, conn) = match result {
-        Ok(Accepted::Tls(tls, conn)) => (tls, conn),
-        Ok(Accepted::Plain(plain, sniffed)) => return passthrough(plain, peer, sniffed, s).await,
+    let conn = match result {
+        Ok(Accepted::Tls(conn)) => conn,
+        Ok(Accepted::Plain(sniffed)) => return passthrough(stream, peer, sniffed, s).await,
         Err(refusal) => {
             metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
             if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
@@ -199,9 +199,13 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
                     suppressed_note(n)
                 );
             }
+            // FIN after the alert, and what the peer still sends read and discarded: a reset could
+            // destroy the alert before the peer reads it.
+            relay::refuse(stream).await;
             return;
         }
     };
+    let tls = stream;
     if s.plaintext_peers.remove(peer.ip()) {
         tracing::info!(peer = %peer, "peer {} now connects with TLS (was plaintext)", peer.ip());
     }
@@ -289,14 +293,16 @@ async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &S
 // allocation to every handshake.
 #[allow(clippy::large_enum_variant)]
 enum Accepted {
-    Tls(TcpStream, rustls::Connection),
+    Tls(rustls::Connection),
     /// Permissive mode only.
-    Plain(TcpStream, Sniffed),
+    Plain(Sniffed),
 }
 
-/// Sniffs, then runs the rustls handshake. On success the socket and the established connection are
-/// handed back for the relay (any application data the peer already sent stays buffered inside `conn`).
-async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Accepted, Refusal> {
+/// Sniffs, then runs the rustls handshake. On success the established connection is handed back for
+/// the relay (any application data the peer already sent stays in the kernel, after the handshake's
+/// last record). Until a whole first record has arrived, nothing is allocated for the connection: a
+/// peer that dribbles its ClientHello costs the socket and the task.
+async fn handshake(stream: &TcpStream, peer: SocketAddr, s: &Shared) -> Result<Accepted, Refusal> {
     let mut first = [0u8; 8];
     let n = stream
         .peek(&mut first)
@@ -317,10 +323,13 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Ac
             ));
         }
         other if s.tls.load().mode == Mode::Permissive => {
-            return Ok(Accepted::Plain(stream, other));
+            return Ok(Accepted::Plain(other));
         }
         other => return Err(Refusal::new(Reason::NotTls, format!("peer sent {other}"))),
     }
+    relay::first_record(stream)
+        .await
+        .map_err(|e| super::refusal_from_io(&e))?;
 
     let tls = s.tls.load();
     let config = if tls.endpoint_verification {
@@ -335,8 +344,8 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Ac
     let mut conn = rustls::ServerConnection::new(config)
         .map(rustls::Connection::Server)
         .map_err(|e| Refusal::new(Reason::Io, format!("cannot start the TLS session: {e}")))?;
-    match relay::handshake(&stream, &mut conn).await {
-        Ok(()) => Ok(Accepted::Tls(stream, conn)),
+    match relay::handshake(stream, &mut conn).await {
+        Ok(()) => Ok(Accepted::Tls(conn)),
         Err(e) => Err(super::refusal_from_io(&e)),
     }
 }

@@ -62,7 +62,7 @@ use tokio::time::Sleep;
 
 use crate::metrics::ByteCounters;
 
-pub use handshake::handshake;
+pub use handshake::{first_record, handshake, refuse};
 pub use ktls::{KtlsSupport, support};
 
 /// Deadlines that apply while relaying.
