@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -228,4 +228,112 @@ async fn application_data_during_the_handshake_gets_unexpected_message() {
         UNEXPECTED_MESSAGE,
     );
     assert_eq!(backend.accepted(), 0);
+}
+
+/// A root CA and a line of intermediate CAs below it, each signed by the one above.
+struct Ladder {
+    root_pem: String,
+    /// Top down: `certs[0]` is signed by the root.
+    certs: Vec<CertificateDer<'static>>,
+    issuers: Vec<rcgen::Issuer<'static, rcgen::KeyPair>>,
+}
+
+impl Ladder {
+    fn new(intermediates: usize) -> Self {
+        use rcgen::KeyUsagePurpose::{CrlSign, KeyCertSign};
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_params = |name: String| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyCertSign, CrlSign];
+            p
+        };
+        let key = KeyPair::generate().unwrap();
+        let params = ca_params("Ladder Root".into());
+        let root_pem = params.self_signed(&key).unwrap().pem();
+        let root = Issuer::new(params, key);
+        let (mut certs, mut issuers) = (Vec::new(), Vec::new());
+        for i in 0..intermediates {
+            let key = KeyPair::generate().unwrap();
+            let params = ca_params(format!("Ladder Intermediate {i}"));
+            let above = issuers.last().unwrap_or(&root);
+            certs.push(params.signed_by(&key, above).unwrap().der().clone());
+            issuers.push(Issuer::new(params, key));
+        }
+        Self {
+            root_pem,
+            certs,
+            issuers,
+        }
+    }
+
+    /// A client certificate `depth` intermediates below the root: the chain it presents (leaf
+    /// first, root left out) and its key.
+    fn leaf(&self, depth: usize) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("node at depth {depth}"));
+        params.subject_alt_names = vec![SanType::IpAddress(LOCALHOST)];
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = params.signed_by(&key, &self.issuers[depth - 1]).unwrap();
+        let mut chain = vec![leaf.der().clone()];
+        chain.extend(self.certs[..depth].iter().rev().cloned());
+        (chain, PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_deeper_than_webpki_follows_is_refused_as_chain_too_deep() {
+    use common::process::{Proc, address_after};
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    pki.write(dir.path());
+    let ladder = Ladder::new(7);
+    std::fs::write(dir.path().join("ca.crt"), &ladder.root_pem).unwrap();
+    let config = dir.path().join("ringseal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n\
+             [[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\n",
+            backend.addr
+        ),
+    )
+    .unwrap();
+    let mut proc = Proc::spawn(&[], &config, dir);
+    let addr = address_after(&proc.wait_for("listener on"), "listener on ");
+    let presenting = |depth| {
+        let (chain, key) = ladder.leaf(depth);
+        let b = ClientConfig::builder_with_provider(ringseal::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(pki.roots());
+        Arc::new(b.with_client_auth_cert(chain, key).unwrap())
+    };
+    // Six intermediates are as deep as webpki goes: accepted, so the ladder itself is sound ...
+    within(
+        "6 intermediates",
+        roundtrip(&presenting(6), LOCALHOST, addr),
+    )
+    .await
+    .expect("a chain of 6 intermediates must be accepted");
+    // ... a seventh is refused, and the refusal says why.
+    within(
+        "7 intermediates",
+        roundtrip(&presenting(7), LOCALHOST, addr),
+    )
+    .await
+    .expect_err("the sidecar relayed for a chain it must refuse");
+    let line = proc.wait_for("refused 127.0.0.1");
+    assert!(line.contains("chain_too_deep"), "{line}");
+    assert_eq!(backend.accepted(), 1);
 }
