@@ -337,3 +337,56 @@ async fn a_chain_deeper_than_webpki_follows_is_refused_as_chain_too_deep() {
     assert!(line.contains("chain_too_deep"), "{line}");
     assert_eq!(backend.accepted(), 1);
 }
+
+/// RFC 8446 4.6.3 lets a peer answer several KeyUpdate requests with one KeyUpdate, but the answers
+/// must not depend on how the requests happened to arrive: here they arrive in one segment, and each
+/// gets its own (as OpenSSL does and tlsfuzzer expects by default).
+#[tokio::test]
+async fn every_key_update_request_gets_its_own_answer() {
+    use std::io::Write;
+    let pki = Pki::new();
+    let (_backend, sidecar) = start(&pki).await;
+    let c = client(pki.roots(), Some(&pki.node));
+    let tls = within("handshake", connect(&c, sidecar.addr))
+        .await
+        .unwrap();
+    let (mut tcp, mut conn) = tls.into_inner();
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    // rustls (either side) takes at most 32 requests without application data between them.
+    const REQUESTS: usize = 32;
+    for _ in 0..REQUESTS {
+        conn.refresh_traffic_keys().unwrap();
+    }
+    conn.writer().write_all(b"ping").unwrap();
+    let mut flight = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut flight).unwrap();
+    }
+    tcp.write_all(&flight).await.unwrap();
+    // A KeyUpdate record carries 5 bytes of message, 1 of content type and a 16-byte tag; the echo
+    // of "ping" 4 + 1 + 16.
+    let mut answers = 0;
+    loop {
+        let mut header = [0u8; 5];
+        within("the next record", tcp.read_exact(&mut header))
+            .await
+            .unwrap();
+        let mut record = header.to_vec();
+        record.resize(5 + u16::from_be_bytes([header[3], header[4]]) as usize, 0);
+        tcp.read_exact(&mut record[5..]).await.unwrap();
+        conn.read_tls(&mut &record[..]).unwrap();
+        conn.process_new_packets().unwrap();
+        match record.len() - 5 {
+            22 => answers += 1,
+            21 => break,
+            _ => {}
+        }
+    }
+    let mut echo = [0u8; 4];
+    std::io::Read::read_exact(&mut conn.reader(), &mut echo).unwrap();
+    assert_eq!(&echo, b"ping");
+    assert_eq!(answers, REQUESTS, "KeyUpdate answers before the echo");
+}
