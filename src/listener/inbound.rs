@@ -1,9 +1,10 @@
 //! Inbound: accept mutual TLS from a peer node, verify it, and only then connect to the local storage
 //! port and relay.
 //!
-//! Per connection: permit -> sniff the first bytes (not TLS: refuse) -> handshake under
-//! `handshake_timeout`, with the verifier deciding inside it -> connect `forward` under `connect_timeout`
-//! -> relay. No connection to `forward` exists before the peer is fully verified.
+//! Per connection: permit -> sniff the first bytes (not TLS: refuse) -> wait for a whole first record
+//! (no TLS state before) -> handshake under `handshake_timeout`, with the verifier deciding inside it
+//! -> connect `forward` under `connect_timeout` -> relay. No connection to `forward` exists before the
+//! peer is fully verified; a refused peer gets its alert, then a FIN (`relay::refuse`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
