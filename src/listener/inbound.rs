@@ -174,17 +174,43 @@ impl InboundListener {
 async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
-    let result =
-        match tokio::time::timeout(s.limits.handshake_timeout, handshake(&stream, peer, s)).await {
-            Ok(r) => r,
-            Err(_) => Err(Refusal::new(
-                Reason::Timeout,
-                format!(
-                    "handshake not completed within limits.handshake_timeout ({})",
-                    humantime::format_duration(s.limits.handshake_timeout)
-                ),
-            )),
-        };
+    let deadline = tokio::time::Instant::from_std(started + s.limits.handshake_timeout);
+    // Until the peer has sent a whole first record, the task holds the socket and this small future;
+    // everything after (rustls, the handshake, the relay) is boxed below, allocated only for a peer
+    // that has sent something to handshake with.
+    let first = tokio::time::timeout_at(deadline, first_bytes(&stream, s))
+        .await
+        .unwrap_or_else(|_| Err(timed_out(s)));
+    Box::pin(connection(stream, peer, s, started, deadline, first)).await;
+}
+
+fn timed_out(s: &Shared) -> Refusal {
+    Refusal::new(
+        Reason::Timeout,
+        format!(
+            "handshake not completed within limits.handshake_timeout ({})",
+            humantime::format_duration(s.limits.handshake_timeout)
+        ),
+    )
+}
+
+/// The connection once its first bytes are known: handshake, then relay (or passthrough, or refusal).
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    s: &Shared,
+    started: Instant,
+    deadline: tokio::time::Instant,
+    first: Result<Sniffed, Refusal>,
+) {
+    let result = match first {
+        Ok(Sniffed::Tls) => tokio::time::timeout_at(deadline, handshake(&stream, peer, s))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(s)))
+            .map(Accepted::Tls),
+        Ok(plain) => Ok(Accepted::Plain(plain)),
+        Err(refusal) => Err(refusal),
+    };
     let conn = match result {
         Ok(Accepted::Tls(conn)) => conn,
         Ok(Accepted::Plain(sniffed)) => return passthrough(stream, peer, sniffed, s).await,
@@ -299,11 +325,9 @@ enum Accepted {
     Plain(Sniffed),
 }
 
-/// Sniffs, then runs the rustls handshake. On success the established connection is handed back for
-/// the relay (any application data the peer already sent stays in the kernel, after the handshake's
-/// last record). Until a whole first record has arrived, nothing is allocated for the connection: a
-/// peer that dribbles its ClientHello costs the socket and the task.
-async fn handshake(stream: &TcpStream, peer: SocketAddr, s: &Shared) -> Result<Accepted, Refusal> {
+/// Sniffs the first bytes; for TLS, waits until a whole first record is queued. Holds nothing but a
+/// few bytes on the stack: a peer that dribbles its ClientHello costs the socket and the task.
+async fn first_bytes(stream: &TcpStream, s: &Shared) -> Result<Sniffed, Refusal> {
     let mut first = [0u8; 8];
     let n = stream
         .peek(&mut first)
@@ -323,15 +347,23 @@ async fn handshake(stream: &TcpStream, peer: SocketAddr, s: &Shared) -> Result<A
                 Sniffed::Ssl2Hello.to_string(),
             ));
         }
-        other if s.tls.load().mode == Mode::Permissive => {
-            return Ok(Accepted::Plain(other));
-        }
+        other if s.tls.load().mode == Mode::Permissive => return Ok(other),
         other => return Err(Refusal::new(Reason::NotTls, format!("peer sent {other}"))),
     }
     relay::first_record(stream)
         .await
         .map_err(|e| super::refusal_from_io(&e))?;
+    Ok(Sniffed::Tls)
+}
 
+/// Runs the rustls handshake on a connection whose first record has arrived; the established
+/// connection is handed back for the relay (any application data the peer already sent stays in the
+/// kernel, after the handshake's last record).
+async fn handshake(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    s: &Shared,
+) -> Result<rustls::Connection, Refusal> {
     let tls = s.tls.load();
     let config = if tls.endpoint_verification {
         // The verifier must know the peer's address and rustls gives it none, so this connection gets a
@@ -346,7 +378,7 @@ async fn handshake(stream: &TcpStream, peer: SocketAddr, s: &Shared) -> Result<A
         .map(rustls::Connection::Server)
         .map_err(|e| Refusal::new(Reason::Io, format!("cannot start the TLS session: {e}")))?;
     match relay::handshake(stream, &mut conn).await {
-        Ok(()) => Ok(Accepted::Tls(conn)),
+        Ok(()) => Ok(conn),
         Err(e) => Err(super::refusal_from_io(&e)),
     }
 }
