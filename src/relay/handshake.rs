@@ -111,7 +111,10 @@ fn take(
         let Some(len) = record_len(rest) else {
             break;
         };
-        if taken == 0 && !is_tls_header(rest) {
+        if !is_tls_header(rest) {
+            if taken > 0 {
+                break;
+            }
             // Not a TLS record: rustls refuses it with the precise error and alert.
             feed(tcp, conn, rest, state)?;
             return Ok(bytes.len());
