@@ -29,8 +29,8 @@
 //!   interleaved with other records), one the driver writes itself: a plaintext alert, which is only
 //!   possible while everything we sent was plaintext (the whole TLS 1.2 handshake of a server, a TLS
 //!   1.3 handshake up to our ServerHello). After that point rustls's refusal stands: `decode_error` for
-//!   a record too large; no alert for an interleaved handshake message, which rustls 0.23 refuses
-//!   without one and whose encrypted alert only rustls could write.
+//!   a record too large; no alert for a handshake message interleaved with other records or beyond
+//!   64 KiB, which rustls 0.23 refuses without one and whose encrypted alert only rustls could write.
 //! * After a refusal the bytes peeked are taken off the socket, and the listener ends the connection
 //!   with [`refuse`]: FIN after the alert, then what the peer still sends is read and discarded (bounded)
 //!   until it closes. Closing a socket with unread bytes would send a reset instead of a FIN, and a
