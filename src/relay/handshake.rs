@@ -312,8 +312,11 @@ fn feed(
             Err(e) => return Err(e),
         };
         if full {
-            let err =
-                rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge);
+            // Not `InvalidMessage`: the outbound listener reads that as "the peer does not speak
+            // TLS", and this peer does.
+            let err = rustls::Error::General(
+                "handshake message larger than rustls's 64 KiB buffer".into(),
+            );
             if state.sent.encrypted {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, err));
             }
