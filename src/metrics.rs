@@ -57,6 +57,9 @@ pub enum Reason {
     EndpointMismatch,
     IdentityNotAllowed,
     V1Certificate,
+    /// The chain is longer than webpki follows (6 intermediates), or too tangled to build a path
+    /// within webpki's budget.
+    ChainTooDeep,
     Revoked,
     ProtocolVersion,
     NoSharedCipher,
@@ -79,6 +82,7 @@ impl Reason {
             Self::EndpointMismatch => "endpoint_mismatch",
             Self::IdentityNotAllowed => "identity_not_allowed",
             Self::V1Certificate => "v1_certificate",
+            Self::ChainTooDeep => "chain_too_deep",
             Self::Revoked => "revoked",
             Self::ProtocolVersion => "protocol_version",
             Self::NoSharedCipher => "no_shared_cipher",

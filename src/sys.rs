@@ -1,7 +1,8 @@
 //! The kernel interfaces that need `unsafe`: kernel TLS (the `tls` ULP, `SOL_TLS` keys, records of a
-//! given type), `splice(2)`, pipes, `recv(MSG_PEEK)` into a plain byte slice and a socket's
-//! unacknowledged bytes (`SIOCOUTQ`). The only module of the crate allowed `unsafe`; every block says
-//! why it is sound. Callers get safe functions over borrowed descriptors and plain byte slices.
+//! given type), `splice(2)`, pipes, `recv(MSG_PEEK)` into a plain byte slice, the bytes a socket has
+//! received (`FIONREAD`) and its unacknowledged bytes (`SIOCOUTQ`), and interface indexes. The only
+//! module of the crate allowed `unsafe`; every block says why it is sound. Callers get safe functions
+//! over borrowed descriptors and plain byte slices.
 //!
 //! Everything here is non-blocking: the sockets are tokio's (O_NONBLOCK), pipes are created O_NONBLOCK,
 //! splice gets SPLICE_F_NONBLOCK and recvmsg/sendmsg MSG_DONTWAIT, so `WouldBlock` comes back instead of
@@ -56,6 +57,15 @@ pub fn peek(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     })
+}
+
+/// How many bytes the socket has received and not yet handed out (`FIONREAD`, i.e. `SIOCINQ` on TCP; a
+/// FIN is not counted). Lets the handshake driver wait for a whole record without copying it anywhere.
+pub fn queued(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points to `n` for the whole call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(n.max(0) as usize)
 }
 
 /// A pipe, both ends non-blocking and close-on-exec: the kernel buffer that `splice` moves pages through.

@@ -1,10 +1,11 @@
 //! The relay: the only code that moves bytes between a verified TLS connection and its plaintext leg.
 //!
-//! Interface: the listener completes the TLS handshake with [`handshake`] (whole records only, so the
-//! socket is left at a record boundary), then [`Relay::start`] takes the socket with its finished rustls
-//! connection and the plaintext socket and picks the path; [`Relay::path`] names it for the connection
-//! counter, and [`Relay::run`] returns an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext
-//! legs.
+//! Interface: the listener waits for a whole first record with [`first_record`] (nothing allocated
+//! before), completes the TLS handshake with [`handshake`] (whole records only, so the socket is left
+//! at a record boundary) or ends a refused one with [`refuse`] (FIN after the alert, never a reset),
+//! then [`Relay::start`] takes the socket with its finished rustls connection and the plaintext socket
+//! and picks the path; [`Relay::path`] names it for the connection counter, and [`Relay::run`] returns
+//! an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext legs.
 //!
 //! # Paths
 //! * **kTLS** (`offload="ktls"`, [`ktls`]): when the kernel has the `tls` module and takes the
@@ -78,7 +79,7 @@ use tokio::time::Sleep;
 
 use crate::metrics::ByteCounters;
 
-pub use handshake::handshake;
+pub use handshake::{first_record, handshake, refuse};
 pub use ktls::{KtlsSupport, support};
 
 /// Deadlines that apply while relaying.

@@ -449,8 +449,13 @@ impl Relay {
                     }
                 }
             }
-            // rustls takes at most about one record per call (and only once its plaintext was read).
-            match self.conn.read_tls(&mut self.cin.pending()) {
+            // One record per round. rustls answers a KeyUpdate that requests an update with one
+            // KeyUpdate for all the requests it processed before the next write (RFC 8446 4.6.3 allows
+            // both), so a peer that sent several got one answer or several depending on how its
+            // records happened to arrive; record by record, every request gets its answer.
+            let pending = self.cin.pending();
+            let one = record_end(pending);
+            match self.conn.read_tls(&mut &pending[..one]) {
                 Ok(n) => self.cin.consume(n),
                 Err(e) => {
                     self.abort(Close::Io(format!("tls buffer: {e}")));
@@ -651,6 +656,14 @@ impl Future for Relay {
         this.pin.give_back();
         this.pout.give_back();
         poll
+    }
+}
+
+/// Where the first record in `bytes` ends, or all of `bytes` while that record is incomplete.
+fn record_end(bytes: &[u8]) -> usize {
+    match bytes {
+        [_, _, _, hi, lo, ..] => (5 + u16::from_be_bytes([*hi, *lo]) as usize).min(bytes.len()),
+        _ => bytes.len(),
     }
 }
 
