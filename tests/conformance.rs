@@ -390,3 +390,70 @@ async fn every_key_update_request_gets_its_own_answer() {
     assert_eq!(&echo, b"ping");
     assert_eq!(answers, REQUESTS, "KeyUpdate answers before the echo");
 }
+
+/// The outbound side refusing a server (a certificate from another CA): its alert reaches the server,
+/// then a FIN. The rest of the server's flight, unread when the refusal came, is read and discarded
+/// first: closing with it unread would send a reset, which can destroy the alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_refusal_sends_its_alert_then_a_fin() {
+    use ringseal::config::{Outbound, Target};
+    let pki = Pki::new();
+    let stranger = Pki::new_named("OtherCluster");
+    let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    // A TLS server driven by hand: it answers the ClientHello with its whole flight at once, then
+    // records what comes back and how the connection ends.
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(ringseal::tls::provider())
+            .with_protocol_versions(rustls::ALL_VERSIONS)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![stranger.node.cert_der.clone()], stranger.node.key())
+            .unwrap();
+        let mut conn = rustls::ServerConnection::new(Arc::new(cfg)).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !conn.wants_write() {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "no ClientHello");
+            conn.read_tls(&mut &buf[..n]).unwrap();
+            conn.process_new_packets().unwrap();
+        }
+        let mut flight = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut flight).unwrap();
+        }
+        s.write_all(&flight).await.unwrap();
+        let (got, end) = until_end(&mut s).await;
+        let mut rest = &got[..];
+        let mut verdict = None;
+        while !rest.is_empty() && verdict.is_none() {
+            if conn.read_tls(&mut rest).unwrap() == 0 {
+                break;
+            }
+            verdict = conn.process_new_packets().err();
+        }
+        (verdict, end)
+    });
+    let mut c = config(&pki, upstream);
+    c.inbound.clear();
+    c.outbound.push(Outbound {
+        listen: SocketAddr::new(LOCALHOST, 0),
+        target: Target::Fixed(upstream),
+        require_endpoint_verification: false,
+        allow: ringseal::tls::verify::AllowList::default(),
+        mode: ringseal::config::Mode::Strict,
+        plaintext_fallback: None,
+        source: None,
+    });
+    let (out_addr, _outbound) = start_out(c).await;
+    let _local = TcpStream::connect(out_addr).await.unwrap();
+    let (verdict, end) = within("the server's view", server).await.unwrap();
+    assert!(
+        matches!(verdict, Some(rustls::Error::AlertReceived(_))),
+        "the server got no alert: {verdict:?}"
+    );
+    if let Err(e) = end {
+        panic!("the alert was followed by {e} ({:?}), not a FIN", e.kind());
+    }
+}

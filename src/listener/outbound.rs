@@ -457,7 +457,13 @@ async fn dial(
             ),
             None,
         )),
-        Ok(Err(e)) => Err((super::refusal_from_io(&e), None)),
+        Ok(Err(e)) => {
+            let refusal = super::refusal_from_io(&e);
+            // rustls's alert went out: a FIN after it, and the rest of the peer's flight read and
+            // discarded, so that no reset can destroy the alert before the peer reads it.
+            relay::refuse(tcp).await;
+            Err((refusal, None))
+        }
         Err(_) => Err((
             Refusal::new(
                 Reason::Timeout,
