@@ -36,17 +36,11 @@ struct Car {
 impl Car {
     /// `listener`: an `[[inbound]]` or `[[outbound]]` table; `limits`: lines of `[limits]`.
     fn start(pki: &Pki, listener: &str, limits: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        pki.write(dir.path());
-        let config = dir.path().join("ringseal.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n{listener}\n\n\
-                 [metrics]\nlisten = \"127.0.0.1:0\"\n\n[limits]\n{limits}\n"
-            ),
-        )
-        .unwrap();
+        let (dir, config) = write_config(
+            pki,
+            "",
+            &format!("{listener}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[limits]\n{limits}\n"),
+        );
         // Each relayed connection's end is a line at debug: the tests wait for it.
         let env = [("RINGSEAL_LOG", "info,ringseal::listener=debug")];
         let mut proc = Proc::spawn_with(&[], &config, dir, &env);
@@ -114,6 +108,30 @@ async fn sender(
     (sent, wrote, sink.end)
 }
 
+/// Accepts the backend's connection and reads [`BEFORE_FAULT`] bytes of it, checked against the seeded
+/// stream.
+async fn backend_until_fault(backend: &TcpListener, seed: u64) -> (TcpStream, Sink) {
+    let (mut conn, _) = within("backend accept", backend.accept()).await.unwrap();
+    let mut sink = Sink::default();
+    assert!(
+        within(
+            "before the fault",
+            sink.read(&mut conn, Some(BEFORE_FAULT), None)
+        )
+        .await
+    );
+    assert_eq!(sink.sha256(), prefix_hash(seed, LEN, sink.len));
+    (conn, sink)
+}
+
+/// Closes `conn` with a reset (SO_LINGER 0).
+fn reset(conn: TcpStream) {
+    socket2::SockRef::from(&conn)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(conn);
+}
+
 /// What the backend received, checked: an exact prefix of the seeded stream, ended by a reset.
 fn assert_reset_prefix(who: &str, sink: &Sink, seed: u64, len: usize) {
     assert_eq!(
@@ -153,17 +171,7 @@ async fn killed_inbound_sidecar_mid_transfer() {
     let mut inbound = Car::inbound(&pki, backend.local_addr().unwrap(), "", "");
     let mut outbound = Car::outbound(&pki, inbound.addr);
     let sending = tokio::spawn(sender(outbound.addr, SEED));
-    let (mut conn, _) = within("backend accept", backend.accept()).await.unwrap();
-    let mut sink = Sink::default();
-    assert!(
-        within(
-            "before the fault",
-            sink.read(&mut conn, Some(BEFORE_FAULT), None)
-        )
-        .await,
-        "the stream ended early: {:?}",
-        sink.end
-    );
+    let (mut conn, mut sink) = backend_until_fault(&backend, SEED).await;
     inbound.proc.child.kill().unwrap();
     within("backend", sink.read(&mut conn, None, None)).await;
     let sent = within("sender", sending).await.unwrap();
@@ -182,20 +190,8 @@ async fn backend_reset_mid_transfer() {
     let mut inbound = Car::inbound(&pki, backend.local_addr().unwrap(), "", "");
     let mut outbound = Car::outbound(&pki, inbound.addr);
     let sending = tokio::spawn(sender(outbound.addr, SEED));
-    let (mut conn, _) = within("backend accept", backend.accept()).await.unwrap();
-    let mut sink = Sink::default();
-    assert!(
-        within(
-            "before the fault",
-            sink.read(&mut conn, Some(BEFORE_FAULT), None)
-        )
-        .await
-    );
-    assert_eq!(sink.sha256(), prefix_hash(SEED, LEN, sink.len));
-    socket2::SockRef::from(&conn)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(conn); // RST
+    let (conn, _) = backend_until_fault(&backend, SEED).await;
+    reset(conn);
     assert_sender_failed(within("sender", sending).await.unwrap());
     inbound.ended("inbound", "BackendReset", "backend_reset");
     outbound.ended("outbound", "PeerReset", "peer_reset");
@@ -217,15 +213,7 @@ async fn sigterm_cut_mid_transfer() {
     );
     let mut outbound = Car::outbound(&pki, inbound.addr);
     let sending = tokio::spawn(sender(outbound.addr, SEED));
-    let (mut conn, _) = within("backend accept", backend.accept()).await.unwrap();
-    let mut sink = Sink::default();
-    assert!(
-        within(
-            "before the fault",
-            sink.read(&mut conn, Some(BEFORE_FAULT), None)
-        )
-        .await
-    );
+    let (mut conn, mut sink) = backend_until_fault(&backend, SEED).await;
     inbound.proc.signal("TERM");
     inbound.proc.wait_for("cut 1 connection(s)");
     within("backend", sink.read(&mut conn, None, None)).await;
@@ -295,10 +283,7 @@ async fn peer_resets_mid_transfer() {
     // The relay is moving the stream (the backend has its first bytes): reset now.
     within("first bytes", first_rx).await.unwrap();
     let (tcp, _conn) = tls.into_inner();
-    socket2::SockRef::from(&tcp)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(tcp); // RST
+    reset(tcp);
     let sink = within("backend", reading).await.unwrap();
     assert_reset_prefix("backend", &sink, SEED, SENT);
     inbound.ended("inbound", "PeerReset", "peer_reset");
@@ -320,10 +305,7 @@ async fn backend_reset_reaches_the_tls_peer_as_a_reset() {
             _ = try_send_seeded(&mut conn, SEED, LEN) => panic!("the whole stream went out"),
             _ = reset_rx => {}
         }
-        socket2::SockRef::from(&conn)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(conn); // RST
+        reset(conn);
     });
     let mut sink = Sink::default();
     assert!(
@@ -354,20 +336,8 @@ async fn plaintext_leg_backend_reset_mid_transfer() {
         "",
     );
     let sending = tokio::spawn(sender(inbound.addr, SEED));
-    let (mut conn, _) = within("backend accept", backend.accept()).await.unwrap();
-    let mut sink = Sink::default();
-    assert!(
-        within(
-            "before the fault",
-            sink.read(&mut conn, Some(BEFORE_FAULT), None)
-        )
-        .await
-    );
-    assert_eq!(sink.sha256(), prefix_hash(SEED, LEN, sink.len));
-    socket2::SockRef::from(&conn)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(conn); // RST
+    let (conn, _) = backend_until_fault(&backend, SEED).await;
+    reset(conn);
     assert_sender_failed(within("sender", sending).await.unwrap());
     inbound.ended("inbound", "BackendReset", "backend_reset");
 }

@@ -184,18 +184,15 @@ async fn a_closed_stderr_is_counted_and_sigterm_still_works() {
     use std::process::Stdio;
     let pki = Pki::new();
     let backend = Backend::start(Mode::Echo).await;
-    let dir = tempfile::tempdir().unwrap();
-    pki.write(dir.path());
-    let config = dir.path().join("ringseal.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n[[inbound]]\n\
-             listen = \"127.0.0.1:0\"\nforward = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    let (_dir, config) = write_config(
+        &pki,
+        "",
+        &format!(
+            "[[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\n\n[metrics]\n\
+             listen = \"127.0.0.1:0\"\n",
             backend.addr
         ),
-    )
-    .unwrap();
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringseal"))
         .args(["run", "--config"])
         .arg(&config)

@@ -158,19 +158,15 @@ struct Outbound {
 
 impl Outbound {
     fn start(pki: &Pki, upstream: SocketAddr, plain: SocketAddr, permissive: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        pki.write(dir.path());
-        let config = dir.path().join("ringseal.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\n\
-                 [[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+        let (dir, config) = write_config(
+            pki,
+            "",
+            &format!(
+                "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
                  mode = \"permissive\"\nplaintext_fallback = \"{plain}\"\n\n\
                  [metrics]\nlisten = \"127.0.0.1:0\"\n\n{permissive}\n"
             ),
-        )
-        .unwrap();
+        );
         let mut proc = Proc::spawn(&[], &config, dir);
         let admin = address_after(&proc.wait_for("serving metrics on"), "serving metrics on ");
         let out = address_after(

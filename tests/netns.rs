@@ -46,6 +46,18 @@ impl Netns {
 }
 
 impl Netns {
+    /// Adds a rule to ringseal's table: IPv4 connections to `dport` (not on loopback) are redirected to
+    /// `to` on this host.
+    fn redirect(&self, dport: u16, to: u16) {
+        let rule = format!(
+            "add rule inet ringseal outbound_redirect ip daddr != 127.0.0.0/8 tcp dport {dport} \
+             redirect to :{to}"
+        );
+        let mut args = vec!["nft"];
+        args.extend(rule.split(' '));
+        run(self.cmd(&args));
+    }
+
     /// A command run in the namespace as the "node" (uid 65534), whose connections the rules redirect.
     fn as_node(&self, args: &[&str]) -> Command {
         let mut all = vec![
@@ -234,24 +246,7 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
     .unwrap();
     let mut dual = Proc::spawn(&netns_prefix, &dual_config, tempfile::tempdir().unwrap());
     dual.wait_for("starting outbound listener on [::]:7004");
-    run(ns.cmd(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "ringseal",
-        "outbound_redirect",
-        "ip",
-        "daddr",
-        "!=",
-        "127.0.0.0/8",
-        "tcp",
-        "dport",
-        "7010",
-        "redirect",
-        "to",
-        ":7004",
-    ]));
+    ns.redirect(7010, 7004);
     let to_7010 = CLIENT.replace("sys.argv[1], 7000", "sys.argv[1], 7010");
     let out = ns
         .as_node(&["/usr/bin/python3", "-c", &to_7010, PEER])
@@ -293,24 +288,7 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
     proc.wait_for("it was not redirected");
 
     // A rule that also redirects the TLS port makes a loop: refused with a line that says so.
-    run(ns.cmd(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "ringseal",
-        "outbound_redirect",
-        "ip",
-        "daddr",
-        "!=",
-        "127.0.0.0/8",
-        "tcp",
-        "dport",
-        "7001",
-        "redirect",
-        "to",
-        ":7002",
-    ]));
+    ns.redirect(7001, 7002);
     let looped = CLIENT.replace("sys.argv[1], 7000", "sys.argv[1], 7001");
     let _ = ns
         .as_node(&["/usr/bin/python3", "-c", &looped, PEER])

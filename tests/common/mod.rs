@@ -72,6 +72,19 @@ impl Pki {
     }
 }
 
+/// The `[tls]` table of a config written next to the files of [`Pki::write`].
+pub const TLS_TABLE: &str = "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n";
+
+/// Writes `pki`'s files and `ringseal.toml` (`before` the `[tls]` table, `after` it) into a new
+/// directory; returns the directory (kept alive by the caller) and the config's path.
+pub fn write_config(pki: &Pki, before: &str, after: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    pki.write(dir.path());
+    let config = dir.path().join("ringseal.toml");
+    std::fs::write(&config, format!("{before}{TLS_TABLE}\n{after}")).unwrap();
+    (dir, config)
+}
+
 /// A runtime config for one inbound listener on 127.0.0.1:0 in front of `forward`.
 pub fn config(pki: &Pki, forward: SocketAddr) -> Config {
     config_with(pki, &pki.node, forward)
