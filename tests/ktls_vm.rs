@@ -698,20 +698,6 @@ fn scrape_str(a: &str) -> String {
     scrape(addr(a))
 }
 
-/// The sum of the samples of `name` that carry every label in `labels` (whatever their order).
-fn value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the guest side of ktls_in_a_debian_vm: runs inside the VM"]
 async fn guest() {
@@ -950,14 +936,14 @@ async fn guest() {
     let mb = scrape_str(B_METRICS);
     let mc = scrape_str(C_METRICS);
     let ktls = |m: &str, dir: &str| {
-        value(
+        common::samples(
             m,
             "ringseal_connections_total",
             &[("direction", dir), ("offload", "ktls")],
         )
     };
     let userspace = |m: &str, dir: &str| {
-        value(
+        common::samples(
             m,
             "ringseal_connections_total",
             &[("direction", dir), ("offload", "userspace")],
@@ -968,7 +954,7 @@ async fn guest() {
     assert_eq!(ktls(&mc, "inbound"), 1.0, "C: {mc}");
     assert_eq!(userspace(&ma, "outbound") + userspace(&mb, "inbound"), 0.0);
     let closed = |m: &str, dir: &str, how: &str| {
-        value(
+        common::samples(
             m,
             "ringseal_connections_closed_total",
             &[("direction", dir), ("how", how)],
