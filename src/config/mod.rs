@@ -4,7 +4,7 @@
 //! rustls suites, and the certificate files are already loaded into a [`TlsMaterial`].
 
 pub mod cassandra;
-mod file;
+pub(crate) mod file;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
