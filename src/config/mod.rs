@@ -316,12 +316,29 @@ fn toml_error(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
     let at = e.span().map_or_else(String::new, |span| {
         let line = text[..span.start].matches('\n').count() + 1;
         let source = text.lines().nth(line - 1).unwrap_or_default().trim();
-        format!("line {line} `{source}`: ")
+        format!("line {line} `{}`: ", visible(source))
     });
     ConfigError::Parse {
         path: path.to_owned(),
-        message: format!("{at}{}", e.message().trim_end().replace('\n', " ")),
+        message: format!(
+            "{at}{}",
+            visible(&e.message().trim_end().replace('\n', " "))
+        ),
     }
+}
+
+/// Control characters (a bare carriage return, an escape sequence) written as escapes: the message
+/// stays one line, and a terminal shows it as it is.
+fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Where a config comes from: a ringseal file, the node's cassandra.yaml, or both (the ringseal file's
