@@ -5,20 +5,25 @@
 //! * `GET /readyz`: `200 ready` when every listener is bound and accepting and our identity certificate is
 //!   within its validity period, else `503` with a one-line reason (readiness).
 //!
-//! `HEAD` is answered like `GET`; other methods get `405`, other paths `404`. The endpoint is bounded: at
-//! most [`MAX_CONNECTIONS`] connections at once (further clients wait in the listen backlog), request
-//! headers must arrive within [`HEADER_READ_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`], and a connection is
-//! closed gracefully after [`MAX_CONNECTION_AGE`]. A request that is not HTTP gets `400` (or `431` for an
-//! over-long head) and a closed connection. It stops accepting when the server's shutdown token fires.
+//! `HEAD` is answered like `GET`; other methods get `405`, other paths `404`. The endpoint is bounded and
+//! cannot be starved: at most [`MAX_CONNECTIONS`] connections at once, and when all are taken a new
+//! client is still accepted at once and the least recently active connection is closed for it (see
+//! `Slots`); request headers must arrive within [`HEADER_READ_TIMEOUT`] and fit in
+//! [`MAX_HEADER_BYTES`], and a connection is closed gracefully after [`MAX_CONNECTION_AGE`]. A request
+//! that is not HTTP gets `400` (or `431` for an over-long head) and a closed connection; HTTP/2's
+//! connection preface gets HTTP/2's own "use HTTP/1.1" answer (GOAWAY `HTTP_1_1_REQUIRED`) and a close.
+//! It stops accepting when the server's shutdown token fires.
 //!
 //! No authentication and no TLS: bind it to loopback or a management network (the reference config uses
 //! `127.0.0.1:9464`). Nothing it serves is secret (no label carries a peer address), but it is not meant
 //! for the internode network.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
@@ -27,8 +32,8 @@ use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::BindError;
@@ -36,7 +41,8 @@ use crate::config::Config;
 use crate::listener::RateLimit;
 use crate::tls::x509::{CertInfo, fmt_time};
 
-/// Concurrent admin connections; Prometheus needs one per scraping server.
+/// Concurrent admin connections; Prometheus needs one per scraping server. When all are taken, the least
+/// recently active one is closed for a newcomer.
 pub const MAX_CONNECTIONS: usize = 64;
 /// A request head (or, on a kept-alive connection, the next one) must arrive within this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -138,12 +144,14 @@ pub struct AdminEndpoint {
 impl AdminEndpoint {
     /// Binds `addr`; the error names `metrics.listen`.
     pub async fn bind(addr: SocketAddr) -> Result<Self, BindError> {
-        let bind = async {
-            let listener = TcpListener::bind(addr).await?;
+        // The system's largest backlog, like the listeners: a burst of connections waits for the accept
+        // loop (which never stops draining it) instead of being dropped.
+        let bind = || {
+            let listener = crate::listener::bind(addr, crate::config::system_backlog())?;
             let local = listener.local_addr()?;
             Ok::<_, std::io::Error>((listener, local))
         };
-        match bind.await {
+        match bind() {
             Ok((listener, addr)) => Ok(Self { listener, addr }),
             Err(e) => Err(BindError::new("metrics".into(), addr, e)),
         }
@@ -160,27 +168,162 @@ impl AdminEndpoint {
         health: Arc<Health>,
         shutdown: CancellationToken,
     ) {
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(Slots::default());
         let accept_log = RateLimit::new(Duration::from_secs(10));
+        let evict_log = RateLimit::new(Duration::from_secs(10));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES)
             .keep_alive(true);
         let upkeep = tokio::spawn(upkeep(handle.clone(), shutdown.clone()));
-        while let Some((stream, peer, permit)) =
-            crate::listener::accept(&self.listener, &permits, &shutdown, &accept_log).await
+        // Never waits for a slot: the listen backlog keeps being drained, and a full table evicts.
+        while let Some((stream, peer)) =
+            crate::listener::accept(&self.listener, &shutdown, &accept_log).await
         {
+            let (slot, evict, evicted) = slots.admit(peer);
+            if let Some(old) = evicted {
+                crate::metrics::admin_evicted();
+                if let Some(n) = evict_log.check(()) {
+                    tracing::debug!(
+                        "metrics endpoint: all {MAX_CONNECTIONS} connections taken; closed the least \
+                         recently active one, from {old}, for {peer}{}",
+                        crate::listener::suppressed_note(n)
+                    );
+                }
+            }
             let http = http.clone();
             let (handle, health, shutdown) = (handle.clone(), health.clone(), shutdown.clone());
+            let slots = slots.clone();
             tokio::spawn(async move {
-                connection(stream, peer, &http, handle, health, shutdown).await;
-                drop(permit);
+                tokio::select! {
+                    _ = evict.cancelled() => {}
+                    _ = connection(stream, peer, &http, handle, health, shutdown, (&slots, slot)) => {}
+                }
+                slots.release(slot);
             });
         }
         let _ = upkeep.await;
         tracing::debug!("metrics endpoint on {} closed", self.addr);
     }
+}
+
+/// The endpoint's connection slots. When every slot is taken, a new connection still gets one and the
+/// least recently active connection (the one whose last request, or whose accept if it sent none, is
+/// oldest) is closed. Why eviction rather than the alternatives: a per-address cap does not help when
+/// the scraper shares the flood's address (a local Prometheus, a NAT), a reserve of slots is only a
+/// larger pool that a flood fills as well, and a short deadline alone still hands every slot to a flood
+/// that keeps reconnecting. A real client sends its request as soon as it is connected and is answered
+/// within microseconds, so a flood would have to open [`MAX_CONNECTIONS`] connections in that time to
+/// crowd it out.
+#[derive(Default)]
+struct Slots {
+    table: Mutex<HashMap<u64, SlotEntry>>,
+    /// Ticks at every admission and request: "last activity" is a tick, not a clock reading.
+    clock: AtomicU64,
+}
+
+struct SlotEntry {
+    last_active: u64,
+    evict: CancellationToken,
+    peer: SocketAddr,
+}
+
+impl Slots {
+    /// A slot for a new connection from `peer`: its id, its eviction signal, and the peer of the
+    /// connection evicted for it (if one was).
+    fn admit(&self, peer: SocketAddr) -> (u64, CancellationToken, Option<SocketAddr>) {
+        let id = self.clock.fetch_add(1, Ordering::Relaxed);
+        let evict = CancellationToken::new();
+        let mut table = self.lock();
+        let mut evicted = None;
+        if table.len() >= MAX_CONNECTIONS {
+            let oldest = table
+                .iter()
+                .min_by_key(|(_, e)| e.last_active)
+                .map(|(id, _)| *id);
+            if let Some(old) = oldest.and_then(|id| table.remove(&id)) {
+                old.evict.cancel();
+                evicted = Some(old.peer);
+            }
+        }
+        let entry = SlotEntry {
+            last_active: id,
+            evict: evict.clone(),
+            peer,
+        };
+        table.insert(id, entry);
+        (id, evict, evicted)
+    }
+
+    /// A request arrived on connection `id`.
+    fn touch(&self, id: u64) {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.last_active = now;
+        }
+    }
+
+    fn release(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SlotEntry>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/2's answer of a server that speaks HTTP/1.1 only: an empty SETTINGS frame (the server preface),
+/// then GOAWAY with last stream 0 and error HTTP_1_1_REQUIRED (0xd), so that an HTTP/2 client says why.
+/// Two constant frames, written by hand rather than pulling in an HTTP/2 stack.
+const H2_GOAWAY: &[u8] = &[
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, length 0, stream 0
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, length 8, stream 0
+    0, 0, 0, 0, // last stream id
+    0, 0, 0, 0xd, // HTTP_1_1_REQUIRED
+];
+
+/// Waits until the first bytes tell whether the client sent HTTP/2's connection preface; nothing is
+/// consumed. `false` as soon as a byte differs, or at end of stream.
+async fn is_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let ready = stream.ready(Interest::READABLE).await?;
+        // A `WouldBlock` inside `try_io` clears the readiness, so a partial preface waits for more bytes
+        // instead of peeking the same ones again.
+        let decided = stream.try_io(Interest::READABLE, || {
+            let n = crate::sys::peek(stream.as_fd(), &mut buf)?;
+            let prefix = n > 0 && buf[..n] == H2_PREFACE[..n];
+            if prefix && n < H2_PREFACE.len() && !ready.is_read_closed() {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(prefix && n == H2_PREFACE.len())
+        });
+        match decided {
+            Ok(is) => return Ok(is),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Answers an HTTP/2 preface with [`H2_GOAWAY`] and closes. The preface is read first and what follows
+/// (the client's SETTINGS) drained for a moment: closing with unread bytes would be a reset, which can
+/// destroy the answer before the client reads it.
+async fn refuse_h2(mut stream: TcpStream) {
+    let answer = async {
+        let mut preface = [0u8; H2_PREFACE.len()];
+        stream.read_exact(&mut preface).await?;
+        stream.write_all(H2_GOAWAY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 /// One HTTP connection, from accept to close.
@@ -191,8 +334,33 @@ async fn connection(
     handle: PrometheusHandle,
     health: Arc<Health>,
     shutdown: CancellationToken,
+    (slots, slot): (&Arc<Slots>, u64),
 ) {
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, is_h2_preface(&stream)).await {
+        Ok(Ok(false)) => {}
+        Ok(Ok(true)) => {
+            tracing::debug!(
+                peer = %peer,
+                "metrics endpoint: {peer} sent the HTTP/2 connection preface; this endpoint speaks \
+                 HTTP/1.1 only: answered GOAWAY HTTP_1_1_REQUIRED and closed"
+            );
+            return refuse_h2(stream).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, "metrics endpoint: connection from {peer}: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                peer = %peer,
+                "metrics endpoint: {peer} did not start a request within {HEADER_READ_TIMEOUT:?}; closed"
+            );
+            return;
+        }
+    }
+    let slots = slots.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        slots.touch(slot);
         let response = respond(&req, &handle, &health);
         async move { Ok::<_, Infallible>(response) }
     });

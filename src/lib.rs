@@ -8,9 +8,10 @@
 //!   ([`tls::keystore`], JKS in [`tls::jks`]), suite/protocol names ([`tls::suites`]), peer verification
 //!   on webpki + endpoint verification + allow-list ([`tls::verify`]) with recently verified chains
 //!   reused ([`tls::chain_cache`]), X.509 v1 opt-in ([`tls::v1`]).
-//! * [`listener`]: accept under a permit, sniff, handshake under a deadline, verify, then connect the
-//!   storage port ([`listener::inbound`]); or accept the local node's plaintext and dial a peer's
-//!   sidecar with mutual TLS ([`listener::outbound`]).
+//! * [`listener`]: accept, admit within the listener's budgets ([`listener::admission`]), sniff,
+//!   handshake under a deadline, verify, then connect the storage port ([`listener::inbound`]); or
+//!   accept the local node's plaintext and dial a peer's sidecar with mutual TLS
+//!   ([`listener::outbound`]).
 //! * [`relay`]: the only code that moves bytes (kTLS + splice, user-space rustls, plaintext splice);
 //!   half-close, resets and deadlines. `sys` holds the kernel interfaces it needs (the crate's only
 //!   `unsafe`).
@@ -49,7 +50,6 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -172,11 +172,9 @@ impl Server {
         admin::start(self.admin, &self.config, health.clone(), shutdown.clone());
         metrics::describe();
         relay::log_offload(self.config.offload);
-        let permits = Arc::new(Semaphore::new(self.config.limits.max_connections));
         let cut = CancellationToken::new();
         let tracker = TaskTracker::new();
         let life = listener::Lifecycle {
-            permits: permits.clone(),
             shutdown: shutdown.clone(),
             cut: cut.clone(),
             tracker: tracker.clone(),

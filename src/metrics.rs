@@ -21,6 +21,9 @@ pub const RELOADS: &str = "ringseal_config_reloads_total";
 pub const CHAIN_CACHE: &str = "ringseal_chain_cache_lookups_total";
 pub const LOG_LINES_DROPPED: &str = "ringseal_log_lines_dropped_total";
 pub const PLAINTEXT_FALLBACKS: &str = "ringseal_plaintext_fallbacks_total";
+pub const TURNED_AWAY: &str = "ringseal_connections_turned_away_total";
+pub const HANDSHAKES_IN_PROGRESS: &str = "ringseal_handshakes_in_progress";
+pub const ADMIN_EVICTIONS: &str = "ringseal_admin_connections_evicted_total";
 
 /// Every metric name above: what `/metrics` may contain, and what dashboards and alerts may reference.
 pub const ALL: &[&str] = &[
@@ -37,6 +40,9 @@ pub const ALL: &[&str] = &[
     CHAIN_CACHE,
     LOG_LINES_DROPPED,
     PLAINTEXT_FALLBACKS,
+    TURNED_AWAY,
+    HANDSHAKES_IN_PROGRESS,
+    ADMIN_EVICTIONS,
 ];
 
 /// Why a handshake was refused: the `reason` label, a small fixed set.
@@ -51,6 +57,9 @@ pub enum Reason {
     EndpointMismatch,
     IdentityNotAllowed,
     V1Certificate,
+    /// The chain is longer than webpki follows (6 intermediates), or too tangled to build a path
+    /// within webpki's budget.
+    ChainTooDeep,
     Revoked,
     ProtocolVersion,
     NoSharedCipher,
@@ -73,6 +82,7 @@ impl Reason {
             Self::EndpointMismatch => "endpoint_mismatch",
             Self::IdentityNotAllowed => "identity_not_allowed",
             Self::V1Certificate => "v1_certificate",
+            Self::ChainTooDeep => "chain_too_deep",
             Self::Revoked => "revoked",
             Self::ProtocolVersion => "protocol_version",
             Self::NoSharedCipher => "no_shared_cipher",
@@ -103,6 +113,29 @@ impl FallbackReason {
         match self {
             Self::ConnectionRefused => "connection_refused",
             Self::NotTls => "not_tls",
+        }
+    }
+}
+
+/// Why admission control closed a connection: the `reason` label of [`TURNED_AWAY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TurnAway {
+    /// Its source address already had `max_pending_per_source` handshakes in progress.
+    SourceLimit,
+    /// The oldest handshake in progress, closed to make room for a new connection.
+    Evicted,
+    /// Verified, but the listener already had `max_connections` established connections.
+    ConnectionsFull,
+}
+
+impl TurnAway {
+    pub const ALL: [Self; 3] = [Self::SourceLimit, Self::Evicted, Self::ConnectionsFull];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SourceLimit => "source_limit",
+            Self::Evicted => "evicted",
+            Self::ConnectionsFull => "connections_full",
         }
     }
 }
@@ -149,7 +182,11 @@ pub fn describe() {
         BACKEND_FAILURES,
         "Verified peers dropped because the forward address could not be connected"
     );
-    describe_counter!(CLOSES, "Relayed connections by how they ended");
+    describe_counter!(
+        CLOSES,
+        "Relayed connections by how they ended: how=clean (in order both ways), the cause of an abort \
+         (both sides reset), or cut (still open at the end of shutdown_grace)"
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label is the ringseal version"
@@ -178,6 +215,22 @@ pub fn describe() {
          verified TLS handshake with this sidecar (within permissive.tls_peer_memory), by reason \
          (connection_refused: its TLS port refused; not_tls: it answered with bytes that are not TLS)"
     );
+    describe_counter!(
+        TURNED_AWAY,
+        "Connections closed by admission control, by direction and reason (source_limit: its address \
+         had limits.max_pending_per_source handshakes in progress; evicted: the oldest handshake in \
+         progress, closed for a newcomer when limits.max_pending_handshakes were; connections_full: \
+         verified while limits.max_connections were established)"
+    );
+    describe_gauge!(
+        HANDSHAKES_IN_PROGRESS,
+        "Connections accepted whose handshake is not finished yet (outbound: dialing or handshaking)"
+    );
+    describe_counter!(
+        ADMIN_EVICTIONS,
+        "Connections to this endpoint closed to make room for a new one (the least recently active, \
+         when all slots were taken)"
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -203,6 +256,10 @@ pub fn register_zeroes(directions: &[Direction]) {
             // Registering is enough: the histogram renders with empty buckets.
             let _ = histogram!(HANDSHAKE_DURATION, "direction" => d, "result" => result);
         }
+        for reason in TurnAway::ALL {
+            counter!(TURNED_AWAY, "direction" => d, "reason" => reason.as_str()).increment(0);
+        }
+        handshakes_in_progress(*dir).increment(0.0);
     }
     // Outbound only, but always there: a sidecar without outbound listeners truly has none.
     for reason in FallbackReason::ALL {
@@ -212,6 +269,22 @@ pub fn register_zeroes(directions: &[Direction]) {
         counter!(RELOADS, "result" => result).increment(0);
     }
     counter!(LOG_LINES_DROPPED).increment(0);
+    counter!(ADMIN_EVICTIONS).increment(0);
+}
+
+/// A connection closed by admission control.
+pub fn turned_away(dir: Direction, reason: TurnAway) {
+    counter!(TURNED_AWAY, "direction" => dir.as_str(), "reason" => reason.as_str()).increment(1);
+}
+
+/// The gauge of handshakes in progress; admission control moves it.
+pub fn handshakes_in_progress(dir: Direction) -> Gauge {
+    gauge!(HANDSHAKES_IN_PROGRESS, "direction" => dir.as_str())
+}
+
+/// An admin connection closed to make room for a new one.
+pub fn admin_evicted() {
+    counter!(ADMIN_EVICTIONS).increment(1);
 }
 
 /// A successful handshake.
@@ -245,10 +318,6 @@ pub fn backend_failure(dir: Direction) {
     counter!(BACKEND_FAILURES, "direction" => dir.as_str()).increment(1);
 }
 
-pub fn closed(dir: Direction, how: &'static str) {
-    counter!(CLOSES, "direction" => dir.as_str(), "how" => how).increment(1);
-}
-
 /// Byte counters handed to the relay: one atomic add per chunk moved.
 #[derive(Clone)]
 pub struct ByteCounters {
@@ -256,10 +325,18 @@ pub struct ByteCounters {
     pub to_peer: Counter,
 }
 
-/// Counts a relayed connection and keeps the active gauge up until dropped.
+/// The `how` of a connection whose task was dropped before its relay finished: the shutdown cut at the
+/// end of `shutdown_grace`. Every other `how` is a `relay::Close` label.
+pub const HOW_CUT: &str = "cut";
+
+/// Counts a relayed connection and keeps the active gauge up until dropped; dropped without
+/// [`ActiveConnection::closed`], it counts the connection as cut ([`HOW_CUT`]).
 pub struct ActiveConnection {
+    dir: Direction,
     gauge: Gauge,
     pub bytes: ByteCounters,
+    /// `closed` counted how it ended.
+    counted: bool,
 }
 
 impl ActiveConnection {
@@ -271,18 +348,33 @@ impl ActiveConnection {
         let gauge = gauge!(CONNECTIONS_ACTIVE, "direction" => dir.as_str(), "tls" => tls);
         gauge.increment(1.0);
         Self {
+            dir,
             gauge,
             bytes: ByteCounters {
                 from_peer: counter!(BYTES, "direction" => dir.as_str(), "flow" => "from_peer"),
                 to_peer: counter!(BYTES, "direction" => dir.as_str(), "flow" => "to_peer"),
             },
+            counted: false,
         }
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    /// The relay finished: counts how (`ringseal_connections_closed_total{how}`).
+    pub fn closed(mut self, how: &'static str) {
+        counter!(CLOSES, "direction" => self.dir.as_str(), "how" => how).increment(1);
+        self.counted = true;
     }
 }
 
 impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);
+        if !self.counted {
+            counter!(CLOSES, "direction" => self.dir.as_str(), "how" => HOW_CUT).increment(1);
+        }
     }
 }
 

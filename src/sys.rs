@@ -1,6 +1,8 @@
 //! The kernel interfaces that need `unsafe`: kernel TLS (the `tls` ULP, `SOL_TLS` keys, records of a
-//! given type), `splice(2)`, pipes and `recv(MSG_PEEK)` into a plain byte slice. The only module of the crate allowed `unsafe`; every block says
-//! why it is sound. Callers get safe functions over borrowed descriptors and plain byte slices.
+//! given type), `splice(2)`, pipes, `recv(MSG_PEEK)` into a plain byte slice, the bytes a socket has
+//! received (`FIONREAD`) and its unacknowledged bytes (`SIOCOUTQ`), and interface indexes. The only
+//! module of the crate allowed `unsafe`; every block says why it is sound. Callers get safe functions
+//! over borrowed descriptors and plain byte slices.
 //!
 //! Everything here is non-blocking: the sockets are tokio's (O_NONBLOCK), pipes are created O_NONBLOCK,
 //! splice gets SPLICE_F_NONBLOCK and recvmsg/sendmsg MSG_DONTWAIT, so `WouldBlock` comes back instead of
@@ -57,6 +59,15 @@ pub fn peek(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
+/// How many bytes the socket has received and not yet handed out (`FIONREAD`, i.e. `SIOCINQ` on TCP; a
+/// FIN is not counted). Lets the handshake driver wait for a whole record without copying it anywhere.
+pub fn queued(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points to `n` for the whole call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(n.max(0) as usize)
+}
+
 /// A pipe, both ends non-blocking and close-on-exec: the kernel buffer that `splice` moves pages through.
 pub struct Pipe {
     pub read: File,
@@ -104,6 +115,36 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     })
+}
+
+/// Bytes written to a TCP socket that its peer has not acknowledged yet, sent or not (`SIOCOUTQ`):
+/// 0 once everything written has reached the peer's kernel, where a reset no longer destroys it (the
+/// peer reads what it received, then sees the reset). Also 0 for a connection that is closed already
+/// (reset by the peer): its bytes never will be acknowledged, and the kernel's count is stale then.
+pub fn unacknowledged(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    // TCP_CLOSE in include/net/tcp_states.h; libc does not name the TCP states.
+    const TCP_CLOSE: u8 = 7;
+    let mut state: u8 = 0;
+    let mut len: libc::socklen_t = 1;
+    // SAFETY: the kernel copies at most `len` (1) bytes of its `struct tcp_info`, whose first field is
+    // the one-byte `tcpi_state`, into `state`, valid and writable for the call.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_INFO,
+            (&mut state as *mut u8).cast(),
+            &mut len,
+        )
+    })?;
+    if state == TCP_CLOSE {
+        return Ok(0);
+    }
+    let mut n: libc::c_int = 0;
+    // SIOCOUTQ has the value of TIOCOUTQ (linux/sockios.h), which is what libc names.
+    // SAFETY: the ioctl writes one int through the pointer, valid and writable for the call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) })?;
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Attaches the kernel's `tls` upper-layer protocol to a connected TCP socket. `ENOENT`: the kernel has

@@ -156,6 +156,9 @@ fn check_prints_the_resolved_config() {
         "limits     handshake 3s, connect 5s, idle none, linger 30s, max 10000 connections, \
          shutdown grace 30s\n"
             .to_owned(),
+        "admission  per listener: max 10000 connections, max 1024 handshakes in progress (inbound: \
+         64 per source address); listen backlog "
+            .to_owned(),
     ] {
         assert!(r.stdout.contains(&want), "want {want:?} in {all}");
     }

@@ -42,30 +42,32 @@ struct OnPath {
 
 impl OnPath {
     async fn start(upstream: SocketAddr) -> Self {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind((LOCALHOST, 0).into()).unwrap();
+        // SO_REUSEPORT on the listener and on a second socket that is bound but never listens: the
+        // port stays ours while the listener is closed (a connect then gets ECONNREFUSED), and
+        // nothing else, such as another test's ephemeral port, can take it meanwhile.
+        let bound = |addr: SocketAddr| {
+            let s = TcpSocket::new_v4().unwrap();
+            s.set_reuseport(true).unwrap();
+            s.bind(addr).unwrap();
+            s
+        };
+        let socket = bound((LOCALHOST, 0).into());
         let addr = socket.local_addr().unwrap();
         let listener = socket.listen(1024).unwrap();
+        let holder = bound(addr);
         let (control, mut commands) = mpsc::unbounded_channel::<(Fault, oneshot::Sender<()>)>();
         tokio::spawn(async move {
+            let _holder = holder;
             let mut fault = Fault::Pass;
             let mut listener = Some(listener);
-            // While refusing, the port stays bound without listening, so that nothing else takes it
-            // and a connection attempt gets a reset (ECONNREFUSED).
-            let mut held: Option<TcpSocket> = None;
             loop {
                 tokio::select! {
                     command = commands.recv() => {
                         let Some((next, ack)) = command else { return };
-                        if next == Fault::Refuse && held.is_none() {
+                        if next == Fault::Refuse {
                             drop(listener.take());
-                            let s = TcpSocket::new_v4().unwrap();
-                            s.set_reuseaddr(true).unwrap();
-                            s.bind(addr).unwrap();
-                            held = Some(s);
-                        } else if next != Fault::Refuse && let Some(s) = held.take() {
-                            listener = Some(s.listen(1024).unwrap());
+                        } else if listener.is_none() {
+                            listener = Some(bound(addr).listen(1024).unwrap());
                         }
                         fault = next;
                         let _ = ack.send(());

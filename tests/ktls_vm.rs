@@ -12,10 +12,12 @@
 //!   (`/proc/net/tls_stat` counters rise; `ringseal_connections_total{offload="ktls"}`);
 //! * a TLS 1.3 upstream that sends NewSessionTickets after the handshake (rustls server, CHACHA20):
 //!   the tickets reach the kTLS socket as handshake records, are ignored, the data is intact;
-//! * a peer that sends a KeyUpdate: everything before it reaches the backend, then FIN; the peer gets
-//!   close_notify; counted as `how="peer_key_update"`;
+//! * a peer that sends a KeyUpdate: everything before it reaches the backend, then a reset; the peer
+//!   gets a reset too (an abort, not close_notify); counted as `how="peer_key_update"`;
 //! * a TLS 1.2 connection (AES-128-GCM) whose key reaches its record limit (lowered for the test): the
-//!   peer receives a prefix of the backend's stream, then close_notify; `how="key_limit"`.
+//!   peer receives a prefix of the backend's stream, then a reset; `how="key_limit"`;
+//! * a backend that resets mid-stream behind the sidecar pair: the client receives a prefix, then a
+//!   reset through both kTLS sidecars (`how="backend_reset"` on B, `how="peer_reset"` on A).
 //!
 //! The host fails loudly unless the guest reports success. It skips (saying why) only when `CI` is unset
 //! and qemu or the kernel package cannot be had.
@@ -476,7 +478,9 @@ async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: did not finish within {STEP:?}"))
 }
 
-/// Starts `ringseal run` with `body` as its config (after the [tls] table).
+/// Starts `ringseal run` with `body` as its config (after the [tls] table). `close_linger` is long:
+/// under emulation on a busy host, the second direction of a 64 MiB stream can take longer than the
+/// default 30 s to finish after the first has closed.
 fn sidecar(pki: &Pki, name: &str, body: &str, env: &[(&str, &str)]) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     pki.write(dir.path());
@@ -484,7 +488,8 @@ fn sidecar(pki: &Pki, name: &str, body: &str, env: &[(&str, &str)]) -> Proc {
     std::fs::write(
         &config,
         format!(
-            "offload = \"require\"\n\n[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n{body}"
+            "offload = \"require\"\n\n[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n{body}\n\
+             [limits]\nclose_linger = \"10m\"\n"
         ),
     )
     .unwrap();
@@ -502,6 +507,9 @@ fn sidecar(pki: &Pki, name: &str, body: &str, env: &[(&str, &str)]) -> Proc {
     proc
 }
 
+/// What a reader got: (length, SHA-256, how the stream ended: `Ok` at a clean end, else the error).
+type Got = (usize, Vec<u8>, Result<(), std::io::ErrorKind>);
+
 /// What the backend does with its next connection.
 enum Plan {
     /// Stream `len` seeded bytes back while reading; with `wait_for_peer_eof`, half of it only after
@@ -510,19 +518,36 @@ enum Plan {
         seed: u64,
         len: usize,
         wait_for_peer_eof: bool,
-        done: oneshot::Sender<(usize, Vec<u8>)>,
+        done: oneshot::Sender<Got>,
     },
+    /// Write `len` seeded bytes, then reset the connection (SO_LINGER 0).
+    ResetAfter { seed: u64, len: usize },
 }
 
 async fn backend(listener: TcpListener, mut plans: mpsc::UnboundedReceiver<Plan>) {
     while let Some(plan) = plans.recv().await {
         let (s, _) = listener.accept().await.unwrap();
-        let Plan::Duplex {
-            seed,
-            len,
-            wait_for_peer_eof,
-            done,
-        } = plan;
+        let (seed, len, wait_for_peer_eof, done) = match plan {
+            Plan::Duplex {
+                seed,
+                len,
+                wait_for_peer_eof,
+                done,
+            } => (seed, len, wait_for_peer_eof, done),
+            Plan::ResetAfter { seed, len } => {
+                tokio::spawn(async move {
+                    let mut s = s;
+                    let mut data = Seeded::new(seed, len);
+                    while let Some(chunk) = data.next_chunk() {
+                        s.write_all(chunk).await.unwrap();
+                    }
+                    socket2::SockRef::from(&s)
+                        .set_linger(Some(Duration::ZERO))
+                        .unwrap();
+                });
+                continue;
+            }
+        };
         tokio::spawn(async move {
             let (r, w) = s.into_split();
             let got = duplex(r, w, seed, len, wait_for_peer_eof).await;
@@ -533,25 +558,31 @@ async fn backend(listener: TcpListener, mut plans: mpsc::UnboundedReceiver<Plan>
 
 /// Reads everything from `r` while writing a seeded stream of `len` bytes to `w`, then FIN. With
 /// `second`, half the stream (all of an empty one) waits for `r`'s end: this side closes second.
-/// Writing stops quietly when the other side is gone (the key-limit case). Returns (length, SHA-256)
-/// of what was read.
+/// Writing stops quietly when the other side is gone (the key-limit case). Returns what was read.
 async fn duplex(
     mut r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     mut w: impl tokio::io::AsyncWrite + Unpin,
     seed: u64,
     len: usize,
     second: bool,
-) -> (usize, Vec<u8>) {
+) -> Got {
     let (eof_tx, mut eof_rx) = oneshot::channel();
     let reader = tokio::spawn(async move {
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0;
         loop {
-            let n = r.read(&mut buf).await.expect("stream must end cleanly");
+            let n = match r.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // The end of the other side's stream, if not an orderly one.
+                    let _ = eof_tx.send(());
+                    return (total, hash.finalize().to_vec(), Err(e.kind()));
+                }
+            };
             if n == 0 {
                 let _ = eof_tx.send(());
-                return (total, hash.finalize().to_vec());
+                return (total, hash.finalize().to_vec(), Ok(()));
             }
             hash.update(&buf[..n]);
             total += n;
@@ -593,12 +624,15 @@ async fn pair_stream(plans: &mpsc::UnboundedSender<Plan>, peer_first: bool, seed
         .unwrap();
     let client = TcpStream::connect(addr(A_OUTBOUND)).await.unwrap();
     let (r, w) = client.into_split();
-    let (client_got, client_hash) = bounded(
+    let (client_got, client_hash, client_end) = bounded(
         "the client's stream",
         duplex(r, w, seeds.0, LEN, !peer_first),
     )
     .await;
-    let (backend_got, backend_hash) = bounded("the backend's stream", done_rx).await.unwrap();
+    let (backend_got, backend_hash, backend_end) =
+        bounded("the backend's stream", done_rx).await.unwrap();
+    assert_eq!(client_end, Ok(()), "the client's stream ends cleanly");
+    assert_eq!(backend_end, Ok(()), "the backend's stream ends cleanly");
     let up = expected_hash(seeds.0, LEN);
     let down = expected_hash(seeds.1, LEN);
     assert_eq!(
@@ -778,20 +812,26 @@ async fn guest() {
         let _ = tls.write_all(&[0x55; 64 * 1024]).await;
         let _ = tls.flush().await;
         let mut rest = Vec::new();
-        let end = bounded("close_notify from B", tls.read_to_end(&mut rest)).await;
-        assert!(
-            end.is_ok(),
-            "B ends the connection with close_notify: {end:?}"
+        let end = bounded("the reset from B", tls.read_to_end(&mut rest)).await;
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "B aborts the connection: a reset, not close_notify"
         );
-        let (got, hash) = bounded("the backend", done_rx).await.unwrap();
+        let (got, hash, backend_end) = bounded("the backend", done_rx).await.unwrap();
         assert_eq!(
             (got, hash),
             (2 * MIB, before_update.sha256()),
             "the backend got exactly the bytes before the KeyUpdate"
         );
+        assert_eq!(
+            backend_end,
+            Err(std::io::ErrorKind::ConnectionReset),
+            "the backend sees a reset, not a FIN"
+        );
         b.wait_for("KeyUpdate from the peer");
         println!(
-            "{MARK} KeyUpdate from the peer: the 2 MiB before it delivered, then FIN; peer got close_notify"
+            "{MARK} KeyUpdate from the peer: the 2 MiB before it delivered, then a reset; the peer got a reset"
         );
     }
 
@@ -814,8 +854,12 @@ async fn guest() {
         );
         let (mut r, mut w) = tokio::io::split(tls);
         let mut got = Vec::new();
-        let end = bounded("close_notify from C", r.read_to_end(&mut got)).await;
-        assert!(end.is_ok(), "C ends with close_notify: {end:?}");
+        let end = bounded("the reset from C", r.read_to_end(&mut got)).await;
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "C aborts: a reset, not close_notify"
+        );
         assert!(
             !got.is_empty() && got.len() < 32 * MIB,
             "a prefix: {} bytes",
@@ -830,29 +874,74 @@ async fn guest() {
             prefix == got,
             "the peer got a prefix of the backend's stream"
         );
-        w.shutdown().await.unwrap();
+        // The connection is reset: the half-close fails, as it should.
+        let _ = w.shutdown().await;
         let _ = bounded("the backend", done_rx).await;
         c.wait_for("reached its record limit");
         println!(
-            "{MARK} record limit {C_RECORD_LIMIT} (TLS 1.2 AES-128-GCM): {} bytes delivered, then close_notify",
+            "{MARK} record limit {C_RECORD_LIMIT} (TLS 1.2 AES-128-GCM): {} bytes delivered, then a reset",
             got.len()
         );
+    }
+
+    // 6: the backend resets mid-stream behind the pair: the abort travels through both kTLS sidecars.
+    {
+        const SENT: usize = 16 * MIB;
+        plans
+            .send(Plan::ResetAfter {
+                seed: 61,
+                len: SENT,
+            })
+            .unwrap();
+        let mut client = TcpStream::connect(addr(A_OUTBOUND)).await.unwrap();
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        let end = loop {
+            match bounded("the client's stream", client.read(&mut buf)).await {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    hash.update(&buf[..n]);
+                    got += n;
+                }
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        assert_eq!(
+            end,
+            Err(std::io::ErrorKind::ConnectionReset),
+            "the client sees a reset after {got} bytes, not an orderly end"
+        );
+        let mut expect = Seeded::new(61, SENT);
+        let mut prefix = Sha256::new();
+        let mut left = got;
+        while left > 0 {
+            let chunk = expect.next_chunk().unwrap();
+            let k = left.min(chunk.len());
+            prefix.update(&chunk[..k]);
+            left -= k;
+        }
+        assert!(
+            hash.finalize() == prefix.finalize(),
+            "the client got a prefix of the backend's stream"
+        );
+        println!("{MARK} backend reset behind the pair: {got} bytes delivered, then a reset");
     }
 
     // The kernel did the work, and the metrics say so.
     let after = tls_stat();
     println!("{MARK} tls_stat after:  {}", stat_line(&after));
     let rose = |k: &str| after[k] - before.get(k).copied().unwrap_or(0);
-    // Pair: 2 connections x 2 sockets; tickets: A's socket; KeyUpdate: B's; limit: C's.
+    // Pair: 3 connections x 2 sockets; tickets: A's socket; KeyUpdate: B's; limit: C's.
     assert_eq!(
         rose("TlsTxSw"),
-        7,
+        9,
         "kTLS TX on every socket: {}",
         stat_line(&after)
     );
     assert_eq!(
         rose("TlsRxSw"),
-        7,
+        9,
         "kTLS RX on every socket: {}",
         stat_line(&after)
     );
@@ -874,26 +963,30 @@ async fn guest() {
             &[("direction", dir), ("offload", "userspace")],
         )
     };
-    assert_eq!(ktls(&ma, "outbound"), 3.0, "A: {ma}");
-    assert_eq!(ktls(&mb, "inbound"), 3.0, "B: {mb}");
+    assert_eq!(ktls(&ma, "outbound"), 4.0, "A: {ma}");
+    assert_eq!(ktls(&mb, "inbound"), 4.0, "B: {mb}");
     assert_eq!(ktls(&mc, "inbound"), 1.0, "C: {mc}");
     assert_eq!(userspace(&ma, "outbound") + userspace(&mb, "inbound"), 0.0);
-    let closed = |m: &str, how: &str| {
+    let closed = |m: &str, dir: &str, how: &str| {
         value(
             m,
             "ringseal_connections_closed_total",
-            &[("direction", "inbound"), ("how", how)],
+            &[("direction", dir), ("how", how)],
         )
     };
-    assert_eq!(closed(&mb, "peer_key_update"), 1.0, "B: {mb}");
-    assert_eq!(closed(&mc, "key_limit"), 1.0, "C: {mc}");
+    assert_eq!(closed(&mb, "inbound", "peer_key_update"), 1.0, "B: {mb}");
+    assert_eq!(closed(&mc, "inbound", "key_limit"), 1.0, "C: {mc}");
+    assert_eq!(closed(&mb, "inbound", "backend_reset"), 1.0, "B: {mb}");
+    assert_eq!(closed(&ma, "outbound", "peer_reset"), 1.0, "A: {ma}");
     println!(
-        "{MARK} metrics: A outbound offload=ktls {}, B inbound offload=ktls {}, C inbound offload=ktls {}; B peer_key_update {}, C key_limit {}",
+        "{MARK} metrics: A outbound offload=ktls {}, B inbound offload=ktls {}, C inbound offload=ktls {}; B peer_key_update {}, C key_limit {}, B backend_reset {}, A peer_reset {}",
         ktls(&ma, "outbound"),
         ktls(&mb, "inbound"),
         ktls(&mc, "inbound"),
-        closed(&mb, "peer_key_update"),
-        closed(&mc, "key_limit")
+        closed(&mb, "inbound", "peer_key_update"),
+        closed(&mc, "inbound", "key_limit"),
+        closed(&mb, "inbound", "backend_reset"),
+        closed(&ma, "outbound", "peer_reset")
     );
     drop((a, b, c));
     println!("{MARK} result ok");

@@ -43,9 +43,8 @@ fn alert_of(e: &io::Error) -> Option<AlertDescription> {
 }
 
 /// `client` connecting from `from` is refused: the handshake fails or (TLS 1.3: the server decides
-/// after the client's side has finished) the first echo fails. When the refusal arrives as an alert, it
-/// must be `alert`; otherwise the connection must have been closed or reset (the alert can be lost when
-/// the sidecar closes with the client's data unread).
+/// after the client's side has finished) the first echo fails, and always with `alert` (the sidecar
+/// ends a refusal with a FIN after the alert, never a reset that could destroy it).
 async fn assert_refused(
     client: &Arc<ClientConfig>,
     from: IpAddr,
@@ -55,20 +54,12 @@ async fn assert_refused(
     let err = within("refused roundtrip", roundtrip(client, from, to))
         .await
         .expect_err("the sidecar relayed for a peer it must refuse");
-    match alert_of(&err) {
-        Some(got) => assert_eq!(got, alert, "refused with the wrong alert: {err}"),
-        None => assert!(
-            matches!(
-                err.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            ),
-            "expected alert {alert:?} or a closed connection, got {err} ({:?})",
-            err.kind()
-        ),
-    }
+    assert_eq!(
+        alert_of(&err),
+        Some(alert),
+        "refused without the alert: {err} ({:?})",
+        err.kind()
+    );
 }
 
 /// After refusals: nothing reached the storage port, and a good peer still gets through (exactly once).
@@ -697,7 +688,9 @@ async fn allow_list_dns_and_ip() {
 async fn thousand_concurrent_handshakes() {
     enough_descriptors();
     let pki = Pki::new();
-    let (backend, sidecar) = start(&pki, |_| {}).await;
+    // One address with 1000 handshakes at once is over the per-source cap (64) by design: raised here,
+    // this tests the handshake path itself.
+    let (backend, sidecar) = start(&pki, |c| c.limits.max_pending_per_source = 1024).await;
     let good = client(pki.roots(), Some(&pki.node));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..1000 {
@@ -721,7 +714,8 @@ async fn thousand_concurrent_handshakes() {
 async fn thousand_refused_connections_do_not_block_a_good_peer() {
     enough_descriptors();
     let pki = Pki::new();
-    let (backend, sidecar) = start(&pki, |_| {}).await;
+    // As above: every connection is processed to its refusal, none turned away by the per-source cap.
+    let (backend, sidecar) = start(&pki, |c| c.limits.max_pending_per_source = 1024).await;
     let other = Ca::new("Other").unwrap();
     let stranger = client(
         pki.roots(),

@@ -309,7 +309,7 @@ async fn file_changes_are_picked_up_through_symlink_swaps() {
     for f in ["node.crt", "node.key", "ca.crt"] {
         symlink(format!("..data/{f}"), root.join(f)).unwrap();
     }
-    let (mut proc, addr, _) = start(dir, backend.addr, "reload_interval = \"100ms\"");
+    let (mut proc, addr, _) = start(dir, backend.addr, "reload_interval = \"1s\"");
     let good = client(pki.roots(), Some(&pki.node));
     roundtrip(&good, LOCALHOST, addr).await.unwrap();
 

@@ -223,6 +223,10 @@ pub struct FileLimits {
     #[serde(deserialize_with = "duration")]
     pub close_linger: Duration,
     pub max_connections: usize,
+    pub max_pending_handshakes: usize,
+    pub max_pending_per_source: usize,
+    /// 0: the system's `net.core.somaxconn`.
+    pub listen_backlog: u32,
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
 }
@@ -236,6 +240,9 @@ impl Default for FileLimits {
             idle_timeout: l.idle_timeout.unwrap_or_default(),
             close_linger: l.close_linger,
             max_connections: l.max_connections,
+            max_pending_handshakes: l.max_pending_handshakes,
+            max_pending_per_source: l.max_pending_per_source,
+            listen_backlog: l.listen_backlog.unwrap_or(0),
             shutdown_grace: l.shutdown_grace,
         }
     }

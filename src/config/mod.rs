@@ -223,7 +223,8 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// `[limits]`: every phase of a connection has a deadline.
+/// `[limits]`: every phase of a connection has a deadline, and each listener admits connections within
+/// its own budgets (see [`crate::listener::admission`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub handshake_timeout: Duration,
@@ -232,7 +233,15 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// How long a half-closed connection may wait for the other direction to finish.
     pub close_linger: Duration,
+    /// Established (verified, relaying) connections per listener.
     pub max_connections: usize,
+    /// Handshakes in progress per listener; when full, the oldest is closed for the newcomer.
+    pub max_pending_handshakes: usize,
+    /// Handshakes in progress per source address (an IPv6 /64) on an inbound listener; a connection
+    /// over it is closed at once.
+    pub max_pending_per_source: usize,
+    /// The listen(2) backlog; `None`: the system's `net.core.somaxconn`.
+    pub listen_backlog: Option<u32>,
     pub shutdown_grace: Duration,
 }
 
@@ -244,8 +253,29 @@ impl Default for Limits {
             idle_timeout: None,
             close_linger: Duration::from_secs(30),
             max_connections: 10_000,
+            max_pending_handshakes: 1024,
+            max_pending_per_source: 64,
+            listen_backlog: None,
             shutdown_grace: Duration::from_secs(30),
         }
+    }
+}
+
+/// Where Linux publishes the largest listen backlog it grants (larger requests are cut to it).
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+
+/// The system's `net.core.somaxconn`, or Linux's default since 5.4 (4096) when it cannot be read.
+pub fn system_backlog() -> u32 {
+    std::fs::read_to_string(SOMAXCONN)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
+impl Limits {
+    /// The backlog to pass to listen(2): `listen_backlog`, or the system's maximum.
+    pub fn backlog(&self) -> u32 {
+        self.listen_backlog.unwrap_or_else(system_backlog)
     }
 }
 
@@ -850,12 +880,46 @@ impl FileConfig {
                 return Err(invalid(key, "must be longer than 0s".into()));
             }
         }
+        if l.max_pending_handshakes == 0 || l.max_pending_handshakes > MAX_CONNECTIONS {
+            return Err(invalid(
+                "limits.max_pending_handshakes",
+                format!(
+                    "{} is out of range: at least 1 and at most {MAX_CONNECTIONS} (1024 is a good \
+                     default)",
+                    l.max_pending_handshakes
+                ),
+            ));
+        }
+        if l.max_pending_per_source == 0 || l.max_pending_per_source > l.max_pending_handshakes {
+            return Err(invalid(
+                "limits.max_pending_per_source",
+                format!(
+                    "{} must be from 1 to limits.max_pending_handshakes ({}): one address must not \
+                     be able to take every handshake slot (64 is a good default)",
+                    l.max_pending_per_source, l.max_pending_handshakes
+                ),
+            ));
+        }
+        if l.listen_backlog > i32::MAX as u32 {
+            return Err(invalid(
+                "limits.listen_backlog",
+                format!(
+                    "{} is more than listen(2) takes ({}); write 0 for the system's \
+                     net.core.somaxconn",
+                    l.listen_backlog,
+                    i32::MAX
+                ),
+            ));
+        }
         let limits = Limits {
             handshake_timeout: l.handshake_timeout,
             connect_timeout: l.connect_timeout,
             idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
             close_linger: l.close_linger,
             max_connections: l.max_connections,
+            max_pending_handshakes: l.max_pending_handshakes,
+            max_pending_per_source: l.max_pending_per_source,
+            listen_backlog: (l.listen_backlog != 0).then_some(l.listen_backlog),
             shutdown_grace: l.shutdown_grace,
         };
 
@@ -968,6 +1032,18 @@ pub fn describe(c: &Config) -> String {
         humantime::format_duration(l.close_linger),
         l.max_connections,
         humantime::format_duration(l.shutdown_grace),
+    );
+    let system = system_backlog();
+    let backlog = match l.listen_backlog {
+        None => format!("{system} (the system's net.core.somaxconn)"),
+        Some(b) if b > system => format!("{b}, cut to net.core.somaxconn = {system} by the kernel"),
+        Some(b) => b.to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "admission  per listener: max {} connections, max {} handshakes in progress (inbound: {} per \
+         source address); listen backlog {backlog}",
+        l.max_connections, l.max_pending_handshakes, l.max_pending_per_source,
     );
     out
 }

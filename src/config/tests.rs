@@ -317,6 +317,9 @@ fn reference_config_values() {
     assert_eq!(l.idle_timeout, None);
     assert_eq!(l.close_linger, Duration::from_secs(30));
     assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.max_pending_handshakes, 1024);
+    assert_eq!(l.max_pending_per_source, 64);
+    assert_eq!(l.listen_backlog, None, "0 is the system's somaxconn");
     assert_eq!(l.shutdown_grace, Duration::from_secs(30));
 
     assert_eq!(
@@ -365,6 +368,11 @@ fn reference_config_shows_the_defaults() {
         (d.max_connections, d.shutdown_grace),
         (l.max_connections, l.shutdown_grace)
     );
+    assert_eq!(
+        (d.max_pending_handshakes, d.max_pending_per_source),
+        (l.max_pending_handshakes, l.max_pending_per_source)
+    );
+    assert_eq!(l.listen_backlog, None);
 }
 
 /// The keys a `deny_unknown_fields` struct accepts, read from serde's "unknown field" error, so that a

@@ -1,9 +1,11 @@
 //! Inbound: accept mutual TLS from a peer node, verify it, and only then connect to the local storage
 //! port and relay.
 //!
-//! Per connection: permit -> sniff the first bytes (not TLS: refuse) -> handshake under
-//! `handshake_timeout`, with the verifier deciding inside it -> connect `forward` under `connect_timeout`
-//! -> relay. No connection to `forward` exists before the peer is fully verified.
+//! Per connection: admission (a handshake slot, [`super::admission`]) -> sniff the first bytes (not TLS:
+//! refuse) -> wait for a whole first record (no TLS state before) -> handshake under
+//! `handshake_timeout`, with the verifier deciding inside it -> an established slot -> connect
+//! `forward` under `connect_timeout` -> relay. No connection to `forward` exists before the peer is
+//! fully verified; a refused peer gets its alert, then a FIN (`relay::refuse`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Inbound, Limits, Mode, TlsSettings};
@@ -41,6 +44,8 @@ struct Shared {
     refusals: RateLimit<RefusalKey>,
     backend_log: RateLimit<()>,
     accept_log: RateLimit<&'static str>,
+    /// This listener's budgets: handshakes in progress (per source too) and established connections.
+    admission: Arc<Admission>,
     /// Permissive mode: peers last seen in plaintext, to log once when each moves to TLS.
     plaintext_peers: super::PeerSet,
     /// Fixed at start.
@@ -101,7 +106,7 @@ impl InboundListener {
         limits: &Limits,
         offload: Offload,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(cfg.listen).await?;
+        let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
         let shared = Arc::new(Shared {
             listen,
@@ -111,6 +116,7 @@ impl InboundListener {
             refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
             backend_log: RateLimit::new(Duration::from_secs(10)),
             accept_log: RateLimit::new(Duration::from_secs(10)),
+            admission: Arc::new(Admission::new(Direction::Inbound, listen, limits, true)),
             plaintext_peers: super::PeerSet::default(),
             offload,
         });
@@ -162,31 +168,69 @@ impl InboundListener {
         super::serve(
             &self.listener,
             life,
+            &self.shared.admission,
             &self.shared.accept_log,
             self.shared.clone(),
-            |stream, peer, shared| async move { handle(stream, peer, &shared).await },
+            |stream, peer, shared, pending| async move {
+                handle(stream, peer, &shared, pending).await
+            },
         )
         .await;
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
+async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared, pending: Pending) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
-    let result =
-        match tokio::time::timeout(s.limits.handshake_timeout, handshake(stream, peer, s)).await {
-            Ok(r) => r,
-            Err(_) => Err(Refusal::new(
-                Reason::Timeout,
-                format!(
-                    "handshake not completed within limits.handshake_timeout ({})",
-                    humantime::format_duration(s.limits.handshake_timeout)
-                ),
-            )),
-        };
-    let (tls, conn) = match result {
-        Ok(Accepted::Tls(tls, conn)) => (tls, conn),
-        Ok(Accepted::Plain(plain, sniffed)) => return passthrough(plain, peer, sniffed, s).await,
+    let deadline = tokio::time::Instant::from_std(started + s.limits.handshake_timeout);
+    // Until the peer has sent a whole first record, the task holds the socket and this small future;
+    // everything after (rustls, the handshake, the relay) is boxed below, allocated only for a peer
+    // that has sent something to handshake with.
+    let first = tokio::time::timeout_at(deadline, first_bytes(&stream, s))
+        .await
+        .unwrap_or_else(|_| Err(timed_out(s)));
+    Box::pin(connection(
+        stream, peer, s, pending, started, deadline, first,
+    ))
+    .await;
+}
+
+fn timed_out(s: &Shared) -> Refusal {
+    Refusal::new(
+        Reason::Timeout,
+        format!(
+            "handshake not completed within limits.handshake_timeout ({})",
+            humantime::format_duration(s.limits.handshake_timeout)
+        ),
+    )
+}
+
+/// The connection once its first bytes are known: handshake, then relay (or passthrough, or refusal).
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    s: &Shared,
+    pending: Pending,
+    started: Instant,
+    deadline: tokio::time::Instant,
+    first: Result<Sniffed, Refusal>,
+) {
+    let result = match first {
+        Ok(Sniffed::Tls) => tokio::time::timeout_at(deadline, handshake(&stream, peer, s))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(s)))
+            .map(Accepted::Tls),
+        Ok(plain) => Ok(Accepted::Plain(plain)),
+        Err(refusal) => Err(refusal),
+    };
+    let conn = match result {
+        Ok(Accepted::Tls(conn)) => conn,
+        Ok(Accepted::Plain(sniffed)) => {
+            let Some(_slot) = pending.establish(peer) else {
+                return admission::reset(&stream);
+            };
+            return passthrough(stream, peer, sniffed, s).await;
+        }
         Err(refusal) => {
             metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
             if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
@@ -199,15 +243,22 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
                     suppressed_note(n)
                 );
             }
+            // FIN after the alert, and what the peer still sends read and discarded: a reset could
+            // destroy the alert before the peer reads it.
+            relay::refuse(stream).await;
             return;
         }
     };
+    let tls = stream;
     if s.plaintext_peers.remove(peer.ip()) {
         tracing::info!(peer = %peer, "peer {} now connects with TLS (was plaintext)", peer.ip());
     }
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
     let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
     metrics::handshake_ok(Direction::Inbound, protocol, suite, started.elapsed());
+    let Some(_slot) = pending.establish(peer) else {
+        return admission::reset(&tls);
+    };
     // Parsing the certificate again costs microseconds per handshake: only when the line is logged.
     if tracing::enabled!(tracing::Level::DEBUG) {
         let subject = conn
@@ -232,7 +283,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared) {
         linger: s.limits.close_linger,
     };
     let outcome = relay.run(limits, active.bytes.clone()).await;
-    super::report_close(Direction::Inbound, peer, s.forward, &outcome);
+    super::report_close(active, peer, s.forward, &outcome);
 }
 
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
@@ -281,7 +332,7 @@ async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &S
         linger: s.limits.close_linger,
     };
     let outcome = relay::plain(plain, backend, limits, active.bytes.clone()).await;
-    super::report_close(Direction::Inbound, peer, s.forward, &outcome);
+    super::report_close(active, peer, s.forward, &outcome);
 }
 
 /// What the first bytes and the handshake came to.
@@ -289,14 +340,14 @@ async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &S
 // allocation to every handshake.
 #[allow(clippy::large_enum_variant)]
 enum Accepted {
-    Tls(TcpStream, rustls::Connection),
+    Tls(rustls::Connection),
     /// Permissive mode only.
-    Plain(TcpStream, Sniffed),
+    Plain(Sniffed),
 }
 
-/// Sniffs, then runs the rustls handshake. On success the socket and the established connection are
-/// handed back for the relay (any application data the peer already sent stays buffered inside `conn`).
-async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Accepted, Refusal> {
+/// Sniffs the first bytes; for TLS, waits until a whole first record is queued. Holds nothing but a
+/// few bytes on the stack: a peer that dribbles its ClientHello costs the socket and the task.
+async fn first_bytes(stream: &TcpStream, s: &Shared) -> Result<Sniffed, Refusal> {
     let mut first = [0u8; 8];
     let n = stream
         .peek(&mut first)
@@ -316,12 +367,23 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Ac
                 Sniffed::Ssl2Hello.to_string(),
             ));
         }
-        other if s.tls.load().mode == Mode::Permissive => {
-            return Ok(Accepted::Plain(stream, other));
-        }
+        other if s.tls.load().mode == Mode::Permissive => return Ok(other),
         other => return Err(Refusal::new(Reason::NotTls, format!("peer sent {other}"))),
     }
+    relay::first_record(stream)
+        .await
+        .map_err(|e| super::refusal_from_io(&e))?;
+    Ok(Sniffed::Tls)
+}
 
+/// Runs the rustls handshake on a connection whose first record has arrived; the established
+/// connection is handed back for the relay (any application data the peer already sent stays in the
+/// kernel, after the handshake's last record).
+async fn handshake(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    s: &Shared,
+) -> Result<rustls::Connection, Refusal> {
     let tls = s.tls.load();
     let config = if tls.endpoint_verification {
         // The verifier must know the peer's address and rustls gives it none, so this connection gets a
@@ -335,8 +397,8 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, s: &Shared) -> Result<Ac
     let mut conn = rustls::ServerConnection::new(config)
         .map(rustls::Connection::Server)
         .map_err(|e| Refusal::new(Reason::Io, format!("cannot start the TLS session: {e}")))?;
-    match relay::handshake(&stream, &mut conn).await {
-        Ok(()) => Ok(Accepted::Tls(stream, conn)),
+    match relay::handshake(stream, &mut conn).await {
+        Ok(()) => Ok(conn),
         Err(e) => Err(super::refusal_from_io(&e)),
     }
 }

@@ -1,6 +1,8 @@
-//! Listeners: accept under a connection permit, hand each connection to its own task, never exit on an
-//! accept error. `inbound` terminates mutual TLS; `sniff` recognises what a peer sent when it was not TLS.
+//! Listeners: accept continuously, admit each connection within the listener's own budgets
+//! ([`admission`]), hand it to its own task, never exit on an accept error. `inbound` terminates mutual
+//! TLS; `sniff` recognises what a peer sent when it was not TLS.
 
+pub mod admission;
 pub mod inbound;
 pub mod outbound;
 pub mod sniff;
@@ -13,40 +15,47 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::{self, Direction, Reason};
+use crate::metrics::{ActiveConnection, Reason};
 use crate::relay::{Close, Outcome};
+use admission::{Admission, Pending};
 
-/// Accepts the next connection once a permit is free. Returns `None` when `shutdown` fires.
+/// Binds `addr` with a listen backlog of `backlog` (the kernel cuts it to `net.core.somaxconn`).
+/// Through socket2 because tokio's `TcpListener::bind` fixes the backlog at 128. Like tokio (and std),
+/// SO_REUSEADDR is set, so a restart does not wait for the old connections' TIME_WAIT.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts the next connection. Returns `None` when `shutdown` fires.
 ///
-/// Accept errors never end the loop: running out of descriptors (EMFILE/ENFILE) or memory backs off
-/// (10 ms doubling to 1 s) with a rate-limited warning, because retrying at once would spin on the
+/// It never waits for a budget (admission is decided after accept), so the listen backlog keeps being
+/// drained. Accept errors never end the loop: running out of descriptors (EMFILE/ENFILE) or memory backs
+/// off (10 ms doubling to 1 s) with a rate-limited warning, because retrying at once would spin on the
 /// same error; per-connection errors (ECONNABORTED) are retried immediately.
 pub async fn accept(
     listener: &TcpListener,
-    permits: &Arc<Semaphore>,
     shutdown: &CancellationToken,
     log: &RateLimit<&'static str>,
-) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+) -> Option<(TcpStream, SocketAddr)> {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return None,
-            p = permits.clone().acquire_owned() => p.ok()?,
-        };
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return None,
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => return Some((stream, peer, permit)),
+            Ok((stream, peer)) => return Some((stream, peer)),
             Err(e) if is_resource_exhaustion(&e) => {
-                drop(permit);
                 if let Some(suppressed) = log.check("accept") {
                     tracing::warn!(
                         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -68,32 +77,37 @@ pub async fn accept(
     }
 }
 
-/// What every accept loop shares: connection permits, the stop signal, the cut signal for what is
-/// still open after the grace period, and the tracker that shutdown waits on.
+/// What every accept loop shares: the stop signal, the cut signal for what is still open after the
+/// grace period, and the tracker that shutdown waits on. Budgets are per listener ([`Admission`]).
 #[derive(Clone)]
 pub struct Lifecycle {
-    pub permits: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub cut: CancellationToken,
     pub tracker: TaskTracker,
 }
 
-/// Accepts until shutdown and runs `handle` for each connection in its own tracked task, holding a
-/// permit until it ends; a cut drops the connection.
+/// Accepts until shutdown, admits each connection ([`Admission::admit`]; a connection turned away is
+/// reset at once) and runs `handle` for it in its own tracked task, which trades its [`Pending`] place
+/// for an established one once verified. An eviction or a cut drops the connection (a relayed one is reset on both legs: see
+/// `relay`'s close semantics).
 pub async fn serve<S, F, Fut>(
     listener: &TcpListener,
     life: Lifecycle,
+    admission: &Arc<Admission>,
     log: &RateLimit<&'static str>,
     shared: Arc<S>,
     handle: F,
 ) where
     S: Send + Sync + 'static,
-    F: Fn(TcpStream, SocketAddr, Arc<S>) -> Fut + Copy + Send + 'static,
+    F: Fn(TcpStream, SocketAddr, Arc<S>, Pending) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    while let Some((stream, peer, permit)) =
-        accept(listener, &life.permits, &life.shutdown, log).await
-    {
+    while let Some((stream, peer)) = accept(listener, &life.shutdown, log).await {
+        let Ok(pending) = admission.admit(peer) else {
+            admission::reset(&stream);
+            continue;
+        };
+        let evicted = pending.eviction();
         let cut = life.cut.clone();
         let shared = shared.clone();
         // The connection's future is created inside the task: captured by the task's block it would
@@ -101,9 +115,9 @@ pub async fn serve<S, F, Fut>(
         life.tracker.spawn(async move {
             tokio::select! {
                 _ = cut.cancelled() => {}
-                _ = handle(stream, peer, shared) => {}
+                _ = evicted.cancelled() => {}
+                _ = handle(stream, peer, shared, pending) => {}
             }
-            drop(permit);
         });
     }
 }
@@ -133,9 +147,16 @@ pub fn refusal_from_io(e: &std::io::Error) -> Refusal {
     Refusal::new(Reason::Io, message)
 }
 
-/// Counts and logs the end of a relayed connection: routine ends at debug, the rest at info.
-pub fn report_close(dir: Direction, peer: SocketAddr, other: SocketAddr, outcome: &Outcome) {
-    metrics::closed(dir, outcome.close.label());
+/// Counts and logs the end of a relayed connection: routine ends at debug, the rest at info. (A
+/// connection cut at shutdown never gets here: its `active` counts it as cut when dropped.)
+pub fn report_close(
+    active: ActiveConnection,
+    peer: SocketAddr,
+    other: SocketAddr,
+    outcome: &Outcome,
+) {
+    let dir = active.direction();
+    active.closed(outcome.close.label());
     let d = dir.as_str();
     match &outcome.close {
         Close::Clean | Close::PeerNoCloseNotify | Close::PeerReset | Close::BackendReset => {

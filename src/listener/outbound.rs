@@ -1,9 +1,10 @@
 //! Outbound: accept the local node's plaintext connection, dial the peer's sidecar, complete mutual TLS
 //! (our identity as client certificate, the peer verified by `ServerVerifier`), then relay.
 //!
-//! Per connection: permit -> connect `upstream` under `connect_timeout` -> handshake under
-//! `handshake_timeout` -> relay. The local node's bytes wait in the kernel until the peer is verified;
-//! if it cannot be, the local connection is closed and the node retries as it would for a dead peer.
+//! Per connection: admission (a handshake slot, [`super::admission`]) -> connect `upstream` under
+//! `connect_timeout` -> handshake under `handshake_timeout` -> an established slot -> relay. The local
+//! node's bytes wait in the kernel until the peer is verified; if it cannot be, the local connection is
+//! closed and the node retries as it would for a dead peer.
 //!
 //! Permissive mode reaches a peer in plaintext only when it has no TLS endpoint (its TLS port refuses
 //! the connection, or answers our ClientHello with bytes that are not a TLS record) and it has never
@@ -21,6 +22,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::admission::{self, Admission, Pending};
 use super::tls_peers::TlsPeers;
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target, TlsSettings};
@@ -153,6 +155,8 @@ struct Shared {
     /// Peers that completed a verified handshake: never sent plaintext. Shared by every outbound
     /// listener of the process.
     tls_peers: Arc<TlsPeers>,
+    /// This listener's budgets (no per-source cap: every connection comes from the local node).
+    admission: Arc<Admission>,
     fallback_log: RateLimit<(FallbackReason, std::net::IpAddr)>,
     limits: Limits,
     refusals: RateLimit<RefusalKey>,
@@ -169,7 +173,7 @@ impl OutboundListener {
         offload: Offload,
         tls_peers: Arc<TlsPeers>,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(cfg.listen).await?;
+        let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
         Ok(Self {
             listener,
@@ -179,6 +183,7 @@ impl OutboundListener {
                 state: ArcSwap::from_pointee(OutboundTls::build(cfg, tls)),
                 plaintext_peers: Default::default(),
                 tls_peers,
+                admission: Arc::new(Admission::new(Direction::Outbound, listen, limits, false)),
                 fallback_log: RateLimit::new(Duration::from_secs(60)),
                 limits: limits.clone(),
                 refusals: RateLimit::new(Duration::from_secs(60)),
@@ -236,15 +241,18 @@ impl OutboundListener {
         super::serve(
             &self.listener,
             life,
+            &self.shared.admission,
             &self.shared.accept_log,
             self.shared.clone(),
-            |stream, local, shared| async move { handle(stream, local, &shared).await },
+            |stream, local, shared, pending| async move {
+                handle(stream, local, &shared, pending).await
+            },
         )
         .await;
     }
 }
 
-async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
+async fn handle(local: TcpStream, from: SocketAddr, s: &Shared, pending: Pending) {
     let started = Instant::now();
     let _ = local.set_nodelay(true);
     let state = s.state.load_full();
@@ -272,14 +280,14 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
         && let Ok(remote) = connect_plain(plain, s).await
     {
         metrics::plaintext_fallback(reason);
-        return relay_plain(local, from, plain, remote, s).await;
+        return relay_plain(local, from, plain, remote, s, pending).await;
     }
     let (tls, conn) = match dial(peer, &state, s).await {
         Ok(ok) => ok,
         Err((refusal, no_tls)) => {
             let known = s.tls_peers.has_tls(ip);
             if let (Some(plain), Some(reason), false) = (permissive_plain, no_tls, known) {
-                return fall_back(local, from, peer, plain, reason, &refusal, s).await;
+                return fall_back(local, from, peer, plain, reason, &refusal, s, pending).await;
             }
             metrics::handshake_refused(Direction::Outbound, refusal.reason, started.elapsed());
             if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
@@ -320,6 +328,9 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
     let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
     metrics::handshake_ok(Direction::Outbound, protocol, suite, started.elapsed());
+    let Some(_slot) = pending.establish(from) else {
+        return admission::reset(&local);
+    };
     tracing::debug!(peer = %peer, "outbound {from} -> {peer} established ({protocol}, {suite})");
 
     let relay = relay::Relay::start(tls, conn, local, s.offload).await;
@@ -329,11 +340,12 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared) {
         linger: s.limits.close_linger,
     };
     let outcome = relay.run(limits, active.bytes.clone()).await;
-    super::report_close(Direction::Outbound, peer, from, &outcome);
+    super::report_close(active, peer, from, &outcome);
 }
 
 /// Permissive mode, for a peer without a TLS endpoint that was never verified: counts, logs
 /// (rate-limited) and carries the connection to the peer's plaintext port.
+#[allow(clippy::too_many_arguments)]
 async fn fall_back(
     local: TcpStream,
     from: SocketAddr,
@@ -342,6 +354,7 @@ async fn fall_back(
     reason: FallbackReason,
     refusal: &Refusal,
     s: &Shared,
+    pending: Pending,
 ) {
     let ip = crate::tls::verify::canonical_ip(peer.ip());
     s.remember_plaintext(ip, reason);
@@ -361,7 +374,7 @@ async fn fall_back(
     match connect_plain(plain, s).await {
         Ok(remote) => {
             metrics::plaintext_fallback(reason);
-            relay_plain(local, from, plain, remote, s).await;
+            relay_plain(local, from, plain, remote, s, pending).await;
         }
         Err(why) => {
             if let Some(n) = s.refusals.check((Reason::Io, plain.ip())) {
@@ -543,7 +556,11 @@ async fn relay_plain(
     to: SocketAddr,
     remote: TcpStream,
     s: &Shared,
+    pending: Pending,
 ) {
+    let Some(_slot) = pending.establish(from) else {
+        return admission::reset(&local);
+    };
     let active = ActiveConnection::start(Direction::Outbound, false, relay::Path::Splice.label());
     let limits = RelayLimits {
         idle: s.limits.idle_timeout,
@@ -551,7 +568,7 @@ async fn relay_plain(
     };
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
     let outcome = relay::plain(remote, local, limits, active.bytes.clone()).await;
-    super::report_close(Direction::Outbound, to, from, &outcome);
+    super::report_close(active, to, from, &outcome);
 }
 
 impl Shared {

@@ -7,14 +7,15 @@
 //! * [`engage`] hands a connection over (the handshake left the socket at a record boundary, see
 //!   [`super::handshake`]): it flushes what rustls queued, extracts the keys and sets them. Anything that rules kTLS out is found before
 //!   the keys leave rustls (then the connection stays on the user-space path); after that the connection
-//!   stays here, and a failure ends it with the bytes already received delivered.
+//!   stays here, and a failure aborts it with the bytes already received delivered.
 //! * Control records: `splice` stops with EINVAL at a record that is not application data; that record
 //!   is read with `recvmsg` and its type. close_notify ends the peer's direction cleanly; other alerts
-//!   are errors (user_canceled is ignored); a NewSessionTicket is ignored; a KeyUpdate ends the
-//!   connection (see the module documentation of [`super`]); a TLS 1.2 HelloRequest is declined with a
-//!   no_renegotiation warning, as rustls does; anything else is a protocol error answered with an
-//!   unexpected_message alert.
-//! * Sending close_notify (or an alert): a record of type alert through `sendmsg`.
+//!   abort the connection (user_canceled is ignored); a NewSessionTicket is ignored; a KeyUpdate aborts
+//!   the connection (see the module documentation of [`super`]); a TLS 1.2 HelloRequest is declined
+//!   with a no_renegotiation warning, as rustls does; anything else is a protocol error answered with
+//!   an unexpected_message alert, then the abort.
+//! * Sending close_notify (or an alert): a record of type alert through `sendmsg`. An abort sends no
+//!   close_notify, and reads from neither socket any more (the close semantics of [`super`]).
 //! * The AEAD limit: see [`TxLimit`].
 
 use std::future::Future;
@@ -204,7 +205,7 @@ fn cipher_of(suite: CipherSuite) -> Option<KtlsCipher> {
 /// after sending `n` bytes at most `n` more records exist. Reads from the backend are sized so that
 /// sending them cannot pass `stop`; when the bound could, the exact sequence number is read back from
 /// the kernel (TLS_TX): with full records once per `stop - seq` bytes, more often only in the last
-/// [`CHUNK`] records. When no room is left, what was read is sent, then close_notify.
+/// [`CHUNK`] records. When no room is left, what was read is sent, then the connection aborts.
 struct TxLimit {
     cipher: KtlsCipher,
     bound: u64,
@@ -432,7 +433,7 @@ fn set_key(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
-    /// (down only) send close_notify, then FIN.
+    /// (down only) send close_notify, then FIN (neither after an abort).
     Closing,
     Done,
 }
@@ -500,14 +501,13 @@ struct Relay {
     rx_done: bool,
     /// Nothing more can be written to the peer (TCP).
     tls_wr_dead: bool,
-    /// Nothing more may be sent to the peer (it broke the protocol, or its KeyUpdate cannot be
-    /// answered); close_notify is still sent unless the protocol was broken.
+    /// No more application data may be sent to the peer (it broke the protocol, its KeyUpdate cannot
+    /// be answered, or the hand-over failed).
     tls_app_dead: bool,
-    /// close_notify must not be sent (the peer broke the protocol and got a fatal alert).
-    no_close_notify: bool,
     plain_wr_dead: bool,
     up: Phase,
     down: Phase,
+    /// The abort's cause (`None`: everything so far was in order).
     close: Option<Close>,
     from_peer: u64,
     to_peer: u64,
@@ -537,7 +537,6 @@ impl Engaged {
             rx_done: !self.rx_open,
             // A failed hand-over ends the connection: nothing more goes to the peer.
             tls_app_dead: failed,
-            no_close_notify: failed,
             plain_wr_dead: false,
             up: Phase::Open,
             down: Phase::Open,
@@ -551,10 +550,15 @@ impl Engaged {
 }
 
 impl Relay {
-    fn note(&mut self, close: Close) {
+    /// The connection aborts; the first cause is kept, later ones are consequences of it.
+    fn abort(&mut self, close: Close) {
         if self.close.is_none() {
             self.close = Some(close);
         }
+    }
+
+    fn aborting(&self) -> bool {
+        self.close.is_some()
     }
 
     fn delivered(&mut self, n: usize) {
@@ -563,7 +567,7 @@ impl Relay {
     }
 
     fn finish_up(&mut self) {
-        if !self.plain_wr_dead {
+        if !self.plain_wr_dead && !self.aborting() {
             // FIN after everything written: the backend sees the end of the stream, nothing lost.
             let _ = SockRef::from(&self.plain).shutdown(Shutdown::Write);
         }
@@ -597,7 +601,7 @@ impl Relay {
                         self.delivered(n);
                     }
                     Poll::Ready(Err(e)) => {
-                        self.note(Side::Backend.close_for(&e));
+                        self.abort(Side::Backend.close_for(&e));
                         self.plain_wr_dead = true;
                     }
                 }
@@ -612,13 +616,17 @@ impl Relay {
                         Poll::Pending => return progress,
                         Poll::Ready(Ok(n)) => self.delivered(n),
                         Poll::Ready(Err(e)) => {
-                            self.note(Side::Backend.close_for(&e));
+                            self.abort(Side::Backend.close_for(&e));
                             self.plain_wr_dead = true;
                         }
                     }
                 }
                 progress = true;
                 continue;
+            }
+            if self.aborting() {
+                // Nothing more is read from the peer; what was read is delivered above.
+                self.rx_done = true;
             }
             if self.rx_done {
                 self.finish_up();
@@ -628,7 +636,7 @@ impl Relay {
             match self.up_pump.poll_fill(cx, &self.tls, CHUNK) {
                 Poll::Pending => return progress,
                 Poll::Ready(Ok(0)) => {
-                    self.note(Close::PeerNoCloseNotify);
+                    self.abort(Close::PeerNoCloseNotify);
                     self.rx_done = true;
                 }
                 Poll::Ready(Ok(_)) => {}
@@ -642,11 +650,10 @@ impl Relay {
                     }
                 }
                 Poll::Ready(Err(e)) => {
-                    self.note(rx_error(&e));
+                    self.abort(rx_error(&e));
                     self.rx_done = true;
                     if e.raw_os_error() == Some(libc::EBADMSG) {
                         self.tls_app_dead = true;
-                        self.no_close_notify = true;
                     }
                 }
             }
@@ -665,12 +672,11 @@ impl Relay {
             }
             Control::Closed => self.rx_done = true,
             Control::End(close, alert) => {
-                self.note(close);
+                self.abort(close);
                 self.rx_done = true;
                 self.tls_app_dead = true;
                 if let Some(description) = alert {
                     self.send_alert(ALERT_FATAL, description);
-                    self.no_close_notify = true;
                 }
             }
         }
@@ -734,7 +740,7 @@ impl Relay {
                 }
                 HS_KEY_UPDATE => {
                     tracing::trace!(
-                        "kTLS: KeyUpdate from the peer; the kernel cannot follow it, closing"
+                        "kTLS: KeyUpdate from the peer; the kernel cannot follow it, aborting"
                     );
                     result = Control::End(Close::PeerKeyUpdate, None);
                     break;
@@ -763,7 +769,7 @@ impl Relay {
             match self.down {
                 Phase::Done => return progress,
                 Phase::Closing => {
-                    if !self.tls_wr_dead && !self.no_close_notify {
+                    if !self.tls_wr_dead && !self.aborting() {
                         let tls = &self.tls;
                         let alert = [ALERT_WARNING, ALERT_CLOSE_NOTIFY];
                         match poll_io(cx, tls, Interest::WRITABLE, || {
@@ -772,12 +778,12 @@ impl Relay {
                             Poll::Pending => return progress,
                             Poll::Ready(Ok(_)) => {}
                             Poll::Ready(Err(e)) => {
-                                self.note(Side::Peer.close_for(&e));
+                                self.abort(Side::Peer.close_for(&e));
                                 self.tls_wr_dead = true;
                             }
                         }
                     }
-                    if !self.tls_wr_dead {
+                    if !self.tls_wr_dead && !self.aborting() {
                         let _ = SockRef::from(&self.tls).shutdown(Shutdown::Write);
                     }
                     self.down = Phase::Done;
@@ -801,15 +807,15 @@ impl Relay {
                                 self.counters.to_peer.increment(n as u64);
                             }
                             Poll::Ready(Err(e)) => {
-                                self.note(Side::Peer.close_for(&e));
+                                self.abort(Side::Peer.close_for(&e));
                                 self.tls_wr_dead = true;
                             }
                         }
                         progress = true;
                         continue;
                     }
-                    if self.tls_app_dead && !self.tls_wr_dead && !self.no_close_notify {
-                        // The peer's KeyUpdate cannot be answered: close now.
+                    if self.aborting() {
+                        // Nothing more is read from the backend; no close_notify (Closing).
                         self.down = Phase::Closing;
                         progress = true;
                         continue;
@@ -819,8 +825,8 @@ impl Relay {
                         _ => CHUNK,
                     };
                     if room == 0 {
-                        tracing::trace!("kTLS: the key reached its record limit; closing");
-                        self.note(Close::KeyLimit);
+                        tracing::trace!("kTLS: the key reached its record limit; aborting");
+                        self.abort(Close::KeyLimit);
                         self.tls_app_dead = true;
                         self.down = Phase::Closing;
                         progress = true;
@@ -831,7 +837,7 @@ impl Relay {
                         Poll::Ready(Ok(0)) => self.down = Phase::Closing,
                         Poll::Ready(Ok(_)) => {}
                         Poll::Ready(Err(e)) => {
-                            self.note(Side::Backend.close_for(&e));
+                            self.abort(Side::Backend.close_for(&e));
                             self.down = Phase::Closing;
                         }
                     }
@@ -872,13 +878,27 @@ impl Directions for Relay {
         (self.up == Phase::Done, self.down == Phase::Done)
     }
 
+    fn aborted(&self) -> bool {
+        self.aborting()
+    }
+
     fn deadlines(&mut self) -> &mut Deadlines {
         &mut self.deadlines
     }
 
+    fn sockets(&self) -> [&TcpStream; 2] {
+        [&self.tls, &self.plain]
+    }
+
+    fn drain_parts(&mut self) -> (&mut Deadlines, [Option<&TcpStream>; 2]) {
+        let tls = (!self.tls_wr_dead).then_some(&self.tls);
+        let plain = (!self.plain_wr_dead).then_some(&self.plain);
+        (&mut self.deadlines, [tls, plain])
+    }
+
     fn end(&mut self, close: Option<Close>) -> Outcome {
         if let Some(close) = close {
-            self.note(close);
+            self.abort(close);
         }
         self.outcome()
     }

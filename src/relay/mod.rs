@@ -1,10 +1,11 @@
 //! The relay: the only code that moves bytes between a verified TLS connection and its plaintext leg.
 //!
-//! Interface: the listener completes the TLS handshake with [`handshake`] (whole records only, so the
-//! socket is left at a record boundary), then [`Relay::start`] takes the socket with its finished rustls
-//! connection and the plaintext socket and picks the path; [`Relay::path`] names it for the connection
-//! counter, and [`Relay::run`] returns an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext
-//! legs.
+//! Interface: the listener waits for a whole first record with [`first_record`] (nothing allocated
+//! before), completes the TLS handshake with [`handshake`] (whole records only, so the socket is left
+//! at a record boundary) or ends a refused one with [`refuse`] (FIN after the alert, never a reset),
+//! then [`Relay::start`] takes the socket with its finished rustls connection and the plaintext socket
+//! and picks the path; [`Relay::path`] names it for the connection counter, and [`Relay::run`] returns
+//! an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext legs.
 //!
 //! # Paths
 //! * **kTLS** (`offload="ktls"`, [`ktls`]): when the kernel has the `tls` module and takes the
@@ -16,19 +17,32 @@
 //! * **splice** (`offload="splice"`, [`splice`]): plaintext both ways, socket -> pipe -> socket.
 //!
 //! # Close semantics (the documented policy, on every path)
-//! * Half-close is propagated both ways: a TLS `close_notify` from the peer becomes a TCP FIN towards the
-//!   backend, a FIN from the backend becomes `close_notify` + FIN towards the peer. The other direction
-//!   keeps flowing.
-//! * A peer that drops TCP without `close_notify`, or resets, is treated like a close: the backend still
-//!   receives every byte that was received and authenticated before, then a FIN (never a reset, which
-//!   could discard data still queued in the kernel). The outcome records it (`PeerNoCloseNotify`,
-//!   `PeerReset`).
-//! * A backend that resets: the peer still receives every byte the backend sent before, then
-//!   `close_notify` + FIN. Whatever either side still sends towards a dead leg is read and discarded, so
-//!   that closing never turns into a reset that destroys data queued for the other side.
-//! * Once one direction has finished, the other must finish within `close_linger`; after that the
-//!   connection is dropped (`LingerTimeout`). With `idle_timeout`, a connection that moved no byte for that
-//!   long is dropped (`IdleTimeout`).
+//! A connection ends either **in order** or by an **abort**; an abort on one leg never reaches the
+//! other leg as an orderly end.
+//! * In order: half-close is propagated both ways: a TLS `close_notify` from the peer becomes a TCP
+//!   FIN towards the backend, a FIN from the backend becomes `close_notify` + FIN towards the peer (on
+//!   plaintext legs, FIN becomes FIN). The other direction keeps flowing; once both have ended so, the
+//!   sockets close normally (`Clean`).
+//! * Abort: the peer resets (`PeerReset`), ends TCP without `close_notify` (`PeerNoCloseNotify`) or
+//!   breaks the protocol (`PeerTlsError`: rustls's or the kernel's fatal alert is still sent); the
+//!   backend resets (`BackendReset`); a socket fails otherwise (`Io`); under kTLS, a KeyUpdate from the
+//!   peer or our key's record limit (below). Then the relay reads nothing more from either socket, so
+//!   a sender learns promptly that its bytes are not delivered; it delivers what it has already read
+//!   (from the peer: received and authenticated, ciphertext already received is still decrypted) to
+//!   each leg that is still writable, with neither FIN nor close_notify; it waits until the kernel
+//!   has delivered it (`SIOCOUTQ` at 0: the receiver then reads every byte before it sees the reset),
+//!   at most `close_linger` after the abort; then both legs are **reset** (`SO_LINGER` 0 and close).
+//!   A TLS leg gets a reset rather than a fatal alert: rustls has no way to send one on an established
+//!   connection, a reset is understood by every TLS stack and every TCP one alike, and it also tells
+//!   a sender still writing that its bytes are not taken.
+//! * Our own deadlines abort too, resetting both legs at once (nothing can move any more): with
+//!   `idle_timeout`, a connection that moved no byte for that long (`IdleTimeout`); once one direction
+//!   has ended in order, the other must end within `close_linger` (`LingerTimeout`). Neither end asked
+//!   for the end, so neither may see an orderly one.
+//! * The reset is armed (`SO_LINGER` 0) on both sockets as soon as the relay takes them, and disarmed
+//!   only when both directions have ended in order. So whatever else closes them is a reset as well:
+//!   the cut at the end of `shutdown_grace` (the connection's task is dropped; counted as `cut` by the
+//!   listener), a panic, or the kernel closing the sockets of a killed process.
 //! * TLS records that rustls produces on its own (alerts, KeyUpdate responses) are written as soon as
 //!   they are queued, even when the backend is silent.
 //!
@@ -39,12 +53,13 @@
 //! * ringseal never sends a KeyUpdate. Instead it counts the records the kernel has sent (the exact
 //!   TLS_TX sequence number, read back from the kernel whenever the bytes sent since the last look
 //!   could have reached the limit) and, at 7/8 of the suite's confidentiality limit (AES-GCM: 2^23 or
-//!   2^24 records, i.e. at least 7.3 million records; CHACHA20-POLY1305: none), ends the connection
-//!   gracefully: what was read from the backend is sent, then `close_notify` + FIN, then the
-//!   peer -> backend direction gets `close_linger` to finish (`KeyLimit`). Cassandra reconnects.
+//!   2^24 records, i.e. at least 7.3 million records; CHACHA20-POLY1305: none), aborts the connection
+//!   (`KeyLimit`): what was read from the backend is sent, then both legs are reset. Not
+//!   `close_notify`: the backend's stream did not end, and the peer must not take its truncation for
+//!   an end. Cassandra reconnects.
 //! * A KeyUpdate from the peer cannot be followed (its next records are under keys only the peer has):
-//!   everything before it is delivered to the backend, then FIN; the peer gets `close_notify` + FIN
-//!   (`PeerKeyUpdate`). Records after the KeyUpdate are never read.
+//!   everything before it is delivered to the backend, then the connection aborts (`PeerKeyUpdate`).
+//!   Records after the KeyUpdate are never read.
 //! * A NewSessionTicket is read and ignored (ringseal never resumes sessions).
 
 mod handshake;
@@ -53,16 +68,18 @@ mod splice;
 mod userspace;
 
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::metrics::ByteCounters;
 
-pub use handshake::handshake;
+pub use handshake::{first_record, handshake, refuse};
 pub use ktls::{KtlsSupport, support};
 
 /// Deadlines that apply while relaying.
@@ -114,7 +131,8 @@ impl Path {
     }
 }
 
-/// How a relayed connection ended: the first notable event, or `Clean`.
+/// How a relayed connection ended: `Clean`, or the cause of its abort (the first abnormal event; what
+/// followed from it is not recorded). Every variant but `Clean` means both legs were reset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Close {
     /// Both sides closed in order (close_notify from the peer, FIN from the backend).
@@ -127,11 +145,12 @@ pub enum Close {
     BackendReset,
     IdleTimeout,
     LingerTimeout,
-    /// kTLS: the peer sent a KeyUpdate, which the kernel cannot follow; the connection was closed.
+    /// kTLS: the peer sent a KeyUpdate, which the kernel cannot follow.
     PeerKeyUpdate,
-    /// kTLS: our key approached the cipher's confidentiality limit; the connection was closed.
+    /// kTLS: our key approached the cipher's confidentiality limit.
     KeyLimit,
-    /// `offload = "require"` and this connection could not be offloaded.
+    /// `offload = "require"` and this connection could not be offloaded (nothing was relayed; the peer
+    /// got close_notify, like a peer whose backend cannot be reached).
     OffloadUnavailable(String),
     Io(String),
 }
@@ -196,6 +215,10 @@ impl Relay {
         offload: Offload,
     ) -> impl Future<Output = Self> + Send {
         Box::pin(async move {
+            // From here until both directions have finished in order, closing either socket for any
+            // reason (an abort, the shutdown cut, a panic, the process killed) sends a reset.
+            arm_reset(&tls);
+            arm_reset(&plain);
             let inner = match ktls::engage(tls, conn, plain, offload).await {
                 ktls::Engage::Engaged(e) => Inner::Ktls(e),
                 ktls::Engage::Declined {
@@ -207,7 +230,15 @@ impl Relay {
                     tracing::trace!("user-space relay: {why}");
                     Inner::Userspace(tcp, conn, plain)
                 }
-                ktls::Engage::Declined { tcp, conn, why, .. } => {
+                ktls::Engage::Declined {
+                    tcp,
+                    conn,
+                    plain,
+                    why,
+                } => {
+                    // Nothing was relayed: the documented close_notify, as for a dead backend.
+                    disarm_reset(&tcp);
+                    disarm_reset(&plain);
                     close(tcp, conn).await;
                     Inner::Refused(why)
                 }
@@ -280,7 +311,7 @@ pub fn log_offload(offload: Offload) {
         (_, Ok(_)) => tracing::info!(
             "kTLS available ({}); offload = \"{offload}\": connections with these ciphers are encrypted by \
              the kernel and spliced; no rekeying: a peer's KeyUpdate, or 7/8 of an AES-GCM key's record \
-             limit, closes the connection",
+             limit, aborts the connection",
             support.describe()
         ),
         (Offload::Auto, Err(why)) => tracing::info!(
@@ -306,26 +337,58 @@ pub fn close(tls: TcpStream, conn: rustls::Connection) -> impl Future<Output = (
 pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Relays plaintext both ways (permissive mode's plaintext legs) with `splice(2)`, propagating each end
-/// of stream; `peer` is the side whose bytes count as `from_peer`. Same close policy and deadlines as
-/// the TLS paths.
+/// of stream; `peer` is the side whose bytes count as `from_peer`. Same close policy (FIN in order,
+/// resets on an abort) and deadlines as the TLS paths.
 pub async fn plain(
     peer: TcpStream,
     backend: TcpStream,
     limits: RelayLimits,
     counters: ByteCounters,
 ) -> Outcome {
+    arm_reset(&peer);
+    arm_reset(&backend);
     splice::plain(peer, backend, limits, counters).await
 }
 
 /// Rounds of a relay loop before yielding to the scheduler, so one busy connection cannot starve others.
 const BUDGET: u32 = 32;
 
-/// The idle and linger deadlines of one connection, shared by every path.
+/// Arms the reset of a relayed socket: closing it sends a TCP reset instead of a FIN (`SO_LINGER`
+/// 0), whatever closes it: an abort, the shutdown cut that drops the connection's task, a panic, or
+/// the kernel when the process is killed. Only a connection whose directions both finished in order
+/// disarms it ([`drive`]), so an end nobody asked for can never reach the other side as a FIN.
+fn arm_reset(sock: &TcpStream) {
+    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
+/// Undoes [`arm_reset`]: the close sends a FIN after whatever is still queued, as usual.
+fn disarm_reset(sock: &TcpStream) {
+    let _ = SockRef::from(sock).set_linger(None);
+}
+
+/// The first poll interval of an aborted connection's send queues; it doubles up to
+/// [`DRAIN_POLL_MAX`]. Nothing signals "acknowledged", so the queues are polled (aborts are rare).
+const DRAIN_POLL_MIN: Duration = Duration::from_millis(1);
+const DRAIN_POLL_MAX: Duration = Duration::from_millis(32);
+
+/// The idle and linger deadlines of one connection, shared by every path, and the deadline of an
+/// abort.
 struct Deadlines {
     limits: RelayLimits,
     last_progress: Instant,
     idle_timer: Option<Pin<Box<Sleep>>>,
     linger_timer: Option<Pin<Box<Sleep>>>,
+    /// Set when the connection aborts (boxed: most connections never do).
+    abort: Option<Box<Abort>>,
+}
+
+/// An aborting connection: what was already received must be delivered within `close_linger` of the
+/// abort, then both legs are reset.
+struct Abort {
+    deadline: Pin<Box<Sleep>>,
+    /// Paces the polls of the send queues ([`poll_drained`]).
+    tick: Option<Pin<Box<Sleep>>>,
+    interval: Duration,
 }
 
 impl Deadlines {
@@ -335,6 +398,7 @@ impl Deadlines {
             last_progress: Instant::now(),
             idle_timer: limits.idle.map(|d| Box::pin(tokio::time::sleep(d))),
             linger_timer: None,
+            abort: None,
         }
     }
 
@@ -342,10 +406,27 @@ impl Deadlines {
         self.last_progress = Instant::now();
     }
 
+    /// The connection aborts: starts the abort's deadline (once).
+    fn abort(&mut self) {
+        if self.abort.is_none() {
+            self.abort = Some(Box::new(Abort {
+                deadline: Box::pin(tokio::time::sleep(self.limits.linger)),
+                tick: None,
+                interval: DRAIN_POLL_MIN,
+            }));
+        }
+    }
+
     /// After a round that moved nothing: the deadline that has passed, if any (otherwise the timers are
-    /// registered with `cx`). `half_closed`: one direction has finished, so `linger` runs.
+    /// registered with `cx`). `half_closed`: one direction has finished, so `linger` runs. An aborting
+    /// connection has its own deadline instead; when it passes, `LingerTimeout` is returned, but the
+    /// outcome keeps the abort's cause (the first one noted).
     fn poll(&mut self, cx: &mut Context<'_>, half_closed: bool) -> Option<Close> {
-        if half_closed {
+        if let Some(abort) = self.abort.as_mut() {
+            if abort.deadline.as_mut().poll(cx).is_ready() {
+                return Some(Close::LingerTimeout);
+            }
+        } else if half_closed {
             let linger = self.limits.linger;
             let timer = self
                 .linger_timer
@@ -369,24 +450,48 @@ impl Deadlines {
 
 /// The two directions of a relay, polled in turn by [`drive`].
 trait Directions {
-    /// One round of both directions; true if anything moved.
+    /// One round of both directions; true if anything moved. Once [`Directions::aborted`], a round
+    /// reads from neither socket: it only delivers what was already read, and sends no FIN or
+    /// close_notify.
     fn step(&mut self, cx: &mut Context<'_>) -> bool;
     /// (up finished, down finished)
     fn finished(&self) -> (bool, bool);
+    /// Something other than an orderly end happened (a cause is noted): the connection aborts.
+    fn aborted(&self) -> bool;
     fn deadlines(&mut self) -> &mut Deadlines;
+    /// The peer's and the backend's socket.
+    fn sockets(&self) -> [&TcpStream; 2];
+    /// The deadlines, and the sockets that can still be written (those to drain before the reset).
+    fn drain_parts(&mut self) -> (&mut Deadlines, [Option<&TcpStream>; 2]);
     /// Records a deadline that passed and returns the outcome.
     fn end(&mut self, close: Option<Close>) -> Outcome;
 }
 
 /// The poll loop every path shares: rounds until nothing moves (yielding after [`BUDGET`] rounds),
-/// then the deadlines.
+/// then the deadlines. When both directions have finished: in order, the resets are disarmed and the
+/// sockets close with FIN; after an abort, once the kernel has delivered what was written (or the
+/// abort's deadline passed), and the sockets close with a reset.
 fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<Outcome> {
     let mut rounds = 0;
     loop {
         let progress = this.step(cx);
+        let aborted = this.aborted();
+        if aborted {
+            this.deadlines().abort();
+        }
         let (up, down) = this.finished();
         if up && down {
-            return Poll::Ready(this.end(None));
+            if !aborted {
+                for sock in this.sockets() {
+                    disarm_reset(sock);
+                }
+                return Poll::Ready(this.end(None));
+            }
+            let (deadlines, legs) = this.drain_parts();
+            if poll_drained(cx, deadlines, legs).is_ready() {
+                return Poll::Ready(this.end(None));
+            }
+            break;
         }
         if !progress {
             break;
@@ -403,6 +508,38 @@ fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<Outcome> {
         Some(close) => Poll::Ready(this.end(Some(close))),
         None => Poll::Pending,
     }
+}
+
+/// Whether the kernel has delivered everything written to each socket in `legs` (polled: see
+/// [`DRAIN_POLL_MIN`]). A reset before the last bytes were acknowledged would destroy them in flight;
+/// after, the receiver reads them and then sees the reset.
+fn poll_drained(
+    cx: &mut Context<'_>,
+    deadlines: &mut Deadlines,
+    legs: [Option<&TcpStream>; 2],
+) -> Poll<()> {
+    if legs.into_iter().flatten().all(delivered) {
+        return Poll::Ready(());
+    }
+    let Some(abort) = deadlines.abort.as_mut() else {
+        return Poll::Ready(());
+    };
+    let interval = abort.interval;
+    let tick = abort
+        .tick
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
+    while tick.as_mut().poll(cx).is_ready() {
+        abort.interval = (abort.interval * 2).min(DRAIN_POLL_MAX);
+        tick.as_mut()
+            .reset(tokio::time::Instant::now() + abort.interval);
+    }
+    Poll::Pending
+}
+
+/// Everything written to `sock` has been acknowledged by its peer, or never will be (the connection was
+/// reset meanwhile).
+fn delivered(sock: &TcpStream) -> bool {
+    crate::sys::unacknowledged(sock.as_fd()).map_or(true, |n| n == 0)
 }
 
 /// Which end of a relay an error came from, for the outcome.

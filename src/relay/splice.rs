@@ -2,6 +2,10 @@
 //! into user space. [`Pump`] is one direction's pipe (used by the kTLS path too); [`plain`] relays
 //! plaintext both ways (permissive mode's plaintext legs).
 //!
+//! On [`plain`]'s legs FIN is the orderly end and passes through as FIN; a reset, a deadline or an
+//! abort of the other direction stops both directions' reads, delivers what the pipes hold, and
+//! [`super::drive`] then resets both legs (the close semantics of [`super`]).
+//!
 //! A pump is filled only when it is empty, so `EAGAIN` from filling always means "the source has
 //! nothing", never "the pipe is full", and is drained completely before the next fill. A pipe holds
 //! 64 KiB by default (16 pages; fewer when the user exceeds /proc/sys/fs/pipe-user-pages-soft, which
@@ -146,7 +150,7 @@ struct Flow {
     pump: Pump,
     /// The source ended (EOF or error); finish once the pipe is empty.
     src_done: bool,
-    /// The destination cannot be written any more; what arrives is discarded.
+    /// The destination cannot be written any more; what the pipe holds is discarded.
     dst_dead: bool,
     done: bool,
     bytes: u64,
@@ -171,12 +175,14 @@ struct Plain {
     up: Flow,
     /// backend -> peer
     down: Flow,
+    /// The abort's cause (`None`: everything so far was in order).
     close: Option<Close>,
     counters: ByteCounters,
     deadlines: Deadlines,
 }
 
-/// Moves `flow` from `src` to `dst` until it would block; true if anything moved.
+/// Moves `flow` from `src` to `dst` until it would block; true if anything moved. Once `close` is set
+/// (the connection aborts), nothing more is read from `src` and no FIN is sent.
 #[allow(clippy::too_many_arguments)]
 fn poll_flow(
     cx: &mut Context<'_>,
@@ -210,8 +216,8 @@ fn poll_flow(
             progress = true;
             continue;
         }
-        if flow.src_done {
-            if !flow.dst_dead {
+        if flow.src_done || close.is_some() {
+            if !flow.dst_dead && close.is_none() {
                 // FIN after everything was written: the other side sees the end of the stream.
                 let _ = SockRef::from(dst).shutdown(Shutdown::Write);
             }
@@ -261,8 +267,22 @@ impl Directions for Plain {
         (self.up.done, self.down.done)
     }
 
+    fn aborted(&self) -> bool {
+        self.close.is_some()
+    }
+
     fn deadlines(&mut self) -> &mut Deadlines {
         &mut self.deadlines
+    }
+
+    fn sockets(&self) -> [&TcpStream; 2] {
+        [&self.peer, &self.backend]
+    }
+
+    fn drain_parts(&mut self) -> (&mut Deadlines, [Option<&TcpStream>; 2]) {
+        let peer = (!self.down.dst_dead).then_some(&self.peer);
+        let backend = (!self.up.dst_dead).then_some(&self.backend);
+        (&mut self.deadlines, [peer, backend])
     }
 
     fn end(&mut self, close: Option<Close>) -> Outcome {

@@ -1,6 +1,9 @@
 //! The user-space TLS <-> plaintext relay, driving the rustls connection directly on non-blocking
 //! sockets (not through tokio-rustls) so that this module alone decides when records are written, how
-//! half-close propagates and what happens to bytes on a dead leg.
+//! half-close propagates and what happens to bytes on a dead leg (the policy: [`super`]'s close
+//! semantics). An abort stops every read from either socket; what was already read (and, from the
+//! peer, authenticated: ciphertext already received is still decrypted) is delivered where it can
+//! be, without close_notify or FIN, and [`super::drive`] then resets both legs.
 //!
 //! What a byte costs, and why the buffers are what they are. Profiled on loopback
 //! (`benches/relay_throughput.rs`), about three quarters of the relay's CPU time is the kernel's TCP
@@ -189,7 +192,8 @@ impl Buf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
-    /// (down only) close_notify is queued; flush it, then FIN.
+    /// (down only) flush what rustls queued (close_notify, unless the connection aborts), then FIN
+    /// (not after an abort).
     Closing,
     Done,
 }
@@ -206,16 +210,17 @@ pub(super) struct Relay {
     pin: Buf,
     /// How the peer's stream ended, once rustls has no more plaintext: written out when `pout` is empty.
     up_end: Option<UpEnd>,
-    /// No more ciphertext will arrive (EOF, reset, or a TLS error).
+    /// No more ciphertext is read (EOF, reset, a TLS error, or an abort).
     tls_rd_done: bool,
     /// The TLS socket cannot be written any more.
     tls_wr_dead: bool,
     /// The peer broke the protocol: send it nothing more.
     tls_app_dead: bool,
-    /// The backend socket cannot be written any more; peer data is discarded.
+    /// The backend socket cannot be written any more; peer data already read is discarded.
     plain_wr_dead: bool,
     up: Phase,
     down: Phase,
+    /// The abort's cause (`None`: everything so far was in order).
     close: Option<Close>,
     from_peer: u64,
     to_peer: u64,
@@ -282,19 +287,23 @@ impl Relay {
         }
     }
 
-    /// Records the first notable event; later ones are consequences of it.
-    fn note(&mut self, close: Close) {
+    /// The connection aborts; the first cause is kept, later ones are consequences of it.
+    fn abort(&mut self, close: Close) {
         if self.close.is_none() {
             self.close = Some(close);
         }
     }
 
-    fn note_tls_err(&mut self, e: &io::Error) {
-        self.note(Side::Peer.close_for(e));
+    fn aborting(&self) -> bool {
+        self.close.is_some()
     }
 
-    fn note_plain_err(&mut self, e: &io::Error) {
-        self.note(Side::Backend.close_for(e));
+    fn tls_err(&mut self, e: &io::Error) {
+        self.abort(Side::Peer.close_for(e));
+    }
+
+    fn plain_err(&mut self, e: &io::Error) {
+        self.abort(Side::Backend.close_for(e));
     }
 
     /// Writes whatever rustls has queued (records, alerts, KeyUpdate responses, close_notify).
@@ -306,7 +315,7 @@ impl Relay {
                 Poll::Pending => break,
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => {
-                    self.note_tls_err(&e);
+                    self.tls_err(&e);
                     self.tls_wr_dead = true;
                     progress = true;
                 }
@@ -316,7 +325,7 @@ impl Relay {
     }
 
     fn finish_up(&mut self) {
-        if !self.plain_wr_dead {
+        if !self.plain_wr_dead && !self.aborting() {
             // FIN after everything written: the backend sees the end of the stream, nothing lost.
             let _ = SockRef::from(&self.plain).shutdown(Shutdown::Write);
         }
@@ -332,7 +341,7 @@ impl Relay {
                 Some(_) => Gather::Ended,
             };
             if self.plain_wr_dead {
-                // Read and discarded, so that the peer's data never turns our close into a reset.
+                // Already read; nowhere to go (and nothing more is read: the connection aborts).
                 self.pout.clear();
             } else if !self.pout.is_empty() {
                 let (plain, pout) = (&self.plain, &self.pout);
@@ -344,7 +353,7 @@ impl Relay {
                         self.counters.from_peer.increment(n as u64);
                     }
                     Poll::Ready(Err(e)) => {
-                        self.note_plain_err(&e);
+                        self.plain_err(&e);
                         self.plain_wr_dead = true;
                     }
                 }
@@ -356,8 +365,8 @@ impl Relay {
                 Gather::Full => {}
                 Gather::Ended => {
                     match self.up_end.take() {
-                        Some(UpEnd::Truncated) => self.note(Close::PeerNoCloseNotify),
-                        Some(UpEnd::Failed(e)) => self.note(Close::Io(format!("peer: {e}"))),
+                        Some(UpEnd::Truncated) => self.abort(Close::PeerNoCloseNotify),
+                        Some(UpEnd::Failed(e)) => self.abort(Close::Io(format!("peer: {e}"))),
                         _ => {}
                     }
                     self.finish_up();
@@ -407,8 +416,12 @@ impl Relay {
                     }
                 }
             }
-            // rustls needs more ciphertext.
-            if self.tls_rd_done {
+            // rustls needs more ciphertext. An aborting connection reads no more from the socket, but
+            // what it has already received is still decrypted (and so authenticated) and delivered.
+            if self.aborting() {
+                self.tls_rd_done = true;
+            }
+            if self.tls_rd_done && self.cin.is_empty() {
                 self.up_end = Some(UpEnd::Closed);
                 return Gather::Ended;
             }
@@ -429,25 +442,31 @@ impl Relay {
                         *progress = true;
                     }
                     Poll::Ready(Err(e)) => {
-                        self.note_tls_err(&e);
+                        self.tls_err(&e);
                         self.tls_rd_done = true;
                         *progress = true;
                         continue;
                     }
                 }
             }
-            // rustls takes at most about one record per call (and only once its plaintext was read).
-            match self.conn.read_tls(&mut self.cin.pending()) {
+            // One record per round. rustls answers a KeyUpdate that requests an update with one
+            // KeyUpdate for all the requests it processed before the next write (RFC 8446 4.6.3 allows
+            // both), so a peer that sent several got one answer or several depending on how its
+            // records happened to arrive; record by record, every request gets its answer.
+            let pending = self.cin.pending();
+            let one = record_end(pending);
+            match self.conn.read_tls(&mut &pending[..one]) {
                 Ok(n) => self.cin.consume(n),
                 Err(e) => {
-                    self.note(Close::Io(format!("tls buffer: {e}")));
+                    self.abort(Close::Io(format!("tls buffer: {e}")));
                     self.tls_rd_done = true;
+                    self.cin.clear();
                 }
             }
             if let Err(e) = self.conn.process_new_packets() {
                 // rustls queued an alert for the peer; flush_tls sends it. Nothing more goes to a peer
                 // that broke the protocol, and nothing more comes from it.
-                self.note(Close::PeerTlsError(e.to_string()));
+                self.abort(Close::PeerTlsError(e.to_string()));
                 self.tls_rd_done = true;
                 self.tls_app_dead = true;
                 self.cin.clear();
@@ -501,7 +520,7 @@ impl Relay {
                 self.counters.from_peer.increment(n as u64);
             }
             Err(e) => {
-                self.note_plain_err(&e);
+                self.plain_err(&e);
                 self.plain_wr_dead = true;
             }
         }
@@ -521,7 +540,7 @@ impl Relay {
                             return progress;
                         }
                     }
-                    if !self.tls_wr_dead {
+                    if !self.tls_wr_dead && !self.aborting() {
                         let _ = SockRef::from(&self.tls).shutdown(Shutdown::Write);
                     }
                     self.down = Phase::Done;
@@ -549,6 +568,13 @@ impl Relay {
                         }
                         continue;
                     }
+                    if self.aborting() {
+                        // Nothing more is read from the backend; what rustls holds still goes out
+                        // (Closing), without close_notify.
+                        self.down = Phase::Closing;
+                        progress = true;
+                        continue;
+                    }
                     let (plain, pin) = (&self.plain, &mut self.pin);
                     match poll_nb(cx, plain, Dir::Read, || plain.try_read(pin.spare())) {
                         Poll::Pending => return progress,
@@ -560,10 +586,7 @@ impl Relay {
                         }
                         Poll::Ready(Ok(n)) => self.pin.filled(n),
                         Poll::Ready(Err(e)) => {
-                            self.note_plain_err(&e);
-                            if !discard {
-                                self.conn.send_close_notify();
-                            }
+                            self.plain_err(&e);
                             self.down = Phase::Closing;
                         }
                     }
@@ -597,13 +620,27 @@ impl Directions for Relay {
         (self.up == Phase::Done, self.down == Phase::Done)
     }
 
+    fn aborted(&self) -> bool {
+        self.aborting()
+    }
+
     fn deadlines(&mut self) -> &mut Deadlines {
         &mut self.deadlines
     }
 
+    fn sockets(&self) -> [&TcpStream; 2] {
+        [&self.tls, &self.plain]
+    }
+
+    fn drain_parts(&mut self) -> (&mut Deadlines, [Option<&TcpStream>; 2]) {
+        let tls = (!self.tls_wr_dead).then_some(&self.tls);
+        let plain = (!self.plain_wr_dead).then_some(&self.plain);
+        (&mut self.deadlines, [tls, plain])
+    }
+
     fn end(&mut self, close: Option<Close>) -> Outcome {
         if let Some(close) = close {
-            self.note(close);
+            self.abort(close);
         }
         self.outcome()
     }
@@ -619,6 +656,14 @@ impl Future for Relay {
         this.pin.give_back();
         this.pout.give_back();
         poll
+    }
+}
+
+/// Where the first record in `bytes` ends, or all of `bytes` while that record is incomplete.
+fn record_end(bytes: &[u8]) -> usize {
+    match bytes {
+        [_, _, _, hi, lo, ..] => (5 + u16::from_be_bytes([*hi, *lo]) as usize).min(bytes.len()),
+        _ => bytes.len(),
     }
 }
 

@@ -525,7 +525,22 @@ pub fn classify(err: &Error) -> (Reason, String) {
                     (Reason::IdentityNotAllowed, r.to_string())
                 }
                 Some(r @ PolicyRefusal::V1Certificate { .. }) => (Reason::V1Certificate, r.to_string()),
-                None => (Reason::Other, format!("certificate refused: {e}")),
+                None => match e.downcast_ref::<webpki::Error>() {
+                    Some(
+                        w @ (webpki::Error::MaximumPathDepthExceeded
+                        | webpki::Error::MaximumSignatureChecksExceeded
+                        | webpki::Error::MaximumPathBuildCallsExceeded
+                        | webpki::Error::MaximumNameConstraintComparisonsExceeded),
+                    ) => (
+                        Reason::ChainTooDeep,
+                        format!(
+                            "certificate chain refused: {w:?} (more than 6 intermediate CAs, or too \
+                             many candidate issuers to build a path; send the leaf and the \
+                             intermediates that lead to a CA in tls.ca)"
+                        ),
+                    ),
+                    _ => (Reason::Other, format!("certificate refused: {e}")),
+                },
             },
             other => (Reason::Other, format!("certificate refused: {other:?}")),
         },
@@ -635,5 +650,10 @@ mod tests {
         assert_eq!(r, Reason::UnknownCa);
         let (r, _) = classify(&Error::NoCertificatesPresented);
         assert_eq!(r, Reason::NoCertificate);
+        let (r, m) = classify(&Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(webpki::Error::MaximumPathDepthExceeded)),
+        )));
+        assert_eq!(r, Reason::ChainTooDeep);
+        assert!(m.contains("MaximumPathDepthExceeded"), "{m}");
     }
 }

@@ -85,3 +85,87 @@ pub async fn recv_all(r: &mut (impl AsyncRead + Unpin)) -> (usize, Vec<u8>) {
         total += n;
     }
 }
+
+/// The SHA-256 of the first `n` bytes of the seeded stream (`seed`, `len`): what a receiver that got
+/// `n` bytes of it must hash to.
+pub fn prefix_hash(seed: u64, len: usize, n: usize) -> Vec<u8> {
+    assert!(n <= len, "received {n} bytes of a {len}-byte stream");
+    let mut data = Seeded::new(seed, len);
+    let mut hash = Sha256::new();
+    let mut left = n;
+    while left > 0 {
+        let chunk = data.next_chunk().expect("n <= len");
+        let k = left.min(chunk.len());
+        hash.update(&chunk[..k]);
+        left -= k;
+    }
+    hash.finalize().to_vec()
+}
+
+/// Writes a seeded stream until it is all written or a write fails; returns the bytes written and
+/// how writing ended. Never panics: a failed write is what an aborted connection must show.
+pub async fn try_send_seeded(
+    w: &mut (impl AsyncWrite + Unpin),
+    seed: u64,
+    len: usize,
+) -> (usize, Result<(), std::io::ErrorKind>) {
+    let mut data = Seeded::new(seed, len);
+    let mut sent = 0;
+    while let Some(chunk) = data.next_chunk() {
+        if let Err(e) = w.write_all(chunk).await {
+            return (sent, Err(e.kind()));
+        }
+        sent += chunk.len();
+    }
+    (sent, Ok(()))
+}
+
+/// What a reader received, hashed as it arrived, and how its stream ended.
+pub struct Sink {
+    hash: Sha256,
+    pub len: usize,
+    buf: Vec<u8>,
+    /// `Ok(())`: a clean end (EOF; for TLS, close_notify); otherwise the error's kind.
+    pub end: Option<Result<(), std::io::ErrorKind>>,
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Self {
+            hash: Sha256::new(),
+            len: 0,
+            buf: vec![0u8; 256 * 1024],
+            end: None,
+        }
+    }
+}
+
+impl Sink {
+    /// Reads until at least `at_least` bytes have arrived in all (`None`: until the stream ends, cleanly
+    /// or not), publishing the running length on `progress`. Returns false once the stream has ended.
+    pub async fn read(
+        &mut self,
+        r: &mut (impl AsyncRead + Unpin),
+        at_least: Option<usize>,
+        progress: Option<&tokio::sync::watch::Sender<usize>>,
+    ) -> bool {
+        while self.end.is_none() && at_least.is_none_or(|n| self.len < n) {
+            match r.read(&mut self.buf).await {
+                Ok(0) => self.end = Some(Ok(())),
+                Ok(n) => {
+                    self.hash.update(&self.buf[..n]);
+                    self.len += n;
+                    if let Some(p) = progress {
+                        p.send_replace(self.len);
+                    }
+                }
+                Err(e) => self.end = Some(Err(e.kind())),
+            }
+        }
+        self.end.is_none()
+    }
+
+    pub fn sha256(&self) -> Vec<u8> {
+        self.hash.clone().finalize().to_vec()
+    }
+}
