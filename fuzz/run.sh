@@ -31,6 +31,12 @@
 #                   verify::check_identity): matching is deterministic, an empty certificate never
 #                   matches, a list naming one of the certificate's own values admits it, endpoint
 #                   verification admits only an IP SAN the certificate lists
+#   record_framing  the handshake driver's record framing (relay::handshake::frame and wakes, what its
+#                   peek/take loop follows): a flags byte (the peer's CCS taken, our records encrypted,
+#                   TLS 1.2, the size of the pieces the bytes arrive in), then the peer's bytes. A flight
+#                   arriving in pieces is framed exactly as when it arrives whole, woken the driver
+#                   always takes a record or ends (never spins), records stay within the RFC limits.
+#                   Seeds: rustls client flights of TLS 1.3 and 1.2 handshakes, hand-made edges
 # The checks and seeds of all but the JKS targets are in fuzz/src/lib.rs, which tests/fuzz_seeded.rs
 # also runs on a few thousand seeded mutations in `cargo test`.
 #
@@ -48,7 +54,7 @@ cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-60}
 jobs=${FUZZ_JOBS:-1}
 sanitizer=${FUZZ_SANITIZER:-address}
-all=(jks_parse jks_resealed sniff cassandra_yaml config_toml pem_crl allow_list)
+all=(jks_parse jks_resealed sniff cassandra_yaml config_toml pem_crl allow_list record_framing)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 for target in "${targets[@]}"; do

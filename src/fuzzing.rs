@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use crate::relay::handshake::{Framing, frame, wakes};
 use crate::tls::material::MaterialError;
 use crate::tls::verify::AllowList;
 

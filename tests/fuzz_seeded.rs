@@ -1,5 +1,6 @@
 //! Short, deterministic runs of the fuzz targets in `fuzz/` (the sniffer, cassandra.yaml derivation,
-//! TOML -> `Config`, PEM/CRL loading, allow-list matching): the same checks and seeds as the targets
+//! TOML -> `Config`, PEM/CRL loading, allow-list matching, the handshake driver's record framing): the
+//! same checks and seeds as the targets
 //! (`fuzz/src/lib.rs`, included below), on a few thousand seeded mutations each, so that `cargo test`
 //! notices a regression without nightly Rust. The JKS reader's run is in `tests/jks.rs`. A failure
 //! prints the input; `fuzz/run.sh` is the real, open-ended fuzzing.
@@ -116,5 +117,15 @@ fn allow_list_seeded() {
         4000,
         0x414c_4c57,
         &["own values admit", "admitted", "refused", "list refused"],
+    );
+}
+
+#[test]
+fn record_framing_seeded() {
+    run(
+        "record_framing",
+        4000,
+        0x5245_4344,
+        &["records", "waiting", "not tls", "overflow", "header only"],
     );
 }

@@ -11,6 +11,7 @@
 //! | `cassandra_yaml` | `config::cassandra::derive_bytes` | errors and warnings are one line naming the file; a derived table renders to TOML that deserializes into a ringseal config (a `ConfigError::Parse` is a bug), also with PEM files in place of the stores; `to_toml_redacted` shows no password |
 //! | `config_toml` | `Config::from_toml` | errors are one line starting `config <path>: `; a config that loads keeps every invariant the runtime relies on and renders (`describe`, `Debug`) |
 //! | `pem_crl` | `certs_from`, `key_from`, `TlsMaterial::from_der`, `add_crls` | material only for a leaf whose public key is the key's; a CRL `add_crls` accepts is usable: the outbound verifier then judges the fixture's valid node with a revocation verdict or its own (never "unknown issuer", "expired"...) |
+//! | `record_framing` | `relay::handshake::{frame, wakes}` | a flight arriving in pieces is framed exactly as when it arrives whole; woken, the driver always takes something or ends (never spins); records stay within the RFC limits |
 //! | `allow_list` | `FileAllow::into_allow_list`, `verify::check_identity` | matching is deterministic; an empty certificate never matches; a list naming one of the certificate's own values (CN, OU, DNS in another case, IP, URI) admits it; endpoint verification admits only an address the certificate lists |
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,12 +34,13 @@ use rustls::{CertificateError, Error as TlsError};
 use toml::{Table, Value};
 
 /// The fuzz targets, in the order `fuzz/run.sh` runs them.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "sniff",
     "cassandra_yaml",
     "config_toml",
     "pem_crl",
     "allow_list",
+    "record_framing",
 ];
 
 /// The largest input worth trying: every seed fits, and longer inputs only slow a run down.
@@ -52,6 +54,7 @@ pub fn check(target: &str, pki: &Pki, data: &[u8]) -> &'static str {
         "config_toml" => config_toml(pki, data),
         "pem_crl" => pem_crl(pki, data),
         "allow_list" => allow_list(data),
+        "record_framing" => record_framing(data),
         _ => panic!("no fuzz target {target:?}; known: {TARGETS:?}"),
     }
 }
@@ -696,6 +699,116 @@ fn flip_ascii_case(s: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// record_framing
+// ---------------------------------------------------------------------------------------------
+
+const HEADER: usize = 5;
+/// RFC 8446 5.1 / RFC 5246 6.2.1: a plaintext record carries at most 2^14 bytes, any record at most
+/// 2^14 + 2048 (RFC 5246 6.2.3).
+const MAX_PLAINTEXT_RECORD: usize = HEADER + (1 << 14);
+const MAX_ANY_RECORD: usize = MAX_PLAINTEXT_RECORD + 2048;
+
+/// How the driver's rounds over a flight ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Everything that arrived was taken or is an incomplete record: waiting for the peer.
+    Waiting,
+    NotTls,
+    Overflow,
+    HeaderOnly,
+}
+
+/// A flags byte, then the peer's bytes. Flags: bit 0, the peer's ChangeCipherSpec was taken (TLS
+/// 1.2); bit 1, our records are encrypted; bit 2, the connection is TLS 1.2 (a CCS record switches
+/// the peer to encrypted records); bits 3-7, the size of the pieces the bytes arrive in.
+pub fn record_framing(data: &[u8]) -> &'static str {
+    let Some((&flags, flight)) = data.split_first() else {
+        return "empty";
+    };
+    let whole = drive(flight, flight.len().max(1), flags);
+    let piece = 1 + usize::from(flags >> 3) * 67;
+    let pieces = drive(flight, piece, flags);
+    assert_eq!(
+        whole, pieces,
+        "the flight framed differently when it arrives in pieces of {piece} bytes"
+    );
+    // A decision taken on part of the bytes stands when more arrive.
+    let (peer_ccs, encrypted) = (flags & 1 != 0, flags & 2 != 0);
+    let last = fuzzing::frame(flight, peer_ccs, encrypted);
+    for n in (HEADER..flight.len())
+        .take(64)
+        .chain(flight.len().checked_sub(1))
+    {
+        let early = fuzzing::frame(&flight[..n], peer_ccs, encrypted);
+        assert!(
+            early == fuzzing::Framing::NeedMore || early == last,
+            "{early:?} after {n} bytes, {last:?} after {}",
+            flight.len()
+        );
+    }
+    match whole {
+        (records, End::Waiting) if records.is_empty() => "waiting",
+        (_, End::Waiting) => "records",
+        (_, End::NotTls) => "not tls",
+        (_, End::Overflow) => "overflow",
+        (_, End::HeaderOnly) => "header only",
+    }
+}
+
+/// The driver's rounds (`queued_records`, then `take`) over `flight` arriving `piece` bytes at a time,
+/// rustls aside: the lengths of the records given to rustls, and how it ended.
+fn drive(flight: &[u8], piece: usize, flags: u8) -> (Vec<usize>, End) {
+    use fuzzing::Framing;
+    let (mut peer_ccs, encrypted, tls12) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+    let mut records = Vec::new();
+    let (mut consumed, mut arrived) = (0, piece.min(flight.len()));
+    loop {
+        let queued = &flight[consumed..arrived];
+        let header = &queued[..queued.len().min(HEADER)];
+        if !fuzzing::wakes(header, queued.len(), peer_ccs, encrypted) {
+            if arrived == flight.len() {
+                return (records, End::Waiting);
+            }
+            arrived = (arrived + piece).min(flight.len());
+            continue;
+        }
+        let mut taken = 0;
+        loop {
+            let rest = &queued[taken..];
+            match fuzzing::frame(rest, peer_ccs, encrypted) {
+                Framing::NeedMore => break,
+                Framing::NotTls if taken > 0 => break,
+                Framing::NotTls => return (records, End::NotTls),
+                Framing::Overflow => return (records, End::Overflow),
+                Framing::HeaderOnly => return (records, End::HeaderOnly),
+                Framing::Record(len) => {
+                    assert!((HEADER..=rest.len()).contains(&len) && len <= MAX_ANY_RECORD);
+                    let announced = HEADER + usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+                    assert_eq!(
+                        len, announced,
+                        "a record of another length than its header's"
+                    );
+                    if rest[0] != 23 && !peer_ccs {
+                        assert!(len <= MAX_PLAINTEXT_RECORD, "a plaintext record over 2^14");
+                    }
+                    records.push(len);
+                    if rest[0] == 20 && tls12 {
+                        peer_ccs = true;
+                    }
+                    taken += len;
+                }
+            }
+        }
+        assert!(
+            taken > 0,
+            "woken with {} bytes queued, yet nothing to take: the driver would spin",
+            queued.len()
+        );
+        consumed += taken;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Seeds
 // ---------------------------------------------------------------------------------------------
 
@@ -717,6 +830,7 @@ pub fn seeds(target: &str, repo: &Path, pki: &Pki) -> Vec<(String, Vec<u8>)> {
         }
         "pem_crl" => pem_seeds(pki),
         "allow_list" => allow_seeds(pki),
+        "record_framing" => framing_seeds(pki),
         _ => panic!("no fuzz target {target:?}; known: {TARGETS:?}"),
     }
 }
@@ -901,4 +1015,116 @@ pub fn init(target: &str, fuzz_crate: &str) {
         let path = out.join(format!("seed-{name}"));
         std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
+}
+
+/// Real client flights (rustls, with a client certificate) of a TLS 1.3 and a TLS 1.2 handshake with
+/// the flags the driver has when each arrives, and hand-made edges: records over the limits, bytes
+/// that are not TLS after whole records, a partial header, an SSLv2 hello.
+fn framing_seeds(pki: &Pki) -> Vec<(String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    for (name, version, flags) in [
+        ("tls13", &rustls::version::TLS13, [0u8, 2]),
+        ("tls12", &rustls::version::TLS12, [0u8, 4]),
+    ] {
+        for (i, flight) in client_flights(pki, version).into_iter().enumerate() {
+            let mut seed = vec![flags[i.min(1)]];
+            seed.extend(flight);
+            seeds.push((format!("{name}-client-flight-{}", i + 1), seed));
+        }
+    }
+    let record = |typ: u8, len: usize| {
+        let mut r = vec![typ, 3, 3];
+        r.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+        r.resize(HEADER + len, 0x41);
+        r
+    };
+    let edges: [(&str, u8, Vec<u8>); 7] = [
+        ("plaintext-over-2-14", 0, record(22, (1 << 14) + 1)),
+        ("over-any-record", 2, record(23, 0xffff)[..64].to_vec()),
+        ("not-tls", 0, b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        (
+            "records-then-garbage",
+            0,
+            [record(22, 2), record(21, 2), b"\x80\x2e\x01".to_vec()].concat(),
+        ),
+        ("partial-header", 0, vec![22, 3]),
+        (
+            "ssl2-hello",
+            0,
+            vec![0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15],
+        ),
+        (
+            "tls12-ccs-then-large",
+            4,
+            [record(20, 1), record(22, (1 << 14) + 2048)].concat(),
+        ),
+    ];
+    for (name, flags, bytes) in edges {
+        let mut seed = vec![flags];
+        seed.extend(bytes);
+        seeds.push((name.to_owned(), seed));
+    }
+    seeds
+}
+
+/// The flights a rustls client (the fixture's node certificate) sends in a handshake with a rustls
+/// server requiring client certificates, over memory.
+fn client_flights(pki: &Pki, version: &'static rustls::SupportedProtocolVersion) -> Vec<Vec<u8>> {
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+    let provider = ringseal::tls::provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.cert_der.clone()).expect("the CA");
+    let roots = Arc::new(roots);
+    let chain = vec![pki.node.cert_der.clone()];
+    let client = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[version])
+        .expect("the version")
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(chain.clone(), pki.node.key())
+        .expect("a client config");
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .expect("a client verifier");
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("the version")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, pki.node.key())
+        .expect("a server config");
+    let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    let mut client = ClientConnection::new(Arc::new(client), name).expect("a client");
+    let mut server = ServerConnection::new(Arc::new(server)).expect("a server");
+    let mut flights = Vec::new();
+    for _ in 0..8 {
+        if !client.is_handshaking() && !server.is_handshaking() {
+            break;
+        }
+        let mut flight = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut flight).expect("writing to memory");
+        }
+        let mut rest = &flight[..];
+        while !rest.is_empty() {
+            server.read_tls(&mut rest).expect("reading from memory");
+            server.process_new_packets().expect("the client's flight");
+        }
+        if !flight.is_empty() {
+            flights.push(flight);
+        }
+        let mut back = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut back).expect("writing to memory");
+        }
+        let mut rest = &back[..];
+        while !rest.is_empty() {
+            client.read_tls(&mut rest).expect("reading from memory");
+            client.process_new_packets().expect("the server's flight");
+        }
+    }
+    assert!(
+        !server.is_handshaking(),
+        "the in-memory handshake did not complete"
+    );
+    flights
 }
