@@ -1,12 +1,13 @@
 //! Entry points for the fuzz targets in `fuzz/` (and their seeded runs in `cargo test`) into code that
-//! is private to the crate. Not an API: each function is a thin wrapper that exists only so a target can
-//! reach the parser it fuzzes without that parser becoming public.
+//! is private to the crate. Not an API: each function is a thin wrapper (or re-export) that exists only
+//! so a target can reach the code it fuzzes without that code becoming public.
 
 use std::net::IpAddr;
 use std::path::Path;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The handshake driver's record framing (`record_framing`).
 pub use crate::relay::handshake::{Framing, frame, wakes};
 use crate::tls::material::MaterialError;
 use crate::tls::verify::AllowList;

@@ -915,10 +915,15 @@ impl Deriver {
             Value::Array(vec![Value::Table(outbound)]),
         );
         self.warnings.sort_by_key(|(line, _)| *line);
+        // Keys and values of the yaml are quoted in them, and each is one log line.
         Derived {
             table,
-            warnings: self.warnings.into_iter().map(|(_, w)| w).collect(),
-            notes: self.notes,
+            warnings: self
+                .warnings
+                .iter()
+                .map(|(_, w)| super::visible(w))
+                .collect(),
+            notes: self.notes.iter().map(|n| super::visible(n)).collect(),
             cluster_name: Some(cluster_name),
         }
     }
@@ -1970,6 +1975,29 @@ mod tests {
         match &node.kind {
             Kind::Map(entries) => entries,
             other => panic!("not a mapping: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn warnings_and_notes_stay_one_line() {
+        // A cipher suite and an unknown key with a line break in them (found by the cassandra_yaml
+        // fuzz target: the suite's name was quoted raw in the warning).
+        let d = ok(
+            "server_encryption_options:\n  cipher_suites: [\"TLS_ECDHE_RSA_WITH_AES_128_G\\nCM_SHA256\"]\n  \
+                    \"odd\\rkey\": 1\n",
+        );
+        for line in d.warnings.iter().chain(&d.notes) {
+            assert!(!line.contains(['\n', '\r']), "{line:?}");
+        }
+        for shown in [
+            r#"suite "TLS_ECDHE_RSA_WITH_AES_128_G\nCM_SHA256""#,
+            r"odd\rkey (line 3)",
+        ] {
+            assert!(
+                d.warnings.iter().any(|w| w.contains(shown)),
+                "{shown} in {:?}",
+                d.warnings
+            );
         }
     }
 

@@ -397,7 +397,7 @@ fn toml_error(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
 
 /// Control characters (a bare carriage return, an escape sequence) written as escapes: the message
 /// stays one line, and a terminal shows it as it is.
-fn visible(s: &str) -> String {
+pub(crate) fn visible(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() && c != '\t' {
