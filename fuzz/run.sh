@@ -190,8 +190,10 @@ for target in "${targets[@]}"; do
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9]*[a-zA-Z]*\).*/\1/p' <<<"$last")
-  crashes=$(ls "artifacts/$target" 2>/dev/null | wc -l)
-  line="$target: $execs executions in ${seconds}s, cov ${cov:-?} ft ${ft:-?}, corpus ${corp:-?} (units/bytes), $(ls "corpus/$target" | wc -l) files, exit status $rc, $crashes artifact(s)"
+  crashes=$( (ls "artifacts/$target" 2>/dev/null || true) | wc -l)
+  # "Done N runs in S second(s)" when the time ran out; a crash stops the run before.
+  took=$(cat "$log" fuzz-*.log 2>/dev/null | sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' | tail -n 1 || true)
+  line="$target: $execs executions in ${took:-less than $seconds }s, cov ${cov:-?} ft ${ft:-?}, corpus ${corp:-?} (units/bytes), $(ls "corpus/$target" | wc -l) files, exit status $rc, $crashes artifact(s)"
   echo "== $line"
   summary+=("$line")
   if [ "$rc" -ne 0 ]; then
