@@ -34,6 +34,9 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod files;
+/// For the fuzz targets in `fuzz/` only.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listener;
 pub mod metrics;
 pub mod pki;

@@ -201,6 +201,22 @@ async fn plaintext_record_beyond_2_14_bytes_gets_record_overflow() {
 }
 
 #[tokio::test]
+async fn plaintext_record_header_beyond_2_14_bytes_is_refused_at_once() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let mut cfg = config(&pki, backend.addr);
+    // An hour: an answer within `within`'s bound is the refusal, not the handshake timeout.
+    cfg.limits.handshake_timeout = std::time::Duration::from_secs(3600);
+    let sidecar = Sidecar::start(cfg).await;
+    // The header of a ClientHello record announcing 2^14 + 1 bytes and the start of its body, alone
+    // in a segment: refused on the header, as when it follows a whole record in the same segment,
+    // without waiting for a body that may never come (found by the record_framing fuzz target).
+    let answer = exchange(sidecar.addr, &[HANDSHAKE, 3, 1, 0x40, 0x01, 1, 0, 0x3f]).await;
+    assert_alert_then_fin("a 2^14 + 1 byte record header", answer, RECORD_OVERFLOW);
+    assert_eq!(backend.accepted(), 0);
+}
+
+#[tokio::test]
 async fn application_data_during_the_handshake_gets_unexpected_message() {
     let pki = Pki::new();
     let (backend, sidecar) = start(&pki).await;

@@ -248,23 +248,33 @@ pub fn derive_with_home(
     yaml_path: &Path,
     cassandra_home: Option<&Path>,
 ) -> Result<Derived, CassandraYamlError> {
-    let path = yaml_path.to_owned();
     let bytes =
         crate::files::read(yaml_path, crate::files::CASSANDRA_YAML).map_err(|e| match e {
             crate::files::ReadError::Io(source) => CassandraYamlError::Read {
-                path: path.clone(),
+                path: yaml_path.to_owned(),
                 source,
             },
             why => CassandraYamlError::Unusable {
-                path: path.clone(),
+                path: yaml_path.to_owned(),
                 why,
             },
         })?;
-    let text = String::from_utf8(bytes.to_vec()).map_err(|e| CassandraYamlError::NotText {
+    derive_bytes(&bytes, yaml_path, cassandra_home)
+}
+
+/// [`derive_with_home`] on the contents of the file, already read: `yaml_path` only names the file in
+/// messages and locates relative paths; nothing is read.
+pub fn derive_bytes(
+    bytes: &[u8],
+    yaml_path: &Path,
+    cassandra_home: Option<&Path>,
+) -> Result<Derived, CassandraYamlError> {
+    let path = yaml_path.to_owned();
+    let text = std::str::from_utf8(bytes).map_err(|e| CassandraYamlError::NotText {
         path: path.clone(),
-        offset: e.utf8_error().valid_up_to(),
+        offset: e.valid_up_to(),
     })?;
-    let root = parse(&text).map_err(|e| match e {
+    let root = parse(text).map_err(|e| match e {
         ParseError::Syntax { message, at } => CassandraYamlError::Syntax {
             path: path.clone(),
             // ("unprintable" contains "tab": match the word.)
@@ -274,7 +284,7 @@ pub fn derive_with_home(
             {
                 "; YAML indents with spaces, never tabs"
             } else {
-                toml_hint(&text)
+                toml_hint(text)
             },
             message,
             line: at.line,
@@ -296,7 +306,7 @@ pub fn derive_with_home(
         notes: Vec::new(),
     };
     let Kind::Map(entries) = &root.kind else {
-        return Err(deriver.type_error("top level", EXPECTED_SETTINGS, &root, toml_hint(&text)));
+        return Err(deriver.type_error("top level", EXPECTED_SETTINGS, &root, toml_hint(text)));
     };
     deriver.derive(entries)
 }
@@ -905,10 +915,15 @@ impl Deriver {
             Value::Array(vec![Value::Table(outbound)]),
         );
         self.warnings.sort_by_key(|(line, _)| *line);
+        // Keys and values of the yaml are quoted in them, and each is one log line.
         Derived {
             table,
-            warnings: self.warnings.into_iter().map(|(_, w)| w).collect(),
-            notes: self.notes,
+            warnings: self
+                .warnings
+                .iter()
+                .map(|(_, w)| super::visible(w))
+                .collect(),
+            notes: self.notes.iter().map(|n| super::visible(n)).collect(),
             cluster_name: Some(cluster_name),
         }
     }
@@ -1960,6 +1975,29 @@ mod tests {
         match &node.kind {
             Kind::Map(entries) => entries,
             other => panic!("not a mapping: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn warnings_and_notes_stay_one_line() {
+        // A cipher suite and an unknown key with a line break in them (found by the cassandra_yaml
+        // fuzz target: the suite's name was quoted raw in the warning).
+        let d = ok(
+            "server_encryption_options:\n  cipher_suites: [\"TLS_ECDHE_RSA_WITH_AES_128_G\\nCM_SHA256\"]\n  \
+                    \"odd\\rkey\": 1\n",
+        );
+        for line in d.warnings.iter().chain(&d.notes) {
+            assert!(!line.contains(['\n', '\r']), "{line:?}");
+        }
+        for shown in [
+            r#"suite "TLS_ECDHE_RSA_WITH_AES_128_G\nCM_SHA256""#,
+            r"odd\rkey (line 3)",
+        ] {
+            assert!(
+                d.warnings.iter().any(|w| w.contains(shown)),
+                "{shown} in {:?}",
+                d.warnings
+            );
         }
     }
 

@@ -4,7 +4,7 @@
 //! rustls suites, and the certificate files are already loaded into a [`TlsMaterial`].
 
 pub mod cassandra;
-mod file;
+pub(crate) mod file;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -329,7 +329,45 @@ impl Config {
     /// Parses config text; relative file names in it are resolved against `path`'s directory.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, path))?;
+        // Values are echoed in messages and logs, which are one line each: a file name or address
+        // with a newline or carriage return in it would break or overwrite the line.
+        let table: toml::Table = toml::from_str(text).map_err(|e| toml_error(&e, text, path))?;
+        if let Some((key, c)) = control_character(&toml::Value::Table(table), String::new()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message: format!(
+                    "contains the control character {:?}; names, addresses and file names are one line \
+                     of printable text",
+                    c
+                ),
+            });
+        }
         file.validate(path)
+    }
+}
+
+/// The first string value (other than a password) holding a control character other than tab, with
+/// its key (`tls.crl[1]`).
+fn control_character(value: &toml::Value, key: String) -> Option<(String, char)> {
+    match value {
+        toml::Value::String(s) if !key.ends_with("password") => s
+            .chars()
+            .find(|c| c.is_control() && *c != '\t')
+            .map(|c| (key, c)),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| control_character(v, format!("{key}[{i}]"))),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| {
+            let key = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
+            control_character(v, key)
+        }),
+        _ => None,
     }
 }
 
@@ -346,12 +384,29 @@ fn toml_error(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
     let at = e.span().map_or_else(String::new, |span| {
         let line = text[..span.start].matches('\n').count() + 1;
         let source = text.lines().nth(line - 1).unwrap_or_default().trim();
-        format!("line {line} `{source}`: ")
+        format!("line {line} `{}`: ", visible(source))
     });
     ConfigError::Parse {
         path: path.to_owned(),
-        message: format!("{at}{}", e.message().trim_end().replace('\n', " ")),
+        message: format!(
+            "{at}{}",
+            visible(&e.message().trim_end().replace('\n', " "))
+        ),
     }
+}
+
+/// Control characters (a bare carriage return, an escape sequence) written as escapes: the message
+/// stays one line, and a terminal shows it as it is.
+pub(crate) fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Where a config comes from: a ringseal file, the node's cassandra.yaml, or both (the ringseal file's

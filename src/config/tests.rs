@@ -628,7 +628,7 @@ impl InvalidCase {
         if !msg.starts_with(&prefix) {
             failures.push(format!("{name}: does not start with {prefix:?}:\n{msg}"));
         }
-        if msg.contains('\n') {
+        if msg.contains(['\n', '\r']) {
             failures.push(format!("{name}: not one line:\n{msg}"));
         }
         for (check, want) in &self.checks {

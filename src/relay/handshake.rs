@@ -20,7 +20,8 @@
 //! a header and then a byte every few seconds costs what it sent, in the kernel.
 //!
 //! # Refusals
-//! * Every record is checked before rustls sees it. A record announcing more than any record may carry
+//! * Every record is checked on its header, before rustls sees it and without waiting for its body
+//!   (wherever the peer's segments end, [`frame`] decides the same). A record announcing more than any record may carry
 //!   (2^14 + 2048 bytes), or a plaintext record (anything but application_data before the peer's
 //!   ChangeCipherSpec) of more than 2^14 bytes, is refused with `record_overflow` (RFC 8446 5.1,
 //!   RFC 5246 6.2.1); rustls itself accepts plaintext records up to 2^14 + 2048 bytes.
@@ -66,7 +67,7 @@ const UNEXPECTED_MESSAGE: u8 = 10;
 /// header no record may have, which the handshake then refuses). `UnexpectedEof` when the peer closes
 /// before.
 pub async fn first_record(tcp: &TcpStream) -> io::Result<()> {
-    queued_records(tcp).await.map(|_| ())
+    queued_records(tcp, &Records::default()).await.map(|_| ())
 }
 
 /// Completes the handshake of `conn` over `tcp`: writes what rustls queues, reads whole records until
@@ -83,7 +84,7 @@ pub async fn handshake(tcp: &TcpStream, conn: &mut rustls::Connection) -> io::Re
         if !conn.is_handshaking() {
             return Ok(());
         }
-        let queued = queued_records(tcp).await?;
+        let queued = queued_records(tcp, &state).await?;
         buf.resize(queued.min(MAX_PEEK), 0);
         let peeked = sys::peek(tcp.as_fd(), &mut buf)?;
         match take(tcp, conn, &buf[..peeked], &mut state) {
@@ -108,45 +109,87 @@ fn take(
     let mut taken = 0;
     while conn.is_handshaking() {
         let rest = &bytes[taken..];
-        let Some(len) = record_len(rest) else {
-            break;
-        };
-        if !is_tls_header(rest) {
-            if taken > 0 {
-                break;
+        match frame(rest, state.peer_ccs, state.sent.encrypted) {
+            Framing::NeedMore => break,
+            // Whole records first; the bytes after them get their own round.
+            Framing::NotTls if taken > 0 => break,
+            Framing::NotTls => {
+                feed(tcp, conn, rest, state)?;
+                return Ok(bytes.len());
             }
-            // Not a TLS record: rustls refuses it with the precise error and alert.
-            feed(tcp, conn, rest, state)?;
-            return Ok(bytes.len());
-        }
-        let plaintext = rest[0] != sys::RECORD_APPLICATION_DATA && !state.peer_ccs;
-        if len > MAX_RECORD || (plaintext && len > HEADER + MAX_PLAINTEXT) {
-            if !state.sent.encrypted {
+            Framing::Overflow => {
                 return Err(state.alert(
                     tcp,
                     RECORD_OVERFLOW,
                     rustls::Error::PeerSentOversizedRecord,
                 ));
             }
-            // Our records are encrypted by now, and rustls refuses this one itself (`decode_error`
-            // beyond 2^14 + 2048 bytes; a plaintext one is out of place after the keys changed).
-            if len > MAX_RECORD {
+            Framing::HeaderOnly => {
                 feed(tcp, conn, &rest[..HEADER], state)?;
                 return Ok(bytes.len());
             }
+            Framing::Record(len) => {
+                feed(tcp, conn, &rest[..len], state)?;
+                if rest[0] == CHANGE_CIPHER_SPEC
+                    && conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2)
+                {
+                    state.peer_ccs = true;
+                }
+                taken += len;
+            }
         }
-        if len > rest.len() {
-            break;
-        }
-        feed(tcp, conn, &rest[..len], state)?;
-        if rest[0] == CHANGE_CIPHER_SPEC
-            && conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2)
-        {
-            state.peer_ccs = true;
-        }
-        taken += len;
     }
     Ok(taken)
+}
+
+/// What the driver does with the bytes at the front of a peeked flight (decided without rustls, so
+/// that `fuzz/` can try it on any bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Less than a header, or a record that has not fully arrived: wait for more.
+    NeedMore,
+    /// Not a TLS record header: rustls refuses the bytes with the precise error and alert.
+    NotTls,
+    /// More than any record (or a plaintext record) may carry, while what we sent is still
+    /// plaintext: refused with our own `record_overflow` alert.
+    Overflow,
+    /// More than any record may carry, after our records became encrypted: rustls gets the header and
+    /// refuses it with its own (encrypted) `decode_error`.
+    HeaderOnly,
+    /// A whole record of this many bytes (header included), for rustls.
+    Record(usize),
+}
+
+/// The decision about the first record of `bytes`: `peer_ccs`, the peer's records are encrypted
+/// (TLS 1.2, after its ChangeCipherSpec); `sent_encrypted`, ours are.
+pub fn frame(bytes: &[u8], peer_ccs: bool, sent_encrypted: bool) -> Framing {
+    frame_queued(bytes, bytes.len(), peer_ccs, sent_encrypted)
+}
+
+/// [`frame`] from the first bytes (a header is enough) and how many bytes are queued in all.
+fn frame_queued(first: &[u8], queued: usize, peer_ccs: bool, sent_encrypted: bool) -> Framing {
+    let Some(len) = record_len(first) else {
+        return Framing::NeedMore;
+    };
+    if !is_tls_header(first) {
+        return Framing::NotTls;
+    }
+    let plaintext = first[0] != sys::RECORD_APPLICATION_DATA && !peer_ccs;
+    if len > MAX_RECORD || (plaintext && len > HEADER + MAX_PLAINTEXT) {
+        if !sent_encrypted {
+            return Framing::Overflow;
+        }
+        // A plaintext record over 2^14 is out of place after the keys changed: rustls refuses it
+        // whole.
+        if len > MAX_RECORD {
+            return Framing::HeaderOnly;
+        }
+    }
+    if len > queued {
+        Framing::NeedMore
+    } else {
+        Framing::Record(len)
+    }
 }
 
 /// The length of the first record in `bytes` (header included), once its header is there.
@@ -160,9 +203,9 @@ fn is_tls_header(h: &[u8]) -> bool {
     (20..=23).contains(&h[0]) && h[1] == 3
 }
 
-/// Waits until the socket holds at least one whole record (or a header no record may have: not TLS,
-/// or announcing more than any record may hold) and returns how many bytes it holds.
-async fn queued_records(tcp: &TcpStream) -> io::Result<usize> {
+/// Waits until the socket holds at least one whole record (or a header the driver refuses at once:
+/// not TLS, or announcing more than the record may hold) and returns how many bytes it holds.
+async fn queued_records(tcp: &TcpStream, state: &Records) -> io::Result<usize> {
     loop {
         let ready = tcp.ready(Interest::READABLE).await?;
         // Inside `try_io`, a `WouldBlock` (nothing whole yet) clears the readiness unless something
@@ -177,11 +220,7 @@ async fn queued_records(tcp: &TcpStream) -> io::Result<usize> {
                 ));
             }
             let queued = sys::queued(tcp.as_fd())?;
-            let whole = match record_len(&header[..n]) {
-                Some(len) => len <= queued || len > MAX_RECORD || !is_tls_header(&header),
-                None => false,
-            };
-            if whole {
+            if wakes(&header[..n], queued, state.peer_ccs, state.sent.encrypted) {
                 Ok(queued.max(n))
             } else if ready.is_read_closed() {
                 Err(io::Error::new(
@@ -198,6 +237,13 @@ async fn queued_records(tcp: &TcpStream) -> io::Result<usize> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether `queued` bytes starting with `header` are worth a round of [`take`]: a whole record, or a
+/// header it refuses at once. The same decision as [`frame`]'s, so that a refusal never depends on
+/// where the peer's segments end.
+pub fn wakes(header: &[u8], queued: usize, peer_ccs: bool, sent_encrypted: bool) -> bool {
+    frame_queued(header, queued, peer_ccs, sent_encrypted) != Framing::NeedMore
 }
 
 /// What the driver knows of the record layer in both directions.
@@ -421,6 +467,25 @@ mod tests {
         assert!(is_tls_header(&[22, 3, 1, 1, 0]));
         assert!(!is_tls_header(b"HTTP/"));
         assert!(!is_tls_header(&[24, 3, 3, 0, 1]));
+    }
+
+    #[test]
+    fn oversized_records_are_refused_on_their_header() {
+        // A plaintext record of 2^14 + 1 bytes, header only: refused now, not after 16 KiB more.
+        let header = [22, 3, 1, 0x40, 0x01];
+        assert!(wakes(&header, HEADER, false, false));
+        assert_eq!(frame(&header, false, false), Framing::Overflow);
+        // Encrypted (after the peer's CCS), the same length is a record to wait for.
+        assert!(!wakes(&header, HEADER, true, false));
+        assert_eq!(frame(&header, true, false), Framing::NeedMore);
+        // Beyond any record: refused on the header either way.
+        let beyond = [23, 3, 3, 0xff, 0xff];
+        assert!(wakes(&beyond, HEADER, true, true));
+        assert_eq!(frame(&beyond, true, true), Framing::HeaderOnly);
+        let mut whole = vec![22, 3, 3, 0, 2, 1, 2, 22];
+        assert_eq!(frame(&whole, false, false), Framing::Record(7));
+        whole.truncate(6);
+        assert!(!wakes(&whole, whole.len(), false, false));
     }
 
     #[test]

@@ -62,7 +62,7 @@
 //!   Records after the KeyUpdate are never read.
 //! * A NewSessionTicket is read and ignored (ringseal never resumes sessions).
 
-mod handshake;
+pub(crate) mod handshake;
 mod ktls;
 mod splice;
 mod userspace;

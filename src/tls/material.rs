@@ -587,7 +587,7 @@ fn read(key: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, MaterialEr
     })
 }
 
-fn certs_from(
+pub(crate) fn certs_from(
     key: &'static str,
     path: &Path,
     bytes: &[u8],
@@ -620,7 +620,7 @@ fn certs_from(
     Ok(certs)
 }
 
-fn key_from(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, MaterialError> {
+pub(crate) fn key_from(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, MaterialError> {
     let content = |message: String| MaterialError::Content {
         key: "tls.key",
         path: path.to_owned(),

@@ -19,18 +19,18 @@ use rustls::{CipherSuite, ProtocolVersion, SupportedCipherSuite, SupportedProtoc
 pub enum SuiteError {
     /// An obsolete protocol version (SSL, TLS 1.0, TLS 1.1).
     #[error(
-        "protocol \"{name}\" is refused: it is deprecated by RFC 8996 (SSL was already prohibited by \
+        "protocol {name:?} is refused: it is deprecated by RFC 8996 (SSL was already prohibited by \
          RFC 6176 and RFC 7568) and has no AEAD ciphers. Use \"TLSv1.2\" (and \"TLSv1.3\") instead."
     )]
     RefusedProtocol { name: String },
     /// A protocol name that is not recognised at all.
     #[error(
-        "unknown protocol \"{name}\". Accepted spellings (case-insensitive) are \"TLSv1.2\", \
+        "unknown protocol {name:?}. Accepted spellings (case-insensitive) are \"TLSv1.2\", \
          \"TLSv1.3\", \"TLS1.2\", \"TLS1.3\", and \"TLS\" for every supported version."
     )]
     UnknownProtocol { name: String },
     /// A real cipher suite that is weak or not implemented by rustls.
-    #[error("cipher suite \"{name}\" is refused: {reasons}. {replacement}")]
+    #[error("cipher suite {name:?} is refused: {reasons}. {replacement}")]
     RefusedSuite {
         name: String,
         reasons: String,
@@ -38,12 +38,12 @@ pub enum SuiteError {
     },
     /// A signalling cipher suite value such as `TLS_EMPTY_RENEGOTIATION_INFO_SCSV`.
     #[error(
-        "\"{name}\" is not a cipher suite: it is a signalling value that the TLS library handles \
+        "{name:?} is not a cipher suite: it is a signalling value that the TLS library handles \
          by itself; remove it from tls.cipher_suites."
     )]
     SignallingValue { name: String },
     /// A name that matches no known cipher suite.
-    #[error("unknown cipher suite \"{name}\".{hint} Supported cipher suites: {supported}.")]
+    #[error("unknown cipher suite {name:?}.{hint} Supported cipher suites: {supported}.")]
     UnknownSuite {
         name: String,
         hint: String,
@@ -51,7 +51,7 @@ pub enum SuiteError {
     },
     /// A supported suite that the configured crypto provider does not offer.
     #[error(
-        "cipher suite \"{name}\" is not offered by the configured crypto provider. \
+        "cipher suite {name:?} is not offered by the configured crypto provider. \
          Suites it offers: {offered}."
     )]
     NotInProvider { name: String, offered: String },

@@ -178,7 +178,7 @@ impl PeerVerifier {
 
 /// The checks on top of the chain, shared by both directions: with `peer` set, `peer` must be an IP SAN
 /// of the certificate (endpoint verification); a non-empty allow-list must match.
-fn check_identity(
+pub(crate) fn check_identity(
     end_entity: &CertificateDer<'_>,
     peer: Option<IpAddr>,
     allow: &AllowList,

@@ -2,6 +2,7 @@
 //! recording backends, TLS clients, and the real binary.
 #![allow(dead_code)]
 
+pub mod mutate;
 pub mod process;
 pub mod stream;
 pub mod tools;
