@@ -616,7 +616,11 @@ struct Keyed<'n, 'a> {
 }
 
 fn last_wins<'n, 'a>(entries: &'n [(Node<'a>, Node<'a>)]) -> Keyed<'n, 'a> {
-    let mut out: Vec<(&'n str, &'n Node<'a>, &'n Node<'a>)> = Vec::new();
+    use std::collections::{HashMap, HashSet};
+    // Indexes by name, not scans: a file of tens of thousands of keys (within the size bound) must
+    // not take quadratic time.
+    let mut merged: Vec<(&'n str, &'n Node<'a>, &'n Node<'a>)> = Vec::new();
+    let mut merged_names: HashSet<&'n str> = HashSet::new();
     let mut dups: Vec<(&'n str, Vec<usize>)> = Vec::new();
     let mut odd = Vec::new();
     // YAML 1.1 merge keys (`<<: *defaults`), which SnakeYAML applies: merged entries come first,
@@ -634,29 +638,48 @@ fn last_wins<'n, 'a>(entries: &'n [(Node<'a>, Node<'a>)]) -> Keyed<'n, 'a> {
                 continue;
             };
             for entry in last_wins(inner).entries {
-                if !out.iter().any(|(n, _, _)| *n == entry.0) {
-                    out.push(entry);
+                if merged_names.insert(entry.0) {
+                    merged.push(entry);
                 }
             }
         }
     }
-    let mut explicit: Vec<(&'n str, usize)> = Vec::new();
+    let mut explicit: Vec<(&'n str, &'n Node<'a>, &'n Node<'a>)> = Vec::new();
+    let mut first_line: HashMap<&'n str, usize> = HashMap::new();
+    let mut dup_of: HashMap<&'n str, usize> = HashMap::new();
+    // Where each name occurs last among the mapping's own keys: that occurrence is the one kept.
+    let mut last: HashMap<&'n str, usize> = HashMap::new();
     for (key, value) in entries.iter().filter(|(k, _)| !is_merge(k)) {
         let Some(name) = key.scalar() else {
             odd.push(key);
             continue;
         };
-        if let Some((_, first_line)) = explicit.iter().find(|(n, _)| *n == name) {
-            match dups.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, lines)) => lines.push(key.at.line),
-                None => dups.push((name, vec![*first_line, key.at.line])),
+        match (first_line.get(name), dup_of.get(name)) {
+            (None, _) => {
+                first_line.insert(name, key.at.line);
             }
-        } else {
-            explicit.push((name, key.at.line));
+            (Some(_), Some(&i)) => dups[i].1.push(key.at.line),
+            (Some(&first), None) => {
+                dup_of.insert(name, dups.len());
+                dups.push((name, vec![first, key.at.line]));
+            }
         }
-        out.retain(|(n, _, _)| *n != name);
-        out.push((name, key, value));
+        last.insert(name, explicit.len());
+        explicit.push((name, key, value));
     }
+    // Merged entries the mapping does not override, in merge order, then the mapping's own keys in the
+    // order of their last occurrence.
+    let mut out: Vec<_> = merged
+        .into_iter()
+        .filter(|(n, _, _)| !last.contains_key(n))
+        .collect();
+    out.extend(
+        explicit
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (n, _, _))| last.get(n) == Some(i))
+            .map(|(_, e)| e),
+    );
     Keyed {
         entries: out,
         duplicates: dups,
