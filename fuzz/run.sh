@@ -17,11 +17,11 @@
 #   cassandra_yaml  cassandra.yaml -> ringseal config (config::cassandra::derive_bytes): errors, warnings
 #                   and notes are one line naming the file; a derived table always renders to TOML that
 #                   deserializes as a ringseal config (with its stores, and with PEM files in their place);
-#                   the redacted rendering shows no password. Seeds: tests/cassandra-yaml/
+#                   the redacted rendering shows no password. Seeds: testdata/cassandra-yaml/
 #   config_toml     TOML -> Config (Config::from_toml); `{cert}`-style placeholders and the shipped
 #                   configs' /etc/ringseal paths name the fixture PKI in fuzz/pki/. Errors are one line
 #                   starting `config <path>: `; a config that loads keeps every invariant the runtime
-#                   relies on and renders (`describe`, Debug). Seeds: config/, tests/invalid-configs/
+#                   relies on and renders (`describe`, Debug). Seeds: config/, testdata/invalid-configs/
 #   pem_crl         the bytes as tls.cert, tls.ca, tls.key and tls.crl (certs_from, key_from,
 #                   TlsMaterial::from_der, add_crls): material only when the key matches the leaf; a CRL
 #                   that add_crls accepts can revoke the fixture's valid node, or fail to apply to it, but

@@ -17,22 +17,16 @@
 //!   `unsafe`).
 //! * [`metrics`]: every metric name and label value; [`admin`] serves them (`/metrics`, `/healthz`,
 //!   `/readyz`) when `[metrics]` is configured.
-//! * [`pki`]: `ringseal certs` (cluster CA, node certificates, CSR signing) and the demo's certificates.
-//! * [`doctor`]: `ringseal check`, the PKI report and its warnings.
-//! * [`demo`]: `ringseal demo`, the whole thing on loopback with a live summary.
-//! * [`bench`]: `ringseal bench`, ringseal and stunnel/HAProxy/nginx sidecar pairs measured side by side.
+//! * [`pki`]: certificates for `ringseal certs` (cluster CA, node certificates, CSR signing), the demo
+//!   and the tests.
 //!
-//! [`Server::bind`] then [`Server::serve`] (or [`run`]) is the whole sidecar; `main` only parses the
-//! command line and config and calls it.
+//! [`Server::bind`] then [`Server::serve`] (or [`run`]) is the whole sidecar. The `ringseal` command and
+//! its tools (`check`, `rules`, `certs`, `demo`, `bench`) are the `ringseal-cli` crate in `cli/`.
 
 #![deny(unsafe_code)]
 
 pub mod admin;
-pub mod bench;
-pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod doctor;
 pub mod files;
 /// For the fuzz targets in `fuzz/` only.
 #[doc(hidden)]

@@ -1,5 +1,5 @@
 //! What each fuzz target checks, and the seeds it starts from: shared by the cargo-fuzz targets in
-//! `fuzz_targets/` and by their seeded short runs in ringseal's `cargo test` (`tests/fuzz_seeded.rs`
+//! `fuzz_targets/` and by their seeded short runs in ringseal's `cargo test` (`cli/tests/fuzz_seeded.rs`
 //! includes this file), so both run exactly the same properties.
 //!
 //! Every check returns a short label of the outcome (the tests count them, to notice seeds that stop
@@ -817,10 +817,10 @@ fn drive(flight: &[u8], piece: usize, flags: u8) -> (Vec<usize>, End) {
 pub fn seeds(target: &str, repo: &Path, pki: &Pki) -> Vec<(String, Vec<u8>)> {
     match target {
         "sniff" => sniff_seeds(),
-        "cassandra_yaml" => files(&repo.join("tests/cassandra-yaml"), &["yaml", "toml"]),
+        "cassandra_yaml" => files(&repo.join("testdata/cassandra-yaml"), &["yaml", "toml"]),
         "config_toml" => {
             let mut out = files(&repo.join("config"), &["toml"]);
-            out.extend(files(&repo.join("tests/invalid-configs"), &["toml"]));
+            out.extend(files(&repo.join("testdata/invalid-configs"), &["toml"]));
             out.extend(
                 EXTRA_CONFIGS
                     .iter()

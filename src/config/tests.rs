@@ -2,7 +2,7 @@
 //!
 //! * Every `*.toml` under `config/` (the reference file and the examples) must parse and fully validate
 //!   once its `[tls]` files are replaced by certificates generated here.
-//! * Every file in `tests/invalid-configs/` must be refused with the message its first line announces,
+//! * Every file in `testdata/invalid-configs/` must be refused with the message its first line announces,
 //!   `# expect: <substring>`, and the message must start with `config <its path>: `. More header lines
 //!   may follow: `# expect: S` (contains S), `# expect-not: S` (does not contain S, e.g. a wrong hint),
 //!   and every message must be a single line.
@@ -578,7 +578,7 @@ enum Check {
     Lacks,
 }
 
-/// One file of `tests/invalid-configs/`, read.
+/// One file of `testdata/invalid-configs/`, read.
 struct InvalidCase {
     name: String,
     text: String,
@@ -648,7 +648,7 @@ impl InvalidCase {
 }
 
 fn invalid_cases() -> Vec<InvalidCase> {
-    let cases: Vec<_> = toml_files(&manifest_dir().join("tests/invalid-configs"))
+    let cases: Vec<_> = toml_files(&manifest_dir().join("testdata/invalid-configs"))
         .iter()
         .map(|p| InvalidCase::read(p))
         .collect();
@@ -665,7 +665,7 @@ fn assert_no_failures(failures: &[String], cases: usize) {
     );
 }
 
-/// Each file of `tests/invalid-configs/` is refused with its `# expect:` message, naming the config file.
+/// Each file of `testdata/invalid-configs/` is refused with its `# expect:` message, naming the config file.
 #[test]
 fn invalid_configs_fail_with_their_message() {
     let m = Material::generate();

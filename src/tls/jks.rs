@@ -596,7 +596,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     //! Crafted stores for what keytool never writes (version 1, foreign algorithms and types, duplicate
-    //! aliases, odd aliases). tests/jks.rs covers real keytool files.
+    //! aliases, odd aliases). cli/tests/jks.rs covers real keytool files.
 
     use super::*;
 

@@ -42,7 +42,7 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` every second, with config/alerts.yml loaded. Prometheus
     /// cannot listen on port 0, so a free port is picked and the start retried if someone takes it first.
     async fn start(binary: &str, target: SocketAddr) -> Self {
-        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/alerts.yml");
+        let rules = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("config/alerts.yml");
         let mut last_log = String::new();
         for _attempt in 0..5 {
             let port = {

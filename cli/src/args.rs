@@ -26,44 +26,10 @@ pub enum Command {
     /// binding ports. Warns about v1 certificates, missing IP SANs, expiry within 30 days, SHA-1, RSA
     /// below 2048 bits, an OU other than the cluster name. Exit status: 0 fine (warnings allowed), 1 an
     /// error in the PKI (our chain does not verify), 64 the config cannot be loaded.
-    Check {
-        #[command(flatten)]
-        sources: SourceArgs,
-        /// Print the report as JSON (for monitoring and configuration management).
-        #[arg(long)]
-        json: bool,
-    },
+    Check(CheckArgs),
     /// Print (or apply, or remove) the nftables rules that redirect the node's connections to peers'
     /// storage port through the transparent outbound listener.
-    Rules {
-        /// The ringseal TOML config (it needs an [[outbound]] with transparent = true).
-        #[arg(
-            long,
-            short,
-            env = "RINGSEAL_CONFIG",
-            required_unless_present = "remove"
-        )]
-        config: Option<PathBuf>,
-        /// Cassandra's plaintext storage_port on every node.
-        #[arg(long, default_value_t = 7000)]
-        storage_port: u16,
-        /// The uid ringseal runs as; its own connections are not redirected. Default: the `ringseal`
-        /// user (without one, --uid is required).
-        #[arg(long)]
-        uid: Option<u32>,
-        /// Also refuse storage-port connections that do not come from this host.
-        #[arg(long)]
-        strict: bool,
-        /// Print an iptables (legacy) script instead of an nftables ruleset.
-        #[arg(long, conflicts_with_all = ["apply", "remove"])]
-        iptables: bool,
-        /// Load the rules now (nft -f), replacing an earlier version.
-        #[arg(long, conflicts_with = "remove")]
-        apply: bool,
-        /// Remove ringseal's table (and only it).
-        #[arg(long)]
-        remove: bool,
-    },
+    Rules(RulesArgs),
     /// Issue certificates: a cluster CA, node certificates (PEM + PKCS#12), or sign a keytool CSR.
     Certs {
         #[command(subcommand)]
@@ -103,8 +69,8 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    pub fn sources(&self) -> crate::config::Sources {
-        crate::config::Sources {
+    pub fn sources(&self) -> ringseal::config::Sources {
+        ringseal::config::Sources {
             config: self.config.clone(),
             cassandra_yaml: self.cassandra_yaml.clone(),
         }
@@ -188,7 +154,7 @@ pub enum KeyTypeArg {
     Rsa4096,
 }
 
-impl From<KeyTypeArg> for crate::pki::KeyType {
+impl From<KeyTypeArg> for ringseal::pki::KeyType {
     fn from(k: KeyTypeArg) -> Self {
         match k {
             KeyTypeArg::EcdsaP256 => Self::EcdsaP256,
@@ -249,4 +215,46 @@ pub struct BenchArgs {
     /// Write an SVG chart of the suites, key types, groups and peers side by side to FILE.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+}
+
+// `ringseal check` (its help text is on `Command::Check`).
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub sources: SourceArgs,
+    /// Print the report as JSON (for monitoring and configuration management).
+    #[arg(long)]
+    pub json: bool,
+}
+
+// `ringseal rules` (its help text is on `Command::Rules`).
+#[derive(Debug, clap::Args)]
+pub struct RulesArgs {
+    /// The ringseal TOML config (it needs an [[outbound]] with transparent = true).
+    #[arg(
+        long,
+        short,
+        env = "RINGSEAL_CONFIG",
+        required_unless_present = "remove"
+    )]
+    pub config: Option<PathBuf>,
+    /// Cassandra's plaintext storage_port on every node.
+    #[arg(long, default_value_t = 7000)]
+    pub storage_port: u16,
+    /// The uid ringseal runs as; its own connections are not redirected. Default: the `ringseal`
+    /// user (without one, --uid is required).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Also refuse storage-port connections that do not come from this host.
+    #[arg(long)]
+    pub strict: bool,
+    /// Print an iptables (legacy) script instead of an nftables ruleset.
+    #[arg(long, conflicts_with_all = ["apply", "remove"])]
+    pub iptables: bool,
+    /// Load the rules now (nft -f), replacing an earlier version.
+    #[arg(long, conflicts_with = "remove")]
+    pub apply: bool,
+    /// Remove ringseal's table (and only it).
+    #[arg(long)]
+    pub remove: bool,
 }

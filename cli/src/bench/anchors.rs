@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::{KeyKind, Peer, Suite};
-use crate::pki::{Ca, Identity, NodeSpec};
+use ringseal::pki::{Ca, Identity, NodeSpec};
 
 /// How long a proxy may take to listen after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -52,7 +52,6 @@ pub struct Certs {
     pub pem: PathBuf,
     pub ca_der: rustls_pki_types::CertificateDer<'static>,
     pub node: Identity,
-    pub kind: KeyKind,
 }
 
 impl Certs {
@@ -74,7 +73,6 @@ impl Certs {
             dir: dir.to_owned(),
             ca_der: ca.cert_der.clone(),
             node,
-            kind,
         };
         let write = |p: &Path, s: &str| {
             std::fs::write(p, s).with_context(|| format!("writing {}", p.display()))
@@ -229,7 +227,6 @@ pub struct Cpu {
 
 /// A running pair.
 pub struct Pair {
-    pub peer: Peer,
     /// The outbound side's plaintext address: where the "node" connects.
     pub entry: SocketAddr,
     /// The inbound side's mutual-TLS address.
@@ -265,7 +262,6 @@ impl Pair {
         let (inbound, tls) = Side::Inbound.start(peer, spec, &dir, spec.backend)?;
         let (outbound, entry) = Side::Outbound.start(peer, spec, &dir, tls)?;
         Ok(Self {
-            peer,
             entry,
             tls,
             outbound,

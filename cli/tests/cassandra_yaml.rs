@@ -1,8 +1,8 @@
 //! `--cassandra-yaml`: a ringseal config derived from realistic cassandra.yaml files of Cassandra 3.11,
 //! 4.0, 4.1 (its new key spellings), 5.0 (PEM, outbound keystore, the 5.0 authenticator) and trunk
-//! (password files), in `tests/cassandra-yaml/`. Each derived table is compared key by key, every
+//! (password files), in `testdata/cassandra-yaml/`. Each derived table is compared key by key, every
 //! warning is checked to name its key, a ringseal config overrides the derived one, and every file of
-//! `tests/cassandra-yaml/invalid/` (plus generated garbage) fails with its exact message. No network,
+//! `testdata/cassandra-yaml/invalid/` (plus generated garbage) fails with its exact message. No network,
 //! no ports.
 
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use toml::{Table, Value};
 
 /// The fixtures folder, as the derived absolute paths spell it.
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cassandra-yaml")
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("testdata/cassandra-yaml")
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -658,7 +658,7 @@ fn a_derived_config_loads_pem_stores_and_an_outbound_keystore() {
     assert!(!err.contains("not-the-password"), "{err}");
 }
 
-/// Every file of `tests/cassandra-yaml/invalid/` and the exact message it fails with (after
+/// Every file of `testdata/cassandra-yaml/invalid/` and the exact message it fails with (after
 /// "cassandra.yaml <path>: ").
 const INVALID: &[(&str, &str)] = &[
     (

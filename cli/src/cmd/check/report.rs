@@ -12,10 +12,10 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::Config;
-use crate::tls::v1::{self, V1Trust};
-use crate::tls::verify::classify;
-use crate::tls::x509::{CertInfo, fmt_time};
+use ringseal::config::Config;
+use ringseal::tls::v1::{self, V1Trust};
+use ringseal::tls::verify::classify;
+use ringseal::tls::x509::{CertInfo, fmt_time};
 
 /// Certificates expiring sooner than this are warned about.
 const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -181,7 +181,7 @@ pub fn examine(config: &Config, purpose: Purpose) -> Report {
         true,
         material.clone(),
         config.tls.crl_expired,
-        crate::tls::provider().signature_verification_algorithms,
+        ringseal::tls::provider().signature_verification_algorithms,
     );
     let origin =
         |(key, path): &(&'static str, std::path::PathBuf)| format!("{key} {}", path.display());
@@ -284,7 +284,7 @@ pub fn examine(config: &Config, purpose: Purpose) -> Report {
 /// Our own chain against our own trust store, for one usage: "ok" or the reason.
 fn verify_own(
     chain: &[CertificateDer<'static>],
-    material: &crate::tls::material::TlsMaterial,
+    material: &ringseal::tls::material::TlsMaterial,
     v1_trust: &V1Trust,
     usage: webpki::KeyUsage,
 ) -> String {
@@ -293,10 +293,12 @@ fn verify_own(
         v1_trust.verify_leaf(&chain[0], now)
     } else {
         webpki::EndEntityCert::try_from(&chain[0])
-            .map_err(crate::tls::verify::webpki_error)
+            .map_err(ringseal::tls::verify::webpki_error)
             .and_then(|ee| {
                 ee.verify_for_usage(
-                    crate::tls::provider().signature_verification_algorithms.all,
+                    ringseal::tls::provider()
+                        .signature_verification_algorithms
+                        .all,
                     &material.roots.roots,
                     &chain[1..],
                     now,
@@ -305,7 +307,7 @@ fn verify_own(
                     None,
                 )
                 .map(|_| ())
-                .map_err(crate::tls::verify::webpki_error)
+                .map_err(ringseal::tls::verify::webpki_error)
             })
     };
     match result {
@@ -439,7 +441,7 @@ pub fn render(report: &Report, config: &Config) -> String {
             ca.subject, ca.version, ca.key, ca.not_after, ca.days_left
         );
     }
-    out.push_str(&crate::config::describe(config));
+    out.push_str(&ringseal::config::describe(config));
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {w}");
     }

@@ -1,7 +1,7 @@
 //! Short, deterministic runs of the fuzz targets in `fuzz/` (the sniffer, cassandra.yaml derivation,
 //! TOML -> `Config`, PEM/CRL loading, allow-list matching, the handshake driver's record framing): the
 //! same checks and seeds as the targets (`fuzz/src/lib.rs`, included below), on a few thousand seeded
-//! mutations each, so that `cargo test` notices a regression without nightly Rust. The JKS reader's run is in `tests/jks.rs`. A failure
+//! mutations each, so that `cargo test` notices a regression without nightly Rust. The JKS reader's run is in `cli/tests/jks.rs`. A failure
 //! prints the input; `fuzz/run.sh` is the real, open-ended fuzzing.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::path::Path;
 mod common;
 // `init` and `Pki::for_fuzzing` are for the fuzz processes only.
 #[allow(dead_code)]
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 mod harness;
 
 use common::mutate::mutate;
@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 fn run(target: &str, rounds: usize, seed: u64, expected: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let pki = harness::Pki::at(dir.path());
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let seeds = harness::seeds(target, repo, &pki);
     assert!(!seeds.is_empty());
     let mut outcomes = BTreeMap::<&str, usize>::new();

@@ -20,11 +20,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Inbound, Mode, Outbound, Target, TlsSettings};
-use crate::pki::{Ca, Identity, NodeSpec};
-use crate::tls::material::TlsMaterial;
-use crate::tls::verify::AllowList;
-use crate::{Server, metrics as m};
+use ringseal::config::{Config, Inbound, Mode, Outbound, Target, TlsSettings};
+use ringseal::pki::{Ca, Identity, NodeSpec};
+use ringseal::tls::material::TlsMaterial;
+use ringseal::tls::verify::AllowList;
+use ringseal::{Server, metrics as m};
+
+use crate::signals::on_signals;
 
 const CLUSTER: &str = "DemoCluster";
 /// Bytes per message each node sends and reads back.
@@ -40,8 +42,25 @@ struct Node {
     outbound: Vec<SocketAddr>,
 }
 
+pub fn run(duration: Duration, runtime: &tokio::runtime::Runtime) -> std::process::ExitCode {
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn(on_signals(stop.clone(), None));
+        match demo(duration, stop).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!("error: demo failed: {e:#}\n"),
+                );
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 /// Runs the demo for `duration` or until `stop`.
-pub async fn run(duration: Duration, stop: CancellationToken) -> anyhow::Result<()> {
+async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()> {
     let metrics = m::install();
     let ca = Ca::new(CLUSTER)?;
     let impostor_ca = Ca::new("ImpostorCluster")?;
@@ -211,7 +230,7 @@ fn nodes_ip(i: u8) -> IpAddr {
 
 fn client_config(roots: &Arc<RootCertStore>, id: &Identity) -> anyhow::Result<Arc<ClientConfig>> {
     Ok(Arc::new(
-        ClientConfig::builder_with_provider(crate::tls::provider())
+        ClientConfig::builder_with_provider(ringseal::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots.clone())
             .with_client_auth_cert(vec![id.cert_der.clone()], id.key())?,

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rustls::crypto::SupportedKxGroup;
 
-use crate::cli::BenchArgs;
+use crate::args::BenchArgs;
 use anchors::{Certs, Pair};
 use report::{Key, Results};
 use workload::Backend;
@@ -127,8 +127,8 @@ impl KeyKind {
         }
     }
 
-    pub fn pki(self) -> crate::pki::KeyType {
-        use crate::pki::KeyType;
+    pub fn pki(self) -> ringseal::pki::KeyType {
+        use ringseal::pki::KeyType;
         match self {
             Self::EcdsaP256 => KeyType::EcdsaP256,
             Self::Ed25519 => KeyType::Ed25519,
@@ -1230,9 +1230,9 @@ mod tests {
         assert!(find_suite("TLS_AES_128_GCM_SHA256").unwrap().tls13);
         assert!(find_suite("TLS_RSA_WITH_AES_128_CBC_SHA").is_none());
         // Every suite ringseal's config accepts is in the table, and TLS 1.2 suites say their key.
-        let provider = crate::tls::provider();
+        let provider = ringseal::tls::provider();
         for s in &provider.cipher_suites {
-            let name = crate::tls::suites::iana_name(*s);
+            let name = ringseal::tls::suites::iana_name(*s);
             let ours = find_suite(name).unwrap_or_else(|| panic!("{name} missing"));
             assert_eq!(ours.tls13, ours.key.is_none());
         }
@@ -1240,8 +1240,8 @@ mod tests {
 
     #[test]
     fn plan_groups_steps_by_suite_and_key() {
-        let args = <crate::cli::Cli as clap::Parser>::parse_from(["ringseal", "bench", "--quick"]);
-        let crate::cli::Command::Bench(a) = args.command else {
+        let args = <crate::args::Cli as clap::Parser>::parse_from(["ringseal", "bench", "--quick"]);
+        let crate::args::Command::Bench(a) = args.command else {
             panic!("not bench")
         };
         let o = Options::from_args(a).unwrap();

@@ -1,7 +1,7 @@
 //! `offload` on this host, with the real binary: the start-up line says whether kTLS is available and
 //! why not, `require` refuses to start without it, and every connection is counted by the path it took
 //! (`offload="ktls|userspace"` for TLS, `"splice"` for permissive plaintext). The kTLS path itself is
-//! proved in a VM (`tests/ktls_vm.rs`); this machine's kernel has no kTLS.
+//! proved in a VM (`cli/tests/ktls_vm.rs`); this machine's kernel has no kTLS.
 
 mod common;
 

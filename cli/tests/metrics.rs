@@ -262,7 +262,7 @@ fn run_promtool(promtool: &str, args: &[&str], stdin: &str) -> String {
 }
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
 }
 
 fn unix(t: SystemTime) -> f64 {

@@ -311,11 +311,11 @@ pub async fn churn(entry: SocketAddr, duration: Duration, workers: usize) -> any
 /// A client config that offers exactly one suite and one key exchange group, with the node
 /// certificate for client authentication and no resumption (every connection a full handshake).
 pub fn tls_client(certs: &Certs, suite: &Suite, group: Group) -> anyhow::Result<Arc<ClientConfig>> {
-    let base = crate::tls::provider();
+    let base = ringseal::tls::provider();
     let cs = base
         .cipher_suites
         .iter()
-        .find(|s| crate::tls::suites::iana_name(**s) == suite.iana)
+        .find(|s| ringseal::tls::suites::iana_name(**s) == suite.iana)
         .copied()
         .with_context(|| format!("{} is not in the crypto provider", suite.iana))?;
     let provider = rustls::crypto::CryptoProvider {

@@ -1,0 +1,41 @@
+//! `ringseal run`: load the config, say what `check` would warn about, bind, serve until a signal.
+
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use super::check::report::{Purpose, examine};
+use super::config_error;
+use crate::args::SourceArgs;
+use crate::signals::on_signals;
+
+pub fn run(sources: &SourceArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let loaded = match sources.sources().load() {
+        Ok(loaded) => loaded,
+        Err(e) => return config_error(&e),
+    };
+    if let Some(derived) = &loaded.derived {
+        for w in &derived.warnings {
+            tracing::warn!("cassandra.yaml: {w}");
+        }
+        for n in &derived.notes {
+            tracing::info!("cassandra.yaml: {n}");
+        }
+    }
+    // What `check` would warn about is worth a line at start-up too: an operator who never runs
+    // `check` still learns that peers will refuse this node.
+    let report = examine(&loaded.config, Purpose::Startup);
+    for w in report.warnings.iter().chain(&report.errors) {
+        tracing::warn!("{w}");
+    }
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let server = match ringseal::Server::bind(loaded.config).await {
+            Ok(s) => s,
+            Err(e) => return config_error(&e),
+        };
+        tokio::spawn(on_signals(shutdown.clone(), Some(server.reload_handle())));
+        server.serve(shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
