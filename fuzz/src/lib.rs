@@ -324,7 +324,11 @@ pub fn cassandra_yaml(pki: &Pki, data: &[u8]) -> &'static str {
                 CassandraYamlError::Empty { .. } => "empty",
                 CassandraYamlError::MultipleDocuments { .. } => "documents",
                 CassandraYamlError::Type { .. } => "type",
-                CassandraYamlError::Invalid { .. } => "invalid",
+                CassandraYamlError::SamePorts { .. }
+                | CassandraYamlError::AddressAndInterface { .. }
+                | CassandraYamlError::WildcardAddress { .. }
+                | CassandraYamlError::InternodeEncryption { .. }
+                | CassandraYamlError::LegacyPortTwice { .. } => "invalid",
                 CassandraYamlError::Read { .. } | CassandraYamlError::Unusable { .. } => {
                     panic!("derive_bytes read a file: {message}")
                 }

@@ -53,8 +53,8 @@ pub enum ConfigError {
         key: &'static str,
         source: SuiteError,
     },
-    #[error("{0}")]
-    Cassandra(String),
+    #[error(transparent)]
+    Cassandra(#[from] cassandra::CassandraYamlError),
     #[error("config {path}: {source}")]
     Material {
         path: PathBuf,
@@ -436,7 +436,7 @@ impl Sources {
                 derived: None,
             });
         };
-        let derived = cassandra::derive(yaml).map_err(|e| ConfigError::Cassandra(e.to_string()))?;
+        let derived = cassandra::derive(yaml)?;
         let mut table = derived.table.clone();
         // Derived paths are absolute; relative paths of the ringseal file resolve against its directory.
         let base = match &self.config {

@@ -1,0 +1,230 @@
+//! Deriving a ringseal config from the node's own `cassandra.yaml` (`--cassandra-yaml`).
+//!
+//! [`derive`] reads the file Cassandra reads and turns `server_encryption_options` and the port and
+//! address settings into a ringseal config, as a TOML table; [`merge`] lays a ringseal config file
+//! over it (the file wins key by key), and the result deserializes into the file structs like any
+//! ringseal config. Cassandra does not have to be running, and nothing is resolved or connected:
+//! host names and interfaces are reported, not looked up. Every key inside
+//! `server_encryption_options` is either mapped or named in a warning; docs/cassandra-yaml.md lists
+//! each key, what ringseal does with it and why.
+//!
+//! The way through: [`yaml`] (the text as a tree, with positions) -> [`options`] and
+//! [`server_encryption`] (the settings as Cassandra reads them, read with [`values`]) ->
+//! [`mapping`] (the ringseal table, with [`findings`]: warnings and notes).
+
+mod error;
+mod findings;
+mod mapping;
+mod options;
+mod server_encryption;
+mod values;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use toml::{Table, Value};
+
+pub use error::CassandraYamlError;
+pub use yaml::SyntaxError;
+
+use findings::Findings;
+use mapping::{Mapped, Mapper};
+use values::{EXPECTED_SETTINGS, Reader};
+use yaml::{Kind, ParseError};
+
+/// A ringseal config derived from a cassandra.yaml.
+pub struct Derived {
+    /// A ringseal config as a TOML table, ready to be merged with (overridden by) a ringseal config
+    /// file and deserialized into `FileConfig`. Paths in it are absolute.
+    pub table: Table,
+    /// One line per cassandra.yaml key or value ringseal cannot honour, naming the key and why.
+    pub warnings: Vec<String>,
+    /// Facts about the derivation that need no action (defaults used, where relative paths were
+    /// resolved, what `internode_encryption: none` means here). For `check` to print.
+    pub notes: Vec<String>,
+    /// `cluster_name`, or Cassandra's default "Test Cluster" when the file does not set it.
+    pub cluster_name: Option<String>,
+}
+
+impl Derived {
+    /// The table as TOML text with every password replaced by `"<redacted>"`: what `check` prints.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut table = self.table.clone();
+        redact(&mut table);
+        toml::to_string(&table).unwrap_or_else(|e| format!("# cannot render the table: {e}\n"))
+    }
+}
+
+/// Passwords never appear in Debug output.
+impl fmt::Debug for Derived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut table = self.table.clone();
+        redact(&mut table);
+        f.debug_struct("Derived")
+            .field("table", &table)
+            .field("warnings", &self.warnings)
+            .field("notes", &self.notes)
+            .field("cluster_name", &self.cluster_name)
+            .finish()
+    }
+}
+
+fn redact(table: &mut Table) {
+    for (key, value) in table.iter_mut() {
+        match value {
+            Value::Table(t) => redact(t),
+            Value::Array(items) => items.iter_mut().for_each(|v| {
+                if let Value::Table(t) = v {
+                    redact(t);
+                }
+            }),
+            Value::String(s) if key.ends_with("password") => *s = "<redacted>".into(),
+            _ => {}
+        }
+    }
+}
+
+/// Reads `yaml_path` and derives a ringseal config from it. Relative paths in it are resolved
+/// against `$CASSANDRA_HOME` when that is set (see [`derive_with_home`]).
+pub fn derive(yaml_path: &Path) -> Result<Derived, CassandraYamlError> {
+    let home = std::env::var_os("CASSANDRA_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    derive_with_home(yaml_path, home.as_deref())
+}
+
+/// [`derive`] with `CASSANDRA_HOME` given instead of read from the environment.
+pub fn derive_with_home(
+    yaml_path: &Path,
+    cassandra_home: Option<&Path>,
+) -> Result<Derived, CassandraYamlError> {
+    let bytes =
+        crate::files::read(yaml_path, crate::files::CASSANDRA_YAML).map_err(|e| match e {
+            crate::files::ReadError::Io(source) => CassandraYamlError::Read {
+                path: yaml_path.to_owned(),
+                source,
+            },
+            why => CassandraYamlError::Unusable {
+                path: yaml_path.to_owned(),
+                why,
+            },
+        })?;
+    derive_bytes(&bytes, yaml_path, cassandra_home)
+}
+
+/// [`derive_with_home`] on the contents of the file, already read: `yaml_path` only names the file in
+/// messages and locates relative paths; nothing is read.
+pub fn derive_bytes(
+    bytes: &[u8],
+    yaml_path: &Path,
+    cassandra_home: Option<&Path>,
+) -> Result<Derived, CassandraYamlError> {
+    let path = yaml_path.to_owned();
+    let text = std::str::from_utf8(bytes).map_err(|e| CassandraYamlError::NotText {
+        path: path.clone(),
+        offset: e.valid_up_to(),
+    })?;
+    let root = yaml::parse(text).map_err(|e| parse_error(e, &path, text))?;
+    let mut reader = Reader {
+        path,
+        findings: Findings::default(),
+    };
+    let Kind::Map(entries) = &root.kind else {
+        return Err(reader.type_error("top level", EXPECTED_SETTINGS, &root, toml_hint(text)));
+    };
+    let yaml = reader.read(entries)?;
+    let (base, base_why) = base_dir(yaml_path, cassandra_home);
+    let mapper = Mapper {
+        base,
+        base_why,
+        relative_resolved: false,
+        findings: reader.findings,
+    };
+    let Mapped { table, findings } = mapper.map(&yaml);
+    let (warnings, notes) = findings.into_lines();
+    Ok(Derived {
+        table,
+        warnings,
+        notes,
+        cluster_name: Some(yaml.cluster_name),
+    })
+}
+
+fn parse_error(e: ParseError, path: &Path, text: &str) -> CassandraYamlError {
+    let path = path.to_owned();
+    match e {
+        ParseError::Syntax { error, at } => CassandraYamlError::Syntax {
+            path,
+            hint: syntax_hint(&error, text),
+            error,
+            line: at.line,
+            column: at.column,
+        },
+        ParseError::Empty => CassandraYamlError::Empty { path },
+        ParseError::MultipleDocuments { at } => CassandraYamlError::MultipleDocuments {
+            path,
+            line: at.line,
+        },
+    }
+}
+
+fn syntax_hint(error: &SyntaxError, text: &str) -> &'static str {
+    // ("unprintable" contains "tab": match the word.)
+    let message = error.to_string();
+    if message
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|w| w == "tab" || w == "tabs")
+    {
+        "; YAML indents with spaces, never tabs"
+    } else {
+        toml_hint(text)
+    }
+}
+
+/// Deep merge: `overrides` (a parsed ringseal config) wins key by key inside tables; arrays (e.g.
+/// `[[inbound]]`) and every other value are replaced whole.
+pub fn merge(base: &mut Table, overrides: Table) {
+    for (key, value) in overrides {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// What Cassandra's relative paths are relative to (its working directory, normally
+/// CASSANDRA_HOME), and why (for the note).
+fn base_dir(yaml_path: &Path, cassandra_home: Option<&Path>) -> (PathBuf, &'static str) {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    if let Some(home) = cassandra_home {
+        return (absolute(home), "$CASSANDRA_HOME");
+    }
+    let yaml = absolute(yaml_path);
+    let dir = yaml.parent().unwrap_or(Path::new("/")).to_owned();
+    match dir.parent() {
+        Some(parent) if dir.file_name().is_some_and(|n| n == "conf") => (
+            parent.to_owned(),
+            "the parent of the yaml's conf directory, i.e. CASSANDRA_HOME of a tarball install",
+        ),
+        _ => (
+            dir,
+            "the yaml's directory; set $CASSANDRA_HOME if Cassandra runs elsewhere",
+        ),
+    }
+}
+
+/// A hint for a TOML file given where a cassandra.yaml belongs (the ringseal config is TOML).
+fn toml_hint(text: &str) -> &'static str {
+    if text.parse::<Table>().is_ok_and(|t| !t.is_empty()) {
+        "; this is TOML (a ringseal config?): pass the ringseal config with --config and the node's \
+         cassandra.yaml with --cassandra-yaml"
+    } else {
+        ""
+    }
+}
