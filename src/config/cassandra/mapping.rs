@@ -397,7 +397,6 @@ fn insert_password(tls: &mut Table, store: &str, password: &Option<(&'static str
     }
 }
 
-/// `tls.protocols` and `tls.cipher_suites`: what Java would enable of them, minus what ringseal refuses.
 impl Mapper {
     /// `tls.protocols` and `tls.cipher_suites`: what ringseal accepts of them, consistent together.
     fn protocols_and_suites(&mut self, seo: &ServerEncryptionOptions, tls: &mut Table) {
