@@ -8,8 +8,8 @@
 
 use std::fmt::Write as _;
 
+use super::catalog::{Metric, Peer, STimeClient, Test};
 use super::report::Results;
-use super::{Metric, Peer, Test};
 
 const WIDTH_MIN: f64 = 900.0;
 const PANEL_H: f64 = 250.0;
@@ -59,10 +59,7 @@ fn panel(
                     format!("{} {}", row.key.suite.short, row.key.key_type.name())
                 }
             }
-            Test::STime => format!(
-                "s_time, {}",
-                row.key.client.map_or("", super::STimeClient::label)
-            ),
+            Test::STime => format!("s_time, {}", row.key.client.map_or("", STimeClient::label)),
             _ => row.key.scenario(),
         };
         let values = peers

@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Group, KeyKind, Metric, Options, Peer, STimeClient, Suite, Test};
+use super::catalog::{Group, KeyKind, Metric, Peer, STimeClient, Suite, Test};
+use super::options::Options;
 
 /// What a row measures.
 #[derive(Debug, Clone, Copy)]
@@ -337,7 +338,7 @@ pub fn table(r: &Results) -> String {
                     None => match cell.and_then(|c| c.note.as_ref()) {
                         Some(n) => {
                             let tag = note_tag(n);
-                            let msg = format!("{}: {}", p.name(), clip(super::first_line(n)));
+                            let msg = format!("{}: {}", p.name(), clip(first_line(n)));
                             if !notes.contains(&msg) {
                                 notes.push(msg);
                             }
@@ -391,6 +392,11 @@ fn note_tag(note: &str) -> &'static str {
     } else {
         "failed"
     }
+}
+
+/// The headline of a multi-line error (the rest stays in JSON and CSV).
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
 }
 
 /// A note short enough for a table footnote (JSON and CSV keep it whole).
@@ -478,7 +484,7 @@ pub fn csv(r: &Results) -> String {
     let num = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
     for j in flat(r) {
         let note = j.note.map_or(String::new(), |n| {
-            format!("\"{}\"", super::first_line(n).replace('"', "\"\""))
+            format!("\"{}\"", first_line(n).replace('"', "\"\""))
         });
         let _ = writeln!(
             out,
@@ -520,7 +526,7 @@ mod tests {
         let mut row = Row {
             key: Key {
                 test: Test::Bulk,
-                suite: super::super::default_suite(),
+                suite: crate::bench::catalog::default_suite(),
                 key_type: KeyKind::EcdsaP256,
                 group: None,
                 client: None,
