@@ -14,13 +14,13 @@ pub struct Suite {
     pub short: &'static str,
     pub tls13: bool,
     /// The certificate a TLS 1.2 suite needs (`None`: TLS 1.3, any key type).
-    pub key: Option<KeyKind>,
+    pub tls12_key: Option<KeyKind>,
 }
 
 impl Suite {
     /// The key type its certificates have in this bench: TLS 1.3 suites use ECDSA P-256.
-    pub fn key(&self) -> KeyKind {
-        self.key.unwrap_or(KeyKind::EcdsaP256)
+    pub fn key_type(&self) -> KeyKind {
+        self.tls12_key.unwrap_or(KeyKind::EcdsaP256)
     }
 
     pub fn protocol(&self) -> &'static str {
@@ -32,14 +32,14 @@ const fn suite(
     iana: &'static str,
     openssl: &'static str,
     short: &'static str,
-    key: Option<KeyKind>,
+    tls12_key: Option<KeyKind>,
 ) -> Suite {
     Suite {
         iana,
         openssl,
         short,
-        tls13: key.is_none(),
-        key,
+        tls13: tls12_key.is_none(),
+        tls12_key,
     }
 }
 
@@ -57,7 +57,7 @@ pub static SUITES: [Suite; 9] = [
     suite("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE-RSA-CHACHA20-POLY1305", "1.2 RSA CHACHA20", Some(KeyKind::Rsa2048)),
 ];
 
-/// The suite of the handshake, key-exchange, s_time and memory tests (and of the targets).
+/// The suite of the handshake, key-exchange, s_time and memory tests.
 pub fn default_suite() -> &'static Suite {
     &SUITES[0]
 }
@@ -367,7 +367,7 @@ mod tests {
         for s in &provider.cipher_suites {
             let name = ringseal::tls::suites::iana_name(*s);
             let ours = find_suite(name).unwrap_or_else(|| panic!("{name} missing"));
-            assert_eq!(ours.tls13, ours.key.is_none());
+            assert_eq!(ours.tls13, ours.tls12_key.is_none());
         }
     }
 }

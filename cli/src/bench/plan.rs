@@ -94,10 +94,10 @@ pub fn plan(o: &Options) -> Vec<Setup> {
     };
     for s in &o.suites {
         if o.wants(Test::Bulk) {
-            add(s, s.key(), Step::Bulk);
+            add(s, s.key_type(), Step::Bulk);
         }
         if o.wants(Test::Latency) {
-            add(s, s.key(), Step::Latency);
+            add(s, s.key_type(), Step::Latency);
         }
     }
     let d = default_suite();

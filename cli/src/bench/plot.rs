@@ -53,7 +53,7 @@ fn panel(
     {
         let label = match row.key.test {
             Test::Bulk | Test::Latency => {
-                if row.key.suite.key() == row.key.key_type {
+                if row.key.suite.key_type() == row.key.key_type {
                     row.key.suite.short.to_owned()
                 } else {
                     format!("{} {}", row.key.suite.short, row.key.key_type.name())

@@ -1,8 +1,8 @@
 //! What was measured, and how it is shown: medians of the interleaved runs, ratios against ringseal,
 //! the terminal table, JSON and CSV.
 //!
-//! The ratio printed next to a peer's value is **ringseal ÷ peer**, so the targets read
-//! directly: throughput 2.3x means ringseal moves 2.3 times as much; CPU 0.5x means ringseal needs
+//! The ratio printed next to a peer's value is **ringseal ÷ peer**, so it reads as ringseal's
+//! standing: throughput 2.3x means ringseal moves 2.3 times as much; CPU 0.5x means ringseal needs
 //! half the CPU. For throughput and handshakes/s above 1 is better for ringseal; for CPU, latency
 //! and memory below 1 is.
 
@@ -44,7 +44,7 @@ impl Key {
     pub fn scenario(&self) -> String {
         match self.test {
             Test::Bulk | Test::Latency => {
-                if self.suite.key() == self.key_type {
+                if self.suite.key_type() == self.key_type {
                     self.suite.iana.to_owned()
                 } else {
                     format!("{} ({})", self.suite.iana, self.key_type.name())
