@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::bench::BenchArgs;
+
 /// Mutual TLS for Apache Cassandra's internode traffic, as a sidecar: accepts mTLS on the TLS port,
 /// verifies the peer against the cluster CA, and forwards plaintext to the local storage port.
 #[derive(Debug, Parser)]
@@ -162,59 +164,6 @@ impl From<KeyTypeArg> for ringseal::pki::KeyType {
             KeyTypeArg::Rsa4096 => Self::Rsa4096,
         }
     }
-}
-
-/// `ringseal bench ...`
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// Cipher suites for the bulk and latency comparison, IANA or OpenSSL names, comma-separated.
-    /// TLS 1.2 ECDSA suites run with ECDSA P-256 certificates, RSA suites with RSA 2048. Default:
-    /// all nine (--quick: TLS_AES_128_GCM_SHA256 and TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).
-    #[arg(long, value_delimiter = ',')]
-    pub suites: Vec<String>,
-    /// Key types for the handshake comparison, comma-separated. Default: all (--quick: ecdsa-p256,
-    /// ed25519).
-    #[arg(long, value_delimiter = ',', value_enum)]
-    pub key_types: Vec<crate::bench::KeyKind>,
-    /// Key exchange groups the handshake driver offers (one at a time) to each inbound side,
-    /// comma-separated. Default: all.
-    #[arg(long, value_delimiter = ',', value_enum)]
-    pub groups: Vec<crate::bench::Group>,
-    /// Which tests to run, comma-separated. Default: all.
-    #[arg(long, value_delimiter = ',', value_enum)]
-    pub tests: Vec<crate::bench::Test>,
-    /// Bytes per bulk transfer (one connection): 2GiB, 512M, 1000000000 ... Default: 2GiB
-    /// (--quick: 64MiB).
-    #[arg(long, value_parser = crate::bench::parse_size)]
-    pub bytes: Option<u64>,
-    /// How long each handshake and ping-pong run lasts. Default: 5s (--quick: 1s).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Idle connections for the memory test; needs about 2 open files per connection in this
-    /// process and in each proxy (the limit is raised when allowed). Default: 10000 (--quick: 200).
-    #[arg(long)]
-    pub connections: Option<usize>,
-    /// Runs of every measurement, interleaved across peers; medians are reported. Default: 3
-    /// (--quick: 1).
-    #[arg(long)]
-    pub repeat: Option<usize>,
-    /// Also measure these proxies as sidecar pairs in the same run, comma-separated (Debian
-    /// packages stunnel4, haproxy, nginx + libnginx-mod-stream). A missing one is skipped with a
-    /// note.
-    #[arg(long, value_delimiter = ',', value_enum)]
-    pub compare: Vec<crate::bench::Anchor>,
-    /// CI-sized run: smaller defaults for everything above (a minute or two on two cores).
-    #[arg(long)]
-    pub quick: bool,
-    /// JSON instead of the table on stdout; --json=FILE writes it to FILE and keeps the table.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    pub json: Option<PathBuf>,
-    /// CSV instead of the table on stdout; --csv=FILE writes it to FILE and keeps the table.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    pub csv: Option<PathBuf>,
-    /// Write an SVG chart of the suites, key types, groups and peers side by side to FILE.
-    #[arg(long, value_name = "FILE.svg")]
-    pub plot: Option<PathBuf>,
 }
 
 // `ringseal check` (its help text is on `Command::Check`).

@@ -8,8 +8,8 @@
 
 use std::fmt::Write as _;
 
+use super::catalog::{Metric, Peer, STimeClient, Test};
 use super::report::Results;
-use super::{Metric, Peer, Test};
 
 const WIDTH_MIN: f64 = 900.0;
 const PANEL_H: f64 = 250.0;
@@ -30,12 +30,12 @@ fn colour(p: Peer) -> &'static str {
 }
 
 /// A group of bars: its label and each peer's value (`None`: no measurement).
-type Group = (String, Vec<(Peer, Option<f64>)>);
+type BarGroup = (String, Vec<(Peer, Option<f64>)>);
 
 struct Panel {
     title: String,
     unit: &'static str,
-    groups: Vec<Group>,
+    groups: Vec<BarGroup>,
 }
 
 fn panel(
@@ -53,16 +53,13 @@ fn panel(
     {
         let label = match row.key.test {
             Test::Bulk | Test::Latency => {
-                if row.key.suite.key() == row.key.key_type {
+                if row.key.suite.key_type() == row.key.key_type {
                     row.key.suite.short.to_owned()
                 } else {
                     format!("{} {}", row.key.suite.short, row.key.key_type.name())
                 }
             }
-            Test::STime => format!(
-                "s_time, {}",
-                row.key.client.map_or("", super::STimeClient::label)
-            ),
+            Test::STime => format!("s_time, {}", row.key.client.map_or("", STimeClient::label)),
             _ => row.key.scenario(),
         };
         let values = peers
@@ -125,6 +122,18 @@ fn short(v: f64) -> String {
     }
 }
 
+/// The panels in chart order, each with the tests and metric it shows; panels without rows are left
+/// out.
+#[rustfmt::skip]
+const PANELS: [(&[Test], Metric, &str); 6] = [
+    (&[Test::Bulk], Metric::GbitPerSec, "Bulk throughput through the pair, per suite"),
+    (&[Test::Bulk], Metric::CpuSecPerGb, "Proxy CPU per GB (both sides), per suite"),
+    (&[Test::Latency], Metric::AddedP99Us, "Added p99 latency, 1 KiB ping-pong, per suite"),
+    (&[Test::Handshake], Metric::HandshakesPerSec, "Mutual handshakes/s through the pair, per key type"),
+    (&[Test::Kx, Test::STime], Metric::ServerCpuMsPerHandshake, "Server CPU per full mutual handshake, per key exchange"),
+    (&[Test::Memory], Metric::MemKibPerConnPair, "Memory per idle connection (both sides)"),
+];
+
 /// The whole chart as an SVG document.
 pub fn svg(r: &Results) -> String {
     // The direct baseline is a ceiling, not a competitor: it is named in the header instead.
@@ -133,41 +142,10 @@ pub fn svg(r: &Results) -> String {
         .into_iter()
         .filter(|p| *p != Peer::Direct)
         .collect();
-    let panels: Vec<Panel> = [
-        (
-            &[Test::Bulk][..],
-            Metric::GbitPerSec,
-            "Bulk throughput through the pair, per suite",
-        ),
-        (
-            &[Test::Bulk],
-            Metric::CpuSecPerGb,
-            "Proxy CPU per GB (both sides), per suite",
-        ),
-        (
-            &[Test::Latency],
-            Metric::AddedP99Us,
-            "Added p99 latency, 1 KiB ping-pong, per suite",
-        ),
-        (
-            &[Test::Handshake],
-            Metric::HandshakesPerSec,
-            "Mutual handshakes/s through the pair, per key type",
-        ),
-        (
-            &[Test::Kx, Test::STime],
-            Metric::ServerCpuMsPerHandshake,
-            "Server CPU per full mutual handshake, per key exchange",
-        ),
-        (
-            &[Test::Memory],
-            Metric::MemKibPerConnPair,
-            "Memory per idle connection (both sides)",
-        ),
-    ]
-    .iter()
-    .filter_map(|(t, m, title)| panel(r, &peers, t, *m, title))
-    .collect();
+    let panels: Vec<Panel> = PANELS
+        .iter()
+        .filter_map(|(t, m, title)| panel(r, &peers, t, *m, title))
+        .collect();
 
     let bars = peers.len().max(1) as f64;
     let most_groups = panels.iter().map(|p| p.groups.len()).max().unwrap_or(1) as f64;
@@ -180,6 +158,18 @@ pub fn svg(r: &Results) -> String {
 <svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">
 <rect x="0" y="0" width="{width:.0}" height="{height:.0}" fill="white"/>"#
     );
+    header(&mut s, r);
+    legend(&mut s, &peers);
+    for (i, panel) in panels.iter().enumerate() {
+        let top = HEADER + i as f64 * PANEL_H;
+        draw_panel(&mut s, panel, top, width - LEFT - RIGHT, bars);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The title and the machine line (with the direct loopback ceiling, when measured).
+fn header(s: &mut String, r: &Results) {
     let m = &r.meta;
     let direct = r
         .find(Test::Bulk, Metric::GbitPerSec)
@@ -205,9 +195,11 @@ pub fn svg(r: &Results) -> String {
             }
         ))
     );
-    // Legend.
+}
+
+fn legend(s: &mut String, peers: &[Peer]) {
     let mut x = LEFT;
-    for p in &peers {
+    for p in peers {
         let _ = writeln!(
             s,
             r#"<g class="legend" data-series="{name}"><rect x="{x:.1}" y="46" width="12" height="12" fill="{c}"/><text x="{tx:.1}" y="56">{name}</text></g>"#,
@@ -217,97 +209,133 @@ pub fn svg(r: &Results) -> String {
         );
         x += 24.0 + 7.0 * p.name().len() as f64;
     }
+}
 
-    for (i, panel) in panels.iter().enumerate() {
-        let top = HEADER + i as f64 * PANEL_H;
-        let plot_h = PANEL_H - TOP - BOTTOM;
-        let plot_w = width - LEFT - RIGHT;
-        let base = top + TOP + plot_h;
-        let max = panel
-            .groups
-            .iter()
-            .flat_map(|(_, v)| v.iter().filter_map(|(_, x)| *x))
-            .fold(0.0f64, f64::max);
-        let step = tick_step(max);
-        let ymax = (max / step).ceil().max(1.0) * step;
-        let y = |v: f64| base - (v.max(0.0) / ymax) * plot_h;
-        let _ = writeln!(
-            s,
-            r#"<g class="panel" data-unit="{}"><text x="{LEFT}" y="{:.1}" font-size="12" font-weight="bold">{}</text>"#,
-            esc(panel.unit),
-            top + 20.0,
-            esc(&panel.title)
-        );
-        let decimals = if step >= 1.0 {
-            0
-        } else if step >= 0.1 {
-            1
-        } else {
-            2
-        };
-        let mut t = 0.0;
-        while t <= ymax + step / 2.0 {
-            let ty = y(t);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{LEFT}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}" stroke="#dee2e6"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#495057">{}</text>"##,
-                LEFT + plot_w,
-                LEFT - 6.0,
-                ty + 4.0,
-                format_args!("{t:.decimals$}")
-            );
-            t += step;
-        }
-        let slot = plot_w / panel.groups.len() as f64;
-        let bar_w = (slot * 0.8 / bars).min(40.0);
-        for (g, (label, values)) in panel.groups.iter().enumerate() {
-            let x0 = LEFT + g as f64 * slot + (slot - bar_w * bars) / 2.0;
-            for (k, (peer, v)) in values.iter().enumerate() {
-                let bx = x0 + k as f64 * bar_w;
-                match v {
-                    Some(v) => {
-                        let by = y(*v);
-                        let _ = writeln!(
-                            s,
-                            r#"<rect class="bar" data-series="{p}" data-group="{gl}" data-value="{v}" x="{bx:.1}" y="{by:.1}" width="{w:.1}" height="{h:.1}" fill="{c}"><title>{p}, {gl}: {vs} {u}</title></rect><text x="{tx:.1}" y="{ty:.1}" text-anchor="middle" font-size="9">{vs}</text>"#,
-                            p = peer.name(),
-                            gl = esc(label),
-                            w = (bar_w - 2.0).max(1.0),
-                            h = (base - by).max(0.5),
-                            c = colour(*peer),
-                            vs = short(*v),
-                            u = esc(panel.unit),
-                            tx = bx + bar_w / 2.0 - 1.0,
-                            ty = by - 3.0,
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            s,
-                            r##"<text class="missing" data-series="{p}" x="{tx:.1}" y="{ty:.1}" text-anchor="middle" font-size="8" fill="#868e96">n/a</text>"##,
-                            p = peer.name(),
-                            tx = bx + bar_w / 2.0 - 1.0,
-                            ty = base - 3.0,
-                        );
-                    }
-                }
-            }
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                LEFT + g as f64 * slot + slot / 2.0,
-                base + 16.0,
-                esc(label)
-            );
+/// One panel at `top`: title, y axis with round ticks, a group of bars per row, the baseline.
+fn draw_panel(s: &mut String, panel: &Panel, top: f64, plot_w: f64, bars: f64) {
+    let plot_h = PANEL_H - TOP - BOTTOM;
+    let base = top + TOP + plot_h;
+    let max = panel
+        .groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().filter_map(|(_, x)| *x))
+        .fold(0.0f64, f64::max);
+    let step = tick_step(max);
+    let ymax = (max / step).ceil().max(1.0) * step;
+    let axis = Axis { base, plot_h, ymax };
+    let _ = writeln!(
+        s,
+        r#"<g class="panel" data-unit="{}"><text x="{LEFT}" y="{:.1}" font-size="12" font-weight="bold">{}</text>"#,
+        esc(panel.unit),
+        top + 20.0,
+        esc(&panel.title)
+    );
+    ticks(s, &axis, step, plot_w);
+    let slot = plot_w / panel.groups.len() as f64;
+    let bar_w = (slot * 0.8 / bars).min(40.0);
+    for (g, (label, values)) in panel.groups.iter().enumerate() {
+        let x0 = LEFT + g as f64 * slot + (slot - bar_w * bars) / 2.0;
+        for (k, (peer, v)) in values.iter().enumerate() {
+            let bar = Bar {
+                peer: *peer,
+                group: label,
+                unit: panel.unit,
+                x: x0 + k as f64 * bar_w,
+                width: bar_w,
+            };
+            draw_bar(s, &axis, &bar, *v);
         }
         let _ = writeln!(
             s,
-            r##"<line x1="{LEFT}" x2="{:.1}" y1="{base:.1}" y2="{base:.1}" stroke="#212529"/></g>"##,
-            LEFT + plot_w
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + g as f64 * slot + slot / 2.0,
+            base + 16.0,
+            esc(label)
         );
     }
-    s.push_str("</svg>\n");
-    s
+    let _ = writeln!(
+        s,
+        r##"<line x1="{LEFT}" x2="{:.1}" y1="{base:.1}" y2="{base:.1}" stroke="#212529"/></g>"##,
+        LEFT + plot_w
+    );
+}
+
+/// A panel's vertical scale: `base` is the y of zero, `plot_h` the height of `ymax`.
+struct Axis {
+    base: f64,
+    plot_h: f64,
+    ymax: f64,
+}
+
+impl Axis {
+    fn y(&self, v: f64) -> f64 {
+        self.base - (v.max(0.0) / self.ymax) * self.plot_h
+    }
+}
+
+/// Grid lines and their labels every `step` from zero to the top.
+fn ticks(s: &mut String, axis: &Axis, step: f64, plot_w: f64) {
+    let decimals = if step >= 1.0 {
+        0
+    } else if step >= 0.1 {
+        1
+    } else {
+        2
+    };
+    let mut t = 0.0;
+    while t <= axis.ymax + step / 2.0 {
+        let ty = axis.y(t);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}" stroke="#dee2e6"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#495057">{}</text>"##,
+            LEFT + plot_w,
+            LEFT - 6.0,
+            ty + 4.0,
+            format_args!("{t:.decimals$}")
+        );
+        t += step;
+    }
+}
+
+/// Where one peer's bar of one group goes.
+struct Bar<'a> {
+    peer: Peer,
+    group: &'a str,
+    unit: &'a str,
+    x: f64,
+    width: f64,
+}
+
+/// The bar with its value on top, or "n/a" where the peer has no measurement.
+fn draw_bar(s: &mut String, axis: &Axis, bar: &Bar, value: Option<f64>) {
+    let (bx, bar_w, base) = (bar.x, bar.width, axis.base);
+    match value {
+        Some(v) => {
+            let by = axis.y(v);
+            let _ = writeln!(
+                s,
+                r#"<rect class="bar" data-series="{p}" data-group="{gl}" data-value="{v}" x="{bx:.1}" y="{by:.1}" width="{w:.1}" height="{h:.1}" fill="{c}"><title>{p}, {gl}: {vs} {u}</title></rect><text x="{tx:.1}" y="{ty:.1}" text-anchor="middle" font-size="9">{vs}</text>"#,
+                p = bar.peer.name(),
+                gl = esc(bar.group),
+                w = (bar_w - 2.0).max(1.0),
+                h = (base - by).max(0.5),
+                c = colour(bar.peer),
+                vs = short(v),
+                u = esc(bar.unit),
+                tx = bx + bar_w / 2.0 - 1.0,
+                ty = by - 3.0,
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                r##"<text class="missing" data-series="{p}" x="{tx:.1}" y="{ty:.1}" text-anchor="middle" font-size="8" fill="#868e96">n/a</text>"##,
+                p = bar.peer.name(),
+                tx = bx + bar_w / 2.0 - 1.0,
+                ty = base - 3.0,
+            );
+        }
+    }
 }
 
 #[cfg(test)]

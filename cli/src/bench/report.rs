@@ -1,8 +1,8 @@
 //! What was measured, and how it is shown: medians of the interleaved runs, ratios against ringseal,
 //! the terminal table, JSON and CSV.
 //!
-//! The ratio printed next to a peer's value is **ringseal ÷ peer**, so the issue's targets read
-//! directly: throughput 2.3x means ringseal moves 2.3 times as much; CPU 0.5x means ringseal needs
+//! The ratio printed next to a peer's value is **ringseal ÷ peer**, so it reads as ringseal's
+//! standing: throughput 2.3x means ringseal moves 2.3 times as much; CPU 0.5x means ringseal needs
 //! half the CPU. For throughput and handshakes/s above 1 is better for ringseal; for CPU, latency
 //! and memory below 1 is.
 
@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Group, KeyKind, Metric, Options, Peer, STimeClient, Suite, Test};
+use super::catalog::{Group, KeyKind, Metric, Peer, STimeClient, Suite, Test};
+use super::options::Options;
 
 /// What a row measures.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +44,7 @@ impl Key {
     pub fn scenario(&self) -> String {
         match self.test {
             Test::Bulk | Test::Latency => {
-                if self.suite.key() == self.key_type {
+                if self.suite.key_type() == self.key_type {
                     self.suite.iana.to_owned()
                 } else {
                     format!("{} ({})", self.suite.iana, self.key_type.name())
@@ -232,7 +233,8 @@ impl Results {
     }
 }
 
-fn section(test: Test, m: &Meta) -> String {
+/// The heading of a test's section: what was measured, and how.
+fn section_title(test: Test, m: &Meta) -> String {
     let size = if m.bytes >= 1 << 30 {
         format!("{:.2} GiB", m.bytes as f64 / (1u64 << 30) as f64)
     } else {
@@ -296,88 +298,103 @@ pub fn table(r: &Results) -> String {
         }
     );
     let peers = r.peers();
-    let mut tests: Vec<Test> = r.rows.iter().map(|row| row.key.test).collect();
-    tests.dedup();
-    let mut seen = Vec::new();
+    let mut tests: Vec<Test> = Vec::new();
+    for row in &r.rows {
+        if !tests.contains(&row.key.test) {
+            tests.push(row.key.test);
+        }
+    }
     for test in tests {
-        if seen.contains(&test) {
-            continue;
-        }
-        seen.push(test);
         let rows: Vec<&Row> = r.rows.iter().filter(|row| row.key.test == test).collect();
-        let cols: Vec<Peer> = peers
-            .iter()
-            .copied()
-            .filter(|p| rows.iter().any(|row| row.cells.contains_key(p)))
-            .collect();
-        let mut lines: Vec<Vec<String>> = Vec::new();
-        let mut head = vec!["".to_owned(), "".to_owned()];
-        head.extend(cols.iter().map(|p| p.name().to_owned()));
-        lines.push(head);
-        let mut notes: Vec<String> = Vec::new();
-        let mut last = String::new();
-        for row in &rows {
-            let scenario = row.key.scenario();
-            let mut line = vec![
-                if scenario == last {
-                    String::new()
-                } else {
-                    scenario.clone()
-                },
-                row.key.metric.label().to_owned(),
-            ];
-            last = scenario;
-            for p in &cols {
-                let cell = row.cells.get(p);
-                let text = match cell.and_then(Cell::median) {
-                    Some(v) => match row.ratio(*p) {
-                        Some(x) => format!("{} ({x:.2}x)", fmt_value(v, row.key.metric)),
-                        None => fmt_value(v, row.key.metric),
-                    },
-                    None => match cell.and_then(|c| c.note.as_ref()) {
-                        Some(n) => {
-                            let tag = note_tag(n);
-                            let msg = format!("{}: {}", p.name(), clip(super::first_line(n)));
-                            if !notes.contains(&msg) {
-                                notes.push(msg);
-                            }
-                            tag.to_owned()
-                        }
-                        None => "-".to_owned(),
-                    },
-                };
-                line.push(text);
-            }
-            lines.push(line);
-        }
-        let _ = writeln!(out, "\n{}", section(test, m));
-        let ncol = lines[0].len();
-        let widths: Vec<usize> = (0..ncol)
-            .map(|i| {
-                lines
-                    .iter()
-                    .map(|l| l[i].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for l in &lines {
-            let mut s = String::new();
-            for (i, cell) in l.iter().enumerate() {
-                let pad = widths[i] - cell.chars().count();
-                if i < 2 {
-                    s.push_str(cell);
-                    s.push_str(&" ".repeat(pad + 2));
-                } else {
-                    s.push_str(&" ".repeat(pad + 2));
-                    s.push_str(cell);
+        let _ = writeln!(out, "\n{}", section_title(test, m));
+        out.push_str(&test_section(&rows, &peers));
+    }
+    out
+}
+
+/// One test's rows: a column per peer that has a cell in them, then the notes of empty cells.
+fn test_section(rows: &[&Row], peers: &[Peer]) -> String {
+    let cols: Vec<Peer> = peers
+        .iter()
+        .copied()
+        .filter(|p| rows.iter().any(|row| row.cells.contains_key(p)))
+        .collect();
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    let mut head = vec!["".to_owned(), "".to_owned()];
+    head.extend(cols.iter().map(|p| p.name().to_owned()));
+    lines.push(head);
+    let mut notes: Vec<String> = Vec::new();
+    let mut last = String::new();
+    for row in rows {
+        // A scenario with several metrics is named on its first line only.
+        let scenario = row.key.scenario();
+        let mut line = vec![
+            if scenario == last {
+                String::new()
+            } else {
+                scenario.clone()
+            },
+            row.key.metric.label().to_owned(),
+        ];
+        last = scenario;
+        line.extend(cols.iter().map(|p| cell_text(row, *p, &mut notes)));
+        lines.push(line);
+    }
+    let mut out = aligned(&lines);
+    for n in notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
+    out
+}
+
+/// A peer's cell: the median with its ratio, or one word for why there is none (the why itself
+/// goes to `notes`, once).
+fn cell_text(row: &Row, peer: Peer, notes: &mut Vec<String>) -> String {
+    let cell = row.cells.get(&peer);
+    match cell.and_then(Cell::median) {
+        Some(v) => match row.ratio(peer) {
+            Some(x) => format!("{} ({x:.2}x)", fmt_value(v, row.key.metric)),
+            None => fmt_value(v, row.key.metric),
+        },
+        None => match cell.and_then(|c| c.note.as_ref()) {
+            Some(n) => {
+                let msg = format!("{}: {}", peer.name(), clip(first_line(n)));
+                if !notes.contains(&msg) {
+                    notes.push(msg);
                 }
+                note_tag(n).to_owned()
             }
-            let _ = writeln!(out, "{}", s.trim_end());
+            None => "-".to_owned(),
+        },
+    }
+}
+
+/// The lines as columns: the two label columns left-aligned, the peers' right-aligned.
+fn aligned(lines: &[Vec<String>]) -> String {
+    let ncol = lines[0].len();
+    let widths: Vec<usize> = (0..ncol)
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for l in lines {
+        let mut s = String::new();
+        for (i, cell) in l.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            if i < 2 {
+                s.push_str(cell);
+                s.push_str(&" ".repeat(pad + 2));
+            } else {
+                s.push_str(&" ".repeat(pad + 2));
+                s.push_str(cell);
+            }
         }
-        for n in notes {
-            let _ = writeln!(out, "  note: {n}");
-        }
+        let _ = writeln!(out, "{}", s.trim_end());
     }
     out
 }
@@ -391,6 +408,11 @@ fn note_tag(note: &str) -> &'static str {
     } else {
         "failed"
     }
+}
+
+/// The headline of a multi-line error (the rest stays in JSON and CSV).
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
 }
 
 /// A note short enough for a table footnote (JSON and CSV keep it whole).
@@ -478,7 +500,7 @@ pub fn csv(r: &Results) -> String {
     let num = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
     for j in flat(r) {
         let note = j.note.map_or(String::new(), |n| {
-            format!("\"{}\"", super::first_line(n).replace('"', "\"\""))
+            format!("\"{}\"", first_line(n).replace('"', "\"\""))
         });
         let _ = writeln!(
             out,
@@ -520,7 +542,7 @@ mod tests {
         let mut row = Row {
             key: Key {
                 test: Test::Bulk,
-                suite: super::super::default_suite(),
+                suite: crate::bench::catalog::default_suite(),
                 key_type: KeyKind::EcdsaP256,
                 group: None,
                 client: None,

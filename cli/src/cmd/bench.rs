@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use crate::args::BenchArgs;
+use crate::bench::BenchArgs;
 
 pub fn run(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     match runtime.block_on(crate::bench::run(args)) {

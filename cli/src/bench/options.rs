@@ -1,0 +1,241 @@
+//! `ringseal bench`'s command line: the clap arguments (every `///` is `--help` text) and the
+//! [`Options`] they resolve to, with the `--quick` defaults filled in and every bound checked once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::catalog::{Anchor, Group, KeyKind, SUITES, Suite, Test, find_suite};
+
+/// `ringseal bench ...`
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Cipher suites for the bulk and latency comparison, IANA or OpenSSL names, comma-separated.
+    /// TLS 1.2 ECDSA suites run with ECDSA P-256 certificates, RSA suites with RSA 2048. Default:
+    /// all nine (--quick: TLS_AES_128_GCM_SHA256 and TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).
+    #[arg(long, value_delimiter = ',')]
+    pub suites: Vec<String>,
+    /// Key types for the handshake comparison, comma-separated. Default: all (--quick: ecdsa-p256,
+    /// ed25519).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub key_types: Vec<KeyKind>,
+    /// Key exchange groups the handshake driver offers (one at a time) to each inbound side,
+    /// comma-separated. Default: all.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub groups: Vec<Group>,
+    /// Which tests to run, comma-separated. Default: all.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub tests: Vec<Test>,
+    /// Bytes per bulk transfer (one connection): 2GiB, 512M, 1000000000 ... Default: 2GiB
+    /// (--quick: 64MiB).
+    #[arg(long, value_parser = parse_size)]
+    pub bytes: Option<u64>,
+    /// How long each handshake and ping-pong run lasts. Default: 5s (--quick: 1s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Idle connections for the memory test; needs about 2 open files per connection in this
+    /// process and in each proxy (the limit is raised when allowed). Default: 10000 (--quick: 200).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Runs of every measurement, interleaved across peers; medians are reported. Default: 3
+    /// (--quick: 1).
+    #[arg(long)]
+    pub repeat: Option<usize>,
+    /// Also measure these proxies as sidecar pairs in the same run, comma-separated (Debian
+    /// packages stunnel4, haproxy, nginx + libnginx-mod-stream). A missing one is skipped with a
+    /// note.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub compare: Vec<Anchor>,
+    /// CI-sized run: smaller defaults for everything above (a minute or two on two cores).
+    #[arg(long)]
+    pub quick: bool,
+    /// JSON instead of the table on stdout; --json=FILE writes it to FILE and keeps the table.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
+    /// CSV instead of the table on stdout; --csv=FILE writes it to FILE and keeps the table.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub csv: Option<PathBuf>,
+    /// Write an SVG chart of the suites, key types, groups and peers side by side to FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+/// Where `--json` / `--csv` go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Output {
+    fn from_arg(path: Option<PathBuf>) -> Option<Self> {
+        path.map(|p| {
+            if p.as_os_str() == "-" {
+                Self::Stdout
+            } else {
+                Self::File(p)
+            }
+        })
+    }
+}
+
+/// The command line resolved: defaults (or `--quick` defaults) filled in.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub suites: Vec<&'static Suite>,
+    pub key_types: Vec<KeyKind>,
+    pub groups: Vec<Group>,
+    pub tests: Vec<Test>,
+    pub bytes: u64,
+    pub duration: Duration,
+    pub connections: usize,
+    pub repeat: usize,
+    pub anchors: Vec<Anchor>,
+    pub quick: bool,
+    pub json: Option<Output>,
+    pub csv: Option<Output>,
+    pub plot: Option<PathBuf>,
+}
+
+impl Options {
+    pub fn from_args(a: BenchArgs) -> anyhow::Result<Self> {
+        let quick = a.quick;
+        let suites = suites(&a.suites, quick)?;
+        let key_types = match (a.key_types.is_empty(), quick) {
+            (false, _) => dedup(a.key_types),
+            // RSA-4096 key generation alone takes seconds: not for CI-sized runs.
+            (true, true) => vec![KeyKind::EcdsaP256, KeyKind::Ed25519],
+            (true, false) => KeyKind::ALL.to_vec(),
+        };
+        let groups = all_if_empty(a.groups, &Group::ALL);
+        let tests = all_if_empty(a.tests, &Test::ALL);
+        let json = Output::from_arg(a.json);
+        let csv = Output::from_arg(a.csv);
+        if json == Some(Output::Stdout) && csv == Some(Output::Stdout) {
+            anyhow::bail!(
+                "--json and --csv cannot both go to stdout; give one a file, e.g. --csv=bench.csv"
+            );
+        }
+        let repeat = a.repeat.unwrap_or(if quick { 1 } else { 3 });
+        anyhow::ensure!(repeat >= 1, "--repeat must be at least 1");
+        let connections = a.connections.unwrap_or(if quick { 200 } else { 10_000 });
+        anyhow::ensure!(connections >= 1, "--connections must be at least 1");
+        let duration = a
+            .duration
+            .unwrap_or(Duration::from_secs(if quick { 1 } else { 5 }));
+        anyhow::ensure!(
+            duration >= Duration::from_millis(100),
+            "--duration must be at least 100ms"
+        );
+        let bytes = a.bytes.unwrap_or(if quick { 64 << 20 } else { 2 << 30 });
+        anyhow::ensure!(bytes >= 1 << 20, "--bytes must be at least 1MiB");
+        Ok(Self {
+            suites,
+            key_types,
+            groups,
+            tests,
+            bytes,
+            duration,
+            connections,
+            repeat,
+            anchors: dedup(a.compare),
+            quick,
+            json,
+            csv,
+            plot: a.plot,
+        })
+    }
+
+    pub fn wants(&self, t: Test) -> bool {
+        self.tests.contains(&t)
+    }
+}
+
+/// `--suites` by name, each once; none given: all of them (`--quick`: one TLS 1.3, one TLS 1.2).
+fn suites(names: &[String], quick: bool) -> anyhow::Result<Vec<&'static Suite>> {
+    if names.is_empty() {
+        return Ok(if quick {
+            vec![&SUITES[0], &SUITES[3]]
+        } else {
+            SUITES.iter().collect()
+        });
+    }
+    let mut found: Vec<&'static Suite> = Vec::new();
+    for name in names {
+        let suite = find_suite(name).with_context(|| {
+            format!(
+                "--suites: unknown cipher suite {name:?}; one of: {}",
+                SUITES.iter().map(|s| s.iana).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        if !found.iter().any(|x| std::ptr::eq(*x, suite)) {
+            found.push(suite);
+        }
+    }
+    Ok(found)
+}
+
+/// What was asked for, each once; nothing asked for: `all`.
+fn all_if_empty<T: PartialEq + Copy>(asked: Vec<T>, all: &[T]) -> Vec<T> {
+    if asked.is_empty() {
+        all.to_vec()
+    } else {
+        dedup(asked)
+    }
+}
+
+/// `v` without repeated entries, first occurrence kept.
+fn dedup<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// Parses `--bytes`: a number with an optional unit. K, M, G (and KiB, MiB, GiB) are powers of 1024,
+/// as in iperf; KB, MB, GB are powers of 1000.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 2GiB, 512MiB, 1000000)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (K, M, G, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    Ok((num * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
+}
