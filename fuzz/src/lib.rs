@@ -27,6 +27,7 @@ use ringseal::pki::{Ca, Identity, NodeSpec};
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::{AllowList, PeerPolicy, ServerVerifier};
 use ringseal::tls::x509::CertInfo;
+use ringseal::{LoadError, StartError};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -379,7 +380,7 @@ pub fn cassandra_yaml(pki: &Pki, data: &[u8]) -> &'static str {
 fn derived_parses(text: &str, path: &Path) -> &'static str {
     match Config::from_toml(text, path) {
         Ok(config) => {
-            let _ = config::describe(&config);
+            let _ = config::describe(&config, "");
             "ok"
         }
         Err(ConfigError::Parse { message, .. }) => {
@@ -419,10 +420,13 @@ pub fn config_toml(pki: &Pki, data: &[u8]) -> &'static str {
     };
     let text = pki.substitute(text);
     let path = pki.dir.join("ringseal.toml");
-    match Config::from_toml(&text, &path) {
+    let loaded = Config::from_toml(&text, &path)
+        .map_err(StartError::from)
+        .and_then(|c| Ok(ringseal::load_tls(c, &path)?));
+    match loaded {
         Ok(c) => {
             valid(&c);
-            let _ = config::describe(&c);
+            let _ = ringseal::describe(&c);
             let _ = format!("{c:?}");
             "ok"
         }
@@ -434,12 +438,13 @@ pub fn config_toml(pki: &Pki, data: &[u8]) -> &'static str {
                 "does not name the config file: {message}"
             );
             match e {
-                ConfigError::Parse { .. } => "parse",
-                ConfigError::Address { .. } => "address",
-                ConfigError::Invalid { .. } => "invalid",
-                ConfigError::Suites { .. } => "suites",
-                ConfigError::Material { .. } => "material",
-                ConfigError::Read { .. } | ConfigError::Cassandra(_) => {
+                StartError::Config(ConfigError::Parse { .. }) => "parse",
+                StartError::Config(ConfigError::Address { .. }) => "address",
+                StartError::Config(ConfigError::Invalid { .. }) => "invalid",
+                StartError::Config(ConfigError::Suites { .. }) => "suites",
+                StartError::Load(LoadError::Material { .. }) => "material",
+                StartError::Load(_) => "invalid",
+                StartError::Config(ConfigError::Read { .. } | ConfigError::Cassandra(_)) => {
                     panic!("from_toml cannot fail this way: {message}")
                 }
             }
@@ -448,7 +453,7 @@ pub fn config_toml(pki: &Pki, data: &[u8]) -> &'static str {
 }
 
 /// What the runtime takes for granted of a validated config ("parse, don't validate twice").
-fn valid(c: &Config) {
+fn valid(c: &Config<ringseal::tls::LoadedTls>) {
     use ringseal::config::{MAX_CONNECTIONS, MAX_DURATION, MIN_RELOAD_INTERVAL, Permissive};
     assert!(!c.inbound.is_empty() || !c.outbound.is_empty());
     assert!(!c.tls.versions.is_empty() && !c.tls.suites.is_empty());
@@ -554,7 +559,7 @@ pub fn pem_crl(pki: &Pki, data: &[u8]) -> &'static str {
 /// The outbound verifier with the CRLs of `material`, judging the fixture's valid node certificate:
 /// a CRL may revoke it or be unusable for it, never change the verdict on the chain itself.
 fn crl_verdict(pki: &Pki, material: TlsMaterial) -> &'static str {
-    use ringseal::config::CrlExpired;
+    use ringseal::tls::CrlExpired;
     let verifier = ServerVerifier::new(
         Arc::new(material),
         CrlExpired::Deny,

@@ -11,104 +11,15 @@
 //! JCEKS is recognised and refused with the conversion command (its key protection needs MD5 + 3DES for a
 //! format Java itself deprecated).
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use p12_keystore::Pkcs12Archive;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use zeroize::Zeroizing;
 
-use super::material::MaterialError;
-
-/// `keystore_type` / `truststore_type`: what the operator says the file is. Informational: the content
-/// decides (a stated JKS holding PKCS#12 is fine, as it is for Java); named when nothing is recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreType {
-    Pkcs12,
-    Jks,
-    Pem,
-}
-
-impl StoreType {
-    /// Parses the spellings of ringseal and Cassandra (`PKCS12`, `JKS`, `PEM`), in any case.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "pkcs12" | "p12" | "pfx" => Some(Self::Pkcs12),
-            "jks" => Some(Self::Jks),
-            "pem" => Some(Self::Pem),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Pkcs12 => "PKCS#12",
-            Self::Jks => "JKS",
-            Self::Pem => "PEM",
-        }
-    }
-}
-
-/// A password that never reaches a log line or a `Debug` dump. Copies (every config snapshot holds
-/// one) share one allocation, which is wiped when the last of them is dropped.
-#[derive(Clone)]
-pub struct Secret(Arc<Zeroizing<String>>);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(Arc::new(Zeroizing::new(s.into())))
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.expose() == other.expose()
-    }
-}
-
-impl Eq for Secret {}
-
-impl<'de> serde::Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self::new)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// Where a store's password comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Password {
-    /// None given: fine for PEM; PKCS#12 and JKS are tried with the empty password.
-    None,
-    /// `keystore_password = "..."`, or the variable `keystore_password_env` names (read at load).
-    Inline(Secret),
-    /// `keystore_password_file`: the file's first line (read with the other files, so a reload notices
-    /// a changed password).
-    File(PathBuf),
-}
-
-/// One keystore or truststore named in `[tls]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreFile {
-    /// The config key, e.g. `tls.keystore`; messages derive `tls.keystore_password` etc. from it.
-    pub key: &'static str,
-    pub path: PathBuf,
-    pub stated: Option<StoreType>,
-    pub password: Password,
-    /// `keystore_alias`: which key entry, when the store holds several.
-    pub alias: Option<String>,
-}
+use super::error::MaterialError;
+use super::settings::StoreFile;
+use crate::secret::Secret;
 
 /// A private key and its chain (leaf first), as read from a keystore.
 #[derive(Debug)]
