@@ -8,6 +8,7 @@ use std::path::Path;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The handshake driver's record framing (`record_framing`).
+pub use crate::listener::sniff::{Sniffed, sniff};
 pub use crate::relay::handshake::{Framing, frame, wakes};
 use crate::tls::material::MaterialError;
 use crate::tls::verify::AllowList;

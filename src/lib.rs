@@ -27,25 +27,27 @@
 
 #![deny(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod config;
-pub mod files;
+pub(crate) mod files;
 /// For the fuzz targets in `fuzz/` only.
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod listener;
+pub(crate) mod listener;
 pub mod metrics;
 pub mod pki;
-pub mod relay;
-pub mod reload;
+pub(crate) mod relay;
+pub(crate) mod reload;
 pub mod rules;
 mod runtime;
-pub mod secret;
+mod secret;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
 
+pub use admin::MAX_CONNECTIONS as ADMIN_MAX_CONNECTIONS;
 pub use listener::BindError;
+pub use relay::{KtlsSupport, support as ktls_support};
 pub use runtime::{LoadError, StartError, describe, load, load_tls};
 
 use std::net::SocketAddr;

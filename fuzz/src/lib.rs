@@ -7,7 +7,7 @@
 //!
 //! | target | code | properties beyond "no panic" |
 //! |---|---|---|
-//! | `sniff` | `listener::sniff::sniff` | total; decided by the first 5 bytes; a verdict on a prefix stands as more bytes arrive |
+//! | `sniff` | `fuzzing::sniff` (`listener::sniff`) | total; decided by the first 5 bytes; a verdict on a prefix stands as more bytes arrive |
 //! | `cassandra_yaml` | `config::cassandra::derive_bytes` | errors and warnings are one line naming the file; a derived table renders to TOML that deserializes into a ringseal config (a `ConfigError::Parse` is a bug), also with PEM files in place of the stores; `to_toml_redacted` shows no password |
 //! | `config_toml` | `Config::from_toml` | errors are one line starting `config <path>: `; a config that loads keeps every invariant the runtime relies on and renders (`describe`, `Debug`) |
 //! | `pem_crl` | `certs_from`, `key_from`, `TlsMaterial::from_der`, `add_crls` | material only for a leaf whose public key is the key's; a CRL `add_crls` accepts is usable: the outbound verifier then judges the fixture's valid node with a revocation verdict or its own (never "unknown issuer", "expired"...) |
@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use ringseal::config::cassandra::{self, CassandraYamlError};
 use ringseal::config::{self, Config, ConfigError};
 use ringseal::fuzzing;
-use ringseal::listener::sniff::{Sniffed, sniff as sniff_bytes};
+use ringseal::fuzzing::{Sniffed, sniff as sniff_bytes};
 use ringseal::pki::{Ca, Identity, NodeSpec};
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::{AllowList, PeerPolicy, ServerVerifier};

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::tls::{AllowList, TlsSettings};
 
+pub use crate::secret::Secret;
 pub use describe::describe;
 pub use error::{ConfigError, Problem};
 pub use file::FileConfig;

@@ -93,10 +93,6 @@ impl InboundHandle {
     pub fn apply(&self, cfg: &Inbound, tls: &LoadedTls) {
         self.0.tls.store(Arc::new(InboundTls::build(cfg, tls)));
     }
-
-    pub fn listen(&self) -> SocketAddr {
-        self.0.listen
-    }
 }
 
 impl InboundListener {

@@ -71,10 +71,6 @@ impl OutboundHandle {
     pub fn apply(&self, cfg: &Outbound, tls: &LoadedTls) {
         self.0.state.store(Arc::new(OutboundTls::build(cfg, tls)));
     }
-
-    pub fn listen(&self) -> SocketAddr {
-        self.0.listen
-    }
 }
 
 /// Where this connection goes: the fixed upstream, or the redirected connection's original destination

@@ -462,7 +462,7 @@ fn certify(
             not_after: fmt_time(identity.not_after),
         });
     }
-    let signing_key = super::provider()
+    let signing_key = super::suites::provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| MaterialError::Content {

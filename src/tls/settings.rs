@@ -1,6 +1,6 @@
 //! `[tls]` as the config describes it: which files hold our identity and trust, where their passwords
 //! come from, and how we negotiate. Nothing here reads a file; `TlsSettings::load` (in `tls`) turns it
-//! into a [`LoadedTls`](super::LoadedTls).
+//! into a `tls::LoadedTls`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
