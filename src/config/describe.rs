@@ -28,34 +28,7 @@ pub fn describe<Tls: Negotiation>(c: &Config<Tls>, ktls: &str) -> String {
             "optional (peers without a certificate are accepted)"
         }
     );
-    for (i, l) in c.inbound.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "inbound[{i}] listen {} -> forward {} (endpoint verification {}, allow {})",
-            l.listen,
-            l.forward,
-            if l.require_endpoint_verification {
-                "on"
-            } else {
-                "off"
-            },
-            l.allow
-        );
-    }
-    for (i, o) in c.outbound.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "outbound[{i}] listen {} (plaintext) -> mTLS to {} (endpoint verification {}, allow {})",
-            o.listen,
-            o.target,
-            if o.require_endpoint_verification {
-                "on"
-            } else {
-                "off"
-            },
-            o.allow
-        );
-    }
+    listeners(&mut out, c);
     let _ = writeln!(
         out,
         "permissive peers verified over TLS are never sent plaintext for {} after their last handshake ({})",
@@ -94,4 +67,36 @@ pub fn describe<Tls: Negotiation>(c: &Config<Tls>, ktls: &str) -> String {
         l.max_connections, l.max_pending_handshakes, l.max_pending_per_source,
     );
     out
+}
+
+/// One line per listener: where it listens, where it goes, and how it checks peers.
+fn listeners<Tls>(out: &mut String, c: &Config<Tls>) {
+    for (i, l) in c.inbound.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "inbound[{i}] listen {} -> forward {} (endpoint verification {}, allow {})",
+            l.listen,
+            l.forward,
+            if l.require_endpoint_verification {
+                "on"
+            } else {
+                "off"
+            },
+            l.allow
+        );
+    }
+    for (i, o) in c.outbound.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "outbound[{i}] listen {} (plaintext) -> mTLS to {} (endpoint verification {}, allow {})",
+            o.listen,
+            o.target,
+            if o.require_endpoint_verification {
+                "on"
+            } else {
+                "off"
+            },
+            o.allow
+        );
+    }
 }

@@ -66,8 +66,8 @@ fn control_character(value: &toml::Value, key: String) -> Option<(String, char)>
 fn toml_error(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
     let at = e.span().map_or_else(String::new, |span| {
         let line = text[..span.start].matches('\n').count() + 1;
-        let source = text.lines().nth(line - 1).unwrap_or_default().trim();
-        format!("line {line} `{}`: ", visible(source))
+        let offending_line = text.lines().nth(line - 1).unwrap_or_default().trim();
+        format!("line {line} `{}`: ", visible(offending_line))
     });
     ConfigError::Parse {
         path: path.to_owned(),

@@ -21,9 +21,10 @@ use super::error::MaterialError;
 use super::settings::StoreFile;
 use crate::secret::Secret;
 
-/// A private key and its chain (leaf first), as read from a keystore.
+/// A private key and its chain (leaf first), as read from a keystore: Java's PrivateKeyEntry (not
+/// `pki::Identity`, which ringseal issues).
 #[derive(Debug)]
-pub struct Identity {
+pub struct KeyEntry {
     pub alias: Option<String>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
@@ -117,7 +118,7 @@ impl StoreFile {
         &self,
         bytes: &[u8],
         password: Option<&Secret>,
-    ) -> Result<Identity, MaterialError> {
+    ) -> Result<KeyEntry, MaterialError> {
         let entries = match self.detect(bytes)? {
             Detected::Pem => return self.pem_identity(bytes),
             Detected::Pkcs12 => self.pkcs12(bytes, password)?.0,
@@ -156,7 +157,7 @@ impl StoreFile {
         &self,
         bytes: &[u8],
         password: Option<&Secret>,
-    ) -> Result<(Vec<Identity>, Vec<CertificateDer<'static>>), MaterialError> {
+    ) -> Result<(Vec<KeyEntry>, Vec<CertificateDer<'static>>), MaterialError> {
         let archive = Pkcs12Archive::from_pkcs12(bytes, self.password(password)).map_err(|e| {
             use p12_keystore::error::Error as E;
             match e {
@@ -196,7 +197,7 @@ impl StoreFile {
                         .collect();
                     extend_chain(&mut chain, &others);
                 }
-                Identity {
+                KeyEntry {
                     alias: k.friendly_name.clone(),
                     chain,
                     key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.key.as_der().to_vec())),
@@ -226,7 +227,7 @@ impl StoreFile {
         &self,
         bytes: &[u8],
         password: Option<&Secret>,
-    ) -> Result<(Vec<Identity>, Vec<CertificateDer<'static>>), MaterialError> {
+    ) -> Result<(Vec<KeyEntry>, Vec<CertificateDer<'static>>), MaterialError> {
         use super::jks::{Entry, JksError};
         let store = super::jks::parse(bytes, self.password(password)).map_err(|e| match e {
             JksError::WrongPassword => self.wrong_password("the JKS integrity check failed"),
@@ -247,7 +248,7 @@ impl StoreFile {
                     alias,
                     pkcs8,
                     chain,
-                } => identities.push(Identity {
+                } => identities.push(KeyEntry {
                     alias: Some(alias),
                     chain: chain.into_iter().map(CertificateDer::from).collect(),
                     key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
@@ -258,7 +259,7 @@ impl StoreFile {
         Ok((identities, trusted))
     }
 
-    fn pem_identity(&self, bytes: &[u8]) -> Result<Identity, MaterialError> {
+    fn pem_identity(&self, bytes: &[u8]) -> Result<KeyEntry, MaterialError> {
         let chain = CertificateDer::pem_slice_iter(bytes)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.content(format!("malformed PEM: {e}")))?;
@@ -283,14 +284,14 @@ impl StoreFile {
                     .into(),
             ));
         }
-        Ok(Identity {
+        Ok(KeyEntry {
             alias: None,
             chain,
             key,
         })
     }
 
-    fn pick(&self, mut entries: Vec<Identity>) -> Result<Identity, MaterialError> {
+    fn pick(&self, mut entries: Vec<KeyEntry>) -> Result<KeyEntry, MaterialError> {
         let aliases = || {
             entries
                 .iter()
