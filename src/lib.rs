@@ -10,14 +10,14 @@
 //!   ([`tls::keystore`], JKS in [`tls::jks`]), suite/protocol names ([`tls::suites`]), peer verification
 //!   on webpki + endpoint verification + allow-list ([`tls::verify`]) with recently verified chains
 //!   reused ([`tls::chain_cache`]), X.509 v1 opt-in ([`tls::v1`]).
-//! * [`listener`]: accept, admit within the listener's budgets ([`listener::admission`]), sniff,
-//!   handshake under a deadline, verify, then connect the storage port ([`listener::inbound`]); or
+//! * `listener`: accept, admit within the listener's budgets (`listener::admission`), sniff,
+//!   handshake under a deadline, verify, then connect the storage port (`listener::inbound`); or
 //!   accept the local node's plaintext and dial a peer's sidecar with mutual TLS
-//!   ([`listener::outbound`]).
-//! * [`relay`]: the only code that moves bytes (kTLS + splice, user-space rustls, plaintext splice);
+//!   (`listener::outbound`).
+//! * `relay`: the only code that moves bytes (kTLS + splice, user-space rustls, plaintext splice);
 //!   half-close, resets and deadlines. `sys` holds the kernel interfaces it needs (the crate's only
 //!   `unsafe`).
-//! * [`metrics`]: every metric name and label value; [`admin`] serves them (`/metrics`, `/healthz`,
+//! * [`metrics`]: every metric name and label value; `admin` serves them (`/metrics`, `/healthz`,
 //!   `/readyz`) when `[metrics]` is configured.
 //! * [`pki`]: certificates for `ringseal certs` (cluster CA, node certificates, CSR signing), the demo
 //!   and the tests.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{Limits, Mode, Offload, Permissive};
 use crate::secret::Secret;
-use crate::tls::CrlExpired;
+use crate::tls::settings::CrlExpired;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

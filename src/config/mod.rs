@@ -1,5 +1,5 @@
 //! Configuration: the TOML file as written by operators ([`file`] structs, `deny_unknown_fields`) and the
-//! validated runtime [`Config`] it converts into exactly once ([`validate`]). Everything downstream takes
+//! validated runtime [`Config`] it converts into exactly once (`validate`). Everything downstream takes
 //! the runtime types and never re-checks: addresses are parsed, durations are [`Duration`]s, cipher suite
 //! names are rustls suites. The config names files, secrets and settings but reads no key material:
 //! [`TlsSettings::load`] does that, so `ringseal rules` works where the key is unreadable.
@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::tls::{AllowList, TlsSettings};
+use crate::tls::allow::AllowList;
+use crate::tls::settings::TlsSettings;
 
 pub use crate::secret::Secret;
 pub use describe::describe;

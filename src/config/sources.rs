@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError, FileConfig, Problem, cassandra};
 use crate::files;
-use crate::tls::TlsSettings;
+use crate::tls::settings::TlsSettings;
 
 impl Config {
     /// Reads, parses and validates a config file (reading no key material).
