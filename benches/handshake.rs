@@ -1,5 +1,5 @@
 //! Server-side cost of a full mutual TLS handshake through ringseal's own configuration: the webpki
-//! chain check wrapped by `PeerVerifier`, with and without a per-connection verifier for endpoint
+//! chain check wrapped by `ClientVerifier`, with and without a per-connection verifier for endpoint
 //! verification and with an allow-list. In memory (no sockets), so it measures crypto + verification,
 //! which is what features must not make heavier. `cargo bench --bench handshake`.
 //!
@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ringseal::config::TlsSettings;
 use ringseal::pki::{Ca, NodeSpec};
+use ringseal::tls::LoadedTls;
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::{AllowList, PeerPolicy};
 use rustls::pki_types::ServerName;
@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
     let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let ca = Ca::new("BenchCluster").unwrap();
     let node = ca.issue(&NodeSpec::new("node1", &[ip])).unwrap();
-    let mut settings = TlsSettings::from_material(
+    let mut settings = LoadedTls::from_material(
         TlsMaterial::from_der(
             vec![node.cert_der.clone()],
             node.key(),

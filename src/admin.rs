@@ -36,8 +36,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::BindError;
 use crate::config::Config;
+use crate::listener::BindError;
 use crate::listener::RateLimit;
 use crate::tls::x509::{CertInfo, fmt_time};
 
@@ -460,7 +460,7 @@ fn respond<B>(
 /// visible to whatever probes it.
 pub fn start(
     endpoint: Option<AdminEndpoint>,
-    config: &Config,
+    config: &Config<crate::tls::LoadedTls>,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
@@ -468,7 +468,7 @@ pub fn start(
         return;
     };
     let handle = crate::metrics::install();
-    crate::metrics::certificate_expiry(&config.tls.material);
+    config.tls.material.publish_expiry();
     let mut directions = Vec::new();
     if !config.inbound.is_empty() {
         directions.push(crate::metrics::Direction::Inbound);

@@ -8,6 +8,7 @@ use std::path::Path;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The handshake driver's record framing (`record_framing`).
+pub use crate::listener::sniff::{Sniffed, sniff};
 pub use crate::relay::handshake::{Framing, frame, wakes};
 use crate::tls::material::MaterialError;
 use crate::tls::verify::AllowList;
@@ -29,7 +30,7 @@ pub fn key_from(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Mat
 /// The body of an `allow = { ... }` table, as TOML text, converted as a config file's is.
 pub fn allow_list(toml: &str) -> Result<AllowList, String> {
     let file: crate::config::file::FileAllow = toml::from_str(toml).map_err(|e| e.to_string())?;
-    file.into_allow_list()
+    file.into_allow_list().map_err(|e| e.to_string())
 }
 
 /// What a verifier checks after the chain: `peer` an IP SAN of `end_entity` (endpoint verification)

@@ -2,20 +2,22 @@
 //!
 //! The path a byte takes, and the module that owns each step:
 //!
-//! * [`config`]: the TOML file -> a validated runtime [`config::Config`] (certificates already loaded);
-//!   every file an operator names is read through [`files`] (regular files only, bounded per kind).
+//! * [`config`]: the TOML file -> a validated runtime [`config::Config`] that names files, secrets and
+//!   settings but reads no key material; [`load`] then loads what `[tls]` names
+//!   ([`tls::TlsSettings::load`]). Every file an operator names is read through `files` (regular files
+//!   only, bounded per kind).
 //! * [`tls`]: our identity and trust ([`tls::material`]) from PEM files or Java keystores
 //!   ([`tls::keystore`], JKS in [`tls::jks`]), suite/protocol names ([`tls::suites`]), peer verification
 //!   on webpki + endpoint verification + allow-list ([`tls::verify`]) with recently verified chains
 //!   reused ([`tls::chain_cache`]), X.509 v1 opt-in ([`tls::v1`]).
-//! * [`listener`]: accept, admit within the listener's budgets ([`listener::admission`]), sniff,
-//!   handshake under a deadline, verify, then connect the storage port ([`listener::inbound`]); or
+//! * `listener`: accept, admit within the listener's budgets (`listener::admission`), sniff,
+//!   handshake under a deadline, verify, then connect the storage port (`listener::inbound`); or
 //!   accept the local node's plaintext and dial a peer's sidecar with mutual TLS
-//!   ([`listener::outbound`]).
-//! * [`relay`]: the only code that moves bytes (kTLS + splice, user-space rustls, plaintext splice);
+//!   (`listener::outbound`).
+//! * `relay`: the only code that moves bytes (kTLS + splice, user-space rustls, plaintext splice);
 //!   half-close, resets and deadlines. `sys` holds the kernel interfaces it needs (the crate's only
 //!   `unsafe`).
-//! * [`metrics`]: every metric name and label value; [`admin`] serves them (`/metrics`, `/healthz`,
+//! * [`metrics`]: every metric name and label value; `admin` serves them (`/metrics`, `/healthz`,
 //!   `/readyz`) when `[metrics]` is configured.
 //! * [`pki`]: certificates for `ringseal certs` (cluster CA, node certificates, CSR signing), the demo
 //!   and the tests.
@@ -25,21 +27,28 @@
 
 #![deny(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod config;
-pub mod files;
+pub(crate) mod files;
 /// For the fuzz targets in `fuzz/` only.
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod listener;
+pub(crate) mod listener;
 pub mod metrics;
 pub mod pki;
-pub mod relay;
-pub mod reload;
+pub(crate) mod relay;
+pub(crate) mod reload;
 pub mod rules;
+mod runtime;
+mod secret;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
+
+pub use admin::MAX_CONNECTIONS as ADMIN_MAX_CONNECTIONS;
+pub use listener::BindError;
+pub use relay::{KtlsSupport, support as ktls_support};
+pub use runtime::{LoadError, StartError, describe, load, load_tls};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,42 +59,11 @@ use tokio_util::task::TaskTracker;
 use config::Config;
 use listener::inbound::InboundListener;
 use listener::outbound::OutboundListener;
-
-/// Binding failed: the message names the config key and address.
-#[derive(Debug, thiserror::Error)]
-#[error("{key}.listen {addr}: cannot listen: {source}{hint}")]
-pub struct BindError {
-    /// `inbound[0]`, `outbound[1]` ...
-    pub key: String,
-    pub addr: SocketAddr,
-    pub source: std::io::Error,
-    pub hint: &'static str,
-}
-
-impl BindError {
-    fn new(key: String, addr: SocketAddr, source: std::io::Error) -> Self {
-        let hint = match source.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                " (another process listens there: is a second ringseal running?)"
-            }
-            std::io::ErrorKind::AddrNotAvailable => {
-                " (that address is not configured on this host)"
-            }
-            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
-            _ => "",
-        };
-        Self {
-            key,
-            addr,
-            source,
-            hint,
-        }
-    }
-}
+use tls::LoadedTls;
 
 /// A sidecar with its listeners bound, ready to serve.
 pub struct Server {
-    config: Config,
+    config: Config<LoadedTls>,
     inbound: Vec<InboundListener>,
     outbound: Vec<OutboundListener>,
     /// `[metrics]`: bound with the listeners, so a taken port fails start-up like any other.
@@ -102,7 +80,7 @@ pub struct Drained {
 
 impl Server {
     /// Binds every listener (nothing is accepted until [`Server::serve`]).
-    pub async fn bind(config: Config) -> Result<Self, BindError> {
+    pub async fn bind(config: Config<LoadedTls>) -> Result<Self, BindError> {
         let mut inbound = Vec::with_capacity(config.inbound.len());
         for (i, l) in config.inbound.iter().enumerate() {
             let bound = InboundListener::bind(l, &config.tls, &config.limits, config.offload).await;
@@ -184,7 +162,7 @@ impl Server {
             l.log_start(cfg, &self.config.tls);
             accept_loops.push(tokio::spawn(l.serve(life.clone())));
         }
-        if let Some(sources) = self.config.source.clone() {
+        if let Some(sources) = self.config.sources.clone() {
             let reloader = reload::Reloader::new(
                 sources,
                 self.config.clone(),
@@ -227,6 +205,9 @@ impl Server {
 }
 
 /// Binds and serves `config` until `shutdown`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Drained, BindError> {
+pub async fn run(
+    config: Config<LoadedTls>,
+    shutdown: CancellationToken,
+) -> Result<Drained, BindError> {
     Ok(Server::bind(config).await?.serve(shutdown).await)
 }

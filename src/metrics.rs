@@ -308,7 +308,7 @@ pub fn plaintext_fallback(reason: FallbackReason) {
     counter!(PLAINTEXT_FALLBACKS, "reason" => reason.as_str()).increment(1);
 }
 
-/// One lookup in a verifier's verified-chain cache ([`crate::tls::chain_cache`]).
+/// One lookup in a verifier's verified-chain cache (`tls::chain_cache`).
 pub fn chain_cache_lookup(dir: Direction, hit: bool) {
     counter!(CHAIN_CACHE, "direction" => dir.as_str(), "result" => if hit { "hit" } else { "miss" })
         .increment(1);
@@ -340,7 +340,7 @@ pub struct ActiveConnection {
 }
 
 impl ActiveConnection {
-    /// `offload`: the relay path's label ([`crate::relay::Path::label`]).
+    /// `offload`: the relay path's label (`relay::Path::label`).
     pub fn start(dir: Direction, tls: bool, offload: &'static str) -> Self {
         let tls = if tls { "true" } else { "false" };
         counter!(CONNECTIONS, "direction" => dir.as_str(), "tls" => tls, "offload" => offload)
@@ -405,17 +405,19 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
         .clone()
 }
 
+/// A certificate's subject and notAfter, as the expiry gauge publishes them.
+pub type Expiry<'a> = (&'a str, std::time::SystemTime);
+
 /// Publishes the notAfter of our identity and of every trusted CA.
-pub fn certificate_expiry(material: &crate::tls::material::TlsMaterial) {
+pub fn certificate_expiry<'a>(identity: Expiry<'a>, cas: impl IntoIterator<Item = Expiry<'a>>) {
     let unix = |t: std::time::SystemTime| {
         t.duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64())
     };
-    gauge!(CERT_EXPIRY, "role" => "identity", "subject" => material.identity.subject.clone())
-        .set(unix(material.identity.not_after));
-    for ca in &material.cas {
-        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => ca.subject.clone())
-            .set(unix(ca.not_after));
+    gauge!(CERT_EXPIRY, "role" => "identity", "subject" => identity.0.to_owned())
+        .set(unix(identity.1));
+    for (subject, not_after) in cas {
+        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => subject.to_owned()).set(unix(not_after));
     }
 }
 
@@ -432,19 +434,16 @@ pub fn reload(ok: bool) {
 /// After a reload: certificates no longer in use (a CA removed from the bundle, a replaced identity)
 /// report NaN, so an expiry alert does not fire for them. The exporter cannot drop a series, and a
 /// comparison with NaN is never true in PromQL.
+/// Takes the subjects of our identity and CAs before and after.
 pub fn certificate_expiry_retired(
-    old: &crate::tls::material::TlsMaterial,
-    new: &crate::tls::material::TlsMaterial,
+    (old_identity, old_cas): (&str, &[&str]),
+    (new_identity, new_cas): (&str, &[&str]),
 ) {
-    if old.identity.subject != new.identity.subject {
-        gauge!(CERT_EXPIRY, "role" => "identity", "subject" => old.identity.subject.clone())
+    if old_identity != new_identity {
+        gauge!(CERT_EXPIRY, "role" => "identity", "subject" => old_identity.to_owned())
             .set(f64::NAN);
     }
-    for ca in old
-        .cas
-        .iter()
-        .filter(|ca| !new.cas.iter().any(|n| n.subject == ca.subject))
-    {
-        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => ca.subject.clone()).set(f64::NAN);
+    for ca in old_cas.iter().filter(|ca| !new_cas.contains(ca)) {
+        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => (*ca).to_owned()).set(f64::NAN);
     }
 }

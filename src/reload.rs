@@ -17,12 +17,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
-use crate::config::{Config, CrlExpired, Sources};
+use crate::config::{Config, Sources};
 use crate::listener::inbound::InboundHandle;
 use crate::listener::outbound::OutboundHandle;
 use crate::metrics;
 use crate::tls::material::FileBytes;
 use crate::tls::x509::fmt_time;
+use crate::tls::{CrlExpired, LoadedTls};
 
 /// Days before our certificate's expiry at which a warning is logged (each once).
 const EXPIRY_WARNINGS: [u64; 4] = [30, 14, 7, 1];
@@ -30,7 +31,7 @@ const EXPIRY_WARNINGS: [u64; 4] = [30, 14, 7, 1];
 /// Reloads one config file into running listeners.
 pub struct Reloader {
     sources: Sources,
-    current: Config,
+    current: Config<LoadedTls>,
     fingerprint: Option<u64>,
     inbound: Vec<InboundHandle>,
     outbound: Vec<OutboundHandle>,
@@ -43,7 +44,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         sources: Sources,
-        current: Config,
+        current: Config<LoadedTls>,
         inbound: Vec<InboundHandle>,
         outbound: Vec<OutboundHandle>,
         health: Arc<Health>,
@@ -79,7 +80,7 @@ impl Reloader {
             self.check_expiry();
             return;
         }
-        let config = match self.sources.load() {
+        let config = match crate::runtime::load(&self.sources) {
             Ok(loaded) => loaded.config,
             Err(e) => return self.failed(e.to_string()),
         };
@@ -91,8 +92,11 @@ impl Reloader {
             h.apply(cfg, &config.tls);
         }
         metrics::reload(true);
-        metrics::certificate_expiry_retired(&self.current.tls.material, &config.tls.material);
-        metrics::certificate_expiry(&config.tls.material);
+        self.current
+            .tls
+            .material
+            .retire_expiry(&config.tls.material);
+        config.tls.material.publish_expiry();
         self.health.set_identity(&config.tls.material.identity);
         let m = &config.tls.material;
         tracing::info!(
@@ -147,16 +151,16 @@ impl Reloader {
     }
 
     /// What a reload cannot change in place: listener addresses, `[limits]` and `offload`.
-    fn layout_changes(&self, new: &Config) -> Vec<String> {
+    fn layout_changes(&self, new: &Config<LoadedTls>) -> Vec<String> {
         let old = &self.current;
         let mut changed = Vec::new();
-        let inbound = |c: &Config| {
+        let inbound = |c: &Config<LoadedTls>| {
             c.inbound
                 .iter()
                 .map(|l| (l.listen, l.forward))
                 .collect::<Vec<_>>()
         };
-        let outbound = |c: &Config| {
+        let outbound = |c: &Config<LoadedTls>| {
             c.outbound
                 .iter()
                 .map(|l| (l.listen, l.target))

@@ -51,7 +51,7 @@ pub enum RulesError {
 }
 
 /// Ports of the transparent listeners, IPv4 and IPv6.
-fn redirect_ports(config: &Config) -> Result<(Option<u16>, Option<u16>), RulesError> {
+fn redirect_ports<Tls>(config: &Config<Tls>) -> Result<(Option<u16>, Option<u16>), RulesError> {
     let (mut v4, mut v6) = (None, None);
     for (index, o) in config.outbound.iter().enumerate() {
         if let Target::Transparent { .. } = o.target {
@@ -73,7 +73,7 @@ fn redirect_ports(config: &Config) -> Result<(Option<u16>, Option<u16>), RulesEr
 
 /// The port of the first permissive inbound listener that listens on all addresses: during a
 /// migration, peers' plaintext (and native-TLS) connections to the storage port are redirected to it.
-fn sniffing_ports(config: &Config) -> Option<u16> {
+fn sniffing_ports<Tls>(config: &Config<Tls>) -> Option<u16> {
     config
         .inbound
         .iter()
@@ -82,7 +82,7 @@ fn sniffing_ports(config: &Config) -> Option<u16> {
 }
 
 /// The nftables ruleset (`nft -f` syntax). Applying it twice is the same as once.
-pub fn nftables(config: &Config, o: &RuleOptions) -> Result<String, RulesError> {
+pub fn nftables<Tls>(config: &Config<Tls>, o: &RuleOptions) -> Result<String, RulesError> {
     let (v4, v6) = redirect_ports(config)?;
     let port = o.storage_port;
     let mut r = String::new();
@@ -150,7 +150,7 @@ pub fn nftables(config: &Config, o: &RuleOptions) -> Result<String, RulesError> 
 }
 
 /// The same rules for hosts still on iptables (legacy), as a shell script.
-pub fn iptables(config: &Config, o: &RuleOptions) -> Result<String, RulesError> {
+pub fn iptables<Tls>(config: &Config<Tls>, o: &RuleOptions) -> Result<String, RulesError> {
     let (v4, v6) = redirect_ports(config)?;
     let port = o.storage_port;
     let mut r = String::new();
@@ -244,16 +244,11 @@ pub fn default_uid() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Outbound, TlsSettings};
-    use crate::pki::{Ca, NodeSpec};
-    use crate::tls::material::TlsMaterial;
+    use crate::config::Outbound;
 
-    fn config(listens: &[&str]) -> Config {
-        let ca = Ca::new("T").unwrap();
-        let id = ca.issue(&NodeSpec::new("n", &[])).unwrap();
-        let m = TlsMaterial::from_der(vec![id.cert_der.clone()], id.key(), vec![ca.cert_der], None)
-            .unwrap();
-        let mut c = Config::new(TlsSettings::from_material(m));
+    /// Rules need no `[tls]` at all: the config is built around `()`.
+    fn config(listens: &[&str]) -> Config<()> {
+        let mut c = Config::new(());
         for l in listens {
             c.outbound.push(Outbound {
                 listen: l.parse().unwrap(),
@@ -262,7 +257,7 @@ mod tests {
                 allow: Default::default(),
                 mode: crate::config::Mode::Strict,
                 plaintext_fallback: None,
-                source: None,
+                bind_ip: None,
             });
         }
         c

@@ -6,8 +6,8 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use ringseal::config::TlsSettings;
 use ringseal::pki::{Ca, Identity, KeyType, NodeSpec};
+use ringseal::tls::LoadedTls;
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::{AllowList, PeerPolicy};
 use rustls::crypto::{CryptoProvider, SupportedKxGroup};
@@ -35,7 +35,7 @@ impl Pki {
     /// ringseal's inbound server configuration (client certificate required, its verifier),
     /// restricted to `suite`.
     pub fn server(&self, suite: SupportedCipherSuite) -> Arc<ServerConfig> {
-        let mut settings = TlsSettings::from_material(
+        let mut settings = LoadedTls::from_material(
             TlsMaterial::from_der(
                 vec![self.node.cert_der.clone()],
                 self.node.key(),

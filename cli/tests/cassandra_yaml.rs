@@ -516,6 +516,11 @@ fn load(home: &Path, yaml: &str) -> Config {
     file.validate(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `config` with the key material it names loaded, as `ringseal run` does after validating.
+fn load_material(home: &Path, config: Config) -> Config<ringseal::tls::LoadedTls> {
+    ringseal::load_tls(config, &home.join("conf/cassandra.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A cluster CA and node1 (127.0.0.1) in `home/ca` and `home/node`, as `ringseal certs` writes them.
 fn pki(home: &Path) {
     write_ca(
@@ -590,6 +595,7 @@ fn a_derived_config_loads_keytool_jks_stores_at_cassandra_s_default_paths() {
          truststore: conf/.truststore\n    truststore_password: ts-pass\n    store_type: JKS\n    \
          require_client_auth: true\n    require_endpoint_verification: true\n",
     );
+    let config = load_material(home, config);
     assert!(config.tls.material.identity.subject.contains("node1"));
     assert_eq!(config.tls.material.cas.len(), 1);
     assert!(config.tls.require_client_auth);
@@ -631,6 +637,7 @@ fn a_derived_config_loads_pem_stores_and_an_outbound_keystore() {
          conf/tls/client.pem\n  truststore: conf/tls/ca.pem\n  require_client_auth: true\n  \
          optional: true\n",
     );
+    let config = load_material(home, config);
     assert!(config.tls.material.identity.subject.contains("node1"));
     assert!(
         config.tls.material.outbound.is_some(),
@@ -649,7 +656,9 @@ fn a_derived_config_loads_pem_stores_and_an_outbound_keystore() {
     .unwrap();
     let d = derive_with_home(&path, Some(home)).unwrap();
     let file: FileConfig = Value::Table(d.table).try_into().unwrap();
-    let err = file.validate(&path).unwrap_err().to_string();
+    let err = ringseal::load_tls(file.validate(&path).unwrap(), &path)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("wrong password")
             && err.contains("server_encryption_options.keystore_password"),

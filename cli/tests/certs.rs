@@ -365,7 +365,8 @@ async fn issued_files_run_mutual_tls() {
         ),
     )
     .unwrap();
-    let config = ringseal::config::Config::load(&d.join("node1.toml")).unwrap();
+    let path = d.join("node1.toml");
+    let config = ringseal::load_tls(ringseal::config::Config::load(&path).unwrap(), &path).unwrap();
     let sidecar = Sidecar::start(config).await;
     // node2's files as the connecting peer.
     let ca_pem = std::fs::read(ca.join("ca.crt")).unwrap();

@@ -460,7 +460,7 @@ async fn an_outbound_refusal_sends_its_alert_then_a_fin() {
         allow: ringseal::tls::verify::AllowList::default(),
         mode: ringseal::config::Mode::Strict,
         plaintext_fallback: None,
-        source: None,
+        bind_ip: None,
     });
     let (out_addr, _outbound) = start_out(c).await;
     let _local = TcpStream::connect(out_addr).await.unwrap();

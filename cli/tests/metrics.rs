@@ -530,7 +530,7 @@ async fn the_endpoint_answers_while_500_idle_and_500_slowloris_connections_are_h
     // Every connection beyond the 64 slots evicted one.
     let evicted = sum(&text, "ringseal_admin_connections_evicted_total", &[]);
     assert!(
-        evicted >= (held - ringseal::admin::MAX_CONNECTIONS) as f64,
+        evicted >= (held - ringseal::ADMIN_MAX_CONNECTIONS) as f64,
         "{evicted} evictions for {held} connections"
     );
     dribble.abort();

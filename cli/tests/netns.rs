@@ -21,7 +21,10 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Self {
-        let name = format!("ringseal-test-{}", std::process::id());
+        // One namespace per test: the tests of this file run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("ringseal-test-{}-{n}", std::process::id());
         let mut add = Command::new("ip");
         add.args(["netns", "add", &name]);
         run(add);
@@ -303,4 +306,127 @@ fn nft_redirect_carries_plaintext_to_7000_over_mtls_to_7001() {
         "table left behind"
     );
     drop(echo);
+}
+
+/// The listeners of [`keyless_config`], with `[tls]` given by `tls`.
+fn rules_config(dir: &std::path::Path, name: &str, tls: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[tls]\n{tls}\n\
+             [[inbound]]\nlisten = \"{PEER}:7001\"\nforward = \"127.0.0.1:7000\"\n\n\
+             [[outbound]]\nlisten = \"127.0.0.1:7002\"\ntransparent = true\ntls_port = 7001\n\n\
+             [[outbound]]\nlisten = \"[::1]:7003\"\ntransparent = true\ntls_port = 7001\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The variable the keyless config takes its keystore password from; never set by the tests.
+const UNSET_PASSWORD_VAR: &str = "RINGSEAL_TEST_KEYSTORE_PASSWORD_NEVER_SET";
+
+/// A config whose key material cannot be read: its keystore and truststore do not exist and the
+/// keystore's password comes from an unset variable. What `rules` needs (the listen ports) is there.
+fn keyless_config(dir: &std::path::Path) -> std::path::PathBuf {
+    rules_config(
+        dir,
+        "keyless.toml",
+        &format!(
+            "keystore = \"missing/node.p12\"\nkeystore_password_env = \"{UNSET_PASSWORD_VAR}\"\n\
+             truststore = \"missing/truststore.p12\"\ntruststore_password = \"changeit\"\n"
+        ),
+    )
+}
+
+/// `ringseal rules --uid 0` with `config` (and more arguments), the password variable unset.
+fn rules(config: &std::path::Path, more: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ringseal"));
+    c.args(["rules", "--config", config.to_str().unwrap(), "--uid", "0"])
+        .args(more)
+        .env_remove(UNSET_PASSWORD_VAR);
+    c
+}
+
+/// A root unit applying the firewall rules at boot must not need the node's private key: `rules`
+/// reads the listen ports only, so unreadable key material changes nothing in what it prints.
+#[test]
+fn rules_print_the_same_without_readable_key_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let node = pki.issue("node", &[ip(PEER), LOCALHOST]);
+    std::fs::write(dir.path().join("node.crt"), &node.cert_pem).unwrap();
+    std::fs::write(dir.path().join("node.key"), &node.key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &pki.ca.cert_pem).unwrap();
+    let readable = rules_config(
+        dir.path(),
+        "readable.toml",
+        "cert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n",
+    );
+    let missing_pem = rules_config(
+        dir.path(),
+        "missing-pem.toml",
+        "cert = \"missing/node.crt\"\nkey = \"missing/node.key\"\nca = \"missing/ca.crt\"\n",
+    );
+    let want = run(rules(&readable, &[]));
+    let want = String::from_utf8(want.stdout).unwrap();
+    assert!(want.contains("redirect to :7002"), "{want}");
+    for config in [keyless_config(dir.path()), missing_pem] {
+        let out = rules(&config, &[]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            want,
+            "{}",
+            config.display()
+        );
+    }
+    // The same config cannot run: the key material is read when the sidecar starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_ringseal"))
+        .args([
+            "check",
+            "--config",
+            keyless_config(dir.path()).to_str().unwrap(),
+        ])
+        .env_remove(UNSET_PASSWORD_VAR)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+/// `rules --apply` with the keyless config installs the rules in a namespace of the test's own.
+#[test]
+fn rules_apply_without_readable_key_material() {
+    if let Err(why) = prerequisites() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "in CI this test must run: {why}"
+        );
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = keyless_config(dir.path());
+    let mut apply = ns.cmd(&[
+        env!("CARGO_BIN_EXE_ringseal"),
+        "rules",
+        "--config",
+        config.to_str().unwrap(),
+        "--uid",
+        "0",
+        "--apply",
+    ]);
+    apply.env_remove(UNSET_PASSWORD_VAR);
+    run(apply);
+    let listed = run(ns.cmd(&["nft", "list", "table", "inet", "ringseal"]));
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("redirect to :7002"), "{listed}");
+    assert!(listed.contains("redirect to :7003"), "{listed}");
 }

@@ -49,7 +49,7 @@ fn require_refuses_to_start_without_ktls() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if ringseal::relay::support().available() {
+    if ringseal::ktls_support().available() {
         assert!(out.status.success(), "{stderr}");
         assert!(
             stdout.contains("offload    require (kTLS available"),
@@ -85,7 +85,7 @@ async fn connections_are_counted_by_path() {
     let mut proc = Proc::spawn(&[], &config, dir);
     let listen = logged_addr(&mut proc, "listener on ");
     let metrics = logged_addr(&mut proc, "serving metrics on ");
-    let ktls = ringseal::relay::support().available();
+    let ktls = ringseal::ktls_support().available();
     let line = proc
         .seen
         .iter()

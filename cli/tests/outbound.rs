@@ -17,7 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A config with one outbound listener on 127.0.0.1:0 towards `upstream`, presenting `pki.node`.
-fn outbound_config(pki: &Pki, upstream: SocketAddr, endpoint: bool) -> Config {
+fn outbound_config(
+    pki: &Pki,
+    upstream: SocketAddr,
+    endpoint: bool,
+) -> Config<ringseal::tls::LoadedTls> {
     let mut c = config(pki, upstream);
     c.inbound.clear();
     c.outbound.push(Outbound {
@@ -27,7 +31,7 @@ fn outbound_config(pki: &Pki, upstream: SocketAddr, endpoint: bool) -> Config {
         allow: AllowList::default(),
         mode: ringseal::config::Mode::Strict,
         plaintext_fallback: None,
-        source: None,
+        bind_ip: None,
     });
     c
 }

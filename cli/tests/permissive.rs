@@ -57,7 +57,7 @@ fn permissive_outbound(
     pki: &Pki,
     upstream: SocketAddr,
     fallback: SocketAddr,
-) -> ringseal::config::Config {
+) -> ringseal::config::Config<ringseal::tls::LoadedTls> {
     let mut c = config(pki, upstream);
     c.inbound.clear();
     c.outbound.push(Outbound {
@@ -67,7 +67,7 @@ fn permissive_outbound(
         allow: AllowList::default(),
         mode: ringseal::config::Mode::Permissive,
         plaintext_fallback: Some(fallback),
-        source: None,
+        bind_ip: None,
     });
     c
 }

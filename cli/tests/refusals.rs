@@ -26,7 +26,10 @@ const SHORT: Duration = Duration::from_millis(500);
 const DAY: Duration = Duration::from_secs(86400);
 
 /// A sidecar in front of a fresh echo backend, with `tweak` applied to the default test config.
-async fn start(pki: &Pki, tweak: impl FnOnce(&mut Config)) -> (Backend, Sidecar) {
+async fn start(
+    pki: &Pki,
+    tweak: impl FnOnce(&mut Config<ringseal::tls::LoadedTls>),
+) -> (Backend, Sidecar) {
     let backend = Backend::start(Mode::Echo).await;
     let mut cfg = config(pki, backend.addr);
     tweak(&mut cfg);

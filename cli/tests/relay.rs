@@ -98,7 +98,7 @@ async fn quiet_then_bulk_then_quiet_again() {
     let pki = Pki::new();
     let backend = Backend::start(Mode::Echo).await;
     let mut config = config(&pki, backend.addr);
-    config.offload = ringseal::relay::Offload::Off;
+    config.offload = ringseal::config::Offload::Off;
     let sidecar = Sidecar::start(config).await;
     let mut tls = connect(&client(pki.roots(), Some(&pki.node)), sidecar.addr)
         .await

@@ -7,7 +7,7 @@
 //!
 //! | target | code | properties beyond "no panic" |
 //! |---|---|---|
-//! | `sniff` | `listener::sniff::sniff` | total; decided by the first 5 bytes; a verdict on a prefix stands as more bytes arrive |
+//! | `sniff` | `fuzzing::sniff` (`listener::sniff`) | total; decided by the first 5 bytes; a verdict on a prefix stands as more bytes arrive |
 //! | `cassandra_yaml` | `config::cassandra::derive_bytes` | errors and warnings are one line naming the file; a derived table renders to TOML that deserializes into a ringseal config (a `ConfigError::Parse` is a bug), also with PEM files in place of the stores; `to_toml_redacted` shows no password |
 //! | `config_toml` | `Config::from_toml` | errors are one line starting `config <path>: `; a config that loads keeps every invariant the runtime relies on and renders (`describe`, `Debug`) |
 //! | `pem_crl` | `certs_from`, `key_from`, `TlsMaterial::from_der`, `add_crls` | material only for a leaf whose public key is the key's; a CRL `add_crls` accepts is usable: the outbound verifier then judges the fixture's valid node with a revocation verdict or its own (never "unknown issuer", "expired"...) |
@@ -22,11 +22,12 @@ use std::time::{Duration, SystemTime};
 use ringseal::config::cassandra::{self, CassandraYamlError};
 use ringseal::config::{self, Config, ConfigError};
 use ringseal::fuzzing;
-use ringseal::listener::sniff::{Sniffed, sniff as sniff_bytes};
+use ringseal::fuzzing::{Sniffed, sniff as sniff_bytes};
 use ringseal::pki::{Ca, Identity, NodeSpec};
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::{AllowList, PeerPolicy, ServerVerifier};
 use ringseal::tls::x509::CertInfo;
+use ringseal::{LoadError, StartError};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -383,7 +384,7 @@ pub fn cassandra_yaml(pki: &Pki, data: &[u8]) -> &'static str {
 fn derived_parses(text: &str, path: &Path) -> &'static str {
     match Config::from_toml(text, path) {
         Ok(config) => {
-            let _ = config::describe(&config);
+            let _ = config::describe(&config, "");
             "ok"
         }
         Err(ConfigError::Parse { message, .. }) => {
@@ -423,10 +424,13 @@ pub fn config_toml(pki: &Pki, data: &[u8]) -> &'static str {
     };
     let text = pki.substitute(text);
     let path = pki.dir.join("ringseal.toml");
-    match Config::from_toml(&text, &path) {
+    let loaded = Config::from_toml(&text, &path)
+        .map_err(StartError::from)
+        .and_then(|c| Ok(ringseal::load_tls(c, &path)?));
+    match loaded {
         Ok(c) => {
             valid(&c);
-            let _ = config::describe(&c);
+            let _ = ringseal::describe(&c);
             let _ = format!("{c:?}");
             "ok"
         }
@@ -438,12 +442,13 @@ pub fn config_toml(pki: &Pki, data: &[u8]) -> &'static str {
                 "does not name the config file: {message}"
             );
             match e {
-                ConfigError::Parse { .. } => "parse",
-                ConfigError::Address { .. } => "address",
-                ConfigError::Invalid { .. } => "invalid",
-                ConfigError::Suites { .. } => "suites",
-                ConfigError::Material { .. } => "material",
-                ConfigError::Read { .. } | ConfigError::Cassandra(_) => {
+                StartError::Config(ConfigError::Parse { .. }) => "parse",
+                StartError::Config(ConfigError::Address { .. }) => "address",
+                StartError::Config(ConfigError::Invalid { .. }) => "invalid",
+                StartError::Config(ConfigError::Suites { .. }) => "suites",
+                StartError::Load(LoadError::Material { .. }) => "material",
+                StartError::Load(_) => "invalid",
+                StartError::Config(ConfigError::Read { .. } | ConfigError::Cassandra(_)) => {
                     panic!("from_toml cannot fail this way: {message}")
                 }
             }
@@ -452,7 +457,7 @@ pub fn config_toml(pki: &Pki, data: &[u8]) -> &'static str {
 }
 
 /// What the runtime takes for granted of a validated config ("parse, don't validate twice").
-fn valid(c: &Config) {
+fn valid(c: &Config<ringseal::tls::LoadedTls>) {
     use ringseal::config::{MAX_CONNECTIONS, MAX_DURATION, MIN_RELOAD_INTERVAL, Permissive};
     assert!(!c.inbound.is_empty() || !c.outbound.is_empty());
     assert!(!c.tls.versions.is_empty() && !c.tls.suites.is_empty());
@@ -558,7 +563,7 @@ pub fn pem_crl(pki: &Pki, data: &[u8]) -> &'static str {
 /// The outbound verifier with the CRLs of `material`, judging the fixture's valid node certificate:
 /// a CRL may revoke it or be unusable for it, never change the verdict on the chain itself.
 fn crl_verdict(pki: &Pki, material: TlsMaterial) -> &'static str {
-    use ringseal::config::CrlExpired;
+    use ringseal::tls::CrlExpired;
     let verifier = ServerVerifier::new(
         Arc::new(material),
         CrlExpired::Deny,

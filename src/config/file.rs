@@ -1,16 +1,14 @@
 //! The config file exactly as operators write it. Unknown keys are errors (a typo must not silently turn a
 //! security check off). `config/ringseal.toml` documents every key; a test parses it.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{CrlExpired, Limits, Mode, Permissive};
-use crate::relay::Offload;
-use crate::tls::keystore::Secret;
-use crate::tls::verify::AllowList;
+use super::{Limits, Mode, Offload, Permissive};
+use crate::secret::Secret;
+use crate::tls::settings::CrlExpired;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,13 +109,13 @@ pub struct FileTls {
     pub protocols: Vec<String>,
     #[serde(default)]
     pub cipher_suites: Vec<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "require_client_auth_by_default")]
     pub require_client_auth: bool,
     #[serde(default)]
     pub crl: Vec<PathBuf>,
     #[serde(default)]
     pub crl_expired: CrlExpired,
-    #[serde(default = "d60s", deserialize_with = "duration")]
+    #[serde(default = "default_reload_interval", deserialize_with = "duration")]
     pub reload_interval: Duration,
 }
 
@@ -144,7 +142,7 @@ pub struct FileOutbound {
     pub upstream: Option<String>,
     #[serde(default)]
     pub transparent: bool,
-    #[serde(default = "d7001")]
+    #[serde(default = "cassandra_tls_port")]
     pub tls_port: u16,
     #[serde(default)]
     pub require_endpoint_verification: bool,
@@ -156,8 +154,9 @@ pub struct FileOutbound {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub plaintext_fallback: Option<String>,
-    #[serde(default)]
-    pub source: Option<String>,
+    /// `source`: the local IP outgoing connections are bound to.
+    #[serde(default, rename = "source")]
+    pub bind_ip: Option<String>,
 }
 
 /// `allow = { ou = [...], cn = [...], dns = [...], ip = [...], uri = [...] }`: a peer is accepted when any
@@ -175,39 +174,6 @@ pub struct FileAllow {
     pub ip: Vec<String>,
     #[serde(default)]
     pub uri: Vec<String>,
-}
-
-impl FileAllow {
-    pub fn into_allow_list(self) -> Result<AllowList, String> {
-        let ip = self
-            .ip
-            .iter()
-            .map(|s| {
-                s.parse::<IpAddr>()
-                    .map(crate::tls::verify::canonical_ip)
-                    .map_err(|_| format!("ip entry {s:?} is not an IP address"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let list = AllowList {
-            ou: self.ou,
-            cn: self.cn,
-            dns: self
-                .dns
-                .into_iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect(),
-            ip,
-            uri: self.uri,
-        };
-        if list.is_empty() {
-            return Err(
-                "the allow-list is present but lists nothing, which would refuse every peer; \
-                 list at least one ou, cn, dns, ip or uri, or remove it"
-                    .into(),
-            );
-        }
-        Ok(list)
-    }
 }
 
 /// `[limits]`; a missing key takes its default from [`Limits::default`].
@@ -248,15 +214,18 @@ impl Default for FileLimits {
     }
 }
 
-fn yes() -> bool {
+/// `tls.require_client_auth`: mutual TLS unless the operator says otherwise.
+fn require_client_auth_by_default() -> bool {
     true
 }
 
-fn d7001() -> u16 {
+/// `outbound.tls_port`: Cassandra's `ssl_storage_port`.
+fn cassandra_tls_port() -> u16 {
     7001
 }
 
-fn d60s() -> Duration {
+/// `tls.reload_interval`.
+fn default_reload_interval() -> Duration {
     Duration::from_secs(60)
 }
 

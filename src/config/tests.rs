@@ -26,7 +26,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::tls::material::{IdentityFiles, TrustFiles};
+use crate::tls::LoadedTls;
+use crate::tls::settings::{IdentityFiles, TrustFiles};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +40,7 @@ use time::OffsetDateTime;
 use super::file::{FileAllow, FileInbound, FileLimits, FilePermissive, FileTls};
 use super::*;
 use crate::pki::{Ca, NodeSpec};
+use crate::tls::settings::Negotiation;
 use crate::tls::suites::{iana_name, protocol_name};
 
 const PLACEHOLDERS: [&str; 13] = [
@@ -209,15 +211,18 @@ fn with_material(mut t: toml::Table, m: &Material) -> toml::Table {
     t
 }
 
-/// Validates a shipped config file with the generated material; the config is "written" next to it.
-fn validate_shipped(path: &Path, m: &Material) -> Config {
+/// The config is "written" next to the material.
+/// Validates a shipped config file with the generated material and loads the material.
+fn validate_shipped(path: &Path, m: &Material) -> Config<LoadedTls> {
     let text = read(path);
     toml::from_str::<FileConfig>(&text)
         .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
     let text = toml::to_string(&with_material(table(&text, path), m)).unwrap();
-    let name = path.file_name().unwrap();
-    Config::from_toml(&text, &m.dir.path().join(name))
-        .unwrap_or_else(|e| panic!("{} does not validate: {e}\n{text}", path.display()))
+    let at = m.dir.path().join(path.file_name().unwrap());
+    let config = Config::from_toml(&text, &at)
+        .unwrap_or_else(|e| panic!("{} does not validate: {e}\n{text}", path.display()));
+    crate::load_tls(config, &at)
+        .unwrap_or_else(|e| panic!("{} does not load: {e}\n{text}", path.display()))
 }
 
 fn shipped(name: &str) -> PathBuf {
@@ -232,16 +237,16 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
-fn versions(c: &Config) -> Vec<&'static str> {
+fn versions<T: Negotiation>(c: &Config<T>) -> Vec<&'static str> {
     c.tls
-        .versions
+        .versions()
         .iter()
         .map(|v| protocol_name(v.version))
         .collect()
 }
 
-fn suite_names(c: &Config) -> Vec<&'static str> {
-    c.tls.suites.iter().map(|s| iana_name(*s)).collect()
+fn suite_names<T: Negotiation>(c: &Config<T>) -> Vec<&'static str> {
+    c.tls.suites().iter().map(|s| iana_name(*s)).collect()
 }
 
 #[test]
@@ -355,7 +360,7 @@ fn reference_config_shows_the_defaults() {
     let defaults = Config::from_toml(&text, &m.dir.path().join("ringseal.toml")).unwrap();
 
     // `describe` prints every validated value; the versions and suites also keep their order.
-    assert_eq!(describe(&defaults), describe(&full));
+    assert_eq!(describe(&defaults, ""), describe(&full, ""));
     assert_eq!(suite_names(&defaults), suite_names(&full));
     assert_eq!(versions(&defaults), versions(&full));
     let d = FileLimits::default();
@@ -537,7 +542,7 @@ fn relative_paths_resolve_against_the_config_directory() {
     let path = sub.join("ringseal.toml");
     std::fs::write(&path, text).unwrap();
     let c = Config::load(&path).unwrap();
-    let f = c.tls.files.unwrap();
+    let f = c.tls.files;
     assert_eq!(
         f.identity,
         IdentityFiles::Pem {
@@ -619,8 +624,11 @@ impl InvalidCase {
         let config_path = m.dir.path().join(&self.name);
         std::fs::write(&config_path, m.substitute(&self.text, origin)).unwrap();
         let name = &self.name;
-        let msg = match Config::load(&config_path) {
-            Ok(c) => return vec![format!("{name}: accepted:\n{}", describe(&c))],
+        let loaded = Config::load(&config_path)
+            .map_err(crate::StartError::from)
+            .and_then(|c| Ok(crate::load_tls(c, &config_path)?));
+        let msg = match loaded {
+            Ok(c) => return vec![format!("{name}: accepted:\n{}", describe(&c, ""))],
             Err(e) => e.to_string(),
         };
         let mut failures = Vec::new();

@@ -19,11 +19,12 @@ use tokio::net::{TcpListener, TcpStream};
 use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
-use crate::config::{Inbound, Limits, Mode, TlsSettings};
+use crate::config::{Inbound, Limits, Mode};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
 use crate::relay::{self, Offload, RelayLimits};
+use crate::tls::LoadedTls;
 use crate::tls::suites::{iana_name, protocol_name};
-use crate::tls::verify::{PeerPolicy, PeerVerifier};
+use crate::tls::verify::{ClientVerifier, PeerPolicy};
 use crate::tls::x509::CertInfo;
 
 /// Identical refusals from one address are logged once per minute.
@@ -54,9 +55,9 @@ struct Shared {
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
 struct InboundTls {
-    settings: TlsSettings,
+    settings: LoadedTls,
     provider: Arc<CryptoProvider>,
-    verifier: Arc<PeerVerifier>,
+    verifier: Arc<ClientVerifier>,
     /// The config every connection uses, unless endpoint verification needs a verifier bound to the
     /// peer's address.
     config: Arc<ServerConfig>,
@@ -65,7 +66,7 @@ struct InboundTls {
 }
 
 impl InboundTls {
-    fn build(cfg: &Inbound, tls: &TlsSettings) -> Self {
+    fn build(cfg: &Inbound, tls: &LoadedTls) -> Self {
         let policy = Arc::new(PeerPolicy {
             allow: cfg.allow.clone(),
         });
@@ -89,12 +90,8 @@ impl InboundTls {
 pub struct InboundHandle(Arc<Shared>);
 
 impl InboundHandle {
-    pub fn apply(&self, cfg: &Inbound, tls: &TlsSettings) {
+    pub fn apply(&self, cfg: &Inbound, tls: &LoadedTls) {
         self.0.tls.store(Arc::new(InboundTls::build(cfg, tls)));
-    }
-
-    pub fn listen(&self) -> SocketAddr {
-        self.0.listen
     }
 }
 
@@ -102,7 +99,7 @@ impl InboundListener {
     /// Binds the listening socket. Errors name the address (in use, not local, no permission).
     pub async fn bind(
         cfg: &Inbound,
-        tls: &TlsSettings,
+        tls: &LoadedTls,
         limits: &Limits,
         offload: Offload,
     ) -> std::io::Result<Self> {

@@ -319,3 +319,35 @@ mod tests {
         assert_eq!(rl.check(u32::MAX), None);
     }
 }
+
+/// Binding failed: the message names the config key and address.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}.listen {addr}: cannot listen: {source}{hint}")]
+pub struct BindError {
+    /// `inbound[0]`, `outbound[1]` ...
+    pub key: String,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+    pub hint: &'static str,
+}
+
+impl BindError {
+    pub(crate) fn new(key: String, addr: SocketAddr, source: std::io::Error) -> Self {
+        let hint = match source.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " (another process listens there: is a second ringseal running?)"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                " (that address is not configured on this host)"
+            }
+            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
+            _ => "",
+        };
+        Self {
+            key,
+            addr,
+            source,
+            hint,
+        }
+    }
+}

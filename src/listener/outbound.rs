@@ -25,9 +25,10 @@ use tokio::net::{TcpListener, TcpStream};
 use super::admission::{self, Admission, Pending};
 use super::tls_peers::TlsPeers;
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
-use crate::config::{Limits, Mode, Outbound, Target, TlsSettings};
+use crate::config::{Limits, Mode, Outbound, Target};
 use crate::metrics::{self, ActiveConnection, Direction, FallbackReason, Reason};
 use crate::relay::{self, Offload, RelayLimits};
+use crate::tls::LoadedTls;
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::PeerPolicy;
 
@@ -44,7 +45,7 @@ struct OutboundTls {
 }
 
 impl OutboundTls {
-    fn build(cfg: &Outbound, tls: &TlsSettings) -> Self {
+    fn build(cfg: &Outbound, tls: &LoadedTls) -> Self {
         let policy = Arc::new(PeerPolicy {
             allow: cfg.allow.clone(),
         });
@@ -57,7 +58,7 @@ impl OutboundTls {
             ),
             mode: cfg.mode,
             plaintext_fallback: cfg.plaintext_fallback,
-            source: cfg.source,
+            source: cfg.bind_ip,
         }
     }
 }
@@ -67,12 +68,8 @@ impl OutboundTls {
 pub struct OutboundHandle(Arc<Shared>);
 
 impl OutboundHandle {
-    pub fn apply(&self, cfg: &Outbound, tls: &TlsSettings) {
+    pub fn apply(&self, cfg: &Outbound, tls: &LoadedTls) {
         self.0.state.store(Arc::new(OutboundTls::build(cfg, tls)));
-    }
-
-    pub fn listen(&self) -> SocketAddr {
-        self.0.listen
     }
 }
 
@@ -168,7 +165,7 @@ struct Shared {
 impl OutboundListener {
     pub async fn bind(
         cfg: &Outbound,
-        tls: &TlsSettings,
+        tls: &LoadedTls,
         limits: &Limits,
         offload: Offload,
         tls_peers: Arc<TlsPeers>,
@@ -201,7 +198,7 @@ impl OutboundListener {
         self.shared.listen
     }
 
-    pub fn log_start(&self, cfg: &Outbound, tls: &TlsSettings) {
+    pub fn log_start(&self, cfg: &Outbound, tls: &LoadedTls) {
         let protocols: Vec<_> = tls
             .versions
             .iter()

@@ -93,6 +93,17 @@ pub fn write_ca(
     Ok(vec![cert, key_path])
 }
 
+/// The first line of a password file (`--p12-password-file`), read as the sidecar reads its own.
+pub fn read_password_file(path: &Path) -> Result<String, CertsError> {
+    let text = crate::files::read_text(path, crate::files::PASSWORD_FILE).map_err(|e| {
+        CertsError::Input {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 /// A file that could not be read, as the error names it.
 fn input(path: &Path, e: crate::files::ReadError) -> CertsError {
     match e {

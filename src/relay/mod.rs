@@ -79,6 +79,7 @@ use tokio::time::Sleep;
 
 use crate::metrics::ByteCounters;
 
+pub use crate::config::Offload;
 pub use handshake::{first_record, handshake, refuse};
 pub use ktls::{KtlsSupport, support};
 
@@ -87,30 +88,6 @@ pub use ktls::{KtlsSupport, support};
 pub struct RelayLimits {
     pub idle: Option<Duration>,
     pub linger: Duration,
-}
-
-/// `offload`: whether TLS records are encrypted by the kernel (kTLS) after the handshake.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Offload {
-    /// kTLS where the kernel can take the connection's cipher, the user-space path otherwise.
-    #[default]
-    Auto,
-    /// Always the user-space path.
-    Off,
-    /// kTLS for every connection: start-up fails when the kernel cannot take every configured suite,
-    /// and a connection that cannot be offloaded is closed instead of relayed in user space.
-    Require,
-}
-
-impl std::fmt::Display for Offload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::Off => "off",
-            Self::Require => "require",
-        })
-    }
 }
 
 /// Which path a connection's bytes take: the `offload` label of `ringseal_connections_total`.

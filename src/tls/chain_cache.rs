@@ -9,7 +9,7 @@
 //!
 //! # Why a hit is as good as a full verification
 //!
-//! webpki's verdict on a chain (rustls's `WebPkiClientVerifier` inbound, [`super::verify::ServerVerifier`]
+//! webpki's verdict on a chain (rustls's `WebPkiClientVerifier` inbound, `verify::ServerVerifier`
 //! outbound) is a function of: the chain's bytes, the trust anchors, the CRLs, the options (key usage,
 //! unknown-status and expired-CRL policies) and the time. The cache fixes or re-checks each of them:
 //!
@@ -19,7 +19,7 @@
 //!   order, is a different key.
 //! - **Trust anchors, CRLs, options**: the cache is a field of one verifier, built together with it from
 //!   one snapshot of the TLS material and settings. A reload (SIGHUP or a changed file, see
-//!   [`crate::reload`]) builds new verifiers with new, empty caches, so an entry made under old trust can
+//!   the reloader) builds new verifiers with new, empty caches, so an entry made under old trust can
 //!   never answer under new trust: a CRL added by a reload, or a CA removed from `tls.ca`, applies to the
 //!   very next handshake. Each listener builds its own verifiers, so its own caches.
 //! - **Time**: webpki's only time-dependent checks are each certificate's validity period (valid when
@@ -36,7 +36,7 @@
 //! - **Everything per connection still runs on a hit**: the caller checks the peer's CertificateVerify
 //!   signature (proof of possession of the key), endpoint verification (the peer's address is an IP
 //!   SAN), the allow-list and metrics after the cache answered, exactly as after a full verification.
-//!   X.509 v1 leaves ([`super::v1`]) are never cached.
+//!   X.509 v1 leaves (`tls::v1`) are never cached.
 //! - **Bounded**: at most [`CAPACITY`] entries (expired ones are dropped first when it is full, then an
 //!   arbitrary one), so a peer presenting ever new chains, all of which would have to be signed by a
 //!   trusted CA, costs a full verification each and no memory growth. The lock is held for one map
@@ -54,7 +54,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::material::TlsMaterial;
-use crate::config::CrlExpired;
+use super::settings::CrlExpired;
 use crate::metrics::{self, Direction};
 
 /// The longest an entry is used. A reconnect storm after a restart lasts seconds, so a minute keeps
@@ -261,10 +261,10 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::config::TlsSettings;
     use crate::metrics::Reason;
     use crate::pki::{Ca, Identity, NodeSpec};
-    use crate::tls::verify::{PeerPolicy, PeerVerifier, ServerVerifier, classify};
+    use crate::tls::LoadedTls;
+    use crate::tls::verify::{ClientVerifier, PeerPolicy, ServerVerifier, classify};
 
     const ONE: &str = "127.0.0.1";
 
@@ -294,7 +294,7 @@ mod tests {
         }
 
         /// Our settings, trusting this CA, with `crl` (PEM) and `crl_expired`.
-        fn settings(&self, crl: Option<String>, crl_expired: CrlExpired) -> TlsSettings {
+        fn settings(&self, crl: Option<String>, crl_expired: CrlExpired) -> LoadedTls {
             let mut material = TlsMaterial::from_der(
                 vec![self.node.cert_der.clone()],
                 self.node.key(),
@@ -307,12 +307,12 @@ mod tests {
                     .add_crls(Path::new("crl.pem"), pem.as_bytes())
                     .unwrap();
             }
-            let mut settings = TlsSettings::from_material(material);
+            let mut settings = LoadedTls::from_material(material);
             settings.crl_expired = crl_expired;
             settings
         }
 
-        fn inbound(&self) -> PeerVerifier {
+        fn inbound(&self) -> ClientVerifier {
             inbound(&self.settings(None, CrlExpired::Deny))
         }
 
@@ -323,7 +323,7 @@ mod tests {
         }
     }
 
-    fn inbound(settings: &TlsSettings) -> PeerVerifier {
+    fn inbound(settings: &LoadedTls) -> ClientVerifier {
         crate::tls::client_verifier(
             settings,
             crate::tls::provider_for(settings),
@@ -331,7 +331,7 @@ mod tests {
         )
     }
 
-    fn verify(v: &PeerVerifier, cert: &CertificateDer<'_>, secs: u64) -> Result<(), Error> {
+    fn verify(v: &ClientVerifier, cert: &CertificateDer<'_>, secs: u64) -> Result<(), Error> {
         v.verify_client_cert(cert, &[], at(secs)).map(|_| ())
     }
 

@@ -11,108 +11,20 @@
 //! JCEKS is recognised and refused with the conversion command (its key protection needs MD5 + 3DES for a
 //! format Java itself deprecated).
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use p12_keystore::Pkcs12Archive;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use zeroize::Zeroizing;
 
-use super::material::MaterialError;
+use super::error::MaterialError;
+use super::settings::StoreFile;
+use crate::secret::Secret;
 
-/// `keystore_type` / `truststore_type`: what the operator says the file is. Informational: the content
-/// decides (a stated JKS holding PKCS#12 is fine, as it is for Java); named when nothing is recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreType {
-    Pkcs12,
-    Jks,
-    Pem,
-}
-
-impl StoreType {
-    /// Parses the spellings of ringseal and Cassandra (`PKCS12`, `JKS`, `PEM`), in any case.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "pkcs12" | "p12" | "pfx" => Some(Self::Pkcs12),
-            "jks" => Some(Self::Jks),
-            "pem" => Some(Self::Pem),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Pkcs12 => "PKCS#12",
-            Self::Jks => "JKS",
-            Self::Pem => "PEM",
-        }
-    }
-}
-
-/// A password that never reaches a log line or a `Debug` dump. Copies (every config snapshot holds
-/// one) share one allocation, which is wiped when the last of them is dropped.
-#[derive(Clone)]
-pub struct Secret(Arc<Zeroizing<String>>);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(Arc::new(Zeroizing::new(s.into())))
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.expose() == other.expose()
-    }
-}
-
-impl Eq for Secret {}
-
-impl<'de> serde::Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self::new)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// Where a store's password comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Password {
-    /// None given: fine for PEM; PKCS#12 and JKS are tried with the empty password.
-    None,
-    /// `keystore_password = "..."`, or the variable `keystore_password_env` names (read at load).
-    Inline(Secret),
-    /// `keystore_password_file`: the file's first line (read with the other files, so a reload notices
-    /// a changed password).
-    File(PathBuf),
-}
-
-/// One keystore or truststore named in `[tls]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreFile {
-    /// The config key, e.g. `tls.keystore`; messages derive `tls.keystore_password` etc. from it.
-    pub key: &'static str,
-    pub path: PathBuf,
-    pub stated: Option<StoreType>,
-    pub password: Password,
-    /// `keystore_alias`: which key entry, when the store holds several.
-    pub alias: Option<String>,
-}
-
-/// A private key and its chain (leaf first), as read from a keystore.
+/// A private key and its chain (leaf first), as read from a keystore: Java's PrivateKeyEntry (not
+/// `pki::Identity`, which ringseal issues).
 #[derive(Debug)]
-pub struct Identity {
+pub struct KeyEntry {
     pub alias: Option<String>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
@@ -206,7 +118,7 @@ impl StoreFile {
         &self,
         bytes: &[u8],
         password: Option<&Secret>,
-    ) -> Result<Identity, MaterialError> {
+    ) -> Result<KeyEntry, MaterialError> {
         let entries = match self.detect(bytes)? {
             Detected::Pem => return self.pem_identity(bytes),
             Detected::Pkcs12 => self.pkcs12(bytes, password)?.0,
@@ -245,7 +157,7 @@ impl StoreFile {
         &self,
         bytes: &[u8],
         password: Option<&Secret>,
-    ) -> Result<(Vec<Identity>, Vec<CertificateDer<'static>>), MaterialError> {
+    ) -> Result<(Vec<KeyEntry>, Vec<CertificateDer<'static>>), MaterialError> {
         let archive = Pkcs12Archive::from_pkcs12(bytes, self.password(password)).map_err(|e| {
             use p12_keystore::error::Error as E;
             match e {
@@ -285,7 +197,7 @@ impl StoreFile {
                         .collect();
                     extend_chain(&mut chain, &others);
                 }
-                Identity {
+                KeyEntry {
                     alias: k.friendly_name.clone(),
                     chain,
                     key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.key.as_der().to_vec())),
@@ -315,7 +227,7 @@ impl StoreFile {
         &self,
         bytes: &[u8],
         password: Option<&Secret>,
-    ) -> Result<(Vec<Identity>, Vec<CertificateDer<'static>>), MaterialError> {
+    ) -> Result<(Vec<KeyEntry>, Vec<CertificateDer<'static>>), MaterialError> {
         use super::jks::{Entry, JksError};
         let store = super::jks::parse(bytes, self.password(password)).map_err(|e| match e {
             JksError::WrongPassword => self.wrong_password("the JKS integrity check failed"),
@@ -336,7 +248,7 @@ impl StoreFile {
                     alias,
                     pkcs8,
                     chain,
-                } => identities.push(Identity {
+                } => identities.push(KeyEntry {
                     alias: Some(alias),
                     chain: chain.into_iter().map(CertificateDer::from).collect(),
                     key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
@@ -347,7 +259,7 @@ impl StoreFile {
         Ok((identities, trusted))
     }
 
-    fn pem_identity(&self, bytes: &[u8]) -> Result<Identity, MaterialError> {
+    fn pem_identity(&self, bytes: &[u8]) -> Result<KeyEntry, MaterialError> {
         let chain = CertificateDer::pem_slice_iter(bytes)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.content(format!("malformed PEM: {e}")))?;
@@ -372,14 +284,14 @@ impl StoreFile {
                     .into(),
             ));
         }
-        Ok(Identity {
+        Ok(KeyEntry {
             alias: None,
             chain,
             key,
         })
     }
 
-    fn pick(&self, mut entries: Vec<Identity>) -> Result<Identity, MaterialError> {
+    fn pick(&self, mut entries: Vec<KeyEntry>) -> Result<KeyEntry, MaterialError> {
         let aliases = || {
             entries
                 .iter()

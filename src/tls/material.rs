@@ -15,34 +15,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
-use super::keystore::{self, Password, Secret, StoreFile};
+pub use super::error::MaterialError;
+use super::keystore;
+use super::settings::{IdentityFiles, Password, StoreFile, TlsFiles, TrustFiles};
 use super::x509::{CertInfo, fmt_time};
 use crate::files;
-
-/// The files `[tls]` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub identity: IdentityFiles,
-    /// `tls.outbound_keystore`: a separate client identity for outbound connections (Cassandra 4.1+).
-    pub outbound_identity: Option<IdentityFiles>,
-    pub trust: TrustFiles,
-    /// `tls.crl`: certificate revocation lists, PEM or DER.
-    pub crls: Vec<PathBuf>,
-}
-
-/// Our identity: PEM `cert` + `key`, or a keystore.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdentityFiles {
-    Pem { cert: PathBuf, key: PathBuf },
-    Store(StoreFile),
-}
-
-/// Whom we trust: a PEM CA bundle, or a truststore.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrustFiles {
-    Pem(PathBuf),
-    Store(StoreFile),
-}
+use crate::secret::Secret;
 
 impl TlsFiles {
     /// Every file to read, with the config key that names it.
@@ -70,14 +48,6 @@ impl TlsFiles {
         paths.extend(self.crls.iter().map(|c| ("tls.crl", c.as_path())));
         paths
     }
-
-    /// The file (and config key) of our identity's certificate, for messages.
-    pub fn identity_origin(&self) -> (&'static str, &Path) {
-        match &self.identity {
-            IdentityFiles::Pem { cert, .. } => ("tls.cert", cert),
-            IdentityFiles::Store(s) => (s.key, &s.path),
-        }
-    }
 }
 
 fn password_file_key(store_key: &'static str) -> &'static str {
@@ -94,61 +64,6 @@ pub struct Origins {
     pub cert: (&'static str, PathBuf),
     pub key: (&'static str, PathBuf),
     pub ca: (&'static str, PathBuf),
-}
-
-/// Why our own key material is unusable. Every message names the config key and file and says how to fix it.
-#[derive(Debug, thiserror::Error)]
-pub enum MaterialError {
-    #[error(
-        "{key} {path}: cannot read: {source} (relative paths are resolved against the config file's directory)"
-    )]
-    Read {
-        key: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{key} {path}: {why}")]
-    Unusable {
-        key: &'static str,
-        path: PathBuf,
-        why: files::ReadError,
-    },
-    #[error("{key} {path}: {message}")]
-    Content {
-        key: &'static str,
-        path: PathBuf,
-        message: String,
-    },
-    #[error(
-        "{key_key} {key_path} does not match the certificate in {cert_key} {cert_path} (their public keys \
-         differ); use the private key the certificate was issued for"
-    )]
-    KeyMismatch {
-        key_key: &'static str,
-        key_path: PathBuf,
-        cert_key: &'static str,
-        cert_path: PathBuf,
-    },
-    #[error(
-        "{key} {path}: certificate \"{subject}\" expired at {not_after}; issue a new one from the cluster CA \
-         before starting"
-    )]
-    Expired {
-        key: &'static str,
-        path: PathBuf,
-        subject: String,
-        not_after: String,
-    },
-    #[error(
-        "tls.cipher_suites: none of the configured suites can be used with the {key_type} key in {key} {path} \
-         (TLS 1.2 suites are tied to a key type); add a matching TLS_ECDHE_{suggest}_WITH_... suite or a TLS 1.3 suite"
-    )]
-    NoSuiteForKey {
-        key: &'static str,
-        path: PathBuf,
-        key_type: String,
-        suggest: &'static str,
-    },
 }
 
 /// The most bytes of CA names a CertificateRequest carries. Peers refuse handshake messages above
@@ -258,6 +173,13 @@ impl FileBytes {
         Ok(match &store.password {
             Password::None => None,
             Password::Inline(s) => Some(s.clone()),
+            Password::Env(var) => Some(Secret::new(std::env::var(var).map_err(|source| {
+                MaterialError::PasswordEnv {
+                    key: format!("{}_password_env", store.key),
+                    var: var.clone(),
+                    source,
+                }
+            })?)),
             Password::File(p) => Some(keystore::password_from_file(
                 password_file_key(store.key),
                 p,
@@ -425,6 +347,26 @@ impl TlsMaterial {
     }
 
     /// Whether the CAs' names fit a CertificateRequest; see [`CA_NAMES_LIMIT`].
+    /// Publishes the expiry gauge of our identity and of every trusted CA.
+    pub fn publish_expiry(&self) {
+        crate::metrics::certificate_expiry(
+            (&self.identity.subject, self.identity.not_after),
+            self.cas
+                .iter()
+                .map(|ca| (ca.subject.as_str(), ca.not_after)),
+        );
+    }
+
+    /// After a reload to `new`: the certificates no longer in use stop reporting an expiry.
+    pub fn retire_expiry(&self, new: &Self) {
+        let old_cas: Vec<&str> = self.cas.iter().map(|c| c.subject.as_str()).collect();
+        let new_cas: Vec<&str> = new.cas.iter().map(|c| c.subject.as_str()).collect();
+        crate::metrics::certificate_expiry_retired(
+            (&self.identity.subject, &old_cas),
+            (&new.identity.subject, &new_cas),
+        );
+    }
+
     pub fn sends_ca_names(&self) -> bool {
         self.ca_names_len() <= CA_NAMES_LIMIT
     }
@@ -520,7 +462,7 @@ fn certify(
             not_after: fmt_time(identity.not_after),
         });
     }
-    let signing_key = super::provider()
+    let signing_key = super::suites::provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| MaterialError::Content {

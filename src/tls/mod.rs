@@ -1,37 +1,117 @@
 //! TLS: our key material, the suite and protocol names operators write, peer verification, and the
 //! rustls configurations built from them.
+//!
+//! Leaf parts, which read no file and which `config` builds on: [`settings`] (what `[tls]` describes),
+//! [`suites`], [`allow`], [`x509`]. [`TlsSettings::load`] reads the files they name into a [`LoadedTls`].
 
+pub mod allow;
 pub mod chain_cache;
+pub mod error;
 pub mod jks;
 pub mod keystore;
 pub mod material;
+pub mod refusal;
+pub mod settings;
 pub mod suites;
 pub mod v1;
 pub mod verify;
 pub mod x509;
 
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
-use rustls::{ClientConfig, ServerConfig};
+use rustls::{ClientConfig, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
 
-use crate::config::{CrlExpired, TlsSettings};
-use verify::{PeerPolicy, PeerVerifier, ServerVerifier};
+pub use allow::AllowList;
+pub use error::MaterialError;
+use material::TlsMaterial;
+pub use settings::{CrlExpired, TlsSettings};
+pub use suites::provider;
+use verify::{ClientVerifier, PeerPolicy, ServerVerifier};
 
-/// The one crypto provider: rustls with aws-lc-rs. Held in a static so that library users (tests calling
-/// `run()`) get the same provider as the binary without installing a process default.
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
+/// `[tls]` with its key material loaded: what the listeners build their rustls configs from.
+#[derive(Debug, Clone)]
+pub struct LoadedTls {
+    /// Where the material came from (what a reload reads again); `None` for in-memory material (the
+    /// demo, tests).
+    pub files: Option<settings::TlsFiles>,
+    pub material: Arc<TlsMaterial>,
+    pub versions: Vec<&'static SupportedProtocolVersion>,
+    pub suites: Vec<SupportedCipherSuite>,
+    pub require_client_auth: bool,
+    pub crl_expired: CrlExpired,
+    /// How often the referenced files are checked for changes (SIGHUP reloads at once).
+    pub reload_interval: Duration,
+    /// `tls.accept_v1_certificates`: X.509 v1 peer certificates signed directly by a trusted CA.
+    pub accept_v1: bool,
+}
+
+impl TlsSettings {
+    /// Reads every file `[tls]` names and checks the material against the settings: the suites can
+    /// be used with our key, and an X.509 v1 identity only with `accept_v1_certificates`.
+    pub fn load(self) -> Result<LoadedTls, MaterialError> {
+        let material = TlsMaterial::load(&self.files)?;
+        material.check_suites(&self.suites)?;
+        let v1 = std::iter::once(&material.identity)
+            .chain(material.outbound.as_ref().map(|(_, info)| info))
+            .find(|id| id.version == 1);
+        if let (Some(id), false) = (v1, self.accept_v1) {
+            let (key, path) = self.files.identity_origin();
+            return Err(MaterialError::V1Identity {
+                key,
+                path: PathBuf::from(path),
+                subject: id.subject.clone(),
+            });
+        }
+        Ok(LoadedTls {
+            files: Some(self.files),
+            material: Arc::new(material),
+            versions: self.versions,
+            suites: self.suites,
+            require_client_auth: self.require_client_auth,
+            crl_expired: self.crl_expired,
+            reload_interval: self.reload_interval,
+            accept_v1: self.accept_v1,
+        })
+    }
+}
+
+impl settings::Negotiation for LoadedTls {
+    fn versions(&self) -> &[&'static SupportedProtocolVersion] {
+        &self.versions
+    }
+    fn suites(&self) -> &[SupportedCipherSuite] {
+        &self.suites
+    }
+    fn require_client_auth(&self) -> bool {
+        self.require_client_auth
+    }
+}
+
+impl LoadedTls {
+    /// Settings for in-memory material (the demo, tests, benchmarks): both protocol versions, the
+    /// provider's suites, client certificates required, no CRLs.
+    pub fn from_material(material: TlsMaterial) -> Self {
+        Self {
+            files: None,
+            material: Arc::new(material),
+            versions: rustls::ALL_VERSIONS.to_vec(),
+            suites: provider().cipher_suites.clone(),
+            require_client_auth: true,
+            crl_expired: CrlExpired::Deny,
+            reload_interval: Duration::from_secs(60),
+            accept_v1: false,
+        }
+    }
 }
 
 /// The provider restricted to the configured suites.
-pub fn provider_for(settings: &TlsSettings) -> Arc<CryptoProvider> {
+pub fn provider_for(settings: &LoadedTls) -> Arc<CryptoProvider> {
     Arc::new(CryptoProvider {
         cipher_suites: settings.suites.clone(),
         ..(*provider()).clone()
@@ -45,10 +125,10 @@ fn provider_signature_algs() -> rustls::crypto::WebPkiSupportedAlgorithms {
 /// The chain verifier every inbound listener wraps: webpki with the cluster CAs, client certificates
 /// mandatory unless `require_client_auth = false`.
 pub fn client_verifier(
-    settings: &TlsSettings,
+    settings: &LoadedTls,
     provider: Arc<CryptoProvider>,
     policy: Arc<PeerPolicy>,
-) -> PeerVerifier {
+) -> ClientVerifier {
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(settings.material.roots.clone(), provider)
             .with_crls(settings.material.crls.iter().cloned())
@@ -78,7 +158,7 @@ pub fn client_verifier(
         &settings.material,
         settings.crl_expired,
     );
-    PeerVerifier::new(inner, policy, Arc::new(v1), chains)
+    ClientVerifier::new(inner, policy, Arc::new(v1), chains)
 }
 
 /// A server config for one listener (or one connection, when the verifier is bound to the peer's IP).
@@ -87,9 +167,9 @@ pub fn client_verifier(
 /// would let a session ticket from one address bypass endpoint verification from another, and outlive a
 /// CA removed during rotation. Internode connections are long-lived, so full handshakes cost little.
 pub fn server_config(
-    settings: &TlsSettings,
+    settings: &LoadedTls,
     provider: Arc<CryptoProvider>,
-    verifier: Arc<PeerVerifier>,
+    verifier: Arc<ClientVerifier>,
 ) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&settings.versions)
@@ -110,7 +190,7 @@ pub fn server_config(
 /// The client config of an outbound listener: our identity as client certificate, the peer verified by
 /// [`ServerVerifier`]. No resumption, for the reasons given at [`server_config`].
 pub fn client_config(
-    settings: &TlsSettings,
+    settings: &LoadedTls,
     provider: Arc<CryptoProvider>,
     policy: Arc<PeerPolicy>,
     endpoint_verification: bool,

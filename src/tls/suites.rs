@@ -14,6 +14,16 @@ use rustls::crypto::CryptoProvider;
 use rustls::version::{TLS12, TLS13};
 use rustls::{CipherSuite, ProtocolVersion, SupportedCipherSuite, SupportedProtocolVersion};
 
+/// The one crypto provider: rustls with aws-lc-rs. Held in a static so that library users (tests calling
+/// `run()`) get the same provider as the binary without installing a process default.
+pub fn provider() -> std::sync::Arc<CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<std::sync::Arc<CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
+}
+
 /// Why a `tls.protocols` or `tls.cipher_suites` entry cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SuiteError {

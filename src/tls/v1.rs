@@ -25,8 +25,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::material::TlsMaterial;
-use super::verify::PolicyRefusal;
-use crate::config::CrlExpired;
+use super::refusal::PolicyRefusal;
+use super::settings::CrlExpired;
 
 /// What the v1 path needs: whether it is on, the trusted CAs and CRLs, and the signature algorithms.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! Deciding whether a peer is who the cluster says it may be.
 //!
 //! The chain, validity period and key usage (clientAuth) are checked by rustls-webpki through rustls's
-//! `WebPkiClientVerifier`; on top of it [`PeerVerifier`] adds what Cassandra operators expect:
+//! `WebPkiClientVerifier`; on top of it [`ClientVerifier`] adds what Cassandra operators expect:
 //! `require_endpoint_verification` (the peer's source IP must be an IP SAN of its certificate) and an
 //! optional identity allow-list. All of it runs inside the handshake, so a refused peer receives a TLS
 //! alert and nothing is ever forwarded for it.
@@ -10,7 +10,6 @@
 //! verified moments ago (see [`super::chain_cache`] for why that is sound); endpoint verification, the
 //! allow-list and the handshake signature run on every handshake regardless.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -22,105 +21,15 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+pub use super::allow::{AllowList, canonical_ip};
 use super::chain_cache::ChainCache;
 use super::material::TlsMaterial;
+pub use super::refusal::PolicyRefusal;
+use super::settings::CrlExpired;
 use super::v1;
 pub use super::v1::V1Trust;
 use super::x509::{CertInfo, fmt_time, unix};
-use crate::config::CrlExpired;
 use crate::metrics::{Direction, Reason};
-
-/// `allow = { ou, cn, dns, ip, uri }`: a certificate is allowed when any listed value matches.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList {
-    pub ou: Vec<String>,
-    pub cn: Vec<String>,
-    /// Lower-cased.
-    pub dns: Vec<String>,
-    /// Canonical (IPv4-mapped IPv6 addresses are stored as IPv4).
-    pub ip: Vec<IpAddr>,
-    pub uri: Vec<String>,
-}
-
-impl AllowList {
-    pub fn is_empty(&self) -> bool {
-        self.ou.is_empty()
-            && self.cn.is_empty()
-            && self.dns.is_empty()
-            && self.ip.is_empty()
-            && self.uri.is_empty()
-    }
-
-    fn allows(&self, c: &CertInfo) -> bool {
-        c.ou.iter().any(|v| self.ou.contains(v))
-            || c.cn.iter().any(|v| self.cn.contains(v))
-            || c.dns
-                .iter()
-                .any(|v| self.dns.contains(&v.to_ascii_lowercase()))
-            || c.ips.iter().any(|v| self.ip.contains(&canonical_ip(*v)))
-            || c.uris.iter().any(|v| self.uri.contains(v))
-    }
-}
-
-impl fmt::Display for AllowList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
-        for (k, v) in [
-            ("ou", &self.ou),
-            ("cn", &self.cn),
-            ("dns", &self.dns),
-            ("uri", &self.uri),
-        ] {
-            if !v.is_empty() {
-                parts.push(format!("{k}={}", v.join("|")));
-            }
-        }
-        if !self.ip.is_empty() {
-            let ips: Vec<_> = self.ip.iter().map(ToString::to_string).collect();
-            parts.push(format!("ip={}", ips.join("|")));
-        }
-        if parts.is_empty() {
-            f.write_str("any")
-        } else {
-            f.write_str(&parts.join(" "))
-        }
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack socket reports for an IPv4 peer) are
-/// the IPv4 address: a certificate lists `10.0.0.1`, and the two must compare equal.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Our own refusals, carried through rustls as `CertificateError::Other` so the handshake fails with an
-/// alert; [`classify`] turns them back into a reason and a message.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyRefusal {
-    #[error(
-        "endpoint verification failed: peer address {peer} is not an IP SAN of its certificate \"{subject}\" \
-         (IP SANs: {sans}); reissue the certificate with IP SAN {peer} or set \
-         require_endpoint_verification = false"
-    )]
-    EndpointMismatch {
-        peer: IpAddr,
-        subject: String,
-        sans: String,
-    },
-    #[error(
-        "identity not allowed: certificate \"{subject}\" matches no entry of the allow-list ({allowed})"
-    )]
-    IdentityNotAllowed { subject: String, allowed: String },
-    #[error(
-        "certificate \"{subject}\" is an X.509 v1 certificate (no extensions), refused by default; set \
-         tls.accept_v1_certificates = true on this node (v1 is then accepted when signed directly by a \
-         trusted CA) or reissue the peer's certificate with `ringseal certs node`"
-    )]
-    V1Certificate { subject: String },
-}
 
 /// The checks a listener adds on top of the chain: shared by every connection of that listener.
 #[derive(Debug, Default)]
@@ -131,7 +40,7 @@ pub struct PeerPolicy {
 /// A client certificate verifier: webpki for the chain (or the cache of chains it verified), then
 /// endpoint verification (when `peer_ip` is set) and the allow-list.
 #[derive(Debug)]
-pub struct PeerVerifier {
+pub struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     policy: Arc<PeerPolicy>,
     peer_ip: Option<IpAddr>,
@@ -140,7 +49,7 @@ pub struct PeerVerifier {
     chains: Arc<ChainCache>,
 }
 
-impl PeerVerifier {
+impl ClientVerifier {
     /// `chains` must be new and belong to `inner`'s trust material and settings: a verdict of one
     /// verifier must never answer for another.
     pub fn new(
@@ -219,7 +128,7 @@ pub(crate) fn check_identity(
     Ok(())
 }
 
-impl ClientCertVerifier for PeerVerifier {
+impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }

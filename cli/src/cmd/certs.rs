@@ -44,15 +44,7 @@ fn issue(command: Certs) -> Result<(), files::CertsError> {
             spec.key = key_type.into();
             spec.not_after = spec.not_before + std::time::Duration::from_secs(days * 86400 + 3600);
             let password = match &p12_password_file {
-                Some(path) => Some(
-                    ringseal::files::read_text(path, ringseal::files::PASSWORD_FILE)
-                        .map_err(|e| files::CertsError::Input {
-                            path: path.clone(),
-                            message: e.to_string(),
-                        })?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_owned(),
-                ),
+                Some(path) => Some(files::read_password_file(path)?),
                 None => None,
             };
             let written = files::write_node(&ca, &spec, &out, password.as_deref(), force)?;

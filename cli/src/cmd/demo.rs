@@ -20,8 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use ringseal::config::{Config, Inbound, Mode, Outbound, Target, TlsSettings};
+use ringseal::config::{Config, Inbound, Mode, Outbound, Target};
 use ringseal::pki::{Ca, Identity, NodeSpec};
+use ringseal::tls::LoadedTls;
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::AllowList;
 use ringseal::{Server, metrics as m};
@@ -37,7 +38,7 @@ struct Node {
     identity: Identity,
     /// The inbound sidecar.
     sidecar: SocketAddr,
-    tls: TlsSettings,
+    tls: LoadedTls,
     /// The node's outbound sidecars, one per peer.
     outbound: Vec<SocketAddr>,
 }
@@ -79,7 +80,7 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
             vec![ca.cert_der.clone()],
             None,
         )?;
-        let tls = TlsSettings::from_material(material);
+        let tls = LoadedTls::from_material(material);
         let mut config = Config::new(tls.clone());
         config.inbound.push(Inbound {
             listen: SocketAddr::new(ip, 0),
@@ -122,7 +123,7 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
                 },
                 mode: Mode::Strict,
                 plaintext_fallback: None,
-                source: Some(node.ip),
+                bind_ip: Some(node.ip),
             });
         }
         config.limits.shutdown_grace = Duration::from_secs(2);

@@ -10,7 +10,7 @@ use crate::args::SourceArgs;
 use crate::signals::on_signals;
 
 pub fn run(sources: &SourceArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
-    let loaded = match sources.sources().load() {
+    let loaded = match ringseal::load(&sources.sources()) {
         Ok(loaded) => loaded,
         Err(e) => return config_error(&e),
     };

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringseal::config::{Config, Inbound, TlsSettings};
+use ringseal::config::{Config, Inbound};
 use ringseal::pki::{Ca, Identity, NodeSpec};
+use ringseal::tls::LoadedTls;
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::AllowList;
 use ringseal::{Drained, Server};
@@ -87,12 +88,12 @@ pub fn write_config(pki: &Pki, before: &str, after: &str) -> (tempfile::TempDir,
 }
 
 /// A runtime config for one inbound listener on 127.0.0.1:0 in front of `forward`.
-pub fn config(pki: &Pki, forward: SocketAddr) -> Config {
+pub fn config(pki: &Pki, forward: SocketAddr) -> Config<LoadedTls> {
     config_with(pki, &pki.node, forward)
 }
 
 /// As [`config`], presenting `id` (issued by `pki.ca`) instead of `pki.node`.
-pub fn config_with(pki: &Pki, id: &Identity, forward: SocketAddr) -> Config {
+pub fn config_with(pki: &Pki, id: &Identity, forward: SocketAddr) -> Config<LoadedTls> {
     let material = TlsMaterial::from_der(
         vec![id.cert_der.clone()],
         id.key(),
@@ -100,7 +101,7 @@ pub fn config_with(pki: &Pki, id: &Identity, forward: SocketAddr) -> Config {
         None,
     )
     .unwrap();
-    let mut config = Config::new(TlsSettings::from_material(material));
+    let mut config = Config::new(LoadedTls::from_material(material));
     config.inbound.push(Inbound {
         listen: SocketAddr::new(LOCALHOST, 0),
         forward,
@@ -120,14 +121,14 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// An in-process sidecar whose first inbound listener is `addr`.
-    pub async fn start(config: Config) -> Self {
+    pub async fn start(config: Config<LoadedTls>) -> Self {
         let server = Server::bind(config).await.unwrap();
         let addr = server.inbound_addrs()[0];
         Self::serve(server, addr)
     }
 
     /// An in-process sidecar whose first outbound listener is `addr`.
-    pub async fn start_outbound(config: Config) -> Self {
+    pub async fn start_outbound(config: Config<LoadedTls>) -> Self {
         let server = Server::bind(config).await.unwrap();
         let addr = server.outbound_addrs()[0];
         Self::serve(server, addr)
@@ -150,7 +151,7 @@ impl Sidecar {
 }
 
 /// Starts an outbound sidecar; returns its listen address and the sidecar.
-pub async fn start_out(config: Config) -> (SocketAddr, Sidecar) {
+pub async fn start_out(config: Config<LoadedTls>) -> (SocketAddr, Sidecar) {
     let sidecar = Sidecar::start_outbound(config).await;
     (sidecar.addr, sidecar)
 }

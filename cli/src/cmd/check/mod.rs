@@ -10,7 +10,7 @@ use crate::args::CheckArgs;
 use report::{Purpose, examine, render};
 
 pub fn run(args: &CheckArgs) -> ExitCode {
-    let loaded = match args.sources.sources().load() {
+    let loaded = match ringseal::load(&args.sources.sources()) {
         Ok(loaded) => loaded,
         Err(e) => {
             if args.json {

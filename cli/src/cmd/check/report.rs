@@ -13,6 +13,7 @@ use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use ringseal::config::Config;
+use ringseal::tls::LoadedTls;
 use ringseal::tls::v1::{self, V1Trust};
 use ringseal::tls::verify::classify;
 use ringseal::tls::x509::{CertInfo, fmt_time};
@@ -173,7 +174,7 @@ pub enum Purpose {
 }
 
 /// Examines a loaded config.
-pub fn examine(config: &Config, purpose: Purpose) -> Report {
+pub fn examine(config: &Config<LoadedTls>, purpose: Purpose) -> Report {
     let material = &config.tls.material;
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
@@ -317,7 +318,7 @@ fn verify_own(
 }
 
 fn warn_about_identity(
-    config: &Config,
+    config: &Config<LoadedTls>,
     role: &str,
     leaf: &Cert,
     rest: &[Cert],
@@ -400,7 +401,7 @@ fn warn_about_identity(
 }
 
 /// The report as text for a terminal.
-pub fn render(report: &Report, config: &Config) -> String {
+pub fn render(report: &Report, config: &Config<LoadedTls>) -> String {
     let mut out = String::new();
     let _ = match (report.errors.len(), report.warnings.len()) {
         (0, 0) => writeln!(out, "config OK"),
@@ -441,7 +442,7 @@ pub fn render(report: &Report, config: &Config) -> String {
             ca.subject, ca.version, ca.key, ca.not_after, ca.days_left
         );
     }
-    out.push_str(&ringseal::config::describe(config));
+    out.push_str(&ringseal::describe(config));
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {w}");
     }

@@ -1,0 +1,105 @@
+//! From a validated config to what the sidecar runs: the key material `[tls]` names is loaded, and
+//! `offload = "require"` is checked against this kernel. `config` describes, this step reads; `ringseal
+//! rules`, which needs only listen ports, stops before it.
+
+use std::path::{Path, PathBuf};
+
+use rustls::SupportedCipherSuite;
+
+use crate::config::{self, Config, ConfigError, Loaded, Offload, Sources};
+use crate::tls::{LoadedTls, MaterialError};
+
+/// Why a valid config cannot run here. The message starts `config <file>:` like [`ConfigError`]'s.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("config {path}: {source}")]
+    Material {
+        path: PathBuf,
+        source: MaterialError,
+    },
+    #[error(
+        "config {path}: offload: \"require\", but this kernel has no kTLS: {why}; or set offload = \"auto\""
+    )]
+    NoKtls { path: PathBuf, why: String },
+    #[error(
+        "config {path}: offload: \"require\", but the kernel cannot offload {suite} (it takes \
+         {offloadable}); remove it from tls.cipher_suites or set offload = \"auto\""
+    )]
+    SuiteNotOffloaded {
+        path: PathBuf,
+        suite: &'static str,
+        offloadable: String,
+    },
+}
+
+/// Reading, validating or loading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// Reads, derives, merges and validates `sources`, then loads the key material.
+pub fn load(sources: &Sources) -> Result<Loaded<LoadedTls>, StartError> {
+    let Loaded { config, derived } = sources.load()?;
+    let path = sources
+        .config
+        .as_ref()
+        .or(sources.cassandra_yaml.as_ref())
+        .expect("the command line requires --config or --cassandra-yaml");
+    let config = load_tls(config, path)?;
+    Ok(Loaded { config, derived })
+}
+
+/// Loads the key material of a validated config; `path` is the file messages name.
+pub fn load_tls(config: Config, path: &Path) -> Result<Config<LoadedTls>, LoadError> {
+    let tls = config
+        .tls
+        .clone()
+        .load()
+        .map_err(|source| LoadError::Material {
+            path: path.to_owned(),
+            source,
+        })?;
+    check_offload(config.offload, &tls.suites, path)?;
+    Ok(config.with_tls(tls))
+}
+
+/// `offload = "require"`: the kernel must have kTLS, for every configured suite.
+fn check_offload(
+    offload: Offload,
+    suites: &[SupportedCipherSuite],
+    path: &Path,
+) -> Result<(), LoadError> {
+    if offload != Offload::Require {
+        return Ok(());
+    }
+    let support = crate::relay::support();
+    if let Err(why) = &support.result {
+        return Err(LoadError::NoKtls {
+            path: path.to_owned(),
+            why: why.clone(),
+        });
+    }
+    match suites.iter().find(|s| !support.offloads(**s)) {
+        Some(s) => Err(LoadError::SuiteNotOffloaded {
+            path: path.to_owned(),
+            suite: crate::tls::suites::iana_name(*s),
+            offloadable: support.describe(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What `ringseal check` prints after the PKI report: every validated value, and this kernel's kTLS.
+pub fn describe(config: &Config<LoadedTls>) -> String {
+    let support = crate::relay::support();
+    let ktls = if support.available() {
+        format!("kTLS available: {}", support.describe())
+    } else {
+        format!("kTLS unavailable: {}", support.describe())
+    };
+    config::describe(config, &ktls)
+}
