@@ -64,12 +64,43 @@ pub fn run(duration: Duration, runtime: &tokio::runtime::Runtime) -> std::proces
 async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()> {
     let metrics = m::install();
     let ca = Ca::new(CLUSTER)?;
-    let impostor_ca = Ca::new("ImpostorCluster")?;
     let servers = CancellationToken::new();
+    let mut nodes = start_nodes(&ca, &servers).await?;
+    start_outbound(&mut nodes, &servers).await?;
+    println!(
+        "traffic: every node streams {} KiB messages in plaintext to its outbound sidecars, which carry them \
+         over mutual TLS to the other nodes' inbound sidecars; the echo is checked. Every 2s an impostor \
+         (certificate from another CA) and node2's certificate used from 127.0.0.3 try node1 directly\n",
+        MESSAGE / 1024
+    );
+    let traffic = CancellationToken::new();
+    let mut tasks = start_traffic(&ca, &nodes, &traffic)?;
+    let started = Instant::now();
+    show_progress(&metrics, started, duration, &stop).await;
+    traffic.cancel();
+    let mut failures = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            failures.push(e);
+        }
+    }
+    let s = Summary::read(&metrics);
+    print_summary(&s, started.elapsed());
+    servers.cancel();
+    if let Some(e) = failures.first() {
+        anyhow::bail!("{} stream(s) failed, first: {e:#}", failures.len());
+    }
+    if s.ok == 0 || s.bytes == 0.0 {
+        anyhow::bail!("no traffic went through the sidecars");
+    }
+    Ok(())
+}
 
+/// Three nodes on 127.0.0.1-3: a fake storage port each and an inbound sidecar in front of it.
+async fn start_nodes(ca: &Ca, servers: &CancellationToken) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for i in 1..=3u8 {
-        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+        let ip = nodes_ip(i);
         let identity = ca.issue(&NodeSpec::new(&format!("node{i}"), &[ip]))?;
         let storage = fake_storage(ip, servers.clone()).await.with_context(|| {
             format!("binding a fake storage port on {ip} (is {ip} a loopback address here?)")
@@ -86,10 +117,7 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
             listen: SocketAddr::new(ip, 0),
             forward: storage,
             require_endpoint_verification: true,
-            allow: AllowList {
-                ou: vec![CLUSTER.into()],
-                ..AllowList::default()
-            },
+            allow: cluster_only(),
             mode: Mode::Strict,
         });
         config.limits.shutdown_grace = Duration::from_secs(2);
@@ -107,20 +135,21 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
             outbound: Vec::new(),
         });
     }
-    // Each node's own connections to its peers go through its outbound sidecar: plaintext in, mutual
-    // TLS from the node's address to the peer's inbound sidecar, plaintext out to the peer's storage.
+    Ok(nodes)
+}
+
+/// Each node's own connections to its peers go through its outbound sidecar: plaintext in, mutual
+/// TLS from the node's address to the peer's inbound sidecar, plaintext out to the peer's storage.
+async fn start_outbound(nodes: &mut [Node], servers: &CancellationToken) -> anyhow::Result<()> {
     let inbound: Vec<(IpAddr, SocketAddr)> = nodes.iter().map(|n| (n.ip, n.sidecar)).collect();
-    for node in &mut nodes {
+    for node in nodes {
         let mut config = Config::new(node.tls.clone());
         for (_, peer) in inbound.iter().filter(|(ip, _)| *ip != node.ip) {
             config.outbound.push(Outbound {
                 listen: SocketAddr::new(node.ip, 0),
                 target: Target::Fixed(*peer),
                 require_endpoint_verification: true,
-                allow: AllowList {
-                    ou: vec![CLUSTER.into()],
-                    ..AllowList::default()
-                },
+                allow: cluster_only(),
                 mode: Mode::Strict,
                 plaintext_fallback: None,
                 bind_ip: Some(node.ip),
@@ -131,22 +160,32 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
         node.outbound = server.outbound_addrs();
         tokio::spawn(server.serve(servers.clone()));
     }
-    let impostor = impostor_ca.issue(&NodeSpec::new("impostor", &[nodes[0].ip]))?;
-    println!(
-        "traffic: every node streams {} KiB messages in plaintext to its outbound sidecars, which carry them \
-         over mutual TLS to the other nodes' inbound sidecars; the echo is checked. Every 2s an impostor \
-         (certificate from another CA) and node2's certificate used from 127.0.0.3 try node1 directly\n",
-        MESSAGE / 1024
-    );
+    Ok(())
+}
 
+/// Peers must carry the cluster's name as their OU.
+fn cluster_only() -> AllowList {
+    AllowList {
+        ou: vec![CLUSTER.into()],
+        ..AllowList::default()
+    }
+}
+
+/// Every node streams through each of its outbound sidecars; every 2 s an impostor (another CA) and
+/// a real certificate used from the wrong address try node1. Each task returns the bytes it moved.
+fn start_traffic(
+    ca: &Ca,
+    nodes: &[Node],
+    traffic: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinSet<anyhow::Result<u64>>> {
+    let impostor = Ca::new("ImpostorCluster")?.issue(&NodeSpec::new("impostor", &[nodes[0].ip]))?;
     let roots = {
         let mut r = RootCertStore::empty();
         r.add(ca.cert_der.clone())?;
         Arc::new(r)
     };
-    let traffic = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for from in &nodes {
+    for from in nodes {
         for via in &from.outbound {
             tasks.spawn(stream(*via, traffic.clone()));
         }
@@ -166,8 +205,16 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
         }
         Ok(0)
     });
+    Ok(tasks)
+}
 
-    let started = Instant::now();
+/// A line a second from ringseal's own metrics until `duration` has passed or `stop`.
+async fn show_progress(
+    metrics: &PrometheusHandle,
+    started: Instant,
+    duration: Duration,
+    stop: &CancellationToken,
+) {
     let mut last_bytes = 0.0;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
@@ -176,7 +223,7 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let s = Summary::read(&metrics);
+        let s = Summary::read(metrics);
         let negotiated = s
             .negotiated
             .iter()
@@ -192,15 +239,9 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
         );
         last_bytes = s.bytes;
     }
-    traffic.cancel();
-    let mut failures = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(Err(e)) = r {
-            failures.push(e);
-        }
-    }
-    let elapsed = started.elapsed();
-    let s = Summary::read(&metrics);
+}
+
+fn print_summary(s: &Summary, elapsed: Duration) {
     println!("\nsummary after {:.1}s", elapsed.as_secs_f64());
     println!("  handshakes accepted: {}", s.ok);
     for ((protocol, suite), n) in &s.negotiated {
@@ -215,14 +256,6 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
         human_bytes(s.bytes),
         s.bytes / (1024.0 * 1024.0) / elapsed.as_secs_f64()
     );
-    servers.cancel();
-    if let Some(e) = failures.first() {
-        anyhow::bail!("{} stream(s) failed, first: {e:#}", failures.len());
-    }
-    if s.ok == 0 || s.bytes == 0.0 {
-        anyhow::bail!("no traffic went through the sidecars");
-    }
-    Ok(())
 }
 
 fn nodes_ip(i: u8) -> IpAddr {

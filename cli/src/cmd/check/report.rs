@@ -26,8 +26,8 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 pub struct Report {
     pub ok: bool,
     pub cluster_name: Option<String>,
-    pub identity: Identity,
-    pub outbound_identity: Option<Identity>,
+    pub identity: IdentityReport,
+    pub outbound_identity: Option<IdentityReport>,
     pub trust: Trust,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
@@ -35,7 +35,7 @@ pub struct Report {
 
 /// One identity: where it came from, its leaf and what verifying it against our trust store says.
 #[derive(Debug, Serialize)]
-pub struct Identity {
+pub struct IdentityReport {
     /// The config key and file, e.g. `tls.keystore /etc/cassandra/conf/node1.jks`.
     pub source: String,
     pub certificate: Cert,
@@ -178,63 +178,130 @@ pub fn examine(config: &Config<LoadedTls>, purpose: Purpose) -> Report {
     let material = &config.tls.material;
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
-    let verifier = V1Trust::new(
+    let v1_trust = V1Trust::new(
         true,
         material.clone(),
         config.tls.crl_expired,
         ringseal::tls::provider().signature_verification_algorithms,
     );
-    let origin =
-        |(key, path): &(&'static str, std::path::PathBuf)| format!("{key} {}", path.display());
-
-    let mut identities = Vec::new();
     let own = [
         Some((
-            material.certified.clone(),
+            &material.certified,
             "identity",
             origin(&material.origins.cert),
         )),
-        material.outbound.as_ref().map(|(c, _)| {
-            (
-                c.clone(),
-                "outbound identity",
-                "tls.outbound_keystore".to_owned(),
-            )
-        }),
+        material
+            .outbound
+            .as_ref()
+            .map(|(c, _)| (c, "outbound identity", "tls.outbound_keystore".to_owned())),
     ];
+    let mut identities = Vec::new();
     for (certified, role, source) in own.into_iter().flatten() {
-        let chain: Vec<_> = certified.cert.iter().filter_map(Cert::new).collect();
-        let Some((leaf, rest)) = chain.split_first() else {
+        let Some(chain) = ChainCheck::of(&certified.cert, material, &v1_trust) else {
             continue;
         };
-        let [server, client] = [
+        chain.report_failures(role, &mut errors);
+        warn_about_identity(
+            config,
+            role,
+            &chain.leaf,
+            &chain.rest,
+            purpose,
+            &mut warnings,
+        );
+        identities.push(chain.into_report(source));
+    }
+    let cas: Vec<Cert> = material.ca_certs.iter().filter_map(Cert::new).collect();
+    warn_about_cas(&cas, &mut warnings);
+    if !material.sends_ca_names() {
+        warnings.push(format!(
+            "{}: the names of its {} trusted CAs take {} KiB, more than a CertificateRequest can \
+             carry to every peer; ringseal sends no CA names, and peers choose their certificate \
+             without that hint",
+            origin(&material.origins.ca),
+            material.cas.len(),
+            material.ca_names_len() / 1024
+        ));
+    }
+    let mut identities = identities.into_iter();
+    Report {
+        ok: errors.is_empty(),
+        cluster_name: config.cluster_name.clone(),
+        identity: identities.next().expect("the identity always exists"),
+        outbound_identity: identities.next(),
+        trust: Trust {
+            source: origin(&material.origins.ca),
+            cas,
+        },
+        warnings,
+        errors,
+    }
+}
+
+/// `tls.cert /etc/...`: the config key and the file it names.
+fn origin((key, path): &(&'static str, std::path::PathBuf)) -> String {
+    format!("{key} {}", path.display())
+}
+
+/// One of our chains, parsed, and what our own trust store says of it for each usage.
+struct ChainCheck {
+    leaf: Cert,
+    rest: Vec<Cert>,
+    server_auth: String,
+    client_auth: String,
+}
+
+impl ChainCheck {
+    fn of(
+        chain: &[CertificateDer<'static>],
+        material: &ringseal::tls::material::TlsMaterial,
+        v1_trust: &V1Trust,
+    ) -> Option<Self> {
+        let mut parsed = chain.iter().filter_map(Cert::new);
+        let leaf = parsed.next()?;
+        let [server_auth, client_auth] = [
             webpki::KeyUsage::server_auth(),
             webpki::KeyUsage::client_auth(),
         ]
-        .map(|usage| verify_own(&certified.cert, material, &verifier, usage));
-        for (usage, verdict) in [("serverAuth", &server), ("clientAuth", &client)] {
+        .map(|usage| verify_own(chain, material, v1_trust, usage));
+        Some(Self {
+            leaf,
+            rest: parsed.collect(),
+            server_auth,
+            client_auth,
+        })
+    }
+
+    fn report_failures(&self, role: &str, errors: &mut Vec<String>) {
+        for (usage, verdict) in [
+            ("serverAuth", &self.server_auth),
+            ("clientAuth", &self.client_auth),
+        ] {
             if verdict != "ok" {
                 errors.push(format!(
                     "{role} \"{}\" does not verify against the trust store for {usage}: {verdict}; \
                      peers trusting the same CAs will refuse it",
-                    leaf.subject
+                    self.leaf.subject
                 ));
             }
         }
-        warn_about_identity(config, role, leaf, rest, purpose, &mut warnings);
-        let mut chain = chain.into_iter();
-        identities.push(Identity {
-            source,
-            certificate: chain.next().expect("split_first found a leaf"),
-            chain: chain.collect(),
-            key_matches_certificate: true,
-            verifies_for_server_auth: server,
-            verifies_for_client_auth: client,
-        });
     }
 
-    let cas: Vec<Cert> = material.ca_certs.iter().filter_map(Cert::new).collect();
-    for ca in &cas {
+    fn into_report(self, source: String) -> IdentityReport {
+        IdentityReport {
+            source,
+            certificate: self.leaf,
+            chain: self.rest,
+            key_matches_certificate: true,
+            verifies_for_server_auth: self.server_auth,
+            verifies_for_client_auth: self.client_auth,
+        }
+    }
+}
+
+/// Trusted CAs that expired, expire soon, or have a weak key.
+fn warn_about_cas(cas: &[Cert], warnings: &mut Vec<String>) {
+    for ca in cas {
         if ca.days_left < 0 {
             warnings.push(format!(
                 "trusted CA \"{}\" expired at {}: remove it from the trust store once no peer \
@@ -254,31 +321,6 @@ pub fn examine(config: &Config<LoadedTls>, purpose: Purpose) -> Report {
                 ca.subject, ca.key
             ));
         }
-    }
-
-    if !material.sends_ca_names() {
-        warnings.push(format!(
-            "{}: the names of its {} trusted CAs take {} KiB, more than a CertificateRequest can \
-             carry to every peer; ringseal sends no CA names, and peers choose their certificate \
-             without that hint",
-            origin(&material.origins.ca),
-            material.cas.len(),
-            material.ca_names_len() / 1024
-        ));
-    }
-
-    let mut identities = identities.into_iter();
-    Report {
-        ok: errors.is_empty(),
-        cluster_name: config.cluster_name.clone(),
-        identity: identities.next().expect("the identity always exists"),
-        outbound_identity: identities.next(),
-        trust: Trust {
-            source: origin(&material.origins.ca),
-            cas,
-        },
-        warnings,
-        errors,
     }
 }
 
@@ -373,30 +415,42 @@ fn warn_about_identity(
         ));
     }
     if let Some(cluster) = &config.cluster_name {
-        let info = &config.tls.material.identity;
-        let ous = if role == "identity" {
-            info.ou.clone()
-        } else {
-            config
-                .tls
-                .material
-                .outbound
-                .as_ref()
-                .map(|(_, i)| i.ou.clone())
-                .unwrap_or_default()
-        };
-        if !ous.iter().any(|ou| ou == cluster) {
-            warnings.push(format!(
-                "{role} \"{}\" has OU {} but the cluster is \"{cluster}\": allow-lists on OU (and the \
-                 guides' convention) expect the cluster name",
-                leaf.subject,
-                if ous.is_empty() {
-                    "none".to_owned()
-                } else {
-                    ous.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")
-                }
-            ));
-        }
+        warn_about_ou(config, cluster, role, leaf, warnings);
+    }
+}
+
+/// The guides' convention (and allow-lists on OU) expect the cluster's name as the OU.
+fn warn_about_ou(
+    config: &Config<LoadedTls>,
+    cluster: &str,
+    role: &str,
+    leaf: &Cert,
+    warnings: &mut Vec<String>,
+) {
+    let material = &config.tls.material;
+    let ous = if role == "identity" {
+        material.identity.ou.clone()
+    } else {
+        material
+            .outbound
+            .as_ref()
+            .map(|(_, i)| i.ou.clone())
+            .unwrap_or_default()
+    };
+    if !ous.iter().any(|ou| ou == cluster) {
+        warnings.push(format!(
+            "{role} \"{}\" has OU {} but the cluster is \"{cluster}\": allow-lists on OU (and the \
+             guides' convention) expect the cluster name",
+            leaf.subject,
+            if ous.is_empty() {
+                "none".to_owned()
+            } else {
+                ous.iter()
+                    .map(|o| format!("\"{o}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ));
     }
 }
 
