@@ -4,12 +4,12 @@
 //! that `ringseal bench` (real sidecar pairs on loopback) can be compared with.
 //! `cargo bench --bench bulk`.
 
-mod common;
-
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ringseal::pki::KeyType;
+use ringseal_testkit::Pki;
+use ringseal_testkit::memtls::{handshake, pump, suite};
 use rustls::crypto::aws_lc_rs::kx_group;
 
 const MIB: usize = 1 << 20;
@@ -40,8 +40,8 @@ const SUITES: [(&str, KeyType); 9] = [
 ];
 
 fn bench(c: &mut Criterion) {
-    let ecdsa = common::Pki::new(KeyType::EcdsaP256);
-    let rsa = common::Pki::new(KeyType::Rsa2048);
+    let ecdsa = Pki::of_key("BenchCluster", KeyType::EcdsaP256);
+    let rsa = Pki::of_key("BenchCluster", KeyType::Rsa2048);
     let data: Vec<u8> = (0..MIB)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -56,13 +56,15 @@ fn bench(c: &mut Criterion) {
         } else {
             &ecdsa
         };
-        let suite = common::suite(name);
-        let (mut client, mut server) =
-            common::handshake(&pki.client(suite, kx_group::X25519), &pki.server(suite));
+        let suite = suite(name);
+        let (mut client, mut server) = handshake(
+            &pki.restricted_client(suite, kx_group::X25519).unwrap(),
+            &pki.server(suite),
+        );
         g.bench_function(name, |b| {
             b.iter(|| {
-                common::pump(&mut client, &mut server, &data, &mut wire, &mut sink);
-                common::pump(&mut server, &mut client, &data, &mut wire, &mut sink);
+                pump(&mut client, &mut server, &data, &mut wire, &mut sink);
+                pump(&mut server, &mut client, &data, &mut wire, &mut sink);
             })
         });
     }

@@ -4,16 +4,16 @@
 //! ECDSA P-256). The server's share alone is what `ringseal bench` measures as server CPU per
 //! handshake. `cargo bench --bench handshake_kinds`.
 
-mod common;
-
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ringseal::pki::KeyType;
+use ringseal_testkit::Pki;
+use ringseal_testkit::memtls::{handshake, suite};
 use rustls::crypto::aws_lc_rs::kx_group;
 
 fn bench(c: &mut Criterion) {
-    let suite = common::suite("TLS_AES_128_GCM_SHA256");
+    let suite = suite("TLS_AES_128_GCM_SHA256");
     let mut g = c.benchmark_group("mutual handshake TLS 1.3, X25519, per key type");
     for (name, key) in [
         ("ECDSA P-256", KeyType::EcdsaP256),
@@ -21,13 +21,16 @@ fn bench(c: &mut Criterion) {
         ("RSA 2048", KeyType::Rsa2048),
         ("RSA 4096", KeyType::Rsa4096),
     ] {
-        let pki = common::Pki::new(key);
-        let (client, server) = (pki.client(suite, kx_group::X25519), pki.server(suite));
-        g.bench_function(name, |b| b.iter(|| common::handshake(&client, &server)));
+        let pki = Pki::of_key("BenchCluster", key);
+        let (client, server) = (
+            pki.restricted_client(suite, kx_group::X25519).unwrap(),
+            pki.server(suite),
+        );
+        g.bench_function(name, |b| b.iter(|| handshake(&client, &server)));
     }
     g.finish();
 
-    let pki = common::Pki::new(KeyType::EcdsaP256);
+    let pki = Pki::of_key("BenchCluster", KeyType::EcdsaP256);
     let server = pki.server(suite);
     let mut g = c.benchmark_group("mutual handshake TLS 1.3, ECDSA P-256, per key exchange");
     for (name, group) in [
@@ -35,13 +38,13 @@ fn bench(c: &mut Criterion) {
         ("secp256r1", kx_group::SECP256R1),
         ("X25519MLKEM768", kx_group::X25519MLKEM768),
     ] {
-        let client = pki.client(suite, group);
-        let (c, _) = common::handshake(&client, &server);
+        let client = pki.restricted_client(suite, group).unwrap();
+        let (c, _) = handshake(&client, &server);
         assert_eq!(
             c.negotiated_key_exchange_group().map(|k| k.name()),
             Some(group.name())
         );
-        g.bench_function(name, |b| b.iter(|| common::handshake(&client, &server)));
+        g.bench_function(name, |b| b.iter(|| handshake(&client, &server)));
     }
     g.finish();
 }

@@ -8,15 +8,13 @@
 //! The sidecars are the real binary (one process each, with its own metrics), except for the cut's
 //! counter, which the in-process `Server` shows (a process stops serving metrics when it stops).
 
-mod common;
-
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::process::{Proc, address_after};
-use common::stream::{MIB, Sink, expected_hash, prefix_hash, try_send_seeded};
-use common::*;
+use ringseal_testkit::process::{Proc, address_after};
+use ringseal_testkit::stream::{MIB, Sink, expected_hash, prefix_hash, try_send_seeded};
+use ringseal_testkit::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

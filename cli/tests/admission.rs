@@ -7,14 +7,12 @@
 //! latency is asserted: a step that would wait for a slot fails by not finishing within a generous
 //! deadline.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{Proc, address_after};
-use common::*;
+use ringseal_testkit::process::{Proc, address_after};
+use ringseal_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

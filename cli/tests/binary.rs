@@ -1,13 +1,11 @@
 //! The real binary: start-up lines, refusal log lines and their rate limit, a dead backend, descriptor
 //! exhaustion, and SIGTERM's drain-then-cut.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::Proc;
-use common::*;
+use ringseal_testkit::process::Proc;
+use ringseal_testkit::*;
 
 fn count(lines: &[String], needle: &str) -> usize {
     lines.iter().filter(|l| l.contains(needle)).count()

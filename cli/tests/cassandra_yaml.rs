@@ -8,13 +8,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-mod common;
-
-use common::tools::{have, run};
 use ringseal::config::cassandra::{Derived, derive, derive_with_home, merge};
 use ringseal::config::{Config, FileConfig, Mode, Target};
 use ringseal::pki::files::{load_ca, write_ca, write_node};
 use ringseal::pki::{KeyType, NodeSpec};
+use ringseal_testkit::tools::{have, run};
 use toml::{Table, Value};
 
 /// The fixtures folder, as the derived absolute paths spell it.

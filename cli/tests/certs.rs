@@ -2,14 +2,12 @@
 //! verifies the chain and extensions, keytool (JDK) reads the PKCS#12 keystore and installs a signed
 //! reply to its own CSR, and ringseal itself runs mutual TLS with the files.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::tools::have;
-use common::*;
+use ringseal_testkit::tools::have;
+use ringseal_testkit::*;
 
 fn ringseal(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ringseal"))

@@ -2,15 +2,13 @@
 //! from it, a CRL brought in by a reload revokes a cached chain at the next handshake, and a cached
 //! chain presented from an address its certificate does not name is still refused.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::process::{Proc, address_after};
-use common::*;
 use ringseal::metrics::CHAIN_CACHE;
+use ringseal_testkit::process::{Proc, address_after};
+use ringseal_testkit::*;
 use time::OffsetDateTime;
 
 /// `ringseal run` on `dir/ringseal.toml`: one inbound listener to `forward` (with `inbound_extra`),

@@ -2,12 +2,10 @@
 //! report (text and `--json`), each warning the issue names, and the exit status (0 with warnings, 1 when
 //! our own chain does not verify against our trust store, 64 when the config cannot be loaded).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::tools::{have, sh};
+use ringseal_testkit::tools::{have, sh};
 
 struct Checked {
     code: Option<i32>,
@@ -211,8 +209,8 @@ fn unloadable_config_exits_64_with_json_error() {
 /// instead of failing every handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_too_large_for_a_certificate_request_sends_no_names() {
-    use common::process::Proc;
-    use common::{Backend, LOCALHOST, Mode, Pki, client, roundtrip};
+    use ringseal_testkit::process::Proc;
+    use ringseal_testkit::{Backend, LOCALHOST, Mode, Pki, client, roundtrip};
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     pki.write(dir.path());
@@ -245,7 +243,7 @@ async fn a_bundle_too_large_for_a_certificate_request_sends_no_names() {
     );
     let mut proc = Proc::spawn(&[], &dir.path().join("ringseal.toml"), dir);
     let line = proc.wait_for("starting inbound mTLS listener");
-    let addr = common::process::address_after(&line, "listener on ");
+    let addr = ringseal_testkit::process::address_after(&line, "listener on ");
     let good = client(pki.roots(), Some(&pki.node));
     roundtrip(&good, LOCALHOST, addr)
         .await

@@ -2,14 +2,12 @@
 //! `run` and `check` exit 64 (EX_USAGE) with exactly one `error: ` line naming the file, and the help
 //! texts work. Certificates are generated at test time.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Pki;
+use ringseal_testkit::Pki;
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringseal");
@@ -74,7 +72,7 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new();
         pki.write(dir.path());
-        let other = pki.issue("node2", &[common::LOCALHOST]);
+        let other = pki.issue("node2", &[ringseal_testkit::LOCALHOST]);
         std::fs::write(dir.path().join("other.key"), &other.key_pem).unwrap();
         Self { dir }
     }

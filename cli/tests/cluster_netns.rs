@@ -19,8 +19,6 @@
 //! Needs root, `ip`, `nft`, `setpriv`, `/usr/bin/python3` and `tcpdump`; in CI (env CI set) it must
 //! run, elsewhere it says why it skips. Fixed addresses and ports are fine: every namespace is new.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -28,8 +26,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::Proc;
 use ringseal::pki::{Ca, Identity, NodeSpec};
+use ringseal_testkit::process::Proc;
 
 const PYTHON: &str = "/usr/bin/python3";
 const NOBODY: [&str; 7] = [

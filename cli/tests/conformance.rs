@@ -2,8 +2,7 @@
 //! the alert RFC 8446 asks for and then ends with a FIN (the peer reads the alert, then EOF, never a
 //! reset), and a refused chain is counted under a reason that says why.
 
-mod common;
-use common::*;
+use ringseal_testkit::*;
 
 use std::io;
 use std::net::SocketAddr;
@@ -308,7 +307,7 @@ impl Ladder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_deeper_than_webpki_follows_is_refused_as_chain_too_deep() {
-    use common::process::{Proc, address_after};
+    use ringseal_testkit::process::{Proc, address_after};
     let pki = Pki::new();
     let backend = Backend::start(Mode::Echo).await;
     let dir = tempfile::tempdir().unwrap();

@@ -9,14 +9,12 @@
 //! The sidecar under test is the real binary (its metrics are its own); the peer's sidecar runs
 //! in-process behind a TCP proxy the test controls.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::process::{Proc, address_after};
-use common::*;
+use ringseal_testkit::process::{Proc, address_after};
+use ringseal_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};

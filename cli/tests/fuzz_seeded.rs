@@ -8,15 +8,14 @@ use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
-mod common;
 // `init` and `Pki::for_fuzzing` are for the fuzz processes only.
 #[allow(dead_code)]
 #[path = "../../fuzz/src/lib.rs"]
 mod harness;
 
-use common::mutate::mutate;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use ringseal_testkit::mutate::mutate;
 
 /// Every seed as it is, then `rounds` inputs of 1 to 3 random edits of a seed each; every outcome in
 /// `expected` must have been seen (so seeds that stop reaching the code behind the first check are

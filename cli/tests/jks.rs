@@ -11,15 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-mod common;
-
 use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-use common::mutate::mutate;
-use common::tools::{have, run};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringseal::tls::jks::{self, Entry, Jks, JksError};
+use ringseal_testkit::mutate::mutate;
+use ringseal_testkit::tools::{have, run};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 

@@ -3,13 +3,11 @@
 //! that must work, and the bad inputs that must fail with one precise line naming the file and the fix —
 //! never a panic, never a password in the output.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::tools::{have, run, sh};
-use common::*;
+use ringseal_testkit::tools::{have, run, sh};
+use ringseal_testkit::*;
 
 /// The files of one test: a `ringseal certs` CA with node1 and node2, and keytool stores made from them.
 struct Stores {
@@ -348,7 +346,7 @@ fn empty_truststore_key_mismatch_expired_ca() {
 /// inbound sidecar whose allow-list admits only the outbound identity's CN.
 #[tokio::test(flavor = "multi_thread")]
 async fn outbound_keystore_is_the_client_certificate() {
-    use common::process::{Proc, address_after};
+    use ringseal_testkit::process::{Proc, address_after};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if !have(&["openssl", "keytool"]) {
         return;
@@ -408,7 +406,7 @@ async fn outbound_keystore_is_the_client_certificate() {
 /// new identity for new handshakes; a replacement with the wrong password keeps the old identity.
 #[tokio::test(flavor = "multi_thread")]
 async fn keystore_reload_swaps_identity_and_keeps_it_on_a_wrong_password() {
-    use common::process::{Proc, address_after};
+    use ringseal_testkit::process::{Proc, address_after};
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     if !have(&["openssl", "keytool"]) {

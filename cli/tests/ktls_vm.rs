@@ -22,8 +22,6 @@
 //! The host fails loudly unless the guest reports success. It skips (saying why) only when `CI` is unset
 //! and qemu or the kernel package cannot be had.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,9 +29,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::Proc;
-use common::stream::{MIB, Seeded, expected_hash};
-use common::*;
+use ringseal_testkit::process::Proc;
+use ringseal_testkit::stream::{MIB, Seeded, expected_hash};
+use ringseal_testkit::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -936,14 +934,14 @@ async fn guest() {
     let mb = scrape_str(B_METRICS);
     let mc = scrape_str(C_METRICS);
     let ktls = |m: &str, dir: &str| {
-        common::samples(
+        ringseal_testkit::samples(
             m,
             "ringseal_connections_total",
             &[("direction", dir), ("offload", "ktls")],
         )
     };
     let userspace = |m: &str, dir: &str| {
-        common::samples(
+        ringseal_testkit::samples(
             m,
             "ringseal_connections_total",
             &[("direction", dir), ("offload", "userspace")],
@@ -954,7 +952,7 @@ async fn guest() {
     assert_eq!(ktls(&mc, "inbound"), 1.0, "C: {mc}");
     assert_eq!(userspace(&ma, "outbound") + userspace(&mb, "inbound"), 0.0);
     let closed = |m: &str, dir: &str, how: &str| {
-        common::samples(
+        ringseal_testkit::samples(
             m,
             "ringseal_connections_closed_total",
             &[("direction", dir), ("how", how)],

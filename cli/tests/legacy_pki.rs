@@ -8,14 +8,12 @@
 //! node1's inbound sidecar, mutual TLS completes and bytes echo; v1 certificates are refused (our own at
 //! start-up, a peer's at the handshake) unless `tls.accept_v1_certificates = true`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::process::{Proc, address_after};
-use common::tools::{have, sh};
-use common::*;
+use ringseal_testkit::process::{Proc, address_after};
+use ringseal_testkit::tools::{have, sh};
+use ringseal_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GEN_CA_CERT_CONF: &str = "[ req ]

@@ -3,18 +3,16 @@
 //! and the fleet scrape config. Also: the Grafana dashboard, the alerts and the README reference only
 //! metric names that `src/metrics.rs` defines.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::process::Proc;
-use common::*;
 use rand::{RngCore, SeedableRng};
 use ringseal::pki::{Identity, NodeSpec};
+use ringseal_testkit::process::Proc;
+use ringseal_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

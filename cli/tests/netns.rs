@@ -7,12 +7,10 @@
 //! Needs root, `ip`, `nft`, `setpriv` and `python3`; in CI it must run, elsewhere it says why it skips.
 //! Fixed ports are fine here: the namespace is new and private to this test.
 
-mod common;
-
 use std::process::{Child, Command, Output, Stdio};
 
-use common::process::Proc;
-use common::*;
+use ringseal_testkit::process::Proc;
+use ringseal_testkit::*;
 
 const PEER: &str = "10.123.0.2";
 const PEER6: &str = "fd00:123::2";

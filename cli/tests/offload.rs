@@ -3,13 +3,11 @@
 //! (`offload="ktls|userspace"` for TLS, `"splice"` for permissive plaintext). The kTLS path itself is
 //! proved in a VM (`cli/tests/ktls_vm.rs`); this machine's kernel has no kTLS.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::process::Proc;
-use common::*;
+use ringseal_testkit::process::Proc;
+use ringseal_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TLS_TABLE: &str = "[tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n";

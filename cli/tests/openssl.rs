@@ -1,8 +1,7 @@
 //! Interoperability with a client that is not rustls: the system `openssl s_client` against an
 //! in-process sidecar. Skipped (with a note) when `openssl` is not installed, unless `CI` is set.
 
-mod common;
-use common::*;
+use ringseal_testkit::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

@@ -2,16 +2,14 @@
 //! peer's sidecar (ours, or `openssl s_server`), the peer verified by chain (+ dialed IP with endpoint
 //! verification, + allow-list); and what happens when the peer is down, refuses, stalls or hangs up.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use ringseal::config::{Config, Outbound, Target};
 use ringseal::tls::verify::AllowList;
+use ringseal_testkit::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -2,13 +2,11 @@
 //! (inbound), and a peer without TLS yet is reached in plaintext (outbound) — but never because a
 //! certificate failed verification.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
 use ringseal::config::{Outbound, Target};
 use ringseal::tls::verify::AllowList;
+use ringseal_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -4,15 +4,13 @@
 //!
 //! Needs `prometheus` (Debian package `prometheus`); outside CI the test is skipped when it is missing.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::Proc;
-use common::*;
+use ringseal_testkit::process::Proc;
+use ringseal_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

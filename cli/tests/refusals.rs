@@ -1,8 +1,7 @@
 //! Every way a peer can be refused on the inbound listener. In each refused case the client sees an
 //! error, the storage port never sees a connection, and the sidecar keeps serving good peers.
 
-mod common;
-use common::*;
+use ringseal_testkit::*;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

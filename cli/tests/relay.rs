@@ -3,13 +3,11 @@
 //! idle, shutdown grace) enforced. What truncations, resets, deadlines and cuts look like at each end
 //! is in `aborts.rs`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::stream::{MIB, expected_hash, recv_all, send_seeded};
-use common::*;
+use ringseal_testkit::stream::{MIB, expected_hash, recv_all, send_seeded};
+use ringseal_testkit::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -2,16 +2,14 @@
 //! symlink swap) load new material for new handshakes while established connections keep running; every
 //! failed reload keeps the old material; CRLs refuse revoked peers and expired lists as configured.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::Proc;
-use common::*;
 use ringseal::pki::{Ca, Identity, NodeSpec};
+use ringseal_testkit::process::Proc;
+use ringseal_testkit::*;
 use rustls::RootCertStore;
 use time::OffsetDateTime;
 

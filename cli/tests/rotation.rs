@@ -3,17 +3,15 @@
 //! sending SIGHUP, while a generator keeps opening connections and streaming through long-lived ones:
 //! no failed handshake, no dropped or corrupted connection, no restart.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::process::{Proc, address_after};
-use common::*;
 use ringseal::pki::{Ca, Identity, NodeSpec};
+use ringseal_testkit::process::{Proc, address_after};
+use ringseal_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,5 +1,4 @@
-mod common;
-use common::*;
+use ringseal_testkit::*;
 
 #[tokio::test]
 async fn echo_through_sidecar() {

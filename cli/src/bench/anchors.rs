@@ -14,102 +14,47 @@
 //! `nbthread 1`, nginx with `worker_processes 1` (plus its idle master, counted too), stunnel as it
 //! comes (a thread per connection). ringseal runs `ringseal run` with its defaults.
 //!
-//! CPU time is utime + stime from `/proc/PID/stat` (it includes threads that have exited, which
-//! matters for stunnel), memory is VmRSS from `/proc/PID/status`, both summed over the process and
-//! its children (nginx's master and worker).
+//! Certificates, processes and their CPU time and memory come from `ringseal_testkit` (the tests'
+//! PKI builder and process spawner): utime + stime and VmRSS from /proc, summed over nginx's master
+//! and worker.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use ringseal::pki::NodeSpec;
+use ringseal_testkit::pki::{Pki, PkiFiles};
+use ringseal_testkit::process::{Lines, Proc, find_address_after, ringseal_run};
+use ringseal_testkit::tools::which;
 
 use super::{KeyKind, Peer, Suite};
-use ringseal::pki::{Ca, Identity, NodeSpec};
 
 /// How long a proxy may take to listen after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// `/proc/PID/stat` counts in clock ticks; USER_HZ is 100 on every Linux architecture that matters
-/// (the kernel keeps this ABI fixed whatever its internal HZ), so no sysconf call is needed.
-const TICKS_PER_SEC: f64 = 100.0;
 /// nginx's stream module as Debian's libnginx-mod-stream installs it.
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 /// The test PKI on disk: a CA and one node certificate (IP SAN 127.0.0.1, DNS SAN localhost for
 /// nginx, which checks names), both of `key` type, shared by both sides of every pair.
 pub struct Certs {
-    pub dir: PathBuf,
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Certificate and key in one file (HAProxy's `crt`).
-    pub pem: PathBuf,
-    pub ca_der: rustls_pki_types::CertificateDer<'static>,
-    pub node: Identity,
+    pub pki: Pki,
+    pub files: PkiFiles,
 }
 
 impl Certs {
     pub fn write(dir: &Path, kind: KeyKind) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ca = Ca::create("BenchCluster", kind.pki(), 30)
-            .with_context(|| format!("generating a {} CA", kind.name()))?;
         let mut spec = NodeSpec::new("bench-node", &[std::net::Ipv4Addr::LOCALHOST.into()]);
         spec.dns = vec!["localhost".to_owned()];
         spec.key = kind.pki();
-        let node = ca
-            .issue(&spec)
-            .with_context(|| format!("issuing a {} node certificate", kind.name()))?;
-        let c = Self {
-            ca: dir.join("ca.crt"),
-            cert: dir.join("node.crt"),
-            key: dir.join("node.key"),
-            pem: dir.join("node.pem"),
-            dir: dir.to_owned(),
-            ca_der: ca.cert_der.clone(),
-            node,
-        };
-        let write = |p: &Path, s: &str| {
-            std::fs::write(p, s).with_context(|| format!("writing {}", p.display()))
-        };
-        write(&c.ca, &ca.cert_pem)?;
-        write(&c.cert, &c.node.cert_pem)?;
-        let key_pem = match kind {
-            KeyKind::Ed25519 => pkcs8_v1_ed25519(&c.node.key_der)?,
-            _ => c.node.key_pem.clone(),
-        };
-        write(&c.key, &key_pem)?;
-        write(&c.pem, &format!("{}{}", c.node.cert_pem, key_pem))?;
-        Ok(c)
+        let pki = Pki::generate("BenchCluster", &spec)?;
+        let files = pki.write_files(dir)?;
+        Ok(Self { pki, files })
     }
-}
-
-/// rcgen (aws-lc-rs) writes Ed25519 keys as PKCS#8 v2 (with the public key), which OpenSSL 3.0
-/// refuses ("wrong tag ... Field=attributes"); every peer gets the plain v1 encoding of the same key
-/// (RFC 8410): a fixed prefix and the 32-byte seed.
-fn pkcs8_v1_ed25519(der: &rustls_pki_types::PrivatePkcs8KeyDer<'_>) -> anyhow::Result<String> {
-    const PREFIX: [u8; 16] = [
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
-    let bytes = der.secret_pkcs8_der();
-    // The seed is the OCTET STRING inside the privateKey OCTET STRING: 04 22 04 20 <32 bytes>.
-    let at = bytes
-        .windows(4)
-        .position(|w| w == [0x04, 0x22, 0x04, 0x20])
-        .filter(|i| i + 4 + 32 <= bytes.len())
-        .context("unexpected Ed25519 PKCS#8 encoding")?;
-    let mut v1 = PREFIX.to_vec();
-    v1.extend_from_slice(&bytes[at + 4..at + 36]);
-    // rcgen keeps the DER it was given, so this also checks that the key loads.
-    let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&v1.into(), &rcgen::PKCS_ED25519)
-        .context("re-encoding the Ed25519 key")?;
-    Ok(key.serialize_pem())
 }
 
 /// Finds an anchor's binary; `Ok(version line)` or `Err(why not)` in a few words.
@@ -164,15 +109,6 @@ pub fn openssl_version() -> Option<String> {
         .output()
         .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// A binary on PATH, or in the sbin directories a non-root PATH may lack (haproxy, nginx live there).
-fn which(bin: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
 }
 
 /// Descriptors a process needs besides two per connection (listeners, epoll, pipes, stdio).
@@ -253,7 +189,7 @@ impl Pair {
 
     fn start_once(peer: Peer, spec: &PairSpec) -> anyhow::Result<Self> {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = spec.certs.dir.join(format!(
+        let dir = spec.certs.files.dir.join(format!(
             "{}-{}",
             peer.name(),
             N.fetch_add(1, Ordering::Relaxed)
@@ -284,7 +220,7 @@ impl Pair {
     /// An error if either side has exited (crashed, or refused something at run time).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         self.inbound.check_alive()?;
-        self.outbound.check_alive()
+        Ok(self.outbound.check_alive()?)
     }
 }
 
@@ -319,23 +255,13 @@ impl Side {
         if peer == Peer::Ringseal {
             write(&ringseal_config(self, spec, target))?;
             let exe = std::env::current_exe().context("locating the ringseal binary")?;
-            let mut cmd = Command::new(exe);
-            cmd.arg("run")
-                .arg("--config")
-                .arg(&file)
-                .env("RINGSEAL_LOG", "info")
-                .env("NO_COLOR", "1");
-            let mut proc = Proc::spawn(&name, cmd, None, false)?;
+            let mut proc = Proc::launch(&name, ringseal_run(&exe, &[], &file), Lines::Start)?;
             let needle = match self {
                 Self::Inbound => "starting inbound mTLS listener on ",
                 Self::Outbound => "starting outbound listener on ",
             };
-            let line = proc.wait_line(needle)?;
-            let addr = line
-                .split(needle)
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-                .and_then(|s| s.parse().ok())
+            let line = proc.wait_line(needle, START_TIMEOUT)?;
+            let addr = find_address_after(&line, needle)
                 .with_context(|| format!("{name}: no address in its start line {line:?}"))?;
             return Ok((proc, addr));
         }
@@ -390,8 +316,14 @@ impl Side {
             }
             Peer::Ringseal | Peer::Direct => unreachable!("not an anchor"),
         };
-        let mut proc = Proc::spawn(&name, cmd, stop, tree)?;
-        proc.wait_listening(port)?;
+        let mut proc = Proc::launch(&name, cmd, Lines::Start)?;
+        if let Some(stop) = stop {
+            proc = proc.stop_with(stop);
+        }
+        if tree {
+            proc = proc.with_children();
+        }
+        proc.wait_listening(port, START_TIMEOUT)?;
         Ok((proc, listen))
     }
 }
@@ -402,7 +334,7 @@ fn toml_str(p: &Path) -> String {
 }
 
 fn ringseal_config(side: Side, spec: &PairSpec, target: SocketAddr) -> String {
-    let c = &spec.certs;
+    let c = &spec.certs.files;
     let mut t = format!(
         "# generated by ringseal bench\n[tls]\ncert = {}\nkey = {}\nca = {}\nprotocols = [\"{}\"]\n\
          cipher_suites = [\"{}\"]\n\n",
@@ -442,7 +374,7 @@ struct ConfigInput<'a> {
 }
 
 fn haproxy_config(s: &ConfigInput) -> String {
-    let c = s.certs;
+    let c = &s.certs.files;
     let v = s.suite.protocol();
     let ciphers = if s.suite.tls13 {
         format!("ciphersuites {}", s.suite.openssl)
@@ -480,7 +412,7 @@ fn haproxy_config(s: &ConfigInput) -> String {
 }
 
 fn stunnel_config(s: &ConfigInput) -> String {
-    let c = s.certs;
+    let c = &s.certs.files;
     let v = s.suite.protocol();
     let ciphers = if s.suite.tls13 {
         format!("ciphersuites = {}", s.suite.openssl)
@@ -506,7 +438,7 @@ fn stunnel_config(s: &ConfigInput) -> String {
 }
 
 fn nginx_config(s: &ConfigInput) -> String {
-    let c = s.certs;
+    let c = &s.certs.files;
     let v = s.suite.protocol();
     let (prefix, suite) = match s.side {
         Side::Inbound => ("ssl_", s.suite),
@@ -553,243 +485,4 @@ fn nginx_config(s: &ConfigInput) -> String {
         err = s.dir.join(format!("{}-error.log", s.side.name())).display(),
         target = s.target,
     )
-}
-
-/// A child process whose stderr is collected (the last lines, for error messages).
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    /// How to stop it gracefully (nginx); otherwise SIGKILL.
-    stop: Option<Command>,
-    /// Count its children too (nginx's worker).
-    tree: bool,
-}
-
-impl Proc {
-    fn spawn(
-        name: &str,
-        mut cmd: Command,
-        stop: Option<Command>,
-        tree: bool,
-    ) -> anyhow::Result<Self> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {name} ({cmd:?})"))?;
-        let stderr = child.stderr.take().context("no stderr pipe")?;
-        // Bounded: only the start lines are read from the channel; later lines are only kept in
-        // the tail (a chatty proxy must not grow memory, nor block on a full pipe).
-        let (tx, lines) = mpsc::sync_channel(256);
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let keep = tail.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.try_send(line.clone());
-                if let Ok(mut t) = keep.lock() {
-                    if t.len() == 12 {
-                        t.pop_front();
-                    }
-                    t.push_back(line);
-                }
-            }
-        });
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            lines,
-            tail,
-            stop,
-            tree,
-        })
-    }
-
-    fn tail(&self) -> String {
-        self.tail
-            .lock()
-            .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
-            .unwrap_or_default()
-    }
-
-    fn died(&mut self) -> Option<anyhow::Error> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => {
-                // Let the stderr reader catch the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                Some(anyhow::anyhow!(
-                    "{} exited ({status}): {}",
-                    self.name,
-                    self.tail()
-                ))
-            }
-            _ => None,
-        }
-    }
-
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        match self.died() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// Waits for a stderr line containing `needle` (ringseal's start line with its address).
-    fn wait_line(&mut self, needle: &str) -> anyhow::Result<String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            if let Some(e) = self.died() {
-                return Err(e);
-            }
-        }
-        if let Some(e) = self.died() {
-            return Err(e);
-        }
-        anyhow::bail!(
-            "{} did not log {needle:?} within {}s: {}",
-            self.name,
-            START_TIMEOUT.as_secs(),
-            self.tail()
-        )
-    }
-
-    /// Waits until something listens on 127.0.0.1:`port` (read from /proc/net/tcp, so no probe
-    /// connection disturbs the proxy), or the process exits.
-    fn wait_listening(&mut self, port: u16) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(e) = self.died() {
-                return Err(e);
-            }
-            if listening(port) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        anyhow::bail!(
-            "{} does not listen on 127.0.0.1:{port} after {}s: {}",
-            self.name,
-            START_TIMEOUT.as_secs(),
-            self.tail()
-        )
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        let pid = self.child.id();
-        if self.tree {
-            descendants(pid)
-        } else {
-            vec![pid]
-        }
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        self.pids().into_iter().filter_map(cpu_ticks).sum::<u64>() as f64 / TICKS_PER_SEC
-    }
-
-    fn rss_bytes(&self) -> u64 {
-        self.pids().into_iter().filter_map(rss_bytes).sum()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(stop) = &mut self.stop {
-            let _ = stop
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether a socket listens on `port` (any local address), per /proc/net/tcp.
-fn listening(port: u16) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    let want = format!(":{port:04X}");
-    text.lines().skip(1).any(|l| {
-        let mut f = l.split_whitespace();
-        let local = f.nth(1).unwrap_or("");
-        let state = f.nth(1).unwrap_or("");
-        local.ends_with(&want) && state == "0A"
-    })
-}
-
-/// The fields of /proc/PID/stat after the command name (which may contain spaces and parentheses).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-/// utime + stime of a process (all its threads, including exited ones), in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let f = stat_fields(pid)?;
-    // After the name: state(0) ppid(1) ... utime(11) stime(12).
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// `pid` and every process below it.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
-                children.entry(ppid).or_default().push(p);
-            }
-        }
-    }
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        if let Some(c) = children.get(&out[i]) {
-            out.extend(c);
-        }
-        i += 1;
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_own_process() {
-        let me = std::process::id();
-        assert!(cpu_ticks(me).is_some());
-        assert!(rss_bytes(me).unwrap() > 0);
-        assert_eq!(descendants(me)[0], me);
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(listening(l.local_addr().unwrap().port()));
-    }
 }

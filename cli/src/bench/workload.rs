@@ -1,37 +1,22 @@
-//! The load generator: a backend standing in for the storage port, and the clients that drive a
-//! pair. Plain TCP on the plaintext sides (tokio), rustls where the driver speaks TLS itself.
-//!
-//! Wire protocol with the backend (the proxies just relay it): the first byte picks the mode.
-//! `S` + a u64 length (big-endian): the backend reads exactly that many bytes, then answers one byte,
-//! so the sender knows everything arrived without relying on half-close (which the proxies treat
-//! differently). `E`: echo everything until EOF. `G`: `openssl s_time -www`'s "GET / HTTP/1.0"
-//! request, answered with an empty HTTP/1.0 reply and a close. A connection that sends nothing
-//! (openssl s_time without `-www`) is simply closed.
+//! The load generator: the clients that drive a pair, and the backend standing in for the storage
+//! port (`ringseal_testkit`'s, speaking its wire protocol: see `ringseal_testkit::backend`). Plain
+//! TCP on the plaintext sides (tokio), rustls where the driver speaks TLS itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ringseal_testkit::backend::protocol::{ECHO, SINK};
+use ringseal_testkit::backend::{BULK_BUFFER, Mode, STALL};
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 use super::anchors::{Certs, Pair};
 use super::{Group, STimeClient, Suite};
 
-const SINK: u8 = b'S';
-const ECHO: u8 = b'E';
-/// The first byte of `openssl s_time -www`'s request line ("GET ...").
-const REQUEST: u8 = b'G';
-/// The answer to it.
-const REPLY: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
-/// The sender's and the sink's buffer: large, like iperf3's default 128 KiB, so the load
-/// generator's own syscalls stay a small part of the machine's work.
-const BULK_BUFFER: usize = 256 * 1024;
 /// Ping-pong message size.
 const PING: usize = 1024;
 /// Round trips before the ping-pong starts recording (connection setup, lazily grown buffers).
@@ -43,154 +28,30 @@ pub const HANDSHAKE_WORKERS: usize = 4;
 const IDLE_PARALLEL: usize = 64;
 /// Deadline for one connection's setup and first round trip (a wedged proxy must not hang the bench).
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
-/// A bulk transfer that makes no progress for this long has stalled: it fails instead of hanging.
-const STALL: Duration = Duration::from_secs(30);
 
-/// The storage-port stand-in: sink or echo per connection, counting open connections.
-pub struct Backend {
-    pub addr: SocketAddr,
-    active: Arc<AtomicUsize>,
-    /// `-www` requests answered.
-    requests: Arc<AtomicU64>,
-    stop: CancellationToken,
-}
+/// The storage-port stand-in: the tests' backend in its bench-protocol mode.
+pub struct Backend(ringseal_testkit::Backend);
 
 impl Backend {
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let active = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicU64::new(0));
-        let stop = CancellationToken::new();
-        let (count, answered, halt) = (active.clone(), requests.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = halt.cancelled() => return,
-                    a = listener.accept() => a,
-                };
-                let Ok((conn, _)) = accepted else {
-                    // Out of descriptors under the memory test: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                count.fetch_add(1, Ordering::Relaxed);
-                let (count, answered, halt) = (count.clone(), answered.clone(), halt.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = halt.cancelled() => {}
-                        _ = serve(conn, &answered) => {}
-                    }
-                    count.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-        });
-        Ok(Self {
-            addr,
-            active,
-            requests,
-            stop,
-        })
-    }
-
-    /// `-www` requests answered so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// Connections currently open at the backend.
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// Waits (bounded) until no connection is open at the backend.
-    pub async fn wait_idle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.active() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        ringseal_testkit::Backend::bind(Mode::Protocol)
+            .await
+            .map(Self)
     }
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+impl std::ops::Deref for Backend {
+    type Target = ringseal_testkit::Backend;
 
-async fn serve(mut conn: TcpStream, answered: &AtomicU64) -> std::io::Result<()> {
-    let _ = conn.set_nodelay(true);
-    let mut mode = [0u8; 1];
-    if conn.read(&mut mode).await? == 0 {
-        return Ok(());
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
-    match mode[0] {
-        SINK => {
-            let left = conn.read_u64().await?;
-            // Nothing is buffered above the socket, so the stream continues exactly here.
-            let conn = conn.into_std()?;
-            return tokio::task::spawn_blocking(move || sink(conn, left))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        }
-        ECHO => {
-            // Small buffer: an idle echo connection should cost the backend little.
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let n = conn.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                conn.write_all(&buf[..n]).await?;
-            }
-        }
-        REQUEST => {
-            // `openssl s_time -www PAGE`: "GET PAGE HTTP/1.0" and a blank line; answer and close, as
-            // an HTTP/1.0 server does, so the client's read of the reply ends.
-            let mut seen = vec![mode[0]];
-            let mut buf = [0u8; 512];
-            while !seen.ends_with(b"\r\n\r\n") {
-                let n = conn.read(&mut buf).await?;
-                if n == 0 || seen.len() > 8192 {
-                    return Ok(());
-                }
-                seen.extend_from_slice(&buf[..n]);
-            }
-            conn.write_all(REPLY).await?;
-            answered.fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {}
-    }
-    let _ = conn.shutdown().await;
-    Ok(())
-}
-
-/// The bulk sink: reads `left` bytes, acknowledges them with one byte, then reads until the sender
-/// closes. Blocking reads on a thread of its own, like iperf3's (see [`bulk`]).
-fn sink(mut conn: std::net::TcpStream, mut left: u64) -> std::io::Result<()> {
-    use std::io::{Read as _, Write as _};
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(STALL))?;
-    conn.set_write_timeout(Some(STALL))?;
-    let mut buf = vec![0u8; BULK_BUFFER];
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = conn.read(&mut buf[..want])?;
-        if n == 0 {
-            return Ok(()); // truncated: the sender sees no acknowledgement
-        }
-        left -= n as u64;
-    }
-    conn.write_all(&[1])?;
-    // Until the sender closes.
-    while conn.read(&mut buf)? > 0 {}
-    Ok(())
 }
 
 /// Streams `bytes` through `entry` on one connection; returns the time from connect until the
 /// backend acknowledged the last byte.
 ///
-/// The sender and the sink (see [`sink`]) use blocking I/O on threads of their own, as iperf3 does:
+/// The sender and the backend's sink use blocking I/O on threads of their own, as iperf3 does:
 /// as tokio tasks each full or empty socket buffer costs an extra `epoll_wait` and wake-up, CPU
 /// taken from the proxies being measured (direct loopback measured 10-20% slower that way than
 /// iperf3 on this machine), and more so from the faster pair.
@@ -311,31 +172,9 @@ pub async fn churn(entry: SocketAddr, duration: Duration, workers: usize) -> any
 /// A client config that offers exactly one suite and one key exchange group, with the node
 /// certificate for client authentication and no resumption (every connection a full handshake).
 pub fn tls_client(certs: &Certs, suite: &Suite, group: Group) -> anyhow::Result<Arc<ClientConfig>> {
-    let base = ringseal::tls::provider();
-    let cs = base
-        .cipher_suites
-        .iter()
-        .find(|s| ringseal::tls::suites::iana_name(**s) == suite.iana)
-        .copied()
+    let cs = ringseal_testkit::client::find_suite(suite.iana)
         .with_context(|| format!("{} is not in the crypto provider", suite.iana))?;
-    let provider = rustls::crypto::CryptoProvider {
-        cipher_suites: vec![cs],
-        kx_groups: vec![group.rustls()],
-        ..(*base).clone()
-    };
-    let mut roots = RootCertStore::empty();
-    roots.add(certs.ca_der.clone())?;
-    let version = if suite.tls13 {
-        &rustls::version::TLS13
-    } else {
-        &rustls::version::TLS12
-    };
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[version])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![certs.node.cert_der.clone()], certs.node.key())?;
-    config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
+    Ok(certs.pki.restricted_client(cs, group.rustls())?)
 }
 
 /// Full mutual TLS handshakes straight to an inbound side (`tls`), each followed by one echoed
@@ -429,11 +268,11 @@ pub async fn s_time(
         .arg(tls.to_string())
         .arg("-new")
         .arg("-cert")
-        .arg(&certs.cert)
+        .arg(&certs.files.cert)
         .arg("-key")
-        .arg(&certs.key)
+        .arg(&certs.files.key)
         .arg("-CAfile")
-        .arg(&certs.ca)
+        .arg(&certs.files.ca)
         .arg("-time")
         .arg(secs.to_string());
     if client == STimeClient::Request {
@@ -564,7 +403,7 @@ mod tests {
         c.write_all(b"\r\n").await.unwrap();
         let mut reply = Vec::new();
         c.read_to_end(&mut reply).await.unwrap();
-        assert_eq!(reply, REPLY);
+        assert_eq!(reply, ringseal_testkit::backend::protocol::REPLY);
         assert_eq!(b.requests(), 1);
         let conns = open_idle(b.addr, 10).await.unwrap();
         assert_eq!(conns.len(), 10);

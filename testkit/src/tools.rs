@@ -1,8 +1,8 @@
-//! The external tools tests drive (openssl, keytool, the ringseal binary): found or skipped (never
+//! The external tools tests and benches drive (openssl, keytool, HAProxy...): found or skipped (never
 //! skipped in CI), run with no standard input (keytool prompts otherwise), failing loudly with their
 //! output.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// Whether every tool is installed. Outside CI a missing one skips the test, saying why; under CI
@@ -42,4 +42,13 @@ pub fn run(dir: &Path, program: &str, args: &[&str]) -> Output {
 /// Runs a shell script (`sh -ec`) in `dir`, asserting success.
 pub fn sh(dir: &Path, script: &str) -> Output {
     run(dir, "sh", &["-ec", script])
+}
+
+/// A binary on PATH, or in the sbin directories a non-root PATH may lack (haproxy, nginx live there).
+pub fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
 }

@@ -1,49 +1,50 @@
-//! Shared by the criterion benches: a test PKI per key type, ringseal's own server configuration
-//! (the verifier it really runs), clients restricted to one suite and one key exchange group, and
-//! in-memory TLS (no sockets: crypto and protocol work only).
-#![allow(dead_code)]
+//! TLS in memory, no sockets (crypto and protocol work only, for the criterion benches): ringseal's
+//! own server configuration (the verifier it really runs), a full mutual handshake, and records
+//! pumped from one end to the other.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use ringseal::pki::{Ca, Identity, KeyType, NodeSpec};
+use ringseal::pki::Identity;
 use ringseal::tls::LoadedTls;
 use ringseal::tls::material::TlsMaterial;
 use ringseal::tls::verify::{AllowList, PeerPolicy};
-use rustls::crypto::{CryptoProvider, SupportedKxGroup};
 use rustls::pki_types::ServerName;
 use rustls::{
-    ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
+    ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection,
     SupportedCipherSuite,
 };
 
-/// A CA and a node certificate (127.0.0.1), both of `key` type.
-pub struct Pki {
-    pub ca: Ca,
-    pub node: Identity,
+use crate::Pki;
+
+/// The provider's suite with this IANA name.
+pub fn suite(iana: &str) -> SupportedCipherSuite {
+    crate::client::find_suite(iana).unwrap_or_else(|| panic!("{iana} not in the provider"))
 }
 
 impl Pki {
-    pub fn new(key: KeyType) -> Self {
-        let ca = Ca::create("BenchCluster", key, 30).unwrap();
-        let mut spec = NodeSpec::new("node1", &[std::net::Ipv4Addr::LOCALHOST.into()]);
-        spec.key = key;
-        let node = ca.issue(&spec).unwrap();
-        Self { ca, node }
+    /// ringseal's TLS settings presenting the node certificate and trusting the CA.
+    pub fn settings(&self) -> LoadedTls {
+        self.settings_for(&self.node)
+    }
+
+    /// As [`Pki::settings`], presenting `id` (issued by this CA).
+    pub fn settings_for(&self, id: &Identity) -> LoadedTls {
+        LoadedTls::from_material(
+            TlsMaterial::from_der(
+                vec![id.cert_der.clone()],
+                id.key(),
+                vec![self.ca.cert_der.clone()],
+                None,
+            )
+            .unwrap(),
+        )
     }
 
     /// ringseal's inbound server configuration (client certificate required, its verifier),
     /// restricted to `suite`.
     pub fn server(&self, suite: SupportedCipherSuite) -> Arc<ServerConfig> {
-        let mut settings = LoadedTls::from_material(
-            TlsMaterial::from_der(
-                vec![self.node.cert_der.clone()],
-                self.node.key(),
-                vec![self.ca.cert_der.clone()],
-                None,
-            )
-            .unwrap(),
-        );
+        let mut settings = self.settings();
         settings.versions = vec![suite.version()];
         settings.suites = vec![suite];
         let provider = ringseal::tls::provider_for(&settings);
@@ -56,39 +57,6 @@ impl Pki {
         );
         ringseal::tls::server_config(&settings, provider, Arc::new(verifier))
     }
-
-    /// A client presenting the node certificate, offering only `suite` and `group`.
-    pub fn client(
-        &self,
-        suite: SupportedCipherSuite,
-        group: &'static dyn SupportedKxGroup,
-    ) -> Arc<ClientConfig> {
-        let provider = CryptoProvider {
-            cipher_suites: vec![suite],
-            kx_groups: vec![group],
-            ..(*ringseal::tls::provider()).clone()
-        };
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.cert_der.clone()).unwrap();
-        let mut c = ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_protocol_versions(&[suite.version()])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![self.node.cert_der.clone()], self.node.key())
-            .unwrap();
-        c.resumption = rustls::client::Resumption::disabled();
-        Arc::new(c)
-    }
-}
-
-/// The provider's suite with this IANA name.
-pub fn suite(iana: &str) -> SupportedCipherSuite {
-    ringseal::tls::provider()
-        .cipher_suites
-        .iter()
-        .copied()
-        .find(|s| ringseal::tls::suites::iana_name(*s) == iana)
-        .unwrap_or_else(|| panic!("{iana} not in the provider"))
 }
 
 /// A full mutual handshake, in memory; returns both ends, ready for data.

@@ -1,0 +1,41 @@
+//! Test support for ringseal, shared by the integration tests (`cli/tests`), the criterion benches
+//! (`benches/`, `cli/benches/`) and `ringseal bench`: one PKI builder ([`pki`]), one backend standing
+//! in for the storage port ([`backend`]), one process spawner ([`process`]), in-process sidecars and
+//! TLS clients ([`sidecar`], [`client`]), in-memory TLS ([`memtls`]), seeded streams ([`stream`]),
+//! seeded mutations ([`mutate`]), external tools ([`tools`]) and metrics scraping ([`scrape`]).
+//!
+//! Everything panics on failure (a test's failure is its message) except what `ringseal bench` uses
+//! at run time, which returns errors an operator can read.
+
+pub mod backend;
+pub mod client;
+pub mod memtls;
+pub mod mutate;
+pub mod pki;
+pub mod process;
+pub mod scrape;
+pub mod sidecar;
+pub mod stream;
+pub mod tools;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+pub use backend::{Backend, Mode};
+pub use client::{Tls, client, connect, connect_from, echo, roundtrip};
+pub use pki::Pki;
+pub use scrape::{sample, samples, scrape};
+pub use sidecar::{Sidecar, TLS_TABLE, config, config_with, start_out, write_config};
+
+pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Bounds a step that must finish; a hang fails the test instead of blocking CI.
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: did not finish within 30s"))
+}
