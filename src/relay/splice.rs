@@ -4,7 +4,7 @@
 //!
 //! On [`plain`]'s legs FIN is the orderly end and passes through as FIN; a reset, a deadline or an
 //! abort of the other direction stops both directions' reads, delivers what the pipes hold, and
-//! [`super::drive`] then resets both legs (the close semantics of [`super`]).
+//! [`drive`] then resets both legs (the close semantics of [`super`]).
 //!
 //! A pump is filled only when it is empty, so `EAGAIN` from filling always means "the source has
 //! nothing", never "the pipe is full", and is drained completely before the next fill. A pipe holds
@@ -26,7 +26,8 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{Close, Deadlines, Directions, Outcome, RelayLimits, Side};
+use super::poll_loop::{Deadlines, Directions, Side, drive};
+use super::{Close, Outcome, RelayLimits};
 use crate::metrics::ByteCounters;
 use crate::sys;
 
@@ -168,7 +169,8 @@ impl Flow {
     }
 }
 
-struct Plain {
+/// Permissive mode's plaintext legs, spliced both ways.
+struct PlainRelay {
     peer: TcpStream,
     backend: TcpStream,
     /// peer -> backend
@@ -238,7 +240,7 @@ fn poll_flow(
     progress
 }
 
-impl Directions for Plain {
+impl Directions for PlainRelay {
     fn step(&mut self, cx: &mut Context<'_>) -> bool {
         let up = poll_flow(
             cx,
@@ -297,11 +299,11 @@ impl Directions for Plain {
     }
 }
 
-impl Future for Plain {
+impl Future for PlainRelay {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        super::drive(self.get_mut(), cx)
+        drive(self.get_mut(), cx)
     }
 }
 
@@ -323,7 +325,7 @@ pub(super) async fn plain(
             };
         }
     };
-    Plain {
+    PlainRelay {
         peer,
         backend,
         up,
