@@ -187,7 +187,7 @@ pub struct Outcome {
 pub struct Relay {
     /// Boxed for the moment between `start` and `run`: the listener's task keeps the space of a
     /// `Relay` it has moved into `run` for the connection's whole life, and inline that would be
-    /// the session keys and rustls's connection.
+    /// rustls's connection or the kTLS hand-over's state (README, *Benchmarks*).
     chosen: Box<ChosenPath>,
 }
 
