@@ -4,8 +4,8 @@
 //!
 //! * [`support()`] probes once per process which ciphers the kernel takes, and why not if none.
 //! * [`engage`] hands a connection over (the handshake left the socket at a record boundary, see
-//!   [`super::handshake`](mod@super::handshake)): it flushes what rustls queued, extracts the keys and sets them
-//!   ([`handover`]).
+//!   [`super::handshake`](mod@super::handshake)): it flushes what rustls queued, extracts the keys
+//!   and sets them ([`handover`]).
 //! * The relay loop ([`relay`]) splices application data and reads every other record with
 //!   `recvmsg` ([`control`]).
 //! * The AEAD limit: our key's records are counted ([`record_limit`]).
