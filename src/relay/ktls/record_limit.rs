@@ -10,7 +10,8 @@ use crate::relay::splice::CHUNK;
 use crate::sys::{self, KtlsCipher};
 
 /// Our key's record budget. The kernel never rekeys for us (see the module documentation of
-/// [`crate::relay`]), so the key may protect at most `stop` records, 7/8 of the suite's confidentiality limit.
+/// [`crate::relay`]), so the key may protect at most `stop` records, 7/8 of the suite's
+/// confidentiality limit.
 /// `bound` is an upper bound of the records sent so far: every record carries at least one byte, so
 /// after sending `n` bytes at most `n` more records exist. Reads from the backend are sized so that
 /// sending them cannot pass `stop`; when the bound could, the exact sequence number is read back from
