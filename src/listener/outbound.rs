@@ -284,11 +284,11 @@ async fn serve_local_connection(
     let snapshot = ctx.snapshot.load_full();
     let route = match route(&local, ctx, snapshot.plaintext_fallback) {
         Ok(route) => route,
-        Err(message) => {
+        Err(why) => {
             if let Some(n) = ctx.refusals.check((Reason::Other, from.ip())) {
                 tracing::warn!(
                     listen = %ctx.listen,
-                    "refused local connection from {from}: {message}{}",
+                    "refused local connection from {from}: {why}{}",
                     suppressed_note(n)
                 );
             }
