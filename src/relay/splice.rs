@@ -183,19 +183,24 @@ struct PlainRelay {
     deadlines: Deadlines,
 }
 
+/// One end of a plaintext flow: its socket, and which side of the relay it is (for the outcome).
+#[derive(Clone, Copy)]
+struct Leg<'a> {
+    sock: &'a TcpStream,
+    side: Side,
+}
+
 /// Moves `flow` from `src` to `dst` until it would block; true if anything moved. Once `close` is set
 /// (the connection aborts), nothing more is read from `src` and no FIN is sent.
-#[allow(clippy::too_many_arguments)]
 fn poll_flow(
     cx: &mut Context<'_>,
     flow: &mut Flow,
-    src: &TcpStream,
-    src_side: Side,
-    dst: &TcpStream,
-    dst_side: Side,
+    src: Leg<'_>,
+    dst: Leg<'_>,
     close: &mut Option<Close>,
     count: &metrics::Counter,
 ) -> bool {
+    let (src, src_side, dst, dst_side) = (src.sock, src.side, dst.sock, dst.side);
     let mut progress = false;
     while !flow.done {
         if !flow.pump.is_empty() {
@@ -242,23 +247,27 @@ fn poll_flow(
 
 impl Directions for PlainRelay {
     fn step(&mut self, cx: &mut Context<'_>) -> bool {
+        let peer = Leg {
+            sock: &self.peer,
+            side: Side::Peer,
+        };
+        let backend = Leg {
+            sock: &self.backend,
+            side: Side::Backend,
+        };
         let up = poll_flow(
             cx,
             &mut self.up,
-            &self.peer,
-            Side::Peer,
-            &self.backend,
-            Side::Backend,
+            peer,
+            backend,
             &mut self.close,
             &self.counters.from_peer,
         );
         let down = poll_flow(
             cx,
             &mut self.down,
-            &self.backend,
-            Side::Backend,
-            &self.peer,
-            Side::Peer,
+            backend,
+            peer,
             &mut self.close,
             &self.counters.to_peer,
         );
