@@ -104,35 +104,52 @@ impl Health {
             .store(unix_secs(not_after), Ordering::Release);
     }
 
-    /// `Ok` when ready at `now`; otherwise why not, as one line.
-    pub fn check(&self, now: SystemTime) -> Result<(), String> {
+    /// `Ok` when ready at `now`; otherwise why not.
+    pub fn check(&self, now: SystemTime) -> Result<(), NotReady> {
         if !self.listeners_bound.load(Ordering::Acquire) {
-            return Err(
-                "listeners are not accepting connections (starting or shutting down)".into(),
-            );
+            return Err(NotReady::ListenersNotAccepting);
         }
         let now = unix_secs(now);
         let not_before = self.identity_not_before.load(Ordering::Acquire);
         let not_after = self.identity_not_after.load(Ordering::Acquire);
-        let at = |secs: u64| {
-            UNIX_EPOCH
-                .checked_add(Duration::from_secs(secs))
-                .map_or_else(|| format!("{secs} (Unix time)"), fmt_time)
-        };
         if now > not_after {
-            return Err(format!(
-                "the identity certificate (tls.cert) expired at {}; install a renewed certificate",
-                at(not_after)
-            ));
+            return Err(NotReady::IdentityExpired { not_after });
         }
         if now < not_before {
-            return Err(format!(
-                "the identity certificate (tls.cert) is not valid before {} (check the clock)",
-                at(not_before)
-            ));
+            return Err(NotReady::IdentityNotYetValid { not_before });
         }
         Ok(())
     }
+}
+
+/// Why `/readyz` answers 503, as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("listeners are not accepting connections (starting or shutting down)")]
+    ListenersNotAccepting,
+    #[error(
+        "the identity certificate (tls.cert) expired at {}; install a renewed certificate",
+        fmt_unix_secs(*.not_after)
+    )]
+    IdentityExpired {
+        /// Unix seconds.
+        not_after: u64,
+    },
+    #[error(
+        "the identity certificate (tls.cert) is not valid before {} (check the clock)",
+        fmt_unix_secs(*.not_before)
+    )]
+    IdentityNotYetValid {
+        /// Unix seconds.
+        not_before: u64,
+    },
+}
+
+/// A time given in Unix seconds, as the log writes times.
+fn fmt_unix_secs(secs: u64) -> String {
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .map_or_else(|| format!("{secs} (Unix time)"), fmt_time)
 }
 
 /// A bound admin listener.
@@ -161,10 +178,10 @@ impl AdminEndpoint {
         self.addr
     }
 
-    /// Serves `handle`'s exposition and `health` until `shutdown`.
+    /// Serves `prometheus`'s exposition and `health` until `shutdown`.
     pub async fn serve(
         self,
-        handle: PrometheusHandle,
+        prometheus: PrometheusHandle,
         health: Arc<Health>,
         shutdown: CancellationToken,
     ) {
@@ -176,7 +193,7 @@ impl AdminEndpoint {
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES)
             .keep_alive(true);
-        let upkeep = tokio::spawn(upkeep(handle.clone(), shutdown.clone()));
+        let upkeep = tokio::spawn(upkeep(prometheus.clone(), shutdown.clone()));
         // Never waits for a slot: the listen backlog keeps being drained, and a full table evicts.
         while let Some((stream, peer)) =
             crate::listener::accept(&self.listener, &shutdown, &accept_log).await
@@ -193,12 +210,13 @@ impl AdminEndpoint {
                 }
             }
             let http = http.clone();
-            let (handle, health, shutdown) = (handle.clone(), health.clone(), shutdown.clone());
+            let (prometheus, health, shutdown) =
+                (prometheus.clone(), health.clone(), shutdown.clone());
             let slots = slots.clone();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = evict.cancelled() => {}
-                    _ = connection(stream, peer, &http, handle, health, shutdown, (&slots, slot)) => {}
+                    _ = serve_http_connection(stream, peer, &http, prometheus, health, shutdown, (&slots, slot)) => {}
                 }
                 slots.release(slot);
             });
@@ -327,11 +345,11 @@ async fn refuse_h2(mut stream: TcpStream) {
 }
 
 /// One HTTP connection, from accept to close.
-async fn connection(
+async fn serve_http_connection(
     stream: TcpStream,
     peer: SocketAddr,
     http: &hyper::server::conn::http1::Builder,
-    handle: PrometheusHandle,
+    prometheus: PrometheusHandle,
     health: Arc<Health>,
     shutdown: CancellationToken,
     (slots, slot): (&Arc<Slots>, u64),
@@ -361,7 +379,7 @@ async fn connection(
     let slots = slots.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         slots.touch(slot);
-        let response = respond(&req, &handle, &health);
+        let response = respond(&req, &prometheus, &health);
         async move { Ok::<_, Infallible>(response) }
     });
     let conn = http.serve_connection(TokioIo::new(stream), service);
@@ -386,18 +404,19 @@ async fn connection(
 }
 
 /// Folds histogram samples into buckets every [`UPKEEP_INTERVAL`] until `shutdown`.
-async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+async fn upkeep(prometheus: PrometheusHandle, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => handle.run_upkeep(),
+            _ = tick.tick() => prometheus.run_upkeep(),
         }
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+/// A plain-text response that no cache keeps.
+fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -412,18 +431,18 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 /// Routes one request. Never fails: every outcome is a response.
 fn respond<B>(
     req: &Request<B>,
-    handle: &PrometheusHandle,
+    prometheus: &PrometheusHandle,
     health: &Health,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-        return text(
+        return text_response(
             StatusCode::NOT_FOUND,
             "not found; this endpoint serves /metrics, /healthz and /readyz\n",
         );
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut response = text(
+        let mut response = text_response(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {} not allowed; use GET\n", req.method()),
         );
@@ -434,20 +453,20 @@ fn respond<B>(
     }
     match path {
         "/metrics" => {
-            let mut response = text(StatusCode::OK, handle.render());
+            let mut response = text_response(StatusCode::OK, prometheus.render());
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
             response
         }
         "/readyz" => match health.check(SystemTime::now()) {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(why) => text(
+            Ok(()) => text_response(StatusCode::OK, "ready\n"),
+            Err(why) => text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),
             ),
         },
-        _ => text(StatusCode::OK, "ok\n"),
+        _ => text_response(StatusCode::OK, "ok\n"),
     }
 }
 
@@ -467,7 +486,7 @@ pub fn start(
     let Some(endpoint) = endpoint else {
         return;
     };
-    let handle = crate::metrics::install();
+    let prometheus = crate::metrics::install();
     config.tls.material.publish_expiry();
     let mut directions = Vec::new();
     if !config.inbound.is_empty() {
@@ -481,7 +500,7 @@ pub fn start(
         "serving metrics on {} (/metrics, /healthz, /readyz)",
         endpoint.local_addr()
     );
-    tokio::spawn(endpoint.serve(handle, health, shutdown));
+    tokio::spawn(endpoint.serve(prometheus, health, shutdown));
 }
 
 #[cfg(test)]
@@ -505,12 +524,12 @@ mod tests {
         let h = health(1_000, 2_000);
         assert_eq!(h.check(at(1_500)), Ok(()));
         assert_eq!(h.check(at(2_000)), Ok(()), "notAfter itself is still valid");
-        let why = h.check(at(2_001)).unwrap_err();
+        let why = h.check(at(2_001)).unwrap_err().to_string();
         assert!(why.contains("expired at 1970-01-01T00:33:20Z"), "{why}");
-        let why = h.check(at(999)).unwrap_err();
+        let why = h.check(at(999)).unwrap_err().to_string();
         assert!(why.contains("not valid before"), "{why}");
         h.set_listeners_bound(false);
-        let why = h.check(at(1_500)).unwrap_err();
+        let why = h.check(at(1_500)).unwrap_err().to_string();
         assert!(why.contains("listeners"), "{why}");
     }
 
@@ -525,7 +544,7 @@ mod tests {
     #[test]
     fn routes_methods_and_paths() {
         // A private recorder: unit tests leave the process-wide one alone.
-        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle();
         let h = health(0, u64::MAX / 2);
@@ -535,7 +554,7 @@ mod tests {
                 .uri(path)
                 .body(())
                 .unwrap();
-            respond(&req, &handle, &h)
+            respond(&req, &prometheus, &h)
         };
         assert_eq!(get(Method::GET, "/healthz").status(), StatusCode::OK);
         assert_eq!(get(Method::HEAD, "/readyz").status(), StatusCode::OK);

@@ -32,7 +32,8 @@ const EXPIRY_WARNINGS: [u64; 4] = [30, 14, 7, 1];
 pub struct Reloader {
     sources: Sources,
     current: Config<LoadedTls>,
-    fingerprint: Option<u64>,
+    /// The fingerprint of the files as last applied (or at start).
+    applied_fingerprint: Option<u64>,
     inbound: Vec<InboundHandle>,
     outbound: Vec<OutboundHandle>,
     health: Arc<Health>,
@@ -50,7 +51,7 @@ impl Reloader {
         health: Arc<Health>,
     ) -> Self {
         let mut r = Self {
-            fingerprint: None,
+            applied_fingerprint: None,
             sources,
             current,
             inbound,
@@ -59,7 +60,7 @@ impl Reloader {
             last_error: None,
             warned: None,
         };
-        r.fingerprint = r.fingerprint().ok();
+        r.applied_fingerprint = r.fingerprint_files().ok();
         r.check_expiry();
         r.warn_expired_crls();
         r
@@ -72,11 +73,11 @@ impl Reloader {
 
     /// Checks for changes and reloads if there are any; `forced` (SIGHUP) reloads regardless.
     pub fn check(&mut self, forced: bool) {
-        let fingerprint = match self.fingerprint() {
+        let fingerprint = match self.fingerprint_files() {
             Ok(f) => f,
             Err(e) => return self.failed(e),
         };
-        if !forced && Some(fingerprint) == self.fingerprint {
+        if !forced && Some(fingerprint) == self.applied_fingerprint {
             self.check_expiry();
             return;
         }
@@ -120,14 +121,14 @@ impl Reloader {
             self.warned = None;
         }
         self.current = config;
-        self.fingerprint = Some(fingerprint);
+        self.applied_fingerprint = Some(fingerprint);
         self.last_error = None;
         self.check_expiry();
         self.warn_expired_crls();
     }
 
     /// The contents of the config file and of every file the current config names.
-    fn fingerprint(&self) -> Result<u64, String> {
+    fn fingerprint_files(&self) -> Result<u64, String> {
         use std::hash::{Hash, Hasher};
         let text = self.sources.read().map_err(|e| format!("config {e}"))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -228,12 +229,13 @@ impl Reloader {
     }
 }
 
-/// Checks every `reload_interval`, and at once when `now` is notified (SIGHUP), until `shutdown`.
-pub async fn run(mut reloader: Reloader, now: Arc<Notify>, shutdown: CancellationToken) {
+/// Checks every `reload_interval`, and at once when `reload_now` is notified (SIGHUP), until
+/// `shutdown`.
+pub async fn run(mut reloader: Reloader, reload_now: Arc<Notify>, shutdown: CancellationToken) {
     loop {
         let forced = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = now.notified() => true,
+            _ = reload_now.notified() => true,
             _ = tokio::time::sleep(reloader.interval()) => false,
         };
         if forced {

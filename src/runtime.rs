@@ -20,7 +20,10 @@ pub enum LoadError {
     #[error(
         "config {path}: offload: \"require\", but this kernel has no kTLS: {why}; or set offload = \"auto\""
     )]
-    NoKtls { path: PathBuf, why: String },
+    NoKtls {
+        path: PathBuf,
+        why: &'static crate::relay::KtlsUnavailable,
+    },
     #[error(
         "config {path}: offload: \"require\", but the kernel cannot offload {suite} (it takes \
          {offloadable}); remove it from tls.cipher_suites or set offload = \"auto\""
@@ -80,7 +83,7 @@ fn check_offload(
     if let Err(why) = &support.result {
         return Err(LoadError::NoKtls {
             path: path.to_owned(),
-            why: why.clone(),
+            why,
         });
     }
     match suites.iter().find(|s| !support.offloads(**s)) {

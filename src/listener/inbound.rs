@@ -21,7 +21,7 @@ use super::sniff::{Sniffed, sniff};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Inbound, Limits, Mode};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
-use crate::relay::{self, Offload, RelayLimits};
+use crate::relay::{self, Offload};
 use crate::tls::LoadedTls;
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::{ClientVerifier, PeerPolicy};
@@ -33,14 +33,16 @@ const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
 /// A bound inbound listener.
 pub struct InboundListener {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    ctx: Arc<InboundContext>,
 }
 
-struct Shared {
+/// What every connection task of one inbound listener shares: its addresses, budgets, log limits and
+/// the current [`InboundSnapshot`].
+struct InboundContext {
     listen: SocketAddr,
     forward: SocketAddr,
     /// Swapped whole by a reload; each handshake takes the current one.
-    tls: ArcSwap<InboundTls>,
+    snapshot: ArcSwap<InboundSnapshot>,
     limits: Limits,
     refusals: RateLimit<RefusalKey>,
     backend_log: RateLimit<()>,
@@ -54,7 +56,7 @@ struct Shared {
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
-struct InboundTls {
+struct InboundSnapshot {
     settings: LoadedTls,
     provider: Arc<CryptoProvider>,
     verifier: Arc<ClientVerifier>,
@@ -65,7 +67,7 @@ struct InboundTls {
     mode: Mode,
 }
 
-impl InboundTls {
+impl InboundSnapshot {
     fn build(cfg: &Inbound, tls: &LoadedTls) -> Self {
         let policy = Arc::new(PeerPolicy {
             allow: cfg.allow.clone(),
@@ -87,11 +89,13 @@ impl InboundTls {
 /// Lets a reload swap a listener's TLS material and peer policy; connections already established keep
 /// the material they were verified with.
 #[derive(Clone)]
-pub struct InboundHandle(Arc<Shared>);
+pub struct InboundHandle(Arc<InboundContext>);
 
 impl InboundHandle {
     pub fn apply(&self, cfg: &Inbound, tls: &LoadedTls) {
-        self.0.tls.store(Arc::new(InboundTls::build(cfg, tls)));
+        self.0
+            .snapshot
+            .store(Arc::new(InboundSnapshot::build(cfg, tls)));
     }
 }
 
@@ -105,10 +109,10 @@ impl InboundListener {
     ) -> std::io::Result<Self> {
         let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
-        let shared = Arc::new(Shared {
+        let ctx = Arc::new(InboundContext {
             listen,
             forward: cfg.forward,
-            tls: ArcSwap::from_pointee(InboundTls::build(cfg, tls)),
+            snapshot: ArcSwap::from_pointee(InboundSnapshot::build(cfg, tls)),
             limits: limits.clone(),
             refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
             backend_log: RateLimit::new(Duration::from_secs(10)),
@@ -117,21 +121,21 @@ impl InboundListener {
             plaintext_peers: super::PeerSet::default(),
             offload,
         });
-        Ok(Self { listener, shared })
+        Ok(Self { listener, ctx })
     }
 
     pub fn handle(&self) -> InboundHandle {
-        InboundHandle(self.shared.clone())
+        InboundHandle(self.ctx.clone())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.listen
+        self.ctx.listen
     }
 
     /// The start-up line, in the spirit of Cassandra's "Starting Encrypted Messaging Service on TLS port".
     pub fn log_start(&self, cfg: &Inbound) {
-        let s = &self.shared;
-        let tls = s.tls.load();
+        let ctx = &self.ctx;
+        let tls = ctx.snapshot.load();
         let protocols: Vec<_> = tls
             .settings
             .versions
@@ -142,8 +146,8 @@ impl InboundListener {
         tracing::info!(
             "starting inbound mTLS listener on {} forwarding to {} (protocols {}; cipher suites {}; \
              client auth {}; endpoint verification {}; allow {})",
-            s.listen,
-            s.forward,
+            ctx.listen,
+            ctx.forward,
             protocols.join(","),
             suites.join(","),
             if tls.settings.require_client_auth {
@@ -165,89 +169,113 @@ impl InboundListener {
         super::serve(
             &self.listener,
             life,
-            &self.shared.admission,
-            &self.shared.accept_log,
-            self.shared.clone(),
-            |stream, peer, shared, pending| async move {
-                handle(stream, peer, &shared, pending).await
+            &self.ctx.admission,
+            &self.ctx.accept_log,
+            self.ctx.clone(),
+            |stream, peer, ctx, pending| async move {
+                serve_connection(stream, peer, &ctx, pending).await
             },
         )
         .await;
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, s: &Shared, pending: Pending) {
+/// One accepted connection, from its first bytes to the end of its relay (or its refusal).
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &InboundContext,
+    pending: Pending,
+) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
-    let deadline = tokio::time::Instant::from_std(started + s.limits.handshake_timeout);
+    let deadline = tokio::time::Instant::from_std(started + ctx.limits.handshake_timeout);
     // Until the peer has sent a whole first record, the task holds the socket and this small future;
     // everything after (rustls, the handshake, the relay) is boxed below, allocated only for a peer
     // that has sent something to handshake with.
-    let first = tokio::time::timeout_at(deadline, first_bytes(&stream, s))
+    let first = tokio::time::timeout_at(deadline, first_bytes(&stream, ctx))
         .await
-        .unwrap_or_else(|_| Err(timed_out(s)));
-    Box::pin(connection(
-        stream, peer, s, pending, started, deadline, first,
+        .unwrap_or_else(|_| Err(timed_out(ctx)));
+    Box::pin(after_first_bytes(
+        stream, peer, ctx, pending, started, deadline, first,
     ))
     .await;
 }
 
-fn timed_out(s: &Shared) -> Refusal {
+fn timed_out(ctx: &InboundContext) -> Refusal {
     Refusal::new(
         Reason::Timeout,
         format!(
             "handshake not completed within limits.handshake_timeout ({})",
-            humantime::format_duration(s.limits.handshake_timeout)
+            humantime::format_duration(ctx.limits.handshake_timeout)
         ),
     )
 }
 
 /// The connection once its first bytes are known: handshake, then relay (or passthrough, or refusal).
-async fn connection(
+async fn after_first_bytes(
     stream: TcpStream,
     peer: SocketAddr,
-    s: &Shared,
+    ctx: &InboundContext,
     pending: Pending,
     started: Instant,
     deadline: tokio::time::Instant,
     first: Result<Sniffed, Refusal>,
 ) {
     let result = match first {
-        Ok(Sniffed::Tls) => tokio::time::timeout_at(deadline, handshake(&stream, peer, s))
+        Ok(Sniffed::Tls) => tokio::time::timeout_at(deadline, handshake(&stream, peer, ctx))
             .await
-            .unwrap_or_else(|_| Err(timed_out(s)))
+            .unwrap_or_else(|_| Err(timed_out(ctx)))
             .map(Accepted::Tls),
         Ok(plain) => Ok(Accepted::Plain(plain)),
         Err(refusal) => Err(refusal),
     };
-    let conn = match result {
-        Ok(Accepted::Tls(conn)) => conn,
+    match result {
+        Ok(Accepted::Tls(conn)) => relay_verified(stream, conn, peer, ctx, pending, started).await,
         Ok(Accepted::Plain(sniffed)) => {
             let Some(_slot) = pending.establish(peer) else {
                 return admission::reset(&stream);
             };
-            return passthrough(stream, peer, sniffed, s).await;
+            passthrough(stream, peer, sniffed, ctx).await;
         }
-        Err(refusal) => {
-            metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
-            if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
-                tracing::warn!(
-                    peer = %peer,
-                    listen = %s.listen,
-                    reason = refusal.reason.as_str(),
-                    "refused {peer}: {}{}",
-                    refusal.message,
-                    suppressed_note(n)
-                );
-            }
-            // FIN after the alert, and what the peer still sends read and discarded: a reset could
-            // destroy the alert before the peer reads it.
-            relay::refuse(stream).await;
-            return;
-        }
-    };
-    let tls = stream;
-    if s.plaintext_peers.remove(peer.ip()) {
+        Err(refusal) => refuse(stream, peer, ctx, &refusal, started).await,
+    }
+}
+
+/// Counts and logs (rate-limited) a refused handshake, then ends the connection.
+async fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &InboundContext,
+    refusal: &Refusal,
+    started: Instant,
+) {
+    metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
+    if let Some(n) = ctx.refusals.check((refusal.reason, peer.ip())) {
+        tracing::warn!(
+            peer = %peer,
+            listen = %ctx.listen,
+            reason = refusal.reason.as_str(),
+            "refused {peer}: {}{}",
+            refusal.message,
+            suppressed_note(n)
+        );
+    }
+    // FIN after the alert, and what the peer still sends read and discarded: a reset could
+    // destroy the alert before the peer reads it.
+    relay::refuse(stream).await;
+}
+
+/// A verified peer: takes an established slot, connects `forward` and relays.
+async fn relay_verified(
+    tls: TcpStream,
+    conn: rustls::Connection,
+    peer: SocketAddr,
+    ctx: &InboundContext,
+    pending: Pending,
+    started: Instant,
+) {
+    if ctx.plaintext_peers.remove(peer.ip()) {
         tracing::info!(peer = %peer, "peer {} now connects with TLS (was plaintext)", peer.ip());
     }
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
@@ -267,41 +295,39 @@ async fn connection(
         tracing::debug!(peer = %peer, "accepted {peer} \"{subject}\" ({protocol}, {suite})");
     }
 
-    let Some(backend) = connect_forward(peer, s).await else {
-        relay::close(tls, conn).await;
+    let Some(backend) = connect_forward(peer, ctx).await else {
+        relay::close_without_data(tls, conn).await;
         return;
     };
     let _ = backend.set_nodelay(true);
 
-    let relay = relay::Relay::start(tls, conn, backend, s.offload).await;
+    let relay = relay::Relay::start(tls, conn, backend, ctx.offload).await;
     let active = ActiveConnection::start(Direction::Inbound, true, relay.path().label());
-    let limits = RelayLimits {
-        idle: s.limits.idle_timeout,
-        linger: s.limits.close_linger,
-    };
-    let outcome = relay.run(limits, active.bytes.clone()).await;
-    super::report_close(active, peer, s.forward, &outcome);
+    let outcome = relay
+        .run(super::relay_limits(&ctx.limits), active.bytes.clone())
+        .await;
+    super::report_close(active, peer, ctx.forward, &outcome);
 }
 
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
-async fn connect_forward(peer: SocketAddr, s: &Shared) -> Option<TcpStream> {
-    match tokio::time::timeout(s.limits.connect_timeout, TcpStream::connect(s.forward)).await {
+async fn connect_forward(peer: SocketAddr, ctx: &InboundContext) -> Option<TcpStream> {
+    match tokio::time::timeout(ctx.limits.connect_timeout, TcpStream::connect(ctx.forward)).await {
         Ok(Ok(b)) => Some(b),
         failed => {
             let why = match failed {
                 Ok(Err(e)) => e.to_string(),
                 _ => format!(
                     "no answer within limits.connect_timeout ({})",
-                    humantime::format_duration(s.limits.connect_timeout)
+                    humantime::format_duration(ctx.limits.connect_timeout)
                 ),
             };
             metrics::backend_failure(Direction::Inbound);
-            if let Some(n) = s.backend_log.check(()) {
+            if let Some(n) = ctx.backend_log.check(()) {
                 tracing::warn!(
                     peer = %peer,
                     "cannot connect to forward address {} for verified peer {peer}: {why}; closing its TLS \
                      connection (is Cassandra running and listening on its storage port?){}",
-                    s.forward,
+                    ctx.forward,
                     suppressed_note(n)
                 );
             }
@@ -311,25 +337,22 @@ async fn connect_forward(peer: SocketAddr, s: &Shared) -> Option<TcpStream> {
 }
 
 /// Permissive mode: a plaintext peer is passed through to the storage port untouched.
-async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, s: &Shared) {
-    if s.plaintext_peers.insert(peer.ip()) {
+async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, ctx: &InboundContext) {
+    if ctx.plaintext_peers.insert(peer.ip()) {
         tracing::info!(
             peer = %peer,
             "peer {} connects in plaintext ({sniffed}); passed through because mode = permissive",
             peer.ip()
         );
     }
-    let Some(backend) = connect_forward(peer, s).await else {
+    let Some(backend) = connect_forward(peer, ctx).await else {
         return;
     };
     let _ = backend.set_nodelay(true);
     let active = ActiveConnection::start(Direction::Inbound, false, relay::Path::Splice.label());
-    let limits = RelayLimits {
-        idle: s.limits.idle_timeout,
-        linger: s.limits.close_linger,
-    };
+    let limits = super::relay_limits(&ctx.limits);
     let outcome = relay::plain(plain, backend, limits, active.bytes.clone()).await;
-    super::report_close(active, peer, s.forward, &outcome);
+    super::report_close(active, peer, ctx.forward, &outcome);
 }
 
 /// What the first bytes and the handshake came to.
@@ -344,7 +367,7 @@ enum Accepted {
 
 /// Sniffs the first bytes; for TLS, waits until a whole first record is queued. Holds nothing but a
 /// few bytes on the stack: a peer that dribbles its ClientHello costs the socket and the task.
-async fn first_bytes(stream: &TcpStream, s: &Shared) -> Result<Sniffed, Refusal> {
+async fn first_bytes(stream: &TcpStream, ctx: &InboundContext) -> Result<Sniffed, Refusal> {
     let mut first = [0u8; 8];
     let n = stream
         .peek(&mut first)
@@ -364,7 +387,7 @@ async fn first_bytes(stream: &TcpStream, s: &Shared) -> Result<Sniffed, Refusal>
                 Sniffed::Ssl2Hello.to_string(),
             ));
         }
-        other if s.tls.load().mode == Mode::Permissive => return Ok(other),
+        other if ctx.snapshot.load().mode == Mode::Permissive => return Ok(other),
         other => return Err(Refusal::new(Reason::NotTls, format!("peer sent {other}"))),
     }
     relay::first_record(stream)
@@ -379,9 +402,9 @@ async fn first_bytes(stream: &TcpStream, s: &Shared) -> Result<Sniffed, Refusal>
 async fn handshake(
     stream: &TcpStream,
     peer: SocketAddr,
-    s: &Shared,
+    ctx: &InboundContext,
 ) -> Result<rustls::Connection, Refusal> {
-    let tls = s.tls.load();
+    let tls = ctx.snapshot.load();
     let config = if tls.endpoint_verification {
         // The verifier must know the peer's address and rustls gives it none, so this connection gets a
         // config whose verifier is bound to it (cheap: the key, roots and provider are shared `Arc`s).

@@ -18,8 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Limits;
 use crate::metrics::{ActiveConnection, Reason};
-use crate::relay::{Close, Outcome};
+use crate::relay::{Close, Outcome, RelayLimits};
 use admission::{Admission, Pending};
 
 /// Binds `addr` with a listen backlog of `backlog` (the kernel cuts it to `net.core.somaxconn`).
@@ -87,19 +88,19 @@ pub struct Lifecycle {
 }
 
 /// Accepts until shutdown, admits each connection ([`Admission::admit`]; a connection turned away is
-/// reset at once) and runs `handle` for it in its own tracked task, which trades its [`Pending`] place
+/// reset at once) and runs `serve_connection` for it in its own tracked task, which trades its [`Pending`] place
 /// for an established one once verified. An eviction or a cut drops the connection (a relayed one is reset on both legs: see
 /// `relay`'s close semantics).
-pub async fn serve<S, F, Fut>(
+pub async fn serve<C, F, Fut>(
     listener: &TcpListener,
     life: Lifecycle,
     admission: &Arc<Admission>,
     log: &RateLimit<&'static str>,
-    shared: Arc<S>,
-    handle: F,
+    ctx: Arc<C>,
+    serve_connection: F,
 ) where
-    S: Send + Sync + 'static,
-    F: Fn(TcpStream, SocketAddr, Arc<S>, Pending) -> Fut + Copy + Send + 'static,
+    C: Send + Sync + 'static,
+    F: Fn(TcpStream, SocketAddr, Arc<C>, Pending) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     while let Some((stream, peer)) = accept(listener, &life.shutdown, log).await {
@@ -109,14 +110,14 @@ pub async fn serve<S, F, Fut>(
         };
         let evicted = pending.eviction();
         let cut = life.cut.clone();
-        let shared = shared.clone();
+        let ctx = ctx.clone();
         // The connection's future is created inside the task: captured by the task's block it would
         // be stored twice in the task (captured, and moved into `select!`).
         life.tracker.spawn(async move {
             tokio::select! {
                 _ = cut.cancelled() => {}
                 _ = evicted.cancelled() => {}
-                _ = handle(stream, peer, shared, pending) => {}
+                _ = serve_connection(stream, peer, ctx, pending) => {}
             }
         });
     }
@@ -127,6 +128,14 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// The relay's deadlines from `[limits]`.
+pub fn relay_limits(limits: &Limits) -> RelayLimits {
+    RelayLimits {
+        idle: limits.idle_timeout,
+        linger: limits.close_linger,
+    }
 }
 
 /// A failed handshake (`relay::handshake` wraps rustls's error in an `io::Error`) as a refusal.

@@ -27,7 +27,7 @@ use super::tls_peers::TlsPeers;
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target};
 use crate::metrics::{self, ActiveConnection, Direction, FallbackReason, Reason};
-use crate::relay::{self, Offload, RelayLimits};
+use crate::relay::{self, Offload};
 use crate::tls::LoadedTls;
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::PeerPolicy;
@@ -37,14 +37,14 @@ use crate::tls::verify::PeerPolicy;
 const FALLBACK_MEMORY: Duration = Duration::from_secs(30);
 
 /// What a reload may change: TLS material, peer policy, mode.
-struct OutboundTls {
+struct OutboundSnapshot {
     config: Arc<ClientConfig>,
     mode: Mode,
     plaintext_fallback: Option<SocketAddr>,
     source: Option<std::net::IpAddr>,
 }
 
-impl OutboundTls {
+impl OutboundSnapshot {
     fn build(cfg: &Outbound, tls: &LoadedTls) -> Self {
         let policy = Arc::new(PeerPolicy {
             allow: cfg.allow.clone(),
@@ -65,28 +65,53 @@ impl OutboundTls {
 
 /// Lets a reload swap the TLS material and peer policy of new outbound connections.
 #[derive(Clone)]
-pub struct OutboundHandle(Arc<Shared>);
+pub struct OutboundHandle(Arc<OutboundContext>);
 
 impl OutboundHandle {
     pub fn apply(&self, cfg: &Outbound, tls: &LoadedTls) {
-        self.0.state.store(Arc::new(OutboundTls::build(cfg, tls)));
+        self.0
+            .snapshot
+            .store(Arc::new(OutboundSnapshot::build(cfg, tls)));
     }
 }
 
-/// Where this connection goes: the fixed upstream, or the redirected connection's original destination
-/// with the TLS port.
 /// Where a connection goes: the peer's TLS address, and its plaintext address for permissive mode.
 struct Route {
     tls: SocketAddr,
     plain: Option<SocketAddr>,
 }
 
-fn destination(
+/// Why a local connection has no route: the listener is transparent and the connection did not come
+/// through the redirect rules as they should be.
+#[derive(Debug, thiserror::Error)]
+enum RouteError {
+    #[error("{0}")]
+    LocalAddr(#[from] std::io::Error),
+    #[error(
+        "it was not redirected (no original destination); Cassandra's connections to peers' \
+         storage port must reach {listen} through the rules `ringseal rules` prints"
+    )]
+    NoOriginalDestination { listen: SocketAddr },
+    #[error(
+        "it was not redirected (its original destination is this listener, {dst}); connect to a \
+         peer's storage port and let the rules redirect it"
+    )]
+    ToThisListener { dst: SocketAddr },
+    #[error(
+        "redirect loop: its original destination {dst} is already a TLS port ({tls_port}); the \
+         rules must redirect only the storage port and exclude ringseal's own connections"
+    )]
+    RedirectLoop { dst: SocketAddr, tls_port: u16 },
+}
+
+/// The fixed upstream (with `fallback` as its plaintext address), or the redirected connection's
+/// original destination with the TLS port.
+fn route(
     local: &TcpStream,
-    s: &Shared,
+    ctx: &OutboundContext,
     fallback: Option<SocketAddr>,
-) -> Result<Route, String> {
-    let tls_port = match s.target {
+) -> Result<Route, RouteError> {
+    let tls_port = match ctx.target {
         Target::Fixed(upstream) => {
             return Ok(Route {
                 tls: upstream,
@@ -95,38 +120,13 @@ fn destination(
         }
         Target::Transparent { tls_port } => tls_port,
     };
-    let sock = socket2::SockRef::from(local);
-    let here = local.local_addr().map_err(|e| e.to_string())?;
-    // The connection's own family decides, not the listener's: an IPv4 connection accepted on a
-    // dual-stack [::] listener has an IPv4 NAT entry (and an IPv4-mapped local address).
-    let ipv4 = match here.ip() {
-        std::net::IpAddr::V4(_) => true,
-        std::net::IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
-    };
-    let original = if ipv4 {
-        sock.original_dst_v4()
-    } else {
-        sock.original_dst_v6()
-    }
-    .ok()
-    .and_then(|a| a.as_socket())
-    .map(|a| SocketAddr::new(crate::tls::verify::canonical_ip(a.ip()), a.port()));
+    let here = local.local_addr()?;
     let here = SocketAddr::new(crate::tls::verify::canonical_ip(here.ip()), here.port());
-    match original {
+    match original_destination(local, here) {
         // Without a NAT entry the "original" destination is this socket itself.
-        None => Err(format!(
-            "it was not redirected (no original destination); Cassandra's connections to peers' \
-             storage port must reach {} through the rules `ringseal rules` prints",
-            s.listen
-        )),
-        Some(dst) if dst == here || dst == s.listen => Err(format!(
-            "it was not redirected (its original destination is this listener, {dst}); connect to a \
-             peer's storage port and let the rules redirect it"
-        )),
-        Some(dst) if dst.port() == tls_port => Err(format!(
-            "redirect loop: its original destination {dst} is already a TLS port ({tls_port}); the \
-             rules must redirect only the storage port and exclude ringseal's own connections"
-        )),
+        None => Err(RouteError::NoOriginalDestination { listen: ctx.listen }),
+        Some(dst) if dst == here || dst == ctx.listen => Err(RouteError::ToThisListener { dst }),
+        Some(dst) if dst.port() == tls_port => Err(RouteError::RedirectLoop { dst, tls_port }),
         Some(dst) => Ok(Route {
             tls: SocketAddr::new(dst.ip(), tls_port),
             plain: Some(dst),
@@ -134,17 +134,37 @@ fn destination(
     }
 }
 
+/// The destination the redirect rules' NAT entry recorded for `local` (whose local address is
+/// `here`), with its IP canonical.
+fn original_destination(local: &TcpStream, here: SocketAddr) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(local);
+    // The connection's own family decides, not the listener's: an IPv4 connection accepted on a
+    // dual-stack [::] listener has an IPv4 NAT entry (and an IPv4-mapped local address). `here` is
+    // canonical, so an IPv4-mapped address is IPv4 by now.
+    let original = if here.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    original
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| SocketAddr::new(crate::tls::verify::canonical_ip(a.ip()), a.port()))
+}
+
 /// A bound outbound listener.
 pub struct OutboundListener {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    ctx: Arc<OutboundContext>,
 }
 
-struct Shared {
+/// What every connection task of one outbound listener shares: its address and target, budgets, log
+/// limits, the memories of peers with and without TLS, and the current [`OutboundSnapshot`].
+struct OutboundContext {
     listen: SocketAddr,
     target: Target,
     /// Swapped whole by a reload; each connection takes the current one.
-    state: ArcSwap<OutboundTls>,
+    snapshot: ArcSwap<OutboundSnapshot>,
     /// Permissive mode: peers found without TLS, when and why; TLS is tried again after
     /// `FALLBACK_MEMORY`.
     plaintext_peers:
@@ -174,10 +194,10 @@ impl OutboundListener {
         let listen = listener.local_addr()?;
         Ok(Self {
             listener,
-            shared: Arc::new(Shared {
+            ctx: Arc::new(OutboundContext {
                 listen,
                 target: cfg.target,
-                state: ArcSwap::from_pointee(OutboundTls::build(cfg, tls)),
+                snapshot: ArcSwap::from_pointee(OutboundSnapshot::build(cfg, tls)),
                 plaintext_peers: Default::default(),
                 tls_peers,
                 admission: Arc::new(Admission::new(Direction::Outbound, listen, limits, false)),
@@ -191,11 +211,11 @@ impl OutboundListener {
     }
 
     pub fn handle(&self) -> OutboundHandle {
-        OutboundHandle(self.shared.clone())
+        OutboundHandle(self.ctx.clone())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.listen
+        self.ctx.listen
     }
 
     pub fn log_start(&self, cfg: &Outbound, tls: &LoadedTls) {
@@ -207,8 +227,8 @@ impl OutboundListener {
         tracing::info!(
             "starting outbound listener on {} (plaintext from the local node) connecting with mutual TLS \
              to {} (protocols {}; endpoint verification {}; allow {})",
-            self.shared.listen,
-            self.shared.target,
+            self.ctx.listen,
+            self.ctx.target,
             protocols.join(","),
             if cfg.require_endpoint_verification {
                 "on"
@@ -218,12 +238,12 @@ impl OutboundListener {
             cfg.allow,
         );
         if cfg.mode == Mode::Permissive {
-            let peers = &self.shared.tls_peers;
+            let peers = &self.ctx.tls_peers;
             tracing::info!(
                 "outbound listener on {} is permissive: a peer whose TLS port refuses or does not speak \
                  TLS is reached in plaintext, unless it completed a verified TLS handshake with this \
                  sidecar within {} ({})",
-                self.shared.listen,
+                self.ctx.listen,
                 humantime::format_duration(peers.memory()),
                 peers.state_file().map_or_else(
                     || "remembered in memory only: a restart forgets; set permissive.state_file"
@@ -238,28 +258,34 @@ impl OutboundListener {
         super::serve(
             &self.listener,
             life,
-            &self.shared.admission,
-            &self.shared.accept_log,
-            self.shared.clone(),
-            |stream, local, shared, pending| async move {
-                handle(stream, local, &shared, pending).await
+            &self.ctx.admission,
+            &self.ctx.accept_log,
+            self.ctx.clone(),
+            |stream, local, ctx, pending| async move {
+                serve_local_connection(stream, local, &ctx, pending).await
             },
         )
         .await;
     }
 }
 
-async fn handle(local: TcpStream, from: SocketAddr, s: &Shared, pending: Pending) {
+/// One local connection: route, dial the peer (or its plaintext port in permissive mode), relay.
+async fn serve_local_connection(
+    local: TcpStream,
+    from: SocketAddr,
+    ctx: &OutboundContext,
+    pending: Pending,
+) {
     let started = Instant::now();
     let _ = local.set_nodelay(true);
-    let state = s.state.load_full();
-    let route = match destination(&local, s, state.plaintext_fallback) {
+    let snapshot = ctx.snapshot.load_full();
+    let route = match route(&local, ctx, snapshot.plaintext_fallback) {
         Ok(route) => route,
-        Err(message) => {
-            if let Some(n) = s.refusals.check((Reason::Other, from.ip())) {
+        Err(why) => {
+            if let Some(n) = ctx.refusals.check((Reason::Other, from.ip())) {
                 tracing::warn!(
-                    listen = %s.listen,
-                    "refused local connection from {from}: {message}{}",
+                    listen = %ctx.listen,
+                    "refused local connection from {from}: {why}{}",
                     suppressed_note(n)
                 );
             }
@@ -268,58 +294,102 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared, pending: Pending
     };
     let peer = route.tls;
     let ip = crate::tls::verify::canonical_ip(peer.ip());
-    let permissive_plain = route.plain.filter(|_| state.mode == Mode::Permissive);
+    let permissive_plain = route.plain.filter(|_| snapshot.mode == Mode::Permissive);
     // A peer known to have no TLS yet (and never verified) goes straight to plaintext. If its plaintext
     // port refuses, it has most likely moved to strict: TLS is tried at once instead of waiting out
     // the memory (success forgets it and logs the move).
     if let Some(plain) = permissive_plain
-        && let Some(reason) = s.recently_plaintext(ip)
-        && let Ok(remote) = connect_plain(plain, s).await
+        && let Some(reason) = ctx.recently_plaintext(ip)
+        && let Ok(remote) = connect_plain(plain, ctx).await
     {
         metrics::plaintext_fallback(reason);
-        return relay_plain(local, from, plain, remote, s, pending).await;
+        return relay_plain(local, from, plain, remote, ctx, pending).await;
     }
-    let (tls, conn) = match dial(peer, &state, s).await {
+    let (tls, conn) = match dial(peer, &snapshot, ctx).await {
         Ok(ok) => ok,
         Err((refusal, no_tls)) => {
-            let known = s.tls_peers.has_tls(ip);
+            let known = ctx.tls_peers.has_tls(ip);
             if let (Some(plain), Some(reason), false) = (permissive_plain, no_tls, known) {
-                return fall_back(local, from, peer, plain, reason, &refusal, s, pending).await;
+                return fall_back(local, from, peer, plain, reason, &refusal, ctx, pending).await;
             }
-            metrics::handshake_refused(Direction::Outbound, refusal.reason, started.elapsed());
-            if let Some(n) = s.refusals.check((refusal.reason, peer.ip())) {
-                // A permissive listener says why this "no TLS there" does not fall back.
-                let why_not_plaintext = if permissive_plain.is_some() && no_tls.is_some() && known {
-                    format!(
-                        " (mode = permissive, but this peer completed a verified TLS handshake within \
-                         permissive.tls_peer_memory ({}), so it is never sent plaintext: its sidecar is \
-                         down or something on the path blocks TLS)",
-                        humantime::format_duration(s.tls_peers.memory())
-                    )
-                } else {
-                    String::new()
-                };
-                tracing::warn!(
-                    peer = %peer,
-                    listen = %s.listen,
-                    reason = refusal.reason.as_str(),
-                    "outbound to {peer} failed: {}; closing the local connection from {from}{why_not_plaintext}{}",
-                    refusal.message,
-                    suppressed_note(n)
-                );
-            }
+            // A permissive listener says why this "no TLS there" does not fall back.
+            let kept_from_plaintext = permissive_plain.is_some() && no_tls.is_some() && known;
+            refused(from, peer, &refusal, kept_from_plaintext, ctx, started);
             return;
         }
     };
-    if s.tls_peers.verified(ip) && permissive_plain.is_some() {
+    relay_verified(
+        local,
+        from,
+        peer,
+        tls,
+        conn,
+        permissive_plain.is_some(),
+        ctx,
+        pending,
+        started,
+    )
+    .await;
+}
+
+/// Counts and logs (rate-limited) a peer that could not be reached or verified; the local connection
+/// is closed. `kept_from_plaintext`: permissive mode would have fallen back, but the peer is known
+/// to have TLS.
+fn refused(
+    from: SocketAddr,
+    peer: SocketAddr,
+    refusal: &Refusal,
+    kept_from_plaintext: bool,
+    ctx: &OutboundContext,
+    started: Instant,
+) {
+    metrics::handshake_refused(Direction::Outbound, refusal.reason, started.elapsed());
+    let Some(n) = ctx.refusals.check((refusal.reason, peer.ip())) else {
+        return;
+    };
+    let why_not_plaintext = if kept_from_plaintext {
+        format!(
+            " (mode = permissive, but this peer completed a verified TLS handshake within \
+             permissive.tls_peer_memory ({}), so it is never sent plaintext: its sidecar is \
+             down or something on the path blocks TLS)",
+            humantime::format_duration(ctx.tls_peers.memory())
+        )
+    } else {
+        String::new()
+    };
+    tracing::warn!(
+        peer = %peer,
+        listen = %ctx.listen,
+        reason = refusal.reason.as_str(),
+        "outbound to {peer} failed: {}; closing the local connection from {from}{why_not_plaintext}{}",
+        refusal.message,
+        suppressed_note(n)
+    );
+}
+
+/// A verified peer: remembered as having TLS, an established slot taken, then the relay.
+#[allow(clippy::too_many_arguments)]
+async fn relay_verified(
+    local: TcpStream,
+    from: SocketAddr,
+    peer: SocketAddr,
+    tls: TcpStream,
+    conn: rustls::Connection,
+    permissive: bool,
+    ctx: &OutboundContext,
+    pending: Pending,
+    started: Instant,
+) {
+    let ip = crate::tls::verify::canonical_ip(peer.ip());
+    if ctx.tls_peers.verified(ip) && permissive {
         tracing::info!(
             peer = %peer,
             "peer {ip} completed a verified TLS handshake: permissive mode will not send it plaintext \
              for {} after its last one",
-            humantime::format_duration(s.tls_peers.memory())
+            humantime::format_duration(ctx.tls_peers.memory())
         );
     }
-    if s.forget_plaintext(ip) {
+    if ctx.forget_plaintext(ip) {
         tracing::info!(peer = %peer, "peer {} now accepts TLS; its connections are encrypted", peer.ip());
     }
     let protocol = conn.protocol_version().map_or("unknown", protocol_name);
@@ -330,13 +400,11 @@ async fn handle(local: TcpStream, from: SocketAddr, s: &Shared, pending: Pending
     };
     tracing::debug!(peer = %peer, "outbound {from} -> {peer} established ({protocol}, {suite})");
 
-    let relay = relay::Relay::start(tls, conn, local, s.offload).await;
+    let relay = relay::Relay::start(tls, conn, local, ctx.offload).await;
     let active = ActiveConnection::start(Direction::Outbound, true, relay.path().label());
-    let limits = RelayLimits {
-        idle: s.limits.idle_timeout,
-        linger: s.limits.close_linger,
-    };
-    let outcome = relay.run(limits, active.bytes.clone()).await;
+    let outcome = relay
+        .run(super::relay_limits(&ctx.limits), active.bytes.clone())
+        .await;
     super::report_close(active, peer, from, &outcome);
 }
 
@@ -350,12 +418,12 @@ async fn fall_back(
     plain: SocketAddr,
     reason: FallbackReason,
     refusal: &Refusal,
-    s: &Shared,
+    ctx: &OutboundContext,
     pending: Pending,
 ) {
     let ip = crate::tls::verify::canonical_ip(peer.ip());
-    s.remember_plaintext(ip, reason);
-    if let Some(n) = s.fallback_log.check((reason, ip)) {
+    ctx.remember_plaintext(ip, reason);
+    if let Some(n) = ctx.fallback_log.check((reason, ip)) {
         tracing::warn!(
             peer = %peer,
             reason = reason.as_str(),
@@ -363,18 +431,18 @@ async fn fall_back(
              sidecar within {}; mode = permissive: its connections go in plaintext to {plain}, TLS is \
              tried again every {}s (counted in ringseal_plaintext_fallbacks_total){}",
             refusal.message,
-            humantime::format_duration(s.tls_peers.memory()),
+            humantime::format_duration(ctx.tls_peers.memory()),
             FALLBACK_MEMORY.as_secs(),
             suppressed_note(n)
         );
     }
-    match connect_plain(plain, s).await {
+    match connect_plain(plain, ctx).await {
         Ok(remote) => {
             metrics::plaintext_fallback(reason);
-            relay_plain(local, from, plain, remote, s, pending).await;
+            relay_plain(local, from, plain, remote, ctx, pending).await;
         }
         Err(why) => {
-            if let Some(n) = s.refusals.check((Reason::Io, plain.ip())) {
+            if let Some(n) = ctx.refusals.check((Reason::Io, plain.ip())) {
                 tracing::warn!(
                     peer = %plain,
                     "plaintext fallback to {plain} failed: {why}{}",
@@ -385,6 +453,9 @@ async fn fall_back(
     }
 }
 
+/// Why dialing a peer failed, and whether that shows the peer has no TLS endpoint at all.
+type DialFailure = (Refusal, Option<FallbackReason>);
+
 /// Connects and completes mutual TLS. On failure, the refusal and, when the peer plainly has no TLS
 /// endpoint, why: its TLS port refused the connection, or answered our ClientHello with bytes that are
 /// not a TLS record header. Only then may permissive mode fall back to plaintext. An EOF or reset after
@@ -393,36 +464,13 @@ async fn fall_back(
 /// whoever fails verification.
 async fn dial(
     peer: SocketAddr,
-    state: &OutboundTls,
-    s: &Shared,
-) -> Result<(TcpStream, rustls::Connection), (Refusal, Option<FallbackReason>)> {
-    let connect = connect_from(state.source, peer);
-    let mut tcp = match tokio::time::timeout(s.limits.connect_timeout, connect).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            let refused = (e.kind() == std::io::ErrorKind::ConnectionRefused)
-                .then_some(FallbackReason::ConnectionRefused);
-            return Err((
-                Refusal::new(Reason::Io, format!("cannot connect: {e}")),
-                refused,
-            ));
-        }
-        Err(_) => {
-            return Err((
-                Refusal::new(
-                    Reason::Timeout,
-                    format!(
-                        "no answer within limits.connect_timeout ({})",
-                        humantime::format_duration(s.limits.connect_timeout)
-                    ),
-                ),
-                None,
-            ));
-        }
-    };
+    snapshot: &OutboundSnapshot,
+    ctx: &OutboundContext,
+) -> Result<(TcpStream, rustls::Connection), DialFailure> {
+    let mut tcp = connect_peer(peer, snapshot, ctx).await?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::IpAddress(peer.ip().into());
-    let mut conn = match rustls::ClientConnection::new(state.config.clone(), name) {
+    let mut conn = match rustls::ClientConnection::new(snapshot.config.clone(), name) {
         Ok(c) => rustls::Connection::Client(c),
         Err(e) => {
             let why = format!("cannot start the TLS session: {e}");
@@ -435,14 +483,14 @@ async fn dial(
             Answer::NotTls(first) => Ok(Some(first)),
         }
     };
-    match tokio::time::timeout(s.limits.handshake_timeout, handshake).await {
+    match tokio::time::timeout(ctx.limits.handshake_timeout, handshake).await {
         Ok(Ok(None)) => Ok((tcp, conn)),
         Ok(Ok(Some(first))) => Err((
             Refusal::new(
                 Reason::NotTls,
                 format!(
                     "it answered our ClientHello with bytes that are not a TLS record ({})",
-                    hex(&first)
+                    describe_first_bytes(&first)
                 ),
             ),
             Some(FallbackReason::NotTls),
@@ -466,7 +514,38 @@ async fn dial(
                 Reason::Timeout,
                 format!(
                     "handshake not completed within limits.handshake_timeout ({})",
-                    humantime::format_duration(s.limits.handshake_timeout)
+                    humantime::format_duration(ctx.limits.handshake_timeout)
+                ),
+            ),
+            None,
+        )),
+    }
+}
+
+/// Connects the peer's TLS port under `connect_timeout`; a refused connection is evidence of no TLS
+/// endpoint there.
+async fn connect_peer(
+    peer: SocketAddr,
+    snapshot: &OutboundSnapshot,
+    ctx: &OutboundContext,
+) -> Result<TcpStream, DialFailure> {
+    let connect = connect_from(snapshot.source, peer);
+    match tokio::time::timeout(ctx.limits.connect_timeout, connect).await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) => {
+            let refused = (e.kind() == std::io::ErrorKind::ConnectionRefused)
+                .then_some(FallbackReason::ConnectionRefused);
+            Err((
+                Refusal::new(Reason::Io, format!("cannot connect: {e}")),
+                refused,
+            ))
+        }
+        Err(_) => Err((
+            Refusal::new(
+                Reason::Timeout,
+                format!(
+                    "no answer within limits.connect_timeout ({})",
+                    humantime::format_duration(ctx.limits.connect_timeout)
                 ),
             ),
             None,
@@ -517,7 +596,8 @@ fn is_tls_record_start(bytes: &[u8]) -> bool {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// "first bytes 48 54 54 50 2f", for the log.
+fn describe_first_bytes(bytes: &[u8]) -> String {
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("first bytes {}", hex.join(" "))
 }
@@ -539,16 +619,28 @@ async fn connect_from(
     socket.connect(to).await
 }
 
+/// Why the peer's plaintext storage port could not be reached.
+#[derive(Debug, thiserror::Error)]
+enum PlainConnectError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no answer within limits.connect_timeout")]
+    Timeout,
+}
+
 /// Permissive mode: connects the peer's plaintext storage port.
-async fn connect_plain(to: SocketAddr, s: &Shared) -> Result<TcpStream, String> {
-    let source = s.state.load().source;
-    match tokio::time::timeout(s.limits.connect_timeout, connect_from(source, to)).await {
+async fn connect_plain(
+    to: SocketAddr,
+    ctx: &OutboundContext,
+) -> Result<TcpStream, PlainConnectError> {
+    let source = ctx.snapshot.load().source;
+    match tokio::time::timeout(ctx.limits.connect_timeout, connect_from(source, to)).await {
         Ok(Ok(r)) => {
             let _ = r.set_nodelay(true);
             Ok(r)
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within limits.connect_timeout".into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(PlainConnectError::Timeout),
     }
 }
 
@@ -558,23 +650,20 @@ async fn relay_plain(
     from: SocketAddr,
     to: SocketAddr,
     remote: TcpStream,
-    s: &Shared,
+    ctx: &OutboundContext,
     pending: Pending,
 ) {
     let Some(_slot) = pending.establish(from) else {
         return admission::reset(&local);
     };
     let active = ActiveConnection::start(Direction::Outbound, false, relay::Path::Splice.label());
-    let limits = RelayLimits {
-        idle: s.limits.idle_timeout,
-        linger: s.limits.close_linger,
-    };
+    let limits = super::relay_limits(&ctx.limits);
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
     let outcome = relay::plain(remote, local, limits, active.bytes.clone()).await;
     super::report_close(active, to, from, &outcome);
 }
 
-impl Shared {
+impl OutboundContext {
     /// Why `ip` was found without TLS, if it was within `FALLBACK_MEMORY` and has not completed a
     /// verified handshake since.
     fn recently_plaintext(&self, ip: std::net::IpAddr) -> Option<FallbackReason> {

@@ -24,7 +24,7 @@ pub const MAX_PEERS: usize = 16_384;
 /// The longest line is an IPv6 address (39), a space, 20 digits and a newline.
 const MAX_FILE_BYTES: u64 = MAX_PEERS as u64 * 64 + 256;
 /// The first line of a state file: its format and what it is, for whoever finds it.
-const HEADER: &str = "# ringseal permissive.state_file v1: peer address, Unix time of its last verified TLS handshake";
+const STATE_FILE_HEADER: &str = "# ringseal permissive.state_file v1: peer address, Unix time of its last verified TLS handshake";
 
 /// The peers that completed a verified TLS handshake, until their memory runs out.
 pub struct TlsPeers {
@@ -57,7 +57,7 @@ impl TlsPeers {
         let Some(path) = &peers.file else {
             return peers;
         };
-        match read(path) {
+        match read_state_file(path) {
             Ok(None) => tracing::info!(
                 "permissive.state_file {}: not there yet; peers that complete a verified TLS handshake \
                  will be remembered in it across restarts",
@@ -71,7 +71,7 @@ impl TlsPeers {
                     // never shorter.
                     let age = wall.duration_since(verified).unwrap_or_default();
                     if let Some(left) = peers.memory.checked_sub(age).filter(|l| !l.is_zero()) {
-                        insert(&mut state.expires, ip, now + left, now);
+                        insert_bounded(&mut state.expires, ip, now + left, now);
                     }
                 }
                 tracing::info!(
@@ -135,7 +135,7 @@ impl TlsPeers {
                 (false, stale)
             }
             _ => {
-                insert(&mut state.expires, ip, expires, now);
+                insert_bounded(&mut state.expires, ip, expires, now);
                 (true, true)
             }
         }
@@ -209,8 +209,8 @@ impl TlsPeers {
             .collect();
         drop(state);
         lines.sort();
-        let mut text = String::with_capacity(HEADER.len() + 1 + lines.len() * 32);
-        text.push_str(HEADER);
+        let mut text = String::with_capacity(STATE_FILE_HEADER.len() + 1 + lines.len() * 32);
+        text.push_str(STATE_FILE_HEADER);
         text.push('\n');
         for (ip, verified) in lines {
             text.push_str(&format!("{ip} {verified}\n"));
@@ -225,7 +225,12 @@ impl TlsPeers {
 
 /// Adds a peer, first making room when the table is full: expired entries go, then the one whose
 /// memory runs out first.
-fn insert(expires: &mut HashMap<IpAddr, Instant>, ip: IpAddr, until: Instant, now: Instant) {
+fn insert_bounded(
+    expires: &mut HashMap<IpAddr, Instant>,
+    ip: IpAddr,
+    until: Instant,
+    now: Instant,
+) {
     if expires.len() >= MAX_PEERS && !expires.contains_key(&ip) {
         expires.retain(|_, e| *e > now);
         if expires.len() >= MAX_PEERS
@@ -238,12 +243,25 @@ fn insert(expires: &mut HashMap<IpAddr, Instant>, ip: IpAddr, until: Instant, no
     *e = (*e).max(until);
 }
 
+/// Why a state file's memory cannot be used (then it starts empty).
+#[derive(Debug, thiserror::Error)]
+enum StateFileError {
+    #[error("{0}")]
+    Read(crate::files::ReadError),
+    #[error("is corrupt: its first line is not ringseal's state file header")]
+    BadHeader,
+    #[error("is corrupt: more than {MAX_PEERS} peers")]
+    TooManyPeers,
+    #[error("is corrupt: line {line} is not \"ADDRESS UNIX_TIME\"")]
+    BadLine { line: usize },
+}
+
 /// The entries of a state file; `Ok(None)` when it does not exist.
-fn read(path: &Path) -> Result<Option<Vec<(IpAddr, SystemTime)>>, String> {
+fn read_state_file(path: &Path) -> Result<Option<Vec<(IpAddr, SystemTime)>>, StateFileError> {
     match crate::files::read_text(path, STATE_FILE) {
-        Ok(text) => parse(&text).map(Some),
+        Ok(text) => parse_state_file(&text).map(Some),
         Err(crate::files::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(StateFileError::Read(e)),
     }
 }
 
@@ -255,10 +273,10 @@ const STATE_FILE: crate::files::Limit = crate::files::Limit {
 
 /// A state file's text; any line that is not exactly what [`TlsPeers::render`] writes makes the
 /// whole file corrupt (a partial memory could not be told from a complete one).
-fn parse(text: &str) -> Result<Vec<(IpAddr, SystemTime)>, String> {
+fn parse_state_file(text: &str) -> Result<Vec<(IpAddr, SystemTime)>, StateFileError> {
     let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err("is corrupt: its first line is not ringseal's state file header".into());
+    if lines.next() != Some(STATE_FILE_HEADER) {
+        return Err(StateFileError::BadHeader);
     }
     let mut entries = Vec::new();
     for (i, line) in lines.enumerate() {
@@ -269,13 +287,8 @@ fn parse(text: &str) -> Result<Vec<(IpAddr, SystemTime)>, String> {
         });
         match entry {
             Some(e) if entries.len() < MAX_PEERS => entries.push(e),
-            Some(_) => return Err(format!("is corrupt: more than {MAX_PEERS} peers")),
-            None => {
-                return Err(format!(
-                    "is corrupt: line {} is not \"ADDRESS UNIX_TIME\"",
-                    i + 2
-                ));
-            }
+            Some(_) => return Err(StateFileError::TooManyPeers),
+            None => return Err(StateFileError::BadLine { line: i + 2 }),
         }
     }
     Ok(entries)
@@ -369,7 +382,7 @@ mod tests {
         p.record(ip("fd00::11"), now - Duration::from_secs(7200));
         p.write_now();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with(HEADER), "{text}");
+        assert!(text.starts_with(STATE_FILE_HEADER), "{text}");
         assert_eq!(text.lines().count(), 3, "{text}");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).unwrap().permissions(),
@@ -393,29 +406,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tls-peers");
         for (bad, why) in [
-            (format!("{HEADER}\n10.0.0.2 17x\n"), "line 2"),
+            (format!("{STATE_FILE_HEADER}\n10.0.0.2 17x\n"), "line 2"),
             ("garbage\n".to_owned(), "header"),
-            (format!("{HEADER}\n10.0.0.2\n"), "line 2"),
-            (format!("{HEADER}\nnode2 1700000000\n"), "line 2"),
+            (format!("{STATE_FILE_HEADER}\n10.0.0.2\n"), "line 2"),
+            (format!("{STATE_FILE_HEADER}\nnode2 1700000000\n"), "line 2"),
         ] {
             std::fs::write(&path, &bad).unwrap();
-            let err = read(&path).unwrap_err();
+            let err = read_state_file(&path).unwrap_err().to_string();
             assert!(err.contains("corrupt") && err.contains(why), "{err}");
             assert!(!peers(DAY, Some(path.clone())).has_tls(ip("10.0.0.2")));
         }
         std::fs::write(&path, [0xff, 0xfe, 0]).unwrap();
-        assert!(read(&path).is_err());
+        assert!(read_state_file(&path).is_err());
         // Oversized: refused by its size, not read.
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(MAX_FILE_BYTES + 1).unwrap();
         assert!(
-            read(&path)
+            read_state_file(&path)
                 .unwrap_err()
+                .to_string()
                 .contains("ringseal reads for a state file")
         );
         // A directory, and a missing file (a first start).
-        assert!(read(dir.path()).is_err());
-        assert_eq!(read(&dir.path().join("none")).unwrap(), None);
+        assert!(read_state_file(dir.path()).is_err());
+        assert_eq!(read_state_file(&dir.path().join("none")).unwrap(), None);
     }
 
     #[test]
@@ -428,8 +442,9 @@ mod tests {
             return;
         }
         assert!(
-            read(&path)
+            read_state_file(&path)
                 .unwrap_err()
+                .to_string()
                 .contains("is a FIFO, not a regular file")
         );
     }

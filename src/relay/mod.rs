@@ -64,24 +64,23 @@
 
 pub(crate) mod handshake;
 mod ktls;
+mod poll_loop;
 mod splice;
 mod userspace;
 
 use std::future::Future;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 use crate::metrics::ByteCounters;
+use poll_loop::{arm_reset, disarm_reset};
 
 pub use crate::config::Offload;
 pub use handshake::{first_record, handshake, refuse};
-pub use ktls::{KtlsSupport, support};
+pub use ktls::{KtlsSupport, KtlsUnavailable, support};
 
 /// Deadlines that apply while relaying.
 #[derive(Debug, Clone, Copy)]
@@ -164,14 +163,14 @@ pub struct Outcome {
 /// A connection whose path is chosen; [`Relay::run`] moves its bytes.
 pub struct Relay {
     /// Boxed for the moment between `start` and `run`: the listener's task keeps the space of a
-    /// `Relay` it has moved into `run` for the connection's whole life (1.2 KiB inline, measured
-    /// with -Zprint-type-sizes).
-    inner: Box<Inner>,
+    /// `Relay` it has moved into `run` for the connection's whole life, and inline that would be
+    /// rustls's connection or the kTLS hand-over's state (README, *Benchmarks*).
+    chosen: Box<ChosenPath>,
 }
 
 // Boxed whole in `Relay`; its variants are not boxed again.
 #[allow(clippy::large_enum_variant)]
-enum Inner {
+enum ChosenPath {
     Userspace(TcpStream, rustls::Connection, TcpStream),
     Ktls(ktls::Engaged),
     /// `offload = "require"` and kTLS could not be engaged: the peer got close_notify.
@@ -196,8 +195,8 @@ impl Relay {
             // reason (an abort, the shutdown cut, a panic, the process killed) sends a reset.
             arm_reset(&tls);
             arm_reset(&plain);
-            let inner = match ktls::engage(tls, conn, plain, offload).await {
-                ktls::Engage::Engaged(e) => Inner::Ktls(e),
+            let chosen = match ktls::engage(tls, conn, plain, offload).await {
+                ktls::Engage::Engaged(e) => ChosenPath::Ktls(e),
                 ktls::Engage::Declined {
                     tcp,
                     conn,
@@ -205,7 +204,7 @@ impl Relay {
                     why,
                 } if offload != Offload::Require => {
                     tracing::trace!("user-space relay: {why}");
-                    Inner::Userspace(tcp, conn, plain)
+                    ChosenPath::Userspace(tcp, conn, plain)
                 }
                 ktls::Engage::Declined {
                     tcp,
@@ -216,12 +215,12 @@ impl Relay {
                     // Nothing was relayed: the documented close_notify, as for a dead backend.
                     disarm_reset(&tcp);
                     disarm_reset(&plain);
-                    close(tcp, conn).await;
-                    Inner::Refused(why)
+                    close_without_data(tcp, conn).await;
+                    ChosenPath::Refused(why.to_string())
                 }
             };
             Self {
-                inner: Box::new(inner),
+                chosen: Box::new(chosen),
             }
         })
     }
@@ -229,21 +228,21 @@ impl Relay {
     /// The path for the connection counter; a connection refused under `offload = "require"` counts
     /// as `ktls`, the path it was required to take (and ends with `how="offload_unavailable"`).
     pub fn path(&self) -> Path {
-        match *self.inner {
-            Inner::Userspace(..) => Path::Userspace,
-            Inner::Ktls(_) | Inner::Refused(_) => Path::Ktls,
+        match *self.chosen {
+            ChosenPath::Userspace(..) => Path::Userspace,
+            ChosenPath::Ktls(_) | ChosenPath::Refused(_) => Path::Ktls,
         }
     }
 
     /// Relays until both directions finish. The future is the path's own relay (no more than it
     /// needs while the connection lives: it is part of every connection's task).
     pub fn run(self, limits: RelayLimits, counters: ByteCounters) -> Run {
-        Run(match *self.inner {
-            Inner::Userspace(tls, conn, plain) => {
-                RunInner::Userspace(userspace::Relay::new(tls, conn, plain, limits, counters))
-            }
-            Inner::Ktls(engaged) => RunInner::Ktls(Box::pin(engaged.relay(limits, counters))),
-            Inner::Refused(why) => RunInner::Refused(Some(Outcome {
+        Run(match *self.chosen {
+            ChosenPath::Userspace(tls, conn, plain) => Running::Userspace(
+                userspace::UserspaceRelay::new(tls, conn, plain, limits, counters),
+            ),
+            ChosenPath::Ktls(engaged) => Running::Ktls(Box::pin(engaged.relay(limits, counters))),
+            ChosenPath::Refused(why) => Running::Refused(Some(Outcome {
                 from_peer: 0,
                 to_peer: 0,
                 close: Close::OffloadUnavailable(why),
@@ -253,13 +252,13 @@ impl Relay {
 }
 
 /// The future of [`Relay::run`].
-pub struct Run(RunInner);
+pub struct Run(Running);
 
 // One per connection: boxing the user-space relay would only add an allocation. The kTLS relay's
 // future cannot be named here, so it is boxed (a few hundred bytes).
 #[allow(clippy::large_enum_variant)]
-enum RunInner {
-    Userspace(userspace::Relay),
+enum Running {
+    Userspace(userspace::UserspaceRelay),
     Ktls(Pin<Box<dyn Future<Output = Outcome> + Send>>),
     Refused(Option<Outcome>),
 }
@@ -269,9 +268,9 @@ impl Future for Run {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         match &mut self.get_mut().0 {
-            RunInner::Userspace(r) => Pin::new(r).poll(cx),
-            RunInner::Ktls(r) => r.as_mut().poll(cx),
-            RunInner::Refused(outcome) => {
+            Running::Userspace(r) => Pin::new(r).poll(cx),
+            Running::Ktls(r) => r.as_mut().poll(cx),
+            Running::Refused(outcome) => {
                 Poll::Ready(outcome.take().expect("polled after completion"))
             }
         }
@@ -304,13 +303,20 @@ pub fn log_offload(offload: Offload) {
 /// Ends a TLS connection that will carry no data (its backend could not be reached): close_notify, then
 /// FIN, bounded by [`CLOSE_DEADLINE`] so a peer that does not read cannot hold the task. Boxed, like
 /// [`Relay::start`], so that its state is not part of every connection's task.
-pub fn close(tls: TcpStream, conn: rustls::Connection) -> impl Future<Output = ()> + Send {
+pub fn close_without_data(
+    tls: TcpStream,
+    conn: rustls::Connection,
+) -> impl Future<Output = ()> + Send {
     Box::pin(async move {
-        let _ = tokio::time::timeout(CLOSE_DEADLINE, userspace::close(&tls, conn)).await;
+        let _ = tokio::time::timeout(
+            CLOSE_DEADLINE,
+            userspace::send_close_notify_and_fin(&tls, conn),
+        )
+        .await;
     })
 }
 
-/// How long [`close`] may take.
+/// How long [`close_without_data`] may take.
 pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Relays plaintext both ways (permissive mode's plaintext legs) with `splice(2)`, propagating each end
@@ -325,218 +331,4 @@ pub async fn plain(
     arm_reset(&peer);
     arm_reset(&backend);
     splice::plain(peer, backend, limits, counters).await
-}
-
-/// Rounds of a relay loop before yielding to the scheduler, so one busy connection cannot starve others.
-const BUDGET: u32 = 32;
-
-/// Arms the reset of a relayed socket: closing it sends a TCP reset instead of a FIN (`SO_LINGER`
-/// 0), whatever closes it: an abort, the shutdown cut that drops the connection's task, a panic, or
-/// the kernel when the process is killed. Only a connection whose directions both finished in order
-/// disarms it ([`drive`]), so an end nobody asked for can never reach the other side as a FIN.
-fn arm_reset(sock: &TcpStream) {
-    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
-}
-
-/// Undoes [`arm_reset`]: the close sends a FIN after whatever is still queued, as usual.
-fn disarm_reset(sock: &TcpStream) {
-    let _ = SockRef::from(sock).set_linger(None);
-}
-
-/// The first poll interval of an aborted connection's send queues; it doubles up to
-/// [`DRAIN_POLL_MAX`]. Nothing signals "acknowledged", so the queues are polled (aborts are rare).
-const DRAIN_POLL_MIN: Duration = Duration::from_millis(1);
-const DRAIN_POLL_MAX: Duration = Duration::from_millis(32);
-
-/// The idle and linger deadlines of one connection, shared by every path, and the deadline of an
-/// abort.
-struct Deadlines {
-    limits: RelayLimits,
-    last_progress: Instant,
-    idle_timer: Option<Pin<Box<Sleep>>>,
-    linger_timer: Option<Pin<Box<Sleep>>>,
-    /// Set when the connection aborts (boxed: most connections never do).
-    abort: Option<Box<Abort>>,
-}
-
-/// An aborting connection: what was already received must be delivered within `close_linger` of the
-/// abort, then both legs are reset.
-struct Abort {
-    deadline: Pin<Box<Sleep>>,
-    /// Paces the polls of the send queues ([`poll_drained`]).
-    tick: Option<Pin<Box<Sleep>>>,
-    interval: Duration,
-}
-
-impl Deadlines {
-    fn new(limits: RelayLimits) -> Self {
-        Self {
-            limits,
-            last_progress: Instant::now(),
-            idle_timer: limits.idle.map(|d| Box::pin(tokio::time::sleep(d))),
-            linger_timer: None,
-            abort: None,
-        }
-    }
-
-    fn progressed(&mut self) {
-        self.last_progress = Instant::now();
-    }
-
-    /// The connection aborts: starts the abort's deadline (once).
-    fn abort(&mut self) {
-        if self.abort.is_none() {
-            self.abort = Some(Box::new(Abort {
-                deadline: Box::pin(tokio::time::sleep(self.limits.linger)),
-                tick: None,
-                interval: DRAIN_POLL_MIN,
-            }));
-        }
-    }
-
-    /// After a round that moved nothing: the deadline that has passed, if any (otherwise the timers are
-    /// registered with `cx`). `half_closed`: one direction has finished, so `linger` runs. An aborting
-    /// connection has its own deadline instead; when it passes, `LingerTimeout` is returned, but the
-    /// outcome keeps the abort's cause (the first one noted).
-    fn poll(&mut self, cx: &mut Context<'_>, half_closed: bool) -> Option<Close> {
-        if let Some(abort) = self.abort.as_mut() {
-            if abort.deadline.as_mut().poll(cx).is_ready() {
-                return Some(Close::LingerTimeout);
-            }
-        } else if half_closed {
-            let linger = self.limits.linger;
-            let timer = self
-                .linger_timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
-            if timer.as_mut().poll(cx).is_ready() {
-                return Some(Close::LingerTimeout);
-            }
-        }
-        if let (Some(idle), Some(timer)) = (self.limits.idle, self.idle_timer.as_mut()) {
-            while timer.as_mut().poll(cx).is_ready() {
-                let deadline = self.last_progress + idle;
-                if Instant::now() >= deadline {
-                    return Some(Close::IdleTimeout);
-                }
-                timer.as_mut().reset(deadline.into());
-            }
-        }
-        None
-    }
-}
-
-/// The two directions of a relay, polled in turn by [`drive`].
-trait Directions {
-    /// One round of both directions; true if anything moved. Once [`Directions::aborted`], a round
-    /// reads from neither socket: it only delivers what was already read, and sends no FIN or
-    /// close_notify.
-    fn step(&mut self, cx: &mut Context<'_>) -> bool;
-    /// (up finished, down finished)
-    fn finished(&self) -> (bool, bool);
-    /// Something other than an orderly end happened (a cause is noted): the connection aborts.
-    fn aborted(&self) -> bool;
-    fn deadlines(&mut self) -> &mut Deadlines;
-    /// The peer's and the backend's socket.
-    fn sockets(&self) -> [&TcpStream; 2];
-    /// The deadlines, and the sockets that can still be written (those to drain before the reset).
-    fn drain_parts(&mut self) -> (&mut Deadlines, [Option<&TcpStream>; 2]);
-    /// Records a deadline that passed and returns the outcome.
-    fn end(&mut self, close: Option<Close>) -> Outcome;
-}
-
-/// The poll loop every path shares: rounds until nothing moves (yielding after [`BUDGET`] rounds),
-/// then the deadlines. When both directions have finished: in order, the resets are disarmed and the
-/// sockets close with FIN; after an abort, once the kernel has delivered what was written (or the
-/// abort's deadline passed), and the sockets close with a reset.
-fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<Outcome> {
-    let mut rounds = 0;
-    loop {
-        let progress = this.step(cx);
-        let aborted = this.aborted();
-        if aborted {
-            this.deadlines().abort();
-        }
-        let (up, down) = this.finished();
-        if up && down {
-            if !aborted {
-                for sock in this.sockets() {
-                    disarm_reset(sock);
-                }
-                return Poll::Ready(this.end(None));
-            }
-            let (deadlines, legs) = this.drain_parts();
-            if poll_drained(cx, deadlines, legs).is_ready() {
-                return Poll::Ready(this.end(None));
-            }
-            break;
-        }
-        if !progress {
-            break;
-        }
-        this.deadlines().progressed();
-        rounds += 1;
-        if rounds == BUDGET {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-    }
-    let (up, down) = this.finished();
-    match this.deadlines().poll(cx, up || down) {
-        Some(close) => Poll::Ready(this.end(Some(close))),
-        None => Poll::Pending,
-    }
-}
-
-/// Whether the kernel has delivered everything written to each socket in `legs` (polled: see
-/// [`DRAIN_POLL_MIN`]). A reset before the last bytes were acknowledged would destroy them in flight;
-/// after, the receiver reads them and then sees the reset.
-fn poll_drained(
-    cx: &mut Context<'_>,
-    deadlines: &mut Deadlines,
-    legs: [Option<&TcpStream>; 2],
-) -> Poll<()> {
-    if legs.into_iter().flatten().all(delivered) {
-        return Poll::Ready(());
-    }
-    let Some(abort) = deadlines.abort.as_mut() else {
-        return Poll::Ready(());
-    };
-    let interval = abort.interval;
-    let tick = abort
-        .tick
-        .get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
-    while tick.as_mut().poll(cx).is_ready() {
-        abort.interval = (abort.interval * 2).min(DRAIN_POLL_MAX);
-        tick.as_mut()
-            .reset(tokio::time::Instant::now() + abort.interval);
-    }
-    Poll::Pending
-}
-
-/// Everything written to `sock` has been acknowledged by its peer, or never will be (the connection was
-/// reset meanwhile).
-fn delivered(sock: &TcpStream) -> bool {
-    crate::sys::unacknowledged(sock.as_fd()).map_or(true, |n| n == 0)
-}
-
-/// Which end of a relay an error came from, for the outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Peer,
-    Backend,
-}
-
-impl Side {
-    fn close_for(self, e: &std::io::Error) -> Close {
-        let reset = matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-        );
-        match (self, reset) {
-            (Self::Peer, true) => Close::PeerReset,
-            (Self::Backend, true) => Close::BackendReset,
-            (Self::Peer, false) => Close::Io(format!("peer socket: {e}")),
-            (Self::Backend, false) => Close::Io(format!("backend socket: {e}")),
-        }
-    }
 }

@@ -4,7 +4,7 @@
 //!
 //! On [`plain`]'s legs FIN is the orderly end and passes through as FIN; a reset, a deadline or an
 //! abort of the other direction stops both directions' reads, delivers what the pipes hold, and
-//! [`super::drive`] then resets both legs (the close semantics of [`super`]).
+//! [`drive`] then resets both legs (the close semantics of [`super`]).
 //!
 //! A pump is filled only when it is empty, so `EAGAIN` from filling always means "the source has
 //! nothing", never "the pipe is full", and is drained completely before the next fill. A pipe holds
@@ -26,7 +26,8 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{Close, Deadlines, Directions, Outcome, RelayLimits, Side};
+use super::poll_loop::{Deadlines, Directions, Side, drive};
+use super::{Close, Outcome, RelayLimits};
 use crate::metrics::ByteCounters;
 use crate::sys;
 
@@ -168,7 +169,8 @@ impl Flow {
     }
 }
 
-struct Plain {
+/// Permissive mode's plaintext legs, spliced both ways.
+struct PlainRelay {
     peer: TcpStream,
     backend: TcpStream,
     /// peer -> backend
@@ -181,19 +183,24 @@ struct Plain {
     deadlines: Deadlines,
 }
 
+/// One end of a plaintext flow: its socket, and which side of the relay it is (for the outcome).
+#[derive(Clone, Copy)]
+struct Leg<'a> {
+    sock: &'a TcpStream,
+    side: Side,
+}
+
 /// Moves `flow` from `src` to `dst` until it would block; true if anything moved. Once `close` is set
 /// (the connection aborts), nothing more is read from `src` and no FIN is sent.
-#[allow(clippy::too_many_arguments)]
 fn poll_flow(
     cx: &mut Context<'_>,
     flow: &mut Flow,
-    src: &TcpStream,
-    src_side: Side,
-    dst: &TcpStream,
-    dst_side: Side,
+    src: Leg<'_>,
+    dst: Leg<'_>,
     close: &mut Option<Close>,
     count: &metrics::Counter,
 ) -> bool {
+    let (src, src_side, dst, dst_side) = (src.sock, src.side, dst.sock, dst.side);
     let mut progress = false;
     while !flow.done {
         if !flow.pump.is_empty() {
@@ -238,25 +245,29 @@ fn poll_flow(
     progress
 }
 
-impl Directions for Plain {
+impl Directions for PlainRelay {
     fn step(&mut self, cx: &mut Context<'_>) -> bool {
+        let peer = Leg {
+            sock: &self.peer,
+            side: Side::Peer,
+        };
+        let backend = Leg {
+            sock: &self.backend,
+            side: Side::Backend,
+        };
         let up = poll_flow(
             cx,
             &mut self.up,
-            &self.peer,
-            Side::Peer,
-            &self.backend,
-            Side::Backend,
+            peer,
+            backend,
             &mut self.close,
             &self.counters.from_peer,
         );
         let down = poll_flow(
             cx,
             &mut self.down,
-            &self.backend,
-            Side::Backend,
-            &self.peer,
-            Side::Peer,
+            backend,
+            peer,
             &mut self.close,
             &self.counters.to_peer,
         );
@@ -297,11 +308,11 @@ impl Directions for Plain {
     }
 }
 
-impl Future for Plain {
+impl Future for PlainRelay {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        super::drive(self.get_mut(), cx)
+        drive(self.get_mut(), cx)
     }
 }
 
@@ -323,7 +334,7 @@ pub(super) async fn plain(
             };
         }
     };
-    Plain {
+    PlainRelay {
         peer,
         backend,
         up,
