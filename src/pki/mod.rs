@@ -25,18 +25,30 @@ pub struct Ca {
 }
 
 /// The key type of a new certificate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeyType {
     /// ECDSA P-256: small, fast handshakes, what every peer supports.
     #[default]
     EcdsaP256,
-    Rsa2048,
-    Rsa4096,
     /// Ed25519: the smallest keys and signatures (rustls, OpenSSL 1.1.1+; Java only from 15 on).
     Ed25519,
+    Rsa2048,
+    Rsa4096,
 }
 
 impl KeyType {
+    pub const ALL: [KeyType; 4] = [Self::EcdsaP256, Self::Ed25519, Self::Rsa2048, Self::Rsa4096];
+
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::Ed25519 => "ed25519",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa4096 => "rsa-4096",
+        }
+    }
+
     fn generate(self) -> Result<KeyPair, rcgen::Error> {
         match self {
             Self::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),

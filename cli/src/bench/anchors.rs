@@ -32,7 +32,7 @@ use ringseal_testkit::pki::{Pki, PkiFiles};
 use ringseal_testkit::process::{Lines, Proc, find_address_after, ringseal_run};
 use ringseal_testkit::tools::which;
 
-use super::{KeyKind, Peer, Suite};
+use super::{KeyType, Peer, Suite};
 
 /// How long a proxy may take to listen after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -47,10 +47,10 @@ pub struct Certs {
 }
 
 impl Certs {
-    pub fn write(dir: &Path, kind: KeyKind) -> anyhow::Result<Self> {
+    pub fn write(dir: &Path, kind: KeyType) -> anyhow::Result<Self> {
         let mut spec = NodeSpec::new("bench-node", &[std::net::Ipv4Addr::LOCALHOST.into()]);
         spec.dns = vec!["localhost".to_owned()];
-        spec.key = kind.pki();
+        spec.key = kind;
         let pki = Pki::generate("BenchCluster", &spec)?;
         let files = pki.write_files(dir)?;
         Ok(Self { pki, files })

@@ -14,13 +14,13 @@ pub struct Suite {
     pub short: &'static str,
     pub tls13: bool,
     /// The certificate a TLS 1.2 suite needs (`None`: TLS 1.3, any key type).
-    pub tls12_key: Option<KeyKind>,
+    pub tls12_key: Option<KeyType>,
 }
 
 impl Suite {
     /// The key type its certificates have in this bench: TLS 1.3 suites use ECDSA P-256.
-    pub fn key_type(&self) -> KeyKind {
-        self.tls12_key.unwrap_or(KeyKind::EcdsaP256)
+    pub fn key_type(&self) -> KeyType {
+        self.tls12_key.unwrap_or(KeyType::EcdsaP256)
     }
 
     pub fn protocol(&self) -> &'static str {
@@ -32,7 +32,7 @@ const fn suite(
     iana: &'static str,
     openssl: &'static str,
     short: &'static str,
-    tls12_key: Option<KeyKind>,
+    tls12_key: Option<KeyType>,
 ) -> Suite {
     Suite {
         iana,
@@ -49,12 +49,12 @@ pub static SUITES: [Suite; 9] = [
     suite("TLS_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256", "1.3 AES-128-GCM", None),
     suite("TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384", "1.3 AES-256-GCM", None),
     suite("TLS_CHACHA20_POLY1305_SHA256", "TLS_CHACHA20_POLY1305_SHA256", "1.3 CHACHA20", None),
-    suite("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256", "1.2 ECDSA AES-128", Some(KeyKind::EcdsaP256)),
-    suite("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384", "1.2 ECDSA AES-256", Some(KeyKind::EcdsaP256)),
-    suite("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305", "1.2 ECDSA CHACHA20", Some(KeyKind::EcdsaP256)),
-    suite("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "1.2 RSA AES-128", Some(KeyKind::Rsa2048)),
-    suite("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", "ECDHE-RSA-AES256-GCM-SHA384", "1.2 RSA AES-256", Some(KeyKind::Rsa2048)),
-    suite("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE-RSA-CHACHA20-POLY1305", "1.2 RSA CHACHA20", Some(KeyKind::Rsa2048)),
+    suite("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256", "1.2 ECDSA AES-128", Some(KeyType::EcdsaP256)),
+    suite("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384", "1.2 ECDSA AES-256", Some(KeyType::EcdsaP256)),
+    suite("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305", "1.2 ECDSA CHACHA20", Some(KeyType::EcdsaP256)),
+    suite("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "1.2 RSA AES-128", Some(KeyType::Rsa2048)),
+    suite("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", "ECDHE-RSA-AES256-GCM-SHA384", "1.2 RSA AES-256", Some(KeyType::Rsa2048)),
+    suite("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE-RSA-CHACHA20-POLY1305", "1.2 RSA CHACHA20", Some(KeyType::Rsa2048)),
 ];
 
 /// The suite of the handshake, key-exchange, s_time and memory tests.
@@ -71,39 +71,7 @@ pub fn find_suite(name: &str) -> Option<&'static Suite> {
 }
 
 /// `--key-types`: the key type of the CA and node certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
-pub enum KeyKind {
-    #[value(name = "ecdsa-p256")]
-    EcdsaP256,
-    Ed25519,
-    #[value(name = "rsa-2048")]
-    Rsa2048,
-    #[value(name = "rsa-4096")]
-    Rsa4096,
-}
-
-impl KeyKind {
-    pub const ALL: [KeyKind; 4] = [Self::EcdsaP256, Self::Ed25519, Self::Rsa2048, Self::Rsa4096];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::EcdsaP256 => "ecdsa-p256",
-            Self::Ed25519 => "ed25519",
-            Self::Rsa2048 => "rsa-2048",
-            Self::Rsa4096 => "rsa-4096",
-        }
-    }
-
-    pub fn pki(self) -> ringseal::pki::KeyType {
-        use ringseal::pki::KeyType;
-        match self {
-            Self::EcdsaP256 => KeyType::EcdsaP256,
-            Self::Ed25519 => KeyType::Ed25519,
-            Self::Rsa2048 => KeyType::Rsa2048,
-            Self::Rsa4096 => KeyType::Rsa4096,
-        }
-    }
-}
+pub use ringseal::pki::KeyType;
 
 /// `--groups`: a TLS 1.3 key exchange group, offered alone by the handshake driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]

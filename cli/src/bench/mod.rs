@@ -35,7 +35,7 @@ pub mod workload;
 use anyhow::Context as _;
 
 // anchors.rs and workload.rs name these as `super::...`.
-pub use catalog::{Group, KeyKind, Peer, STimeClient, Suite};
+pub use catalog::{Group, KeyType, Peer, STimeClient, Suite};
 pub use options::BenchArgs;
 use options::{Options, Output};
 use report::{Meta, Results};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::catalog::{Anchor, Group, KeyKind, SUITES, Suite, Test, find_suite};
+use super::catalog::{Anchor, Group, KeyType, SUITES, Suite, Test, find_suite};
 
 /// `ringseal bench ...`
 #[derive(Debug, clap::Args)]
@@ -18,8 +18,8 @@ pub struct BenchArgs {
     pub suites: Vec<String>,
     /// Key types for the handshake comparison, comma-separated. Default: all (--quick: ecdsa-p256,
     /// ed25519).
-    #[arg(long, value_delimiter = ',', value_enum)]
-    pub key_types: Vec<KeyKind>,
+    #[arg(long, value_delimiter = ',', value_parser = crate::args::key_type_parser(&KeyType::ALL))]
+    pub key_types: Vec<KeyType>,
     /// Key exchange groups the handshake driver offers (one at a time) to each inbound side,
     /// comma-separated. Default: all.
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -84,7 +84,7 @@ impl Output {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub suites: Vec<&'static Suite>,
-    pub key_types: Vec<KeyKind>,
+    pub key_types: Vec<KeyType>,
     pub groups: Vec<Group>,
     pub tests: Vec<Test>,
     pub bytes: u64,
@@ -105,8 +105,8 @@ impl Options {
         let key_types = match (a.key_types.is_empty(), quick) {
             (false, _) => dedup(a.key_types),
             // RSA-4096 key generation alone takes seconds: not for CI-sized runs.
-            (true, true) => vec![KeyKind::EcdsaP256, KeyKind::Ed25519],
-            (true, false) => KeyKind::ALL.to_vec(),
+            (true, true) => vec![KeyType::EcdsaP256, KeyType::Ed25519],
+            (true, false) => KeyType::ALL.to_vec(),
         };
         let groups = all_if_empty(a.groups, &Group::ALL);
         let tests = all_if_empty(a.tests, &Test::ALL);

@@ -1,7 +1,7 @@
 //! The plan: which measurements run, grouped so that each suite and key type starts its pairs once,
 //! and how many runs that makes (for the progress line).
 
-use super::catalog::{Group, KeyKind, Metric, STimeClient, Suite, Test, default_suite};
+use super::catalog::{Group, KeyType, Metric, STimeClient, Suite, Test, default_suite};
 use super::options::Options;
 use super::report::Key;
 
@@ -45,7 +45,7 @@ impl Step {
         matches!(self, Self::Bulk | Self::Latency)
     }
 
-    pub fn label(self, suite: &Suite, key: KeyKind) -> String {
+    pub fn label(self, suite: &Suite, key: KeyType) -> String {
         match self {
             Self::Bulk => format!("bulk {} ({})", suite.iana, key.name()),
             Self::Latency => format!("ping-pong {} ({})", suite.iana, key.name()),
@@ -59,7 +59,7 @@ impl Step {
 /// Pairs that share a suite and key type run together: started once, measured in turn.
 pub struct Setup {
     pub suite: &'static Suite,
-    pub key_type: KeyKind,
+    pub key_type: KeyType,
     pub steps: Vec<Step>,
 }
 
@@ -81,7 +81,7 @@ impl Setup {
 /// default suite. The memory test is not here: it starts a fresh pair per run.
 pub fn plan(o: &Options) -> Vec<Setup> {
     let mut setups: Vec<Setup> = Vec::new();
-    let mut add = |suite: &'static Suite, key: KeyKind, step: Step| match setups
+    let mut add = |suite: &'static Suite, key: KeyType, step: Step| match setups
         .iter_mut()
         .find(|s| std::ptr::eq(s.suite, suite) && s.key_type == key)
     {
@@ -108,12 +108,12 @@ pub fn plan(o: &Options) -> Vec<Setup> {
     }
     if o.wants(Test::Kx) {
         for g in &o.groups {
-            add(d, KeyKind::EcdsaP256, Step::Kx(*g));
+            add(d, KeyType::EcdsaP256, Step::Kx(*g));
         }
     }
     if o.wants(Test::STime) {
         for c in STimeClient::ALL {
-            add(d, KeyKind::EcdsaP256, Step::STime(c));
+            add(d, KeyType::EcdsaP256, Step::STime(c));
         }
     }
     setups
@@ -148,9 +148,9 @@ mod tests {
         let setups = plan(&o);
         let main = &setups[0];
         assert!(std::ptr::eq(main.suite, default_suite()));
-        assert_eq!(main.key_type, KeyKind::EcdsaP256);
+        assert_eq!(main.key_type, KeyType::EcdsaP256);
         assert!(main.steps.contains(&Step::Bulk) && main.steps.contains(&Step::Handshake));
         assert!(main.steps.contains(&Step::Kx(Group::X25519Mlkem768)));
-        assert!(setups.iter().any(|s| s.key_type == KeyKind::Ed25519));
+        assert!(setups.iter().any(|s| s.key_type == KeyType::Ed25519));
     }
 }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::catalog::{Group, KeyKind, Metric, Peer, STimeClient, Suite, Test};
+use super::catalog::{Group, KeyType, Metric, Peer, STimeClient, Suite, Test};
 use super::options::Options;
 
 /// What a row measures.
@@ -19,7 +19,7 @@ use super::options::Options;
 pub struct Key {
     pub test: Test,
     pub suite: &'static Suite,
-    pub key_type: KeyKind,
+    pub key_type: KeyType,
     /// The one group the driver offered (the `kx` test); `None`: what the peers negotiate by
     /// themselves (X25519 for every peer here).
     pub group: Option<Group>,
@@ -543,7 +543,7 @@ mod tests {
             key: Key {
                 test: Test::Bulk,
                 suite: crate::bench::catalog::default_suite(),
-                key_type: KeyKind::EcdsaP256,
+                key_type: KeyType::EcdsaP256,
                 group: None,
                 client: None,
                 metric: Metric::GbitPerSec,

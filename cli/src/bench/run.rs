@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::anchors::{self, Certs, Pair, PairSpec};
-use super::catalog::{KeyKind, Metric, Peer, Suite, Test, default_suite, metrics_of};
+use super::catalog::{KeyType, Metric, Peer, Suite, Test, default_suite, metrics_of};
 use super::measure::{Bench, derive_added_latency, measure};
 use super::options::Options;
 use super::plan::{Setup, Step, count_runs, plan};
@@ -116,7 +116,7 @@ pub async fn measure_all(
         runner.run_setup(setup, &certs).await;
     }
     if opts.wants(Test::Memory) {
-        let certs = runner.certs(KeyKind::EcdsaP256)?;
+        let certs = runner.certs(KeyType::EcdsaP256)?;
         runner.run_memory(&certs).await;
     }
     runner.progress.finish();
@@ -130,7 +130,7 @@ struct Runner<'a> {
     /// Where certificates and the pairs' configs are written.
     dir: &'a Path,
     /// Certificates by key type, generated on first use (RSA keys take a while).
-    certs: BTreeMap<KeyKind, Arc<Certs>>,
+    certs: BTreeMap<KeyType, Arc<Certs>>,
     results: &'a mut Results,
     progress: Progress,
 }
@@ -139,7 +139,7 @@ struct Runner<'a> {
 type PeerPair = (Peer, Option<Pair>);
 
 impl Runner<'_> {
-    fn certs(&mut self, key: KeyKind) -> anyhow::Result<Arc<Certs>> {
+    fn certs(&mut self, key: KeyType) -> anyhow::Result<Arc<Certs>> {
         if let Some(c) = self.certs.get(&key) {
             return Ok(c.clone());
         }
@@ -315,7 +315,7 @@ impl Runner<'_> {
         let key = |metric| Key {
             test: Test::Memory,
             suite: default_suite(),
-            key_type: KeyKind::EcdsaP256,
+            key_type: KeyType::EcdsaP256,
             group: None,
             client: None,
             metric,

@@ -23,7 +23,7 @@ fn issue(command: Certs) -> Result<(), files::CertsError> {
             days,
             force,
         } => {
-            for f in files::write_ca(&out, &cluster_name, key_type.into(), days, force)? {
+            for f in files::write_ca(&out, &cluster_name, key_type, days, force)? {
                 println!("wrote {}", f.display());
             }
         }
@@ -41,7 +41,7 @@ fn issue(command: Certs) -> Result<(), files::CertsError> {
             let ca = files::load_ca(&ca)?;
             let mut spec = NodeSpec::new(&name, &ips);
             spec.dns = dns;
-            spec.key = key_type.into();
+            spec.key = key_type;
             spec.not_after = spec.not_before + std::time::Duration::from_secs(days * 86400 + 3600);
             let password = match &p12_password_file {
                 Some(path) => Some(files::read_password_file(path)?),
