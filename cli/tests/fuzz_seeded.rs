@@ -1,7 +1,7 @@
 //! Short, deterministic runs of the fuzz targets in `fuzz/` (the sniffer, cassandra.yaml derivation,
 //! TOML -> `Config`, PEM/CRL loading, allow-list matching, the handshake driver's record framing): the
 //! same checks and seeds as the targets (`fuzz/src/lib.rs`, included below), on a few thousand seeded
-//! mutations each, so that `cargo test` notices a regression without nightly Rust. The JKS reader's run is in `cli/tests/jks.rs`. A failure
+//! mutations each, so that `cargo test` notices a regression without nightly Rust. The JKS reader's run is in `cli/tests/integration/jks.rs`. A failure
 //! prints the input; `fuzz/run.sh` is the real, open-ended fuzzing.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Crafted stores for what keytool never writes (version 1, foreign algorithms and types, duplicate
-//! aliases, odd aliases). cli/tests/jks.rs covers real keytool files.
+//! aliases, odd aliases). cli/tests/integration/jks.rs covers real keytool files.
 
 use super::*;
 

@@ -137,7 +137,7 @@ fn formats_that_clusters_use_are_read() {
     keytool_truststore(&s, "trust.jks", "JKS");
     let trust_p12 = "truststore = \"trust.p12\"\ntruststore_password = \"trustpass7\"";
 
-    // The PKCS#12 `ringseal certs` writes (keytool reads it, see cli/tests/certs.rs).
+    // The PKCS#12 `ringseal certs` writes (keytool reads it, see cli/tests/integration/certs.rs).
     let out = s.accepted(&format!(
         "keystore = \"node1/node1.p12\"\nkeystore_password = \"storepass1\"\n{trust_p12}"
     ));

@@ -1,0 +1,31 @@
+//! The integration tests that need no process of their own, as one test binary (one link instead of
+//! one per file). `aborts` and `metrics` install the process-wide metrics recorder and count exact
+//! values, `ktls_vm` runs itself inside a VM, `fuzz_seeded` includes the fuzz crate's source: they stay
+//! binaries of their own.
+
+mod admission;
+mod bench;
+mod binary;
+mod cassandra_yaml;
+mod certs;
+mod chain_cache;
+mod check;
+mod cli_config;
+mod cluster_netns;
+mod conformance;
+mod demo;
+mod downgrade;
+mod jks;
+mod keystores;
+mod legacy_pki;
+mod netns;
+mod offload;
+mod openssl;
+mod outbound;
+mod permissive;
+mod prometheus;
+mod refusals;
+mod relay;
+mod reload;
+mod rotation;
+mod smoke;
