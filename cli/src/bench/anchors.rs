@@ -254,16 +254,7 @@ impl Side {
         };
         if peer == Peer::Ringseal {
             write(&ringseal_config(self, spec, target))?;
-            let exe = std::env::current_exe().context("locating the ringseal binary")?;
-            let mut proc = Proc::launch(&name, ringseal_run(&exe, &[], &file), Lines::Start)?;
-            let needle = match self {
-                Self::Inbound => "starting inbound mTLS listener on ",
-                Self::Outbound => "starting outbound listener on ",
-            };
-            let line = proc.wait_line(needle, START_TIMEOUT)?;
-            let addr = find_address_after(&line, needle)
-                .with_context(|| format!("{name}: no address in its start line {line:?}"))?;
-            return Ok((proc, addr));
+            return self.start_ringseal(&name, &file);
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -325,6 +316,20 @@ impl Side {
         }
         proc.wait_listening(port, START_TIMEOUT)?;
         Ok((proc, listen))
+    }
+
+    /// ringseal itself (this very binary) on port 0; its start line says where it listens.
+    fn start_ringseal(self, name: &str, file: &Path) -> anyhow::Result<(Proc, SocketAddr)> {
+        let exe = std::env::current_exe().context("locating the ringseal binary")?;
+        let mut proc = Proc::launch(name, ringseal_run(&exe, &[], file), Lines::Start)?;
+        let needle = match self {
+            Self::Inbound => "starting inbound mTLS listener on ",
+            Self::Outbound => "starting outbound listener on ",
+        };
+        let line = proc.wait_line(needle, START_TIMEOUT)?;
+        let addr = find_address_after(&line, needle)
+            .with_context(|| format!("{name}: no address in its start line {line:?}"))?;
+        Ok((proc, addr))
     }
 }
 
