@@ -148,7 +148,7 @@ pub enum JksError {
     Corrupt {
         offset: usize,
         field: String,
-        reason: String,
+        reason: Corruption,
     },
     /// The integrity digest does not match: the password is wrong, or the file was modified.
     #[error("wrong password (integrity check failed)")]
@@ -168,6 +168,25 @@ pub enum JksError {
     UnsupportedCertType { alias: String, cert_type: String },
     #[error("{len} bytes of trailing garbage at offset {offset}, after the integrity digest")]
     TrailingData { offset: usize, len: usize },
+}
+
+/// What is wrong with the field at a [`JksError::Corrupt`] offset; `der` is the DER reader's finding.
+#[derive(Debug, thiserror::Error)]
+pub enum Corruption {
+    #[error("{alias:?} appears twice")]
+    DuplicateAlias { alias: String },
+    #[error("unknown entry type {tag} (1 = private key, 2 = trusted certificate)")]
+    UnknownEntryType { tag: u32 },
+    #[error("malformed modified UTF-8 (Java writeUTF)")]
+    MalformedUtf8,
+    #[error("not a DER certificate: {der}")]
+    NotDerCertificate { der: &'static str },
+    #[error("not an EncryptedPrivateKeyInfo: {der}")]
+    NotEncryptedPrivateKeyInfo { der: &'static str },
+    #[error("encrypted data shorter than its salt and check digest (40 bytes)")]
+    EncryptedKeyTooShort,
+    #[error("decrypted key is not PKCS#8 DER: {der}")]
+    NotPkcs8 { der: &'static str },
 }
 
 /// Parse a JKS keystore, checking its integrity digest with `password` and decrypting every private-key
@@ -243,7 +262,7 @@ fn raw_entry<'a>(
     let alias_offset = r.pos;
     let alias = r.utf("alias")?;
     if !aliases.insert(alias.clone()) {
-        return Err(r.corrupt(alias_offset, "alias", format!("{alias:?} appears twice")));
+        return Err(r.corrupt(alias_offset, "alias", Corruption::DuplicateAlias { alias }));
     }
     r.context = format!("entry {index} ({alias:?}): ");
     r.take(8, "timestamp")?;
@@ -268,11 +287,7 @@ fn raw_entry<'a>(
             let der = r.certificate(version, "certificate", &alias)?;
             Ok(RawEntry::Cert { alias, der })
         }
-        other => Err(r.corrupt(
-            tag_offset,
-            "tag",
-            format!("unknown entry type {other} (1 = private key, 2 = trusted certificate)"),
-        )),
+        tag => Err(r.corrupt(tag_offset, "tag", Corruption::UnknownEntryType { tag })),
     }
 }
 
@@ -347,13 +362,8 @@ impl<'a> Reader<'a> {
         let len = usize::from(u16::from_be_bytes(self.array(&format!("{field} length"))?));
         let start = self.pos;
         let bytes = self.take(len, field)?;
-        modified_utf8(bytes).map_err(|at| {
-            self.corrupt(
-                start + at,
-                field,
-                "malformed modified UTF-8 (Java writeUTF)".into(),
-            )
-        })
+        modified_utf8(bytes)
+            .map_err(|at| self.corrupt(start + at, field, Corruption::MalformedUtf8))
     }
 
     /// One certificate: its type (version 2 only; version 1 stores are X.509 by definition), then its
@@ -375,14 +385,15 @@ impl<'a> Reader<'a> {
             }
         }
         let der = self.bytes(field)?;
-        if let Err(reason) = der_only(der, DER_SEQUENCE) {
+        if let Err(der_error) = der_only(der, DER_SEQUENCE) {
             let offset = self.pos - der.len();
-            return Err(self.corrupt(offset, field, format!("not a DER certificate: {reason}")));
+            let reason = Corruption::NotDerCertificate { der: der_error };
+            return Err(self.corrupt(offset, field, reason));
         }
         Ok(der)
     }
 
-    fn corrupt(&self, offset: usize, field: &str, reason: String) -> JksError {
+    fn corrupt(&self, offset: usize, field: &str, reason: Corruption) -> JksError {
         JksError::Corrupt {
             offset,
             field: format!("{}{field}", self.context),
@@ -428,13 +439,13 @@ fn recover_key(
     offset: usize,
     password: &[u8],
 ) -> Result<Vec<u8>, JksError> {
-    let corrupt = |reason: &str| JksError::Corrupt {
+    let corrupt = |reason| JksError::Corrupt {
         offset,
         field: format!("entry {alias:?}: protected key"),
-        reason: reason.to_owned(),
+        reason,
     };
     let (oid, encrypted) = encrypted_private_key_info(protected)
-        .map_err(|reason| corrupt(&format!("not an EncryptedPrivateKeyInfo: {reason}")))?;
+        .map_err(|der| corrupt(Corruption::NotEncryptedPrivateKeyInfo { der }))?;
     if oid != KEY_PROTECTOR_OID {
         return Err(JksError::UnsupportedKeyProtection {
             alias: alias.to_owned(),
@@ -442,9 +453,7 @@ fn recover_key(
         });
     }
     if encrypted.len() < SALT_LEN + SHA1_LEN {
-        return Err(corrupt(
-            "encrypted data shorter than its salt and check digest (40 bytes)",
-        ));
+        return Err(corrupt(Corruption::EncryptedKeyTooShort));
     }
     let (salt, rest) = encrypted.split_at(SALT_LEN);
     let (masked, check) = rest.split_at(rest.len() - SHA1_LEN);
@@ -464,11 +473,9 @@ fn recover_key(
             alias: alias.to_owned(),
         });
     }
-    if let Err(reason) = der_only(&key, DER_SEQUENCE) {
+    if let Err(der) = der_only(&key, DER_SEQUENCE) {
         key.zeroize();
-        return Err(corrupt(&format!(
-            "decrypted key is not PKCS#8 DER: {reason}"
-        )));
+        return Err(corrupt(Corruption::NotPkcs8 { der }));
     }
     Ok(key)
 }

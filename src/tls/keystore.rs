@@ -17,8 +17,8 @@ use p12_keystore::Pkcs12Archive;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::error::MaterialError;
-use super::settings::StoreFile;
+use super::error::{ContentProblem, MaterialError};
+use super::settings::{StoreFile, StoreType};
 use crate::secret::Secret;
 
 /// A private key and its chain (leaf first), as read from a keystore: Java's PrivateKeyEntry (not
@@ -56,15 +56,11 @@ fn detect(bytes: &[u8]) -> Option<Detected> {
 }
 
 impl StoreFile {
-    fn password_key(&self) -> String {
-        format!("{}_password", self.key)
-    }
-
-    fn content(&self, message: String) -> MaterialError {
+    fn content(&self, problem: ContentProblem) -> MaterialError {
         MaterialError::Content {
             key: self.key,
             path: self.path.clone(),
-            message,
+            problem: Box::new(problem),
         }
     }
 
@@ -74,43 +70,28 @@ impl StoreFile {
 
     fn detect(&self, bytes: &[u8]) -> Result<Detected, MaterialError> {
         let found = detect(bytes).ok_or_else(|| {
-            let stated = self.stated.map_or(String::new(), |t| {
-                format!(" ({} says {})", self.type_key(), t.name())
-            });
-            self.content(format!(
-                "not a keystore: neither PKCS#12, JKS nor PEM{stated}{}",
-                if bytes.is_empty() {
-                    "; the file is empty"
-                } else {
-                    "; is it truncated, or base64 text of a binary store?"
-                }
-            ))
+            self.content(ContentProblem::NotAKeystore {
+                store_key: self.key,
+                stated: self.stated,
+                empty: bytes.is_empty(),
+            })
         })?;
         if found == Detected::Jceks {
-            return Err(self.content(format!(
-                "JCEKS keystores are not supported; convert it once with `keytool -importkeystore \
-                 -srckeystore {0} -srcstoretype JCEKS -destkeystore {0}.p12 -deststoretype PKCS12` \
-                 and point {1} at the .p12",
-                self.path.display(),
-                self.key
-            )));
+            return Err(self.content(ContentProblem::Jceks {
+                store_key: self.key,
+                path: self.path.clone(),
+            }));
         }
         // The content decides, whatever the stated type says: Cassandra's `store_type` defaults to JKS
         // for files that are PKCS#12 (Java reads both) and applies to keystore and truststore at once.
         Ok(found)
     }
 
-    fn type_key(&self) -> String {
-        format!("{}_type", self.key)
-    }
-
-    fn wrong_password(&self, how: &str) -> MaterialError {
-        self.content(format!(
-            "wrong password, or the file is damaged ({how}); check {} (Cassandra: \
-             server_encryption_options.{}_password)",
-            self.password_key(),
-            self.key.trim_start_matches("tls.")
-        ))
+    fn wrong_password(&self, format: StoreType) -> MaterialError {
+        self.content(ContentProblem::WrongPassword {
+            store_key: self.key,
+            format,
+        })
     }
 
     /// Reads our identity: the single key entry, or the one `alias` names.
@@ -137,17 +118,13 @@ impl StoreFile {
         let certs = match self.detect(bytes)? {
             Detected::Pem => CertificateDer::pem_slice_iter(bytes)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| self.content(format!("malformed PEM: {e}")))?,
+                .map_err(|error| self.content(ContentProblem::MalformedPem { error }))?,
             Detected::Pkcs12 => self.pkcs12(bytes, password)?.1,
             Detected::Jks => self.jks(bytes, password)?.1,
             Detected::Jceks => unreachable!("refused by detect"),
         };
         if certs.is_empty() {
-            return Err(self.content(
-                "holds no trusted certificate; import the cluster CA with `keytool -importcert \
-                 -trustcacerts -alias ca -file ca.pem -keystore FILE`"
-                    .into(),
-            ));
+            return Err(self.content(ContentProblem::NoTrustedCertificate));
         }
         Ok(certs)
     }
@@ -161,20 +138,20 @@ impl StoreFile {
         let archive = Pkcs12Archive::from_pkcs12(bytes, self.password(password)).map_err(|e| {
             use p12_keystore::error::Error as E;
             match e {
-                E::MacError(_) => self.wrong_password("the PKCS#12 integrity check failed"),
-                E::UnsupportedEncryptionScheme | E::UnsupportedMacAlgorithm => self.content(format!(
-                    "PKCS#12 encryption not supported ({e}); re-export it with \
-                     `keytool -importkeystore -srckeystore {0} -destkeystore {0}.p12 -deststoretype PKCS12`",
-                    self.path.display()
-                )),
-                // A bag that does not decrypt without a MAC failure: the key or certificate password
-                // differs from the store's (Cassandra needs them equal) or the file is damaged.
-                E::UnpadError | E::Pkcs5Error(_) => self.content(format!(
-                    "an entry cannot be decrypted with {} ({e}); Cassandra and ringseal need the key \
-                     password to equal the store password",
-                    self.password_key()
-                )),
-                _ => self.content(format!("not a readable PKCS#12 file ({e}); is it truncated?")),
+                E::MacError(_) => self.wrong_password(StoreType::Pkcs12),
+                E::UnsupportedEncryptionScheme | E::UnsupportedMacAlgorithm => {
+                    self.content(ContentProblem::Pkcs12Unsupported {
+                        path: self.path.clone(),
+                        error: e,
+                    })
+                }
+                E::UnpadError | E::Pkcs5Error(_) => {
+                    self.content(ContentProblem::Pkcs12EntryUndecryptable {
+                        store_key: self.key,
+                        error: e,
+                    })
+                }
+                error => self.content(ContentProblem::Pkcs12Unreadable { error }),
             }
         })?;
         let identities = archive
@@ -230,15 +207,15 @@ impl StoreFile {
     ) -> Result<(Vec<KeyEntry>, Vec<CertificateDer<'static>>), MaterialError> {
         use super::jks::{Entry, JksError};
         let store = super::jks::parse(bytes, self.password(password)).map_err(|e| match e {
-            JksError::WrongPassword => self.wrong_password("the JKS integrity check failed"),
-            JksError::KeyPasswordMismatch { ref alias } => self.content(format!(
-                "key entry \"{alias}\" cannot be decrypted with {}: its key password differs from \
-                 the store password; Cassandra and ringseal need them equal (`keytool -keypasswd \
-                 -alias {alias} -keystore {}`)",
-                self.password_key(),
-                self.path.display()
-            )),
-            e => self.content(format!("not a readable JKS keystore: {e}")),
+            JksError::WrongPassword => self.wrong_password(StoreType::Jks),
+            JksError::KeyPasswordMismatch { alias } => {
+                self.content(ContentProblem::JksKeyPasswordMismatch {
+                    store_key: self.key,
+                    path: self.path.clone(),
+                    alias,
+                })
+            }
+            error => self.content(ContentProblem::JksUnreadable { error }),
         })?;
         let mut identities = Vec::new();
         let mut trusted = Vec::new();
@@ -262,27 +239,14 @@ impl StoreFile {
     fn pem_identity(&self, bytes: &[u8]) -> Result<KeyEntry, MaterialError> {
         let chain = CertificateDer::pem_slice_iter(bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.content(format!("malformed PEM: {e}")))?;
+            .map_err(|error| self.content(ContentProblem::MalformedPem { error }))?;
         if memmem(bytes, b"BEGIN ENCRYPTED PRIVATE KEY") {
-            return Err(self.content(
-                "the PEM private key is encrypted; write a plain copy readable only by ringseal \
-                 (`openssl pkey -in FILE -out FILE.plain && chmod 600 FILE.plain`)"
-                    .into(),
-            ));
+            return Err(self.content(ContentProblem::PemKeystoreKeyEncrypted));
         }
-        let key = PrivateKeyDer::from_pem_slice(bytes).map_err(|_| {
-            self.content(
-                "a PEM keystore must hold the private key (\"BEGIN PRIVATE KEY\") and the certificate \
-                 chain; no private key found"
-                    .into(),
-            )
-        })?;
+        let key = PrivateKeyDer::from_pem_slice(bytes)
+            .map_err(|_| self.content(ContentProblem::PemKeystoreNoKey))?;
         if chain.is_empty() {
-            return Err(self.content(
-                "a PEM keystore must hold the certificate chain after the private key; no \
-                 \"BEGIN CERTIFICATE\" block found"
-                    .into(),
-            ));
+            return Err(self.content(ContentProblem::PemKeystoreNoChain));
         }
         Ok(KeyEntry {
             alias: None,
@@ -292,29 +256,15 @@ impl StoreFile {
     }
 
     fn pick(&self, mut entries: Vec<KeyEntry>) -> Result<KeyEntry, MaterialError> {
-        let aliases = || {
-            entries
-                .iter()
-                .map(|e| format!("\"{}\"", e.alias.as_deref().unwrap_or("<no alias>")))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let aliases = || entries.iter().map(|e| e.alias.clone()).collect();
         let index = match (&self.alias, entries.len()) {
-            (_, 0) => {
-                return Err(self.content(
-                    "holds no private key entry (a truststore?); the keystore must hold this node's \
-                     key and certificate (`keytool -genkeypair` or `ringseal certs node`)"
-                        .into(),
-                ));
-            }
+            (_, 0) => return Err(self.content(ContentProblem::NoKeyEntry)),
             (None, 1) => 0,
             (None, _) => {
-                return Err(self.content(format!(
-                    "holds {} private key entries ({}); say which one with {}_alias",
-                    entries.len(),
-                    aliases(),
-                    self.key
-                )));
+                return Err(self.content(ContentProblem::SeveralKeyEntries {
+                    store_key: self.key,
+                    aliases: aliases(),
+                }));
             }
             (Some(alias), _) => entries
                 .iter()
@@ -324,19 +274,18 @@ impl StoreFile {
                         .is_some_and(|a| a.eq_ignore_ascii_case(alias))
                 })
                 .ok_or_else(|| {
-                    self.content(format!(
-                        "{}_alias = \"{alias}\" names no private key entry; the entries are {}",
-                        self.key,
-                        aliases()
-                    ))
+                    self.content(ContentProblem::NoSuchAlias {
+                        store_key: self.key,
+                        alias: alias.clone(),
+                        aliases: aliases(),
+                    })
                 })?,
         };
         let identity = entries.swap_remove(index);
         if identity.chain.is_empty() {
-            return Err(self.content(format!(
-                "key entry \"{}\" has no certificate",
-                identity.alias.as_deref().unwrap_or("<no alias>")
-            )));
+            return Err(self.content(ContentProblem::EntryWithoutCertificate {
+                alias: identity.alias,
+            }));
         }
         Ok(identity)
     }
@@ -374,7 +323,7 @@ pub fn password_from_file(
     let text = std::str::from_utf8(bytes).map_err(|_| MaterialError::Content {
         key,
         path: path.to_owned(),
-        message: "the password file is not UTF-8 text".into(),
+        problem: Box::new(ContentProblem::PasswordNotUtf8),
     })?;
     Ok(Secret::new(text.lines().next().unwrap_or_default()))
 }

@@ -16,6 +16,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use zeroize::Zeroizing;
 
 pub use super::error::MaterialError;
+use super::error::{CertFile, ContentProblem, Lookalike};
 use super::keystore;
 use super::settings::{IdentityFiles, Password, StoreFile, TlsFiles, TrustFiles};
 use super::x509::{CertInfo, fmt_time};
@@ -278,32 +279,26 @@ impl TlsMaterial {
     ) -> Result<Self, MaterialError> {
         let origins = origins.cloned().unwrap_or_else(Origins::memory);
         let (certified, identity) = certify(chain, key, &origins)?;
-        let content = |message: String| MaterialError::Content {
+        let content = |problem| MaterialError::Content {
             key: origins.ca.0,
             path: origins.ca.1.clone(),
-            message,
+            problem: Box::new(problem),
         };
         if cas.is_empty() {
-            return Err(content(
-                "no trusted CA certificate: without one no peer can be verified; add the cluster CA"
-                    .into(),
-            ));
+            return Err(content(ContentProblem::NoTrustedCa));
         }
         let mut roots = RootCertStore::empty();
         let mut infos = Vec::with_capacity(cas.len());
         for (i, ca) in cas.iter().enumerate() {
-            let info = CertInfo::parse(ca).ok_or_else(|| {
-                content(format!(
-                    "certificate #{} is not a valid X.509 certificate",
-                    i + 1
-                ))
-            })?;
-            roots.add(ca.clone()).map_err(|e| {
-                content(format!(
-                    "certificate #{} (\"{}\") cannot be a trust anchor: {e}",
-                    i + 1,
-                    info.subject
-                ))
+            let number = i + 1;
+            let info =
+                CertInfo::parse(ca).ok_or_else(|| content(ContentProblem::CaInvalid { number }))?;
+            roots.add(ca.clone()).map_err(|error| {
+                content(ContentProblem::CaNotAnchor {
+                    number,
+                    subject: info.subject.clone(),
+                    error,
+                })
             })?;
             infos.push(info);
         }
@@ -311,15 +306,11 @@ impl TlsMaterial {
         // expired, no peer can ever be verified.
         let now = SystemTime::now();
         if !infos.is_empty() && infos.iter().all(|ca| ca.not_after < now) {
-            let list = infos
+            let cas = infos
                 .iter()
-                .map(|ca| format!("\"{}\" expired at {}", ca.subject, fmt_time(ca.not_after)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(content(format!(
-                "every trusted CA has expired ({list}), so no peer certificate can be verified; add the \
-                 cluster's current CA certificate"
-            )));
+                .map(|ca| (ca.subject.clone(), ca.not_after))
+                .collect();
+            return Err(content(ContentProblem::AllCasExpired { cas }));
         }
 
         Ok(Self {
@@ -378,31 +369,27 @@ impl TlsMaterial {
 
     /// Adds the revocation lists in `bytes` (PEM "X509 CRL" blocks, or one DER CRL), read from `path`.
     pub fn add_crls(&mut self, path: &Path, bytes: &[u8]) -> Result<(), MaterialError> {
-        let content = |message: String| MaterialError::Content {
+        let content = |problem| MaterialError::Content {
             key: "tls.crl",
             path: path.to_owned(),
-            message,
+            problem: Box::new(problem),
         };
         let mut crls = CertificateRevocationListDer::pem_slice_iter(bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| content(format!("malformed PEM: {e}")))?;
+            .map_err(|error| content(ContentProblem::MalformedPem { error }))?;
         if crls.is_empty() {
             if !looks_like_der(bytes) {
-                return Err(content(
-                    "no \"BEGIN X509 CRL\" block and not a DER CRL either; export the CRL from the CA \
-                     (`openssl ca -gencrl -out crl.pem`)"
-                        .into(),
-                ));
+                return Err(content(ContentProblem::NoCrl));
             }
             crls.push(CertificateRevocationListDer::from(bytes.to_vec()));
         }
         for (i, crl) in crls.into_iter().enumerate() {
             // webpki decides revocation; it must accept the list now, not at the first handshake.
-            let parsed = webpki::OwnedCertRevocationList::from_der(crl.as_ref()).map_err(|e| {
-                content(format!("CRL #{} is malformed or unsupported: {e:?}", i + 1))
-            })?;
+            let number = i + 1;
+            let parsed = webpki::OwnedCertRevocationList::from_der(crl.as_ref())
+                .map_err(|error| content(ContentProblem::CrlRejected { number, error }))?;
             let info = CrlInfo::parse(&crl)
-                .ok_or_else(|| content(format!("CRL #{} cannot be parsed", i + 1)))?;
+                .ok_or_else(|| content(ContentProblem::CrlUnparsable { number }))?;
             self.parsed_crls.push(parsed.into());
             self.crl_info.push(info);
             self.crls.push(crl);
@@ -444,16 +431,21 @@ fn certify(
 ) -> Result<(CertifiedKey, CertInfo), MaterialError> {
     let (cert_key, cert_path) = &origins.cert;
     let (key_key, key_path) = &origins.key;
-    let leaf = chain.first().ok_or_else(|| MaterialError::Content {
+    let cert_problem = |problem| MaterialError::Content {
         key: cert_key,
         path: cert_path.clone(),
-        message: "no certificate".into(),
-    })?;
-    let identity = CertInfo::parse(leaf).ok_or_else(|| MaterialError::Content {
-        key: cert_key,
-        path: cert_path.clone(),
-        message: "the first certificate is not a valid X.509 certificate".into(),
-    })?;
+        problem: Box::new(problem),
+    };
+    let key_problem = |problem| MaterialError::Content {
+        key: key_key,
+        path: key_path.clone(),
+        problem: Box::new(problem),
+    };
+    let leaf = chain
+        .first()
+        .ok_or_else(|| cert_problem(ContentProblem::NoCertificate))?;
+    let identity =
+        CertInfo::parse(leaf).ok_or_else(|| cert_problem(ContentProblem::LeafInvalid))?;
     if identity.not_after < SystemTime::now() {
         return Err(MaterialError::Expired {
             key: cert_key,
@@ -465,37 +457,17 @@ fn certify(
     let signing_key = super::suites::provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| MaterialError::Content {
-            key: key_key,
-            path: key_path.clone(),
-            message: format!(
-                "the private key cannot be used: {e}; supported are RSA (2048 bits or more), ECDSA \
-                 P-256/P-384 and Ed25519"
-            ),
-        })?;
+        .map_err(|error| key_problem(ContentProblem::KeyUnusable { error }))?;
     // Compared here rather than with CertifiedKey::keys_match, which parses the leaf with webpki and so
     // cannot judge a v1 certificate.
     let Some(spki) = signing_key.public_key() else {
         // Unknown is not a match: a certificate must never go out beside a key it was not issued for.
-        return Err(MaterialError::Content {
-            key: key_key,
-            path: key_path.clone(),
-            message: "cannot tell whether the private key matches the certificate (its public key \
-                      cannot be derived); use an RSA, ECDSA P-256/P-384 or Ed25519 key"
-                .into(),
-        });
+        return Err(key_problem(ContentProblem::KeyMatchUnknown));
     };
     let matches = Some(spki.as_ref()) == super::x509::spki(leaf).as_deref();
     if !matches {
         if cert_path == key_path {
-            return Err(MaterialError::Content {
-                key: key_key,
-                path: key_path.clone(),
-                message:
-                    "the private key does not match its certificate (their public keys differ); \
-                          re-create the entry or import the certificate issued for this key"
-                        .into(),
-            });
+            return Err(key_problem(ContentProblem::EntryKeyMismatch));
         }
         return Err(MaterialError::KeyMismatch {
             key_key,
@@ -534,58 +506,47 @@ pub(crate) fn certs_from(
     path: &Path,
     bytes: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
-    let content = |message: String| MaterialError::Content {
+    let content = |problem| MaterialError::Content {
         key,
         path: path.to_owned(),
-        message,
+        problem: Box::new(problem),
     };
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| content(format!("malformed PEM: {e}")))?;
+        .map_err(|error| content(ContentProblem::MalformedPem { error }))?;
     if certs.is_empty() {
-        let what = if key == "tls.ca" {
-            "the trust bundle must hold the cluster CA certificate(s) in PEM"
+        let role = if key == "tls.ca" {
+            CertFile::TrustBundle
         } else {
-            "expected the node certificate chain in PEM, leaf first"
+            CertFile::NodeChain
         };
-        let hint = if looks_like_der(bytes) {
-            " (this looks like DER: convert with `openssl x509 -inform der -in FILE -out FILE.pem`)"
+        let found = if looks_like_der(bytes) {
+            Lookalike::Der
         } else if contains(bytes, b"PRIVATE KEY-----") {
-            " (this file holds a private key, not a certificate)"
+            Lookalike::PrivateKey
         } else {
-            ""
+            Lookalike::Unknown
         };
-        return Err(content(format!(
-            "no \"BEGIN CERTIFICATE\" block found; {what}{hint}"
-        )));
+        return Err(content(ContentProblem::NoCertificateBlock { role, found }));
     }
     Ok(certs)
 }
 
 pub(crate) fn key_from(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, MaterialError> {
-    let content = |message: String| MaterialError::Content {
+    let content = |problem| MaterialError::Content {
         key: "tls.key",
         path: path.to_owned(),
-        message,
+        problem: Box::new(problem),
     };
     if contains(bytes, b"BEGIN ENCRYPTED PRIVATE KEY") || contains(bytes, b"Proc-Type: 4,ENCRYPTED")
     {
-        return Err(content(
-            "the private key is encrypted with a passphrase; write a plain copy readable only by ringseal \
-             (`openssl pkey -in KEY -out KEY.plain && chmod 600 KEY.plain`)"
-                .into(),
-        ));
+        return Err(content(ContentProblem::KeyEncrypted));
     }
-    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| {
-        let hint = if contains(bytes, b"BEGIN CERTIFICATE") {
-            " (this file holds a certificate, not a private key: are tls.cert and tls.key swapped?)"
-        } else {
-            ""
-        };
-        content(format!(
-            "no usable private key ({e}); expected PEM \"PRIVATE KEY\" (PKCS#8), \"RSA PRIVATE KEY\" (PKCS#1) \
-             or \"EC PRIVATE KEY\" (SEC1){hint}"
-        ))
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|error| {
+        content(ContentProblem::NoPrivateKey {
+            error,
+            holds_certificate: contains(bytes, b"BEGIN CERTIFICATE"),
+        })
     })
 }
 
