@@ -1,6 +1,5 @@
 //! `ringseal bench`: see [`crate::bench`].
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use crate::bench::BenchArgs;
@@ -8,9 +7,6 @@ use crate::bench::BenchArgs;
 pub fn run(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     match runtime.block_on(crate::bench::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => super::failure(&format_args!("bench failed: {e:#}")),
     }
 }

@@ -49,13 +49,7 @@ pub fn run(duration: Duration, runtime: &tokio::runtime::Runtime) -> std::proces
         tokio::spawn(on_signals(stop.clone(), None));
         match demo(duration, stop).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                let _ = std::io::Write::write_fmt(
-                    &mut std::io::stderr(),
-                    format_args!("error: demo failed: {e:#}\n"),
-                );
-                std::process::ExitCode::FAILURE
-            }
+            Err(e) => super::failure(&format_args!("demo failed: {e:#}")),
         }
     })
 }
