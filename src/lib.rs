@@ -83,7 +83,9 @@ impl Server {
     pub async fn bind(config: Config<LoadedTls>) -> Result<Self, BindError> {
         let mut inbound = Vec::with_capacity(config.inbound.len());
         for (i, l) in config.inbound.iter().enumerate() {
-            let bound = InboundListener::bind(l, &config.tls, &config.limits, config.offload).await;
+            let log = config.logging.connections;
+            let bound =
+                InboundListener::bind(l, &config.tls, &config.limits, config.offload, log).await;
             inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
         let mut outbound = Vec::with_capacity(config.outbound.len());
@@ -96,8 +98,9 @@ impl Server {
                     Arc::new(listener::tls_peers::TlsPeers::load(&config.permissive))
                 })
                 .clone();
+            let (limits, log) = (&config.limits, config.logging.connections);
             let bound =
-                OutboundListener::bind(l, &config.tls, &config.limits, config.offload, peers).await;
+                OutboundListener::bind(l, &config.tls, limits, config.offload, peers, log).await;
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }

@@ -184,8 +184,10 @@ pub fn describe() {
     );
     describe_counter!(
         CLOSES,
-        "Relayed connections by how they ended: how=clean (in order both ways), the cause of an abort \
-         (both sides reset), or cut (still open at the end of shutdown_grace)"
+        "Connections by how they ended: relayed ones how=clean (in order both ways), the cause of an \
+         abort (both sides reset), or cut (still open at the end of shutdown_grace); how=no_data: \
+         accepted and closed or reset by the peer before it sent a byte (a TCP health check), never \
+         a handshake"
     );
     describe_gauge!(
         BUILD_INFO,
@@ -260,6 +262,11 @@ pub fn register_zeroes(directions: &[Direction]) {
             counter!(TURNED_AWAY, "direction" => d, "reason" => reason.as_str()).increment(0);
         }
         handshakes_in_progress(*dir).increment(0.0);
+        // Only inbound listeners look at a connection before its first byte (outbound ones dial the
+        // peer at once): probes counted from 0, so the first one shows in `increase()`.
+        if *dir == Direction::Inbound {
+            counter!(CLOSES, "direction" => d, "how" => HOW_NO_DATA).increment(0);
+        }
     }
     // Outbound only, but always there: a sidecar without outbound listeners truly has none.
     for reason in FallbackReason::ALL {
@@ -323,6 +330,16 @@ pub fn backend_failure(dir: Direction) {
 pub struct ByteCounters {
     pub from_peer: Counter,
     pub to_peer: Counter,
+}
+
+/// The `how` of an inbound connection that the peer closed or reset before sending a byte: what a TCP
+/// health check (Kubernetes `tcpSocket`, a load balancer's check, HAProxy's `check`) does. Not a
+/// handshake, and so never a refusal.
+pub const HOW_NO_DATA: &str = "no_data";
+
+/// An accepted connection that ended before its first byte ([`HOW_NO_DATA`]).
+pub fn closed_without_data(dir: Direction) {
+    counter!(CLOSES, "direction" => dir.as_str(), "how" => HOW_NO_DATA).increment(1);
 }
 
 /// The `how` of a connection whose task was dropped before its relay finished: the shutdown cut at the

@@ -23,6 +23,12 @@ pub enum Command {
     Run {
         #[command(flatten)]
         sources: SourceArgs,
+        /// How log lines are written to stderr: `text` (one human-readable line per event) or `json`
+        /// (one JSON object per line for log shippers: `timestamp`, `level`, `message` and the
+        /// event's fields, such as `peer`, `reason`, or the connection-end line's `direction`,
+        /// `bytes_from_peer`, `how`; see the README, *Logging*).
+        #[arg(long, env = "RINGSEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a config, load its certificates and keystores, and report on the PKI (subject, SANs,
     /// validity, key, version, EKU, chain against the trust store) and what `run` would do, without
@@ -50,6 +56,13 @@ pub enum Command {
     /// certificates and suite, interleaved: throughput, proxy CPU per GB, handshakes, added latency,
     /// memory per idle connection. Prints a table (ratios are ringseal / peer).
     Bench(BenchArgs),
+}
+
+/// `run --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where the config comes from (`run`, `check`).

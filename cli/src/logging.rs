@@ -1,11 +1,16 @@
 //! The process's logging: tracing to stderr that never blocks and never stops the process.
 
+use crate::args::LogFormat;
+
 /// Logs go to stderr through a thread of their own ([`tracing_appender::non_blocking`]), so a slow or
 /// stalled reader (a paused pager, journald restarting) never blocks the runtime's workers, and a line
 /// that cannot be written (EPIPE once the reader has gone) or does not fit the buffer is dropped and
 /// counted instead: logging must never stop the process. tracing-subscriber's own report of a failed
 /// write is off, because it goes through `eprintln!`, which panics on a closed stderr.
-pub fn init(demo: bool) -> tracing_appender::non_blocking::WorkerGuard {
+///
+/// `format`: text lines, or JSON objects with stable names (`timestamp`, `level`, `message`, then the
+/// event's own fields at the top level) for log shippers.
+pub fn init(demo: bool, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let default = if demo { "warn" } else { "info" };
     let filter = EnvFilter::try_from_env("RINGSEAL_LOG")
@@ -18,16 +23,26 @@ pub fn init(demo: bool) -> tracing_appender::non_blocking::WorkerGuard {
         .thread_name("ringseal-log")
         .finish(Stderr);
     let dropped = writer.error_counter();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Counted {
             inner: writer,
             dropped,
         })
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // No spans are used: without the span keys every line has the same shape.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     guard
 }
 

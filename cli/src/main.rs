@@ -26,10 +26,14 @@ fn main() -> ExitCode {
         }
     };
     // Flushes what is still buffered when main returns.
-    let _logs = logging::init(matches!(
-        cli.command,
-        Command::Demo { .. } | Command::Bench(_)
-    ));
+    let format = match cli.command {
+        Command::Run { log_format, .. } => log_format,
+        _ => args::LogFormat::Text,
+    };
+    let _logs = logging::init(
+        matches!(cli.command, Command::Demo { .. } | Command::Bench(_)),
+        format,
+    );
     // Every relayed connection holds two descriptors; the default soft limit (often 1024) would cap a
     // busy node far below limits.max_connections. The hard limit is the administrator's decision.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -40,7 +44,10 @@ fn main() -> ExitCode {
         Err(e) => return cmd::failure(&format_args!("cannot start the async runtime: {e}")),
     };
     match cli.command {
-        Command::Run { sources } => cmd::run::run(&sources, &runtime),
+        Command::Run {
+            sources,
+            log_format,
+        } => cmd::run::run(&sources, log_format, &runtime),
         Command::Check(args) => cmd::check::run(&args),
         Command::Rules(args) => cmd::rules::run(&args),
         Command::Certs { command } => cmd::certs::run(command),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Limits, Mode, Offload, Permissive};
+use super::{Limits, Logging, Mode, Offload, Permissive};
 use crate::secret::Secret;
 use crate::tls::settings::CrlExpired;
 
@@ -31,6 +31,23 @@ pub struct FileConfig {
     pub metrics: Option<FileMetrics>,
     #[serde(default)]
     pub permissive: FilePermissive,
+    #[serde(default)]
+    pub logging: FileLogging,
+}
+
+/// `[logging]`; a missing key takes its default from [`Logging::default`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLogging {
+    pub connections: bool,
+}
+
+impl Default for FileLogging {
+    fn default() -> Self {
+        Self {
+            connections: Logging::default().connections,
+        }
+    }
 }
 
 /// `[permissive]`: how permissive outbound remembers the peers that have TLS; a missing key takes its

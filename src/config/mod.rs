@@ -53,6 +53,8 @@ pub struct Config<Tls = TlsSettings> {
     pub cluster_name: Option<String>,
     /// `[permissive]`: the outbound side's memory of peers that have TLS. Fixed at start.
     pub permissive: Permissive,
+    /// `[logging]`: what is logged besides warnings and errors. Fixed at start.
+    pub logging: Logging,
 }
 
 impl<Tls> Config<Tls> {
@@ -68,6 +70,7 @@ impl<Tls> Config<Tls> {
             sources: None,
             cluster_name: None,
             permissive: Permissive::default(),
+            logging: Logging::default(),
         }
     }
 
@@ -83,6 +86,7 @@ impl<Tls> Config<Tls> {
             sources: self.sources,
             cluster_name: self.cluster_name,
             permissive: self.permissive,
+            logging: self.logging,
         }
     }
 }
@@ -134,6 +138,20 @@ impl Default for Permissive {
             tls_peer_memory: Duration::from_secs(24 * 3600),
             state_file: None,
         }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// One info line when a relayed connection ends (who, how much, how it ended); `false`: routine
+    /// ends are logged at debug, abnormal ones still at info.
+    pub connections: bool,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Self { connections: true }
     }
 }
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use super::error::AllowListError;
 use super::file::{self, FileAllow, FileConfig, FileInbound, FileLimits, FileOutbound, FileTls};
 use super::{
-    Config, ConfigError, Inbound, Limits, MAX_CONNECTIONS, MAX_DURATION, MIN_RELOAD_INTERVAL,
-    MetricsSettings, Mode, Outbound, Permissive, Problem, Target,
+    Config, ConfigError, Inbound, Limits, Logging, MAX_CONNECTIONS, MAX_DURATION,
+    MIN_RELOAD_INTERVAL, MetricsSettings, Mode, Outbound, Permissive, Problem, Target,
 };
 use crate::secret::Secret;
 use crate::tls::allow::{AllowList, canonical_ip};
@@ -77,6 +77,9 @@ impl FileConfig {
             sources: None,
             cluster_name: self.cluster_name,
             permissive,
+            logging: Logging {
+                connections: self.logging.connections,
+            },
         })
     }
 }

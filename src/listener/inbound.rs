@@ -18,14 +18,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
-use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
+use super::{Ended, NoData, RateLimit, Refusal, RefusalKey, Session, suppressed_note};
 use crate::config::{Inbound, Limits, Mode};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
 use crate::relay::{self, Offload};
 use crate::tls::LoadedTls;
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::{ClientVerifier, PeerPolicy};
-use crate::tls::x509::CertInfo;
 
 /// Identical refusals from one address are logged once per minute.
 const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
@@ -53,6 +52,8 @@ struct InboundContext {
     plaintext_peers: super::PeerSet,
     /// Fixed at start.
     offload: Offload,
+    /// `[logging] connections`: one info line per relayed connection when it ends. Fixed at start.
+    log_connections: bool,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -106,6 +107,7 @@ impl InboundListener {
         tls: &LoadedTls,
         limits: &Limits,
         offload: Offload,
+        log_connections: bool,
     ) -> std::io::Result<Self> {
         let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
@@ -120,6 +122,7 @@ impl InboundListener {
             admission: Arc::new(Admission::new(Direction::Inbound, listen, limits, true)),
             plaintext_peers: super::PeerSet::default(),
             offload,
+            log_connections,
         });
         Ok(Self { listener, ctx })
     }
@@ -220,14 +223,19 @@ async fn after_first_bytes(
     pending: Pending,
     started: Instant,
     deadline: tokio::time::Instant,
-    first: Result<Sniffed, Refusal>,
+    first: Result<Opening, Refusal>,
 ) {
     let result = match first {
-        Ok(Sniffed::Tls) => tokio::time::timeout_at(deadline, handshake(&stream, peer, ctx))
-            .await
-            .unwrap_or_else(|_| Err(timed_out(ctx)))
-            .map(Accepted::Tls),
-        Ok(plain) => Ok(Accepted::Plain(plain)),
+        Ok(Opening::NoData(how)) => {
+            return super::no_data(Direction::Inbound, peer, ctx.listen, how);
+        }
+        Ok(Opening::Sniffed(Sniffed::Tls)) => {
+            tokio::time::timeout_at(deadline, handshake(&stream, peer, ctx))
+                .await
+                .unwrap_or_else(|_| Err(timed_out(ctx)))
+                .map(Accepted::Tls)
+        }
+        Ok(Opening::Sniffed(plain)) => Ok(Accepted::Plain(plain)),
         Err(refusal) => Err(refusal),
     };
     match result {
@@ -236,7 +244,7 @@ async fn after_first_bytes(
             let Some(_slot) = pending.establish(peer) else {
                 return admission::reset(&stream);
             };
-            passthrough(stream, peer, sniffed, ctx).await;
+            passthrough(stream, peer, sniffed, ctx, started).await;
         }
         Err(refusal) => refuse(stream, peer, ctx, &refusal, started).await,
     }
@@ -278,20 +286,13 @@ async fn relay_verified(
     if ctx.plaintext_peers.remove(peer.ip()) {
         tracing::info!(peer = %peer, "peer {} now connects with TLS (was plaintext)", peer.ip());
     }
-    let protocol = conn.protocol_version().map_or("unknown", protocol_name);
-    let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
+    let session = Session::of(&conn, super::wants_identity(ctx.log_connections));
+    let (protocol, suite) = (session.protocol, session.suite);
     metrics::handshake_ok(Direction::Inbound, protocol, suite, started.elapsed());
     let Some(_slot) = pending.establish(peer) else {
         return admission::reset(&tls);
     };
-    // Parsing the certificate again costs microseconds per handshake: only when the line is logged.
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        let subject = conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(CertInfo::parse)
-            .map(|i| i.subject)
-            .unwrap_or_else(|| "(no certificate)".into());
+    if let Some(subject) = &session.identity {
         tracing::debug!(peer = %peer, "accepted {peer} \"{subject}\" ({protocol}, {suite})");
     }
 
@@ -303,10 +304,17 @@ async fn relay_verified(
 
     let relay = relay::Relay::start(tls, conn, backend, ctx.offload).await;
     let active = ActiveConnection::start(Direction::Inbound, true, relay.path().label());
+    let ended = Ended {
+        peer,
+        local: ctx.forward,
+        tls: Some(session),
+        offload: relay.path().label(),
+        started,
+    };
     let outcome = relay
         .run(super::relay_limits(&ctx.limits), active.bytes.clone())
         .await;
-    super::report_close(active, peer, ctx.forward, &outcome);
+    super::report_close(active, &ended, &outcome, ctx.log_connections);
 }
 
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
@@ -337,7 +345,13 @@ async fn connect_forward(peer: SocketAddr, ctx: &InboundContext) -> Option<TcpSt
 }
 
 /// Permissive mode: a plaintext peer is passed through to the storage port untouched.
-async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, ctx: &InboundContext) {
+async fn passthrough(
+    plain: TcpStream,
+    peer: SocketAddr,
+    sniffed: Sniffed,
+    ctx: &InboundContext,
+    started: Instant,
+) {
     if ctx.plaintext_peers.insert(peer.ip()) {
         tracing::info!(
             peer = %peer,
@@ -350,9 +364,16 @@ async fn passthrough(plain: TcpStream, peer: SocketAddr, sniffed: Sniffed, ctx: 
     };
     let _ = backend.set_nodelay(true);
     let active = ActiveConnection::start(Direction::Inbound, false, relay::Path::Splice.label());
+    let ended = Ended {
+        peer,
+        local: ctx.forward,
+        tls: None,
+        offload: relay::Path::Splice.label(),
+        started,
+    };
     let limits = super::relay_limits(&ctx.limits);
     let outcome = relay::plain(plain, backend, limits, active.bytes.clone()).await;
-    super::report_close(active, peer, ctx.forward, &outcome);
+    super::report_close(active, &ended, &outcome, ctx.log_connections);
 }
 
 /// What the first bytes and the handshake came to.
@@ -365,20 +386,24 @@ enum Accepted {
     Plain(Sniffed),
 }
 
-/// Sniffs the first bytes; for TLS, waits until a whole first record is queued. Holds nothing but a
+/// Sniffs the first bytes; for TLS, waits until a whole first record is queued. A peer that closes or
+/// resets before its first byte is a TCP health check ([`NoData`]), not a refused handshake; one that
+/// stays silent until `handshake_timeout` held a handshake slot all that time and is refused
+/// (`timeout`), like any peer that does not finish its handshake. Holds nothing but a
 /// few bytes on the stack: a peer that dribbles its ClientHello costs the socket and the task.
-async fn first_bytes(stream: &TcpStream, ctx: &InboundContext) -> Result<Sniffed, Refusal> {
+async fn first_bytes(stream: &TcpStream, ctx: &InboundContext) -> Result<Opening, Refusal> {
     let mut first = [0u8; 8];
-    let n = stream
-        .peek(&mut first)
-        .await
-        .map_err(|e| Refusal::new(Reason::Io, format!("reading the first bytes failed: {e}")))?;
-    if n == 0 {
-        return Err(Refusal::new(
-            Reason::Io,
-            "peer closed the connection without sending anything",
-        ));
-    }
+    let n = match stream.peek(&mut first).await {
+        Ok(0) => return Ok(Opening::NoData(NoData::Closed)),
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            return Ok(Opening::NoData(NoData::Reset));
+        }
+        Err(e) => {
+            let why = format!("reading the first bytes failed: {e}");
+            return Err(Refusal::new(Reason::Io, why));
+        }
+    };
     match sniff(&first[..n]) {
         Sniffed::Tls => {}
         Sniffed::Ssl2Hello => {
@@ -387,13 +412,21 @@ async fn first_bytes(stream: &TcpStream, ctx: &InboundContext) -> Result<Sniffed
                 Sniffed::Ssl2Hello.to_string(),
             ));
         }
-        other if ctx.snapshot.load().mode == Mode::Permissive => return Ok(other),
+        other if ctx.snapshot.load().mode == Mode::Permissive => {
+            return Ok(Opening::Sniffed(other));
+        }
         other => return Err(Refusal::new(Reason::NotTls, format!("peer sent {other}"))),
     }
     relay::first_record(stream)
         .await
         .map_err(|e| super::refusal_from_io(&e))?;
-    Ok(Sniffed::Tls)
+    Ok(Opening::Sniffed(Sniffed::Tls))
+}
+
+/// How a connection opened: with bytes (sniffed), or with none before the peer closed or reset it.
+enum Opening {
+    Sniffed(Sniffed),
+    NoData(NoData),
 }
 
 /// Runs the rustls handshake on a connection whose first record has arrived; the established

@@ -156,33 +156,129 @@ pub fn refusal_from_io(e: &std::io::Error) -> Refusal {
     Refusal::new(Reason::Io, message)
 }
 
-/// Counts and logs the end of a relayed connection: routine ends at debug, the rest at info. (A
+/// How a connection ended before its peer sent a byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoData {
+    /// FIN: a plain TCP check (Kubernetes `tcpSocket`, Go's `net.Dial` then `Close`).
+    Closed,
+    /// RST (`SO_LINGER` 0): checks that avoid TIME_WAIT (HAProxy's, many load balancers').
+    Reset,
+}
+
+/// Counts (`ringseal_connections_closed_total{how="no_data"}`) and logs at debug a connection that
+/// ended before its first byte: a health check, not a handshake. Nothing is sent back; the socket is
+/// closed when dropped.
+pub fn no_data(dir: crate::metrics::Direction, peer: SocketAddr, listen: SocketAddr, how: NoData) {
+    crate::metrics::closed_without_data(dir);
+    let what = match how {
+        NoData::Closed => "closed",
+        NoData::Reset => "reset",
+    };
+    tracing::debug!(
+        peer = %peer,
+        listen = %listen,
+        "{peer} {what} the connection before sending a byte (a TCP health check?); not a handshake"
+    );
+}
+
+/// What the connection-end line says about a relayed connection, gathered before its relay starts.
+pub struct Ended {
+    /// The remote end: the TLS peer (permissive: the plaintext peer).
+    pub peer: SocketAddr,
+    /// The node's end of the plaintext leg: `forward` (inbound), Cassandra's socket (outbound).
+    pub local: SocketAddr,
+    /// `None`: a permissive plaintext connection.
+    pub tls: Option<Session>,
+    /// The relay path's label (`relay::Path::label`).
+    pub offload: &'static str,
+    /// When the connection was accepted.
+    pub started: Instant,
+}
+
+/// The verified TLS session of a relayed connection.
+pub struct Session {
+    pub protocol: &'static str,
+    pub suite: &'static str,
+    /// The peer certificate's subject, as refusals name it; only read when a line will show it.
+    pub identity: Option<String>,
+}
+
+impl Session {
+    /// Protocol, suite and (when `identity` is asked for) the peer certificate's subject.
+    pub fn of(conn: &rustls::Connection, identity: bool) -> Self {
+        use crate::tls::suites::{iana_name, protocol_name};
+        Self {
+            protocol: conn.protocol_version().map_or("unknown", protocol_name),
+            suite: conn.negotiated_cipher_suite().map_or("unknown", iana_name),
+            identity: identity.then(|| peer_subject(conn)),
+        }
+    }
+}
+
+/// The peer certificate's subject (parsing it again costs microseconds: only for a log line).
+pub fn peer_subject(conn: &rustls::Connection) -> String {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(crate::tls::x509::CertInfo::parse)
+        .map(|i| i.subject)
+        .unwrap_or_else(|| "(no certificate)".into())
+}
+
+/// Whether connection ends get their info line (`[logging] connections`), and so whether the peer's
+/// subject is worth reading at the handshake.
+pub fn wants_identity(log_connections: bool) -> bool {
+    (log_connections && tracing::enabled!(tracing::Level::INFO))
+        || tracing::enabled!(tracing::Level::DEBUG)
+}
+
+/// Counts the end of a relayed connection and logs it, one line with every field: at info when
+/// `log_connections` (`[logging] connections`) or when it ended abnormally, at debug otherwise. (A
 /// connection cut at shutdown never gets here: its `active` counts it as cut when dropped.)
 pub fn report_close(
     active: ActiveConnection,
-    peer: SocketAddr,
-    other: SocketAddr,
+    ended: &Ended,
     outcome: &Outcome,
+    log_connections: bool,
 ) {
     let dir = active.direction();
-    active.closed(outcome.close.label());
-    let d = dir.as_str();
-    match &outcome.close {
-        Close::Clean | Close::PeerNoCloseNotify | Close::PeerReset | Close::BackendReset => {
-            tracing::debug!(
-                peer = %peer,
-                "{d} {peer} closed: {:?}; {} bytes to {other}, {} bytes back",
-                outcome.close,
-                outcome.from_peer,
-                outcome.to_peer
-            );
-        }
-        close => tracing::info!(
-            peer = %peer,
-            "{d} {peer} closed: {close:?}; {} bytes to {other}, {} bytes back",
-            outcome.from_peer,
-            outcome.to_peer
-        ),
+    let how = outcome.close.label();
+    active.closed(how);
+    let routine = matches!(
+        outcome.close,
+        Close::Clean | Close::PeerNoCloseNotify | Close::PeerReset | Close::BackendReset
+    );
+    let tls = ended.tls.as_ref();
+    let detail = outcome
+        .close
+        .detail()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default();
+    // The same event at either level; the relay returned everything it says but the session.
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                direction = dir.as_str(),
+                peer = %ended.peer,
+                local = %ended.local,
+                tls = tls.is_some(),
+                peer_identity = tls.and_then(|t| t.identity.as_deref()).unwrap_or(""),
+                protocol = tls.map_or("", |t| t.protocol),
+                cipher_suite = tls.map_or("", |t| t.suite),
+                offload = ended.offload,
+                bytes_from_peer = outcome.from_peer,
+                bytes_to_peer = outcome.to_peer,
+                duration_seconds = ended.started.elapsed().as_secs_f64(),
+                how,
+                "{} connection with {} ended ({how}{detail})",
+                dir.as_str(),
+                ended.peer,
+            )
+        };
+    }
+    if log_connections || !routine {
+        line!(info);
+    } else {
+        line!(debug);
     }
 }
 

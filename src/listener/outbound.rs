@@ -24,12 +24,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::{self, Admission, Pending};
 use super::tls_peers::TlsPeers;
-use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
+use super::{Ended, RateLimit, Refusal, RefusalKey, Session, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target};
 use crate::metrics::{self, ActiveConnection, Direction, FallbackReason, Reason};
 use crate::relay::{self, Offload};
 use crate::tls::LoadedTls;
-use crate::tls::suites::{iana_name, protocol_name};
+use crate::tls::suites::protocol_name;
 use crate::tls::verify::PeerPolicy;
 
 /// How long a peer found without TLS (and never verified) is reached in plaintext before TLS is tried
@@ -180,6 +180,8 @@ struct OutboundContext {
     accept_log: RateLimit<&'static str>,
     /// Fixed at start.
     offload: Offload,
+    /// `[logging] connections`: one info line per relayed connection when it ends. Fixed at start.
+    log_connections: bool,
 }
 
 impl OutboundListener {
@@ -189,6 +191,7 @@ impl OutboundListener {
         limits: &Limits,
         offload: Offload,
         tls_peers: Arc<TlsPeers>,
+        log_connections: bool,
     ) -> std::io::Result<Self> {
         let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
@@ -206,6 +209,7 @@ impl OutboundListener {
                 refusals: RateLimit::new(Duration::from_secs(60)),
                 accept_log: RateLimit::new(Duration::from_secs(10)),
                 offload,
+                log_connections,
             }),
         })
     }
@@ -303,14 +307,15 @@ async fn serve_local_connection(
         && let Ok(remote) = connect_plain(plain, ctx).await
     {
         metrics::plaintext_fallback(reason);
-        return relay_plain(local, from, plain, remote, ctx, pending).await;
+        return relay_plain(local, from, plain, remote, ctx, pending, started).await;
     }
     let (tls, conn) = match dial(peer, &snapshot, ctx).await {
         Ok(ok) => ok,
         Err((refusal, no_tls)) => {
             let known = ctx.tls_peers.has_tls(ip);
             if let (Some(plain), Some(reason), false) = (permissive_plain, no_tls, known) {
-                return fall_back(local, from, peer, plain, reason, &refusal, ctx, pending).await;
+                let fallback = (plain, reason, &refusal);
+                return fall_back(local, from, peer, fallback, ctx, pending, started).await;
             }
             // A permissive listener says why this "no TLS there" does not fall back.
             let kept_from_plaintext = permissive_plain.is_some() && no_tls.is_some() && known;
@@ -392,8 +397,8 @@ async fn relay_verified(
     if ctx.forget_plaintext(ip) {
         tracing::info!(peer = %peer, "peer {} now accepts TLS; its connections are encrypted", peer.ip());
     }
-    let protocol = conn.protocol_version().map_or("unknown", protocol_name);
-    let suite = conn.negotiated_cipher_suite().map_or("unknown", iana_name);
+    let session = Session::of(&conn, super::wants_identity(ctx.log_connections));
+    let (protocol, suite) = (session.protocol, session.suite);
     metrics::handshake_ok(Direction::Outbound, protocol, suite, started.elapsed());
     let Some(_slot) = pending.establish(from) else {
         return admission::reset(&local);
@@ -402,24 +407,31 @@ async fn relay_verified(
 
     let relay = relay::Relay::start(tls, conn, local, ctx.offload).await;
     let active = ActiveConnection::start(Direction::Outbound, true, relay.path().label());
+    let ended = Ended {
+        peer,
+        local: from,
+        tls: Some(session),
+        offload: relay.path().label(),
+        started,
+    };
     let outcome = relay
         .run(super::relay_limits(&ctx.limits), active.bytes.clone())
         .await;
-    super::report_close(active, peer, from, &outcome);
+    super::report_close(active, &ended, &outcome, ctx.log_connections);
 }
 
 /// Permissive mode, for a peer without a TLS endpoint that was never verified: counts, logs
-/// (rate-limited) and carries the connection to the peer's plaintext port.
+/// (rate-limited) and carries the connection to the peer's plaintext port (`plain`, found without TLS
+/// for `reason`, as `refusal` says).
 #[allow(clippy::too_many_arguments)]
 async fn fall_back(
     local: TcpStream,
     from: SocketAddr,
     peer: SocketAddr,
-    plain: SocketAddr,
-    reason: FallbackReason,
-    refusal: &Refusal,
+    (plain, reason, refusal): (SocketAddr, FallbackReason, &Refusal),
     ctx: &OutboundContext,
     pending: Pending,
+    started: Instant,
 ) {
     let ip = crate::tls::verify::canonical_ip(peer.ip());
     ctx.remember_plaintext(ip, reason);
@@ -439,7 +451,7 @@ async fn fall_back(
     match connect_plain(plain, ctx).await {
         Ok(remote) => {
             metrics::plaintext_fallback(reason);
-            relay_plain(local, from, plain, remote, ctx, pending).await;
+            relay_plain(local, from, plain, remote, ctx, pending, started).await;
         }
         Err(why) => {
             if let Some(n) = ctx.refusals.check((Reason::Io, plain.ip())) {
@@ -652,15 +664,23 @@ async fn relay_plain(
     remote: TcpStream,
     ctx: &OutboundContext,
     pending: Pending,
+    started: Instant,
 ) {
     let Some(_slot) = pending.establish(from) else {
         return admission::reset(&local);
     };
     let active = ActiveConnection::start(Direction::Outbound, false, relay::Path::Splice.label());
+    let ended = Ended {
+        peer: to,
+        local: from,
+        tls: None,
+        offload: relay::Path::Splice.label(),
+        started,
+    };
     let limits = super::relay_limits(&ctx.limits);
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
     let outcome = relay::plain(remote, local, limits, active.bytes.clone()).await;
-    super::report_close(active, to, from, &outcome);
+    super::report_close(active, &ended, &outcome, ctx.log_connections);
 }
 
 impl OutboundContext {

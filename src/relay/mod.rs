@@ -150,6 +150,16 @@ impl Close {
     }
 }
 
+impl Close {
+    /// What the label leaves out: the error's text, for a log line.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::PeerTlsError(d) | Self::OffloadUnavailable(d) | Self::Io(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
 /// What a relay did.
 #[derive(Debug, Clone)]
 pub struct Outcome {

@@ -6,10 +6,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::check::report::{Purpose, examine};
 use super::config_error;
-use crate::args::SourceArgs;
+use crate::args::{LogFormat, SourceArgs};
 use crate::signals::on_signals;
 
-pub fn run(sources: &SourceArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
+pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    // With JSON logs, a log shipper reads stderr: the one error line is a JSON line too.
+    let config_error = |e: &dyn std::fmt::Display| match format {
+        LogFormat::Text => config_error(e),
+        LogFormat::Json => {
+            tracing::error!("{e}");
+            ExitCode::from(super::EXIT_CONFIG)
+        }
+    };
     let loaded = match ringseal::load(&sources.sources()) {
         Ok(loaded) => loaded,
         Err(e) => return config_error(&e),

@@ -23,6 +23,7 @@ mod offload;
 mod openssl;
 mod outbound;
 mod permissive;
+mod probes;
 mod prometheus;
 mod refusals;
 mod relay;
