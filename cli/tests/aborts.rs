@@ -39,7 +39,8 @@ impl Car {
             "",
             &format!("{listener}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[limits]\n{limits}\n"),
         );
-        // Each relayed connection's end is a line at debug: the tests wait for it.
+        // Each relayed connection's end is a line (`[logging] connections`, on by default): the tests
+        // wait for it.
         let env = [("RINGSEAL_LOG", "info,ringseal::listener=debug")];
         let mut proc = Proc::spawn_with(&[], &config, dir, &env);
         let metrics = address_after(&proc.wait_for("serving metrics on "), "serving metrics on ");
@@ -67,13 +68,13 @@ impl Car {
         )
     }
 
-    /// Waits for the line that reports the connection's end (`Close` in Debug form, e.g. `PeerReset`)
-    /// and checks the counter agrees: `ringseal_connections_closed_total{direction, how}` is 1.
-    fn ended(&mut self, direction: &str, close: &str, how: &str) {
-        let line = self.proc.wait_for(" closed: ");
+    /// Waits for the line that reports the connection's end (its `how` field, e.g. `peer_reset`) and
+    /// checks the counter agrees: `ringseal_connections_closed_total{direction, how}` is 1.
+    fn ended(&mut self, direction: &str, how: &str) {
+        let line = self.proc.wait_for(&format!("{direction} connection with "));
         assert!(
-            line.contains(&format!(" closed: {close}")),
-            "{direction}: expected {close}: {line}"
+            line.contains(&format!(" ended ({how}")) && line.contains(&format!("how=\"{how}\"")),
+            "{direction}: expected {how}: {line}"
         );
         let m = scrape(self.metrics);
         let closed = |how: &str| {
@@ -175,7 +176,7 @@ async fn killed_inbound_sidecar_mid_transfer() {
     let sent = within("sender", sending).await.unwrap();
     assert_reset_prefix("backend", &sink, SEED, LEN);
     assert_sender_failed(sent);
-    outbound.ended("outbound", "PeerReset", "peer_reset");
+    outbound.ended("outbound", "peer_reset");
 }
 
 /// The backend resets mid-transfer: the inbound resets its TLS leg (no close_notify), so the outbound
@@ -191,8 +192,8 @@ async fn backend_reset_mid_transfer() {
     let (conn, _) = backend_until_fault(&backend, SEED).await;
     reset(conn);
     assert_sender_failed(within("sender", sending).await.unwrap());
-    inbound.ended("inbound", "BackendReset", "backend_reset");
-    outbound.ended("outbound", "PeerReset", "peer_reset");
+    inbound.ended("inbound", "backend_reset");
+    outbound.ended("outbound", "peer_reset");
 }
 
 /// SIGTERM with a short `shutdown_grace` while a stream is mid-flight: the connection is cut, and a
@@ -218,7 +219,7 @@ async fn sigterm_cut_mid_transfer() {
     assert_reset_prefix("backend", &sink, SEED, LEN);
     assert_sender_failed(within("sender", sending).await.unwrap());
     assert!(inbound.proc.wait_exit().success());
-    outbound.ended("outbound", "PeerReset", "peer_reset");
+    outbound.ended("outbound", "peer_reset");
 }
 
 /// A TLS client that can be ended without close_notify.
@@ -254,7 +255,7 @@ async fn peer_truncates_tls_mid_transfer() {
     assert_reset_prefix("backend", &sink, SEED, SENT);
     assert_eq!(sink.len, SENT, "every authenticated byte is delivered");
     assert_eq!(sink.sha256(), expected_hash(SEED, SENT));
-    inbound.ended("inbound", "PeerNoCloseNotify", "peer_no_close_notify");
+    inbound.ended("inbound", "peer_no_close_notify");
 }
 
 /// The TLS peer resets while 16 MiB are in flight: the backend gets a prefix, then a reset.
@@ -284,7 +285,7 @@ async fn peer_resets_mid_transfer() {
     reset(tcp);
     let sink = within("backend", reading).await.unwrap();
     assert_reset_prefix("backend", &sink, SEED, SENT);
-    inbound.ended("inbound", "PeerReset", "peer_reset");
+    inbound.ended("inbound", "peer_reset");
 }
 
 /// The backend resets while it streams to the TLS peer: the peer reads a prefix, then a reset, never
@@ -317,7 +318,7 @@ async fn backend_reset_reaches_the_tls_peer_as_a_reset() {
     within("backend reset", streaming).await.unwrap();
     within("peer", sink.read(&mut tls, None, None)).await;
     assert_reset_prefix("TLS peer", &sink, SEED, LEN);
-    inbound.ended("inbound", "BackendReset", "backend_reset");
+    inbound.ended("inbound", "backend_reset");
 }
 
 /// Permissive mode's plaintext legs (splice): a backend reset mid-transfer resets the plaintext peer,
@@ -337,7 +338,7 @@ async fn plaintext_leg_backend_reset_mid_transfer() {
     let (conn, _) = backend_until_fault(&backend, SEED).await;
     reset(conn);
     assert_sender_failed(within("sender", sending).await.unwrap());
-    inbound.ended("inbound", "BackendReset", "backend_reset");
+    inbound.ended("inbound", "backend_reset");
 }
 
 /// Our own deadline: `idle_timeout` ends a connection neither end asked to end, so both legs are
@@ -371,7 +372,7 @@ async fn idle_timeout_resets_both_legs() {
         Some(Err(ErrorKind::ConnectionReset)),
         "TLS peer"
     );
-    inbound.ended("inbound", "IdleTimeout", "idle_timeout");
+    inbound.ended("inbound", "idle_timeout");
 }
 
 /// A cut at the end of `shutdown_grace` resets both legs (no FIN, no close_notify) and is counted as

@@ -18,6 +18,7 @@ mod downgrade;
 mod jks;
 mod keystores;
 mod legacy_pki;
+mod logs;
 mod netns;
 mod offload;
 mod openssl;
