@@ -151,7 +151,8 @@ impl Reloader {
         }
     }
 
-    /// What a reload cannot change in place: listener addresses, `[limits]` and `offload`.
+    /// What a reload cannot change in place: listener addresses, `[limits]`, `offload`, `[permissive]`
+    /// and `[logging]`.
     fn layout_changes(&self, new: &Config<LoadedTls>) -> Vec<String> {
         let old = &self.current;
         let mut changed = Vec::new();
@@ -186,6 +187,9 @@ impl Reloader {
         }
         if old.permissive != new.permissive {
             changed.push("[permissive]".to_owned());
+        }
+        if old.logging != new.logging {
+            changed.push("[logging]".to_owned());
         }
         changed
     }

@@ -42,6 +42,15 @@ pub fn describe<Tls: Negotiation>(c: &Config<Tls>, ktls: &str) -> String {
             ))
     );
     let _ = writeln!(out, "offload    {} ({ktls})", c.offload);
+    let _ = writeln!(
+        out,
+        "logging    {}",
+        if c.logging.connections {
+            "one info line per relayed connection when it ends"
+        } else {
+            "connection ends at debug only (abnormal ones at info)"
+        }
+    );
     let l = &c.limits;
     let _ = writeln!(
         out,

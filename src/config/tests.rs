@@ -37,7 +37,7 @@ use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 
-use super::file::{FileAllow, FileInbound, FileLimits, FilePermissive, FileTls};
+use super::file::{FileAllow, FileInbound, FileLimits, FileLogging, FilePermissive, FileTls};
 use super::*;
 use crate::pki::{Ca, NodeSpec};
 use crate::tls::settings::Negotiation;
@@ -435,6 +435,11 @@ fn reference_config_has_every_key() {
         keys(t["permissive"].as_table().unwrap()),
         fields_of::<FilePermissive>(),
         "[permissive]"
+    );
+    assert_eq!(
+        keys(t["logging"].as_table().unwrap()),
+        fields_of::<FileLogging>(),
+        "[logging]"
     );
     let inbound = t["inbound"].as_array().unwrap();
     assert!(!inbound.is_empty());
