@@ -48,7 +48,7 @@ pub mod tls;
 pub use admin::MAX_CONNECTIONS as ADMIN_MAX_CONNECTIONS;
 pub use listener::BindError;
 pub use relay::{KtlsSupport, support as ktls_support};
-pub use runtime::{LoadError, StartError, describe, load, load_tls};
+pub use runtime::{LoadError, StartError, describe, diagnose, load, load_tls};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

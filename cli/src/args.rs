@@ -69,6 +69,13 @@ pub struct SourceArgs {
     /// warning. `check` prints the derived config.
     #[arg(long, env = "RINGSEAL_CASSANDRA_YAML")]
     pub cassandra_yaml: Option<PathBuf>,
+    /// Set one config key, applied over the config file or the config derived from cassandra.yaml;
+    /// repeat for several. KEY is a dotted key of the file (`tls.accept_v1_certificates`,
+    /// `metrics.listen`), VALUE a TOML value (`true`, `5`, `"10s"`, `["TLSv1.3"]`); a value that is not
+    /// TOML is a string (`--set tls.truststore=/etc/c/trust.jks`). Unknown keys are refused like in
+    /// the file; passwords are refused (the command line is visible to every local user).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 impl SourceArgs {
@@ -76,6 +83,7 @@ impl SourceArgs {
         ringseal::config::Sources {
             config: self.config.clone(),
             cassandra_yaml: self.cassandra_yaml.clone(),
+            set: self.set.clone(),
         }
     }
 }
