@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
+use super::status::{LastConnect, ListenerStatus, StorageStatus};
 use super::{RateLimit, Refusal, RefusalKey, suppressed_note};
 use crate::config::{Inbound, Limits, Mode};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
@@ -53,6 +54,8 @@ struct InboundContext {
     plaintext_peers: super::PeerSet,
     /// Fixed at start.
     offload: Offload,
+    /// The last attempt to connect `forward`, for `/status`.
+    last_connect: LastConnect,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -97,6 +100,25 @@ impl InboundHandle {
             .snapshot
             .store(Arc::new(InboundSnapshot::build(cfg, tls)));
     }
+
+    /// What `/status` shows of this listener, `inbound[index]`.
+    pub fn status(&self, index: usize) -> ListenerStatus {
+        let ctx = &self.0;
+        ListenerStatus {
+            name: format!("inbound[{index}]"),
+            kind: "inbound",
+            listen: ctx.listen,
+            mode: ctx.snapshot.load().mode.to_string(),
+            connections_active: ctx.admission.established(),
+            handshakes_in_progress: ctx.admission.pending(),
+            max_connections: ctx.admission.max_connections(),
+            storage: Some(StorageStatus {
+                address: ctx.forward,
+                last_connect: ctx.last_connect.get(),
+            }),
+            target: None,
+        }
+    }
 }
 
 impl InboundListener {
@@ -120,6 +142,7 @@ impl InboundListener {
             admission: Arc::new(Admission::new(Direction::Inbound, listen, limits, true)),
             plaintext_peers: super::PeerSet::default(),
             offload,
+            last_connect: LastConnect::default(),
         });
         Ok(Self { listener, ctx })
     }
@@ -312,15 +335,22 @@ async fn relay_verified(
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
 async fn connect_forward(peer: SocketAddr, ctx: &InboundContext) -> Option<TcpStream> {
     match tokio::time::timeout(ctx.limits.connect_timeout, TcpStream::connect(ctx.forward)).await {
-        Ok(Ok(b)) => Some(b),
+        Ok(Ok(b)) => {
+            ctx.last_connect.ok();
+            Some(b)
+        }
         failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!(
-                    "no answer within limits.connect_timeout ({})",
-                    humantime::format_duration(ctx.limits.connect_timeout)
+            let (why, error) = match failed {
+                Ok(Err(e)) => (e.to_string(), Some(e)),
+                _ => (
+                    format!(
+                        "no answer within limits.connect_timeout ({})",
+                        humantime::format_duration(ctx.limits.connect_timeout)
+                    ),
+                    None,
                 ),
             };
+            ctx.last_connect.failed(error.as_ref(), &why);
             metrics::backend_failure(Direction::Inbound);
             if let Some(n) = ctx.backend_log.check(()) {
                 tracing::warn!(

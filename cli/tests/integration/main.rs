@@ -30,3 +30,4 @@ mod relay;
 mod reload;
 mod rotation;
 mod smoke;
+mod status;
