@@ -119,13 +119,11 @@ pub fn apply_all(table: &mut Table, overrides: &[Override]) -> Result<(), Config
     let mut attributable = parses(table).is_ok();
     for o in overrides {
         o.apply(table)?;
-        if attributable {
-            if let Err(message) = parses(table) {
-                return Err(ConfigError::Set {
-                    arg: o.to_toml_line(),
-                    message,
-                });
-            }
+        if attributable && let Err(message) = parses(table) {
+            return Err(ConfigError::Set {
+                arg: o.to_toml_line(),
+                message,
+            });
         }
         attributable = true;
     }

@@ -60,7 +60,10 @@ pub struct ConnectStatus {
 
 /// The last attempt to connect the storage port: one small lock per attempt.
 #[derive(Debug, Default)]
-pub struct LastConnect(Mutex<Option<(SystemTime, Result<(), (&'static str, String)>)>>);
+pub struct LastConnect(Mutex<Option<(SystemTime, Attempt)>>);
+
+/// Connected, or the error's kind and message.
+type Attempt = Result<(), (&'static str, String)>;
 
 impl LastConnect {
     /// Connected.
@@ -73,7 +76,7 @@ impl LastConnect {
         self.set(Err((e.map_or("timeout", error_kind), message.to_owned())));
     }
 
-    fn set(&self, result: Result<(), (&'static str, String)>) {
+    fn set(&self, result: Attempt) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((SystemTime::now(), result));
     }
 
