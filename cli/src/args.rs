@@ -27,8 +27,9 @@ pub enum Command {
     /// Validate a config, load its certificates and keystores, and report on the PKI (subject, SANs,
     /// validity, key, version, EKU, chain against the trust store) and what `run` would do, without
     /// binding ports. Warns about v1 certificates, missing IP SANs, expiry within 30 days, SHA-1, RSA
-    /// below 2048 bits, an OU other than the cluster name. Exit status: 0 fine (warnings allowed), 1 an
-    /// error in the PKI (our chain does not verify), 64 the config cannot be loaded.
+    /// below 2048 bits, an OU other than the cluster name. When the key material does not load, every
+    /// problem is reported (each store on its own), not only the first. Exit status: 0 fine (warnings
+    /// allowed), 1 an error in the PKI (our chain does not verify), 64 the config cannot be loaded.
     Check(CheckArgs),
     /// Print (or apply, or remove) the nftables rules that redirect the node's connections to peers'
     /// storage port through the transparent outbound listener.
