@@ -3,7 +3,9 @@
 //! * `GET /metrics`: the Prometheus text exposition of the process-wide recorder ([`crate::metrics::install`]);
 //! * `GET /healthz`: `200 ok` while the process runs (liveness);
 //! * `GET /readyz`: `200 ready` when every listener is bound and accepting and our identity certificate is
-//!   within its validity period, else `503` with a one-line reason (readiness).
+//!   within its validity period, else `503` with a one-line reason (readiness);
+//! * `GET /status`: the sidecar's state as JSON ([`status`]): listeners, the storage port's last connect,
+//!   identity and CA expiry, the last reload, build and uptime.
 //!
 //! `HEAD` is answered like `GET`; other methods get `405`, other paths `404`. The endpoint is bounded and
 //! cannot be starved: at most [`MAX_CONNECTIONS`] connections at once, and when all are taken a new
@@ -15,8 +17,10 @@
 //! It stops accepting when the server's shutdown token fires.
 //!
 //! No authentication and no TLS: bind it to loopback or a management network (the reference config uses
-//! `127.0.0.1:9464`). Nothing it serves is secret (no label carries a peer address), but it is not meant
-//! for the internode network.
+//! `127.0.0.1:9464`). Nothing it serves is secret (no label carries a peer address, `/status` shows no
+//! key or password), but it is not meant for the internode network.
+
+pub mod status;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -68,6 +72,8 @@ pub struct Health {
     identity_not_before: AtomicU64,
     /// Unix seconds.
     identity_not_after: AtomicU64,
+    /// What `/status` adds to readiness.
+    pub status: status::Status,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -81,6 +87,7 @@ impl Health {
             listeners_bound: AtomicBool::new(false),
             identity_not_before: AtomicU64::new(0),
             identity_not_after: AtomicU64::new(0),
+            status: status::Status::default(),
         };
         health.set_identity(identity);
         health
@@ -435,10 +442,10 @@ fn respond<B>(
     health: &Health,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/status") {
         return text_response(
             StatusCode::NOT_FOUND,
-            "not found; this endpoint serves /metrics, /healthz and /readyz\n",
+            "not found; this endpoint serves /metrics, /healthz, /readyz and /status\n",
         );
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -457,6 +464,17 @@ fn respond<B>(
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+            response
+        }
+        "/status" => {
+            let now = SystemTime::now();
+            let ready = health.check(now).map_err(|why| why.to_string());
+            let body = serde_json::to_vec_pretty(&health.status.report(ready, now))
+                .expect("the status document serializes");
+            let mut response = text_response(StatusCode::OK, body);
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
         "/readyz" => match health.check(SystemTime::now()) {
@@ -497,7 +515,7 @@ pub fn start(
     }
     crate::metrics::register_zeroes(&directions);
     tracing::info!(
-        "serving metrics on {} (/metrics, /healthz, /readyz)",
+        "serving metrics on {} (/metrics, /healthz, /readyz, /status)",
         endpoint.local_addr()
     );
     tokio::spawn(endpoint.serve(prometheus, health, shutdown));
@@ -512,6 +530,7 @@ mod tests {
             listeners_bound: AtomicBool::new(true),
             identity_not_before: AtomicU64::new(not_before),
             identity_not_after: AtomicU64::new(not_after),
+            status: status::Status::default(),
         }
     }
 
@@ -539,6 +558,83 @@ mod tests {
         assert!(h.check(at(3_000)).is_err());
         h.set_identity_not_after(at(4_000));
         assert_eq!(h.check(at(3_000)), Ok(()));
+    }
+
+    #[test]
+    fn status_reports_identity_trust_and_the_last_reload() {
+        use crate::pki::{Ca, NodeSpec};
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let ca = Ca::new("StatusCluster").unwrap();
+        let id = ca
+            .issue(&NodeSpec::new("node7", &["127.0.0.7".parse().unwrap()]))
+            .unwrap();
+        let material = crate::tls::material::TlsMaterial::from_der(
+            vec![id.cert_der.clone()],
+            id.key(),
+            vec![ca.cert_der.clone()],
+            None,
+        )
+        .unwrap();
+        let h = health(0, u64::MAX / 2);
+        h.status.set_material(&material);
+        let status = |h: &Health| {
+            let req = Request::builder().uri("/status").body(()).unwrap();
+            let response = respond(&req, &prometheus, h);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            let body = futures_body(response);
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        };
+        let s = status(&h);
+        assert_eq!(s["ok"], true, "{s:#}");
+        assert_eq!(s["message"], "ready");
+        assert_eq!(s["identity"]["ip_sans"], serde_json::json!(["127.0.0.7"]));
+        assert!(s["identity"]["subject"].as_str().unwrap().contains("node7"));
+        assert_eq!(
+            s["identity"]["not_after"].as_str().unwrap(),
+            fmt_time(material.identity.not_after)
+        );
+        assert_eq!(s["trust"]["cas"], 1);
+        assert_eq!(
+            s["trust"]["earliest_not_after"].as_str().unwrap(),
+            fmt_time(material.cas[0].not_after)
+        );
+        assert_eq!(s["reload"]["last"], serde_json::Value::Null);
+        assert_eq!(s["build"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(s["build"]["rustls_provider"], "aws-lc-rs");
+
+        h.status
+            .reloaded(true, Err("tls.keystore /k.p12: wrong password"));
+        h.set_listeners_bound(false);
+        let s = status(&h);
+        assert_eq!(s["ok"], false);
+        assert!(
+            s["message"].as_str().unwrap().contains("listeners"),
+            "{s:#}"
+        );
+        let last = &s["reload"]["last"];
+        assert_eq!(last["result"], "failed", "{s:#}");
+        assert_eq!(last["trigger"], "sighup");
+        assert_eq!(last["error"], "tls.keystore /k.p12: wrong password");
+        assert_eq!(s["reload"]["failed"], 1);
+        h.status.reloaded(false, Ok(()));
+        let s = status(&h);
+        assert_eq!(s["reload"]["last"]["result"], "ok");
+        assert_eq!(s["reload"]["last"]["error"], serde_json::Value::Null);
+        assert_eq!(s["reload"]["succeeded"], 1);
+    }
+
+    /// The whole body of a `Full` response.
+    fn futures_body(response: Response<Full<Bytes>>) -> Bytes {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes()
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!   half-close, resets and deadlines. `sys` holds the kernel interfaces it needs (the crate's only
 //!   `unsafe`).
 //! * [`metrics`]: every metric name and label value; `admin` serves them (`/metrics`, `/healthz`,
-//!   `/readyz`) when `[metrics]` is configured.
+//!   `/readyz`) and the sidecar's state (`/status`) when `[metrics]` is configured.
 //! * [`pki`]: certificates for `ringseal certs` (cluster CA, node certificates, CSR signing), the demo
 //!   and the tests.
 //!
@@ -48,7 +48,7 @@ pub mod tls;
 pub use admin::MAX_CONNECTIONS as ADMIN_MAX_CONNECTIONS;
 pub use listener::BindError;
 pub use relay::{KtlsSupport, support as ktls_support};
-pub use runtime::{LoadError, StartError, describe, load, load_tls};
+pub use runtime::{LoadError, StartError, describe, diagnose, load, load_tls};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +60,12 @@ use config::Config;
 use listener::inbound::InboundListener;
 use listener::outbound::OutboundListener;
 use tls::LoadedTls;
+
+/// The git commit the binary was built from, for `/status` (`build.git_commit`). The `ringseal`
+/// binary sets it from its build script; the first call wins.
+pub fn set_git_commit(commit: &'static str) {
+    let _ = admin::status::GIT_COMMIT.set(commit);
+}
 
 /// A sidecar with its listeners bound, ready to serve.
 pub struct Server {
@@ -155,8 +161,13 @@ impl Server {
             tracker: tracker.clone(),
         };
         let mut accept_loops = Vec::new();
-        let inbound_handles = self.inbound.iter().map(InboundListener::handle).collect();
-        let outbound_handles = self.outbound.iter().map(OutboundListener::handle).collect();
+        let inbound_handles: Vec<_> = self.inbound.iter().map(InboundListener::handle).collect();
+        let outbound_handles: Vec<_> = self.outbound.iter().map(OutboundListener::handle).collect();
+        health.status.start(
+            &self.config,
+            inbound_handles.clone(),
+            outbound_handles.clone(),
+        );
         for (l, cfg) in self.inbound.into_iter().zip(&self.config.inbound) {
             l.log_start(cfg);
             accept_loops.push(tokio::spawn(l.serve(life.clone())));

@@ -75,7 +75,7 @@ impl Reloader {
     pub fn check(&mut self, forced: bool) {
         let fingerprint = match self.fingerprint_files() {
             Ok(f) => f,
-            Err(e) => return self.failed(e),
+            Err(e) => return self.failed(e, forced),
         };
         if !forced && Some(fingerprint) == self.applied_fingerprint {
             self.check_expiry();
@@ -83,7 +83,7 @@ impl Reloader {
         }
         let config = match crate::runtime::load(&self.sources) {
             Ok(loaded) => loaded.config,
-            Err(e) => return self.failed(e.to_string()),
+            Err(e) => return self.failed(e.to_string(), forced),
         };
         let restart_needed = self.layout_changes(&config);
         for (h, cfg) in self.inbound.iter().zip(&config.inbound) {
@@ -99,6 +99,8 @@ impl Reloader {
             .retire_expiry(&config.tls.material);
         config.tls.material.publish_expiry();
         self.health.set_identity(&config.tls.material.identity);
+        self.health.status.set_material(&config.tls.material);
+        self.health.status.reloaded(forced, Ok(()));
         let m = &config.tls.material;
         tracing::info!(
             "reloaded {}: identity \"{}\" valid until {}, {} trusted CA(s), {} CRL(s)",
@@ -142,8 +144,9 @@ impl Reloader {
         Ok(h.finish())
     }
 
-    fn failed(&mut self, error: String) {
+    fn failed(&mut self, error: String, forced: bool) {
         metrics::reload(false);
+        self.health.status.reloaded(forced, Err(&error));
         // Logged when it first happens or changes, not at every check while the files stay broken.
         if self.last_error.as_ref() != Some(&error) {
             tracing::warn!("reload failed, still serving the previous certificates: {error}");

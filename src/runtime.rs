@@ -46,14 +46,17 @@ pub enum StartError {
 
 /// Reads, derives, merges and validates `sources`, then loads the key material.
 pub fn load(sources: &Sources) -> Result<Loaded<LoadedTls>, StartError> {
-    let Loaded { config, derived } = sources.load()?;
-    let path = sources
-        .config
-        .as_ref()
-        .or(sources.cassandra_yaml.as_ref())
-        .expect("the command line requires --config or --cassandra-yaml");
-    let config = load_tls(config, path)?;
-    Ok(Loaded { config, derived })
+    let Loaded {
+        config,
+        derived,
+        set,
+    } = sources.load()?;
+    let config = load_tls(config, sources.path())?;
+    Ok(Loaded {
+        config,
+        derived,
+        set,
+    })
 }
 
 /// Loads the key material of a validated config; `path` is the file messages name.
@@ -68,6 +71,24 @@ pub fn load_tls(config: Config, path: &Path) -> Result<Config<LoadedTls>, LoadEr
         })?;
     check_offload(config.offload, &tls.suites, path)?;
     Ok(config.with_tls(tls))
+}
+
+/// Every reason [`load_tls`] would refuse a validated config, not only the first, and one line per part
+/// of the material that did load: what `ringseal check` reports when the config cannot run.
+pub fn diagnose(config: &Config, path: &Path) -> (Vec<String>, Vec<LoadError>) {
+    let d = config.tls.diagnose();
+    let mut problems: Vec<LoadError> = d
+        .problems
+        .into_iter()
+        .map(|source| LoadError::Material {
+            path: path.to_owned(),
+            source,
+        })
+        .collect();
+    if let Err(e) = check_offload(config.offload, &config.tls.suites, path) {
+        problems.push(e);
+    }
+    (d.loaded, problems)
 }
 
 /// `offload = "require"`: the kernel must have kTLS, for every configured suite.
@@ -97,7 +118,7 @@ fn check_offload(
 }
 
 /// What `ringseal check` prints after the PKI report: every validated value, and this kernel's kTLS.
-pub fn describe(config: &Config<LoadedTls>) -> String {
+pub fn describe<Tls: crate::tls::settings::Negotiation>(config: &Config<Tls>) -> String {
     let support = crate::relay::support();
     let ktls = if support.available() {
         format!("kTLS available: {}", support.describe())

@@ -33,8 +33,9 @@ pub enum Command {
     /// Validate a config, load its certificates and keystores, and report on the PKI (subject, SANs,
     /// validity, key, version, EKU, chain against the trust store) and what `run` would do, without
     /// binding ports. Warns about v1 certificates, missing IP SANs, expiry within 30 days, SHA-1, RSA
-    /// below 2048 bits, an OU other than the cluster name. Exit status: 0 fine (warnings allowed), 1 an
-    /// error in the PKI (our chain does not verify), 64 the config cannot be loaded.
+    /// below 2048 bits, an OU other than the cluster name. When the key material does not load, every
+    /// problem is reported (each store on its own), not only the first. Exit status: 0 fine (warnings
+    /// allowed), 1 an error in the PKI (our chain does not verify), 64 the config cannot be loaded.
     Check(CheckArgs),
     /// Print (or apply, or remove) the nftables rules that redirect the node's connections to peers'
     /// storage port through the transparent outbound listener.
@@ -82,6 +83,13 @@ pub struct SourceArgs {
     /// warning. `check` prints the derived config.
     #[arg(long, env = "RINGSEAL_CASSANDRA_YAML")]
     pub cassandra_yaml: Option<PathBuf>,
+    /// Set one config key, applied over the config file or the config derived from cassandra.yaml;
+    /// repeat for several. KEY is a dotted key of the file (`tls.accept_v1_certificates`,
+    /// `metrics.listen`), VALUE a TOML value (`true`, `5`, `"10s"`, `["TLSv1.3"]`); a value that is not
+    /// TOML is a string (`--set tls.truststore=/etc/c/trust.jks`). Unknown keys are refused like in
+    /// the file; passwords are refused (the command line is visible to every local user).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 impl SourceArgs {
@@ -89,6 +97,7 @@ impl SourceArgs {
         ringseal::config::Sources {
             config: self.config.clone(),
             cassandra_yaml: self.cassandra_yaml.clone(),
+            set: self.set.clone(),
         }
     }
 }

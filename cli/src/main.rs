@@ -16,6 +16,9 @@ use clap::Parser;
 use args::{Cli, Command};
 
 fn main() -> ExitCode {
+    if let Some(commit) = option_env!("RINGSEAL_GIT_COMMIT") {
+        ringseal::set_git_commit(commit);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print to stdout and succeed; a wrong command line is a usage error.

@@ -1,7 +1,7 @@
-//! The admin endpoint through the real binary: `/metrics`, `/healthz`, `/readyz`, what garbage and slow
-//! clients get, bounded series while handshakes fail, and `promtool` on the exposition, the alert rules
-//! and the fleet scrape config. Also: the Grafana dashboard, the alerts and the README reference only
-//! metric names that `src/metrics.rs` defines.
+//! The admin endpoint through the real binary: `/metrics`, `/healthz`, `/readyz`, `/status`, what
+//! garbage and slow clients get, bounded series while handshakes fail, and `promtool` on the
+//! exposition, the alert rules and the fleet scrape config. Also: the Grafana dashboard, the alerts
+//! and the README reference only metric names that `src/metrics.rs` defines.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -35,7 +35,7 @@ impl Sidecar {
         let mut proc = spawn(pki, id, forward, "127.0.0.1:0", "");
         let line = proc.wait_for("serving metrics on");
         assert!(
-            line.contains("INFO") && line.ends_with(" (/metrics, /healthz, /readyz)"),
+            line.contains("INFO") && line.ends_with(" (/metrics, /healthz, /readyz, /status)"),
             "{line}"
         );
         let admin = address_after(&line, "serving metrics on ");
@@ -313,7 +313,7 @@ async fn endpoints_answer_and_every_metric_is_described() {
     assert_eq!(r.status, 404, "{r:?}");
     let r = request(sc.admin, "GET", "/metrics/../secret").await;
     assert_eq!(r.status, 404, "{r:?}");
-    for path in ["/metrics", "/healthz", "/readyz"] {
+    for path in ["/metrics", "/healthz", "/readyz", "/status"] {
         let r = request(sc.admin, "POST", path).await;
         assert_eq!(r.status, 405, "POST {path}: {r:?}");
         assert_eq!(r.header("allow"), Some("GET, HEAD"), "{r:?}");
@@ -516,7 +516,7 @@ async fn the_endpoint_answers_while_500_idle_and_500_slowloris_connections_are_h
         }
     });
     let mut text = String::new();
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    for path in ["/healthz", "/readyz", "/status", "/metrics"] {
         let started = Instant::now();
         let r = tokio::time::timeout(Duration::from_secs(10), request(sc.admin, "GET", path))
             .await

@@ -448,7 +448,9 @@ pub fn config_toml(pki: &Pki, data: &[u8]) -> &'static str {
                 StartError::Config(ConfigError::Suites { .. }) => "suites",
                 StartError::Load(LoadError::Material { .. }) => "material",
                 StartError::Load(_) => "invalid",
-                StartError::Config(ConfigError::Read { .. } | ConfigError::Cassandra(_)) => {
+                StartError::Config(
+                    ConfigError::Read { .. } | ConfigError::Cassandra(_) | ConfigError::Set { .. },
+                ) => {
                     panic!("from_toml cannot fail this way: {message}")
                 }
             }

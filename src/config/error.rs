@@ -44,6 +44,9 @@ pub enum ConfigError {
         key: &'static str,
         source: SuiteError,
     },
+    /// A `--set` that cannot be applied: `arg` is the key (and value, unless it is a password).
+    #[error("--set {arg}: {message}")]
+    Set { arg: String, message: String },
     /// Boxed: the derivation's errors carry their data and would make every `ConfigError` large.
     #[error(transparent)]
     Cassandra(Box<super::cassandra::CassandraYamlError>),

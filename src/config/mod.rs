@@ -8,6 +8,7 @@ pub mod cassandra;
 mod describe;
 mod error;
 pub(crate) mod file;
+mod overrides;
 mod sources;
 mod validate;
 
@@ -22,6 +23,7 @@ pub use crate::secret::Secret;
 pub use describe::describe;
 pub use error::{ConfigError, Problem};
 pub use file::FileConfig;
+pub use overrides::Override;
 pub(crate) use sources::visible;
 pub use sources::{Loaded, SourceReadError, Sources};
 

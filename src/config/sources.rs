@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::overrides::{self, Override};
 use super::{Config, ConfigError, FileConfig, Problem, cassandra};
 use crate::files;
 use crate::tls::settings::TlsSettings;
@@ -17,6 +18,7 @@ impl Config {
         config.sources = Some(Sources {
             config: Some(path.to_owned()),
             cassandra_yaml: None,
+            set: Vec::new(),
         });
         Ok(config)
     }
@@ -98,29 +100,52 @@ pub(crate) fn visible(s: &str) -> String {
 pub struct Sources {
     pub config: Option<PathBuf>,
     pub cassandra_yaml: Option<PathBuf>,
+    /// `--set key=value`, applied in order over the file or the derived config (a reload applies
+    /// them again).
+    pub set: Vec<String>,
 }
 
 /// A loaded config and, with a cassandra.yaml, what was derived from it.
 pub struct Loaded<Tls = TlsSettings> {
     pub config: Config<Tls>,
     pub derived: Option<cassandra::Derived>,
+    /// The `--set` overrides applied, as TOML lines (`tls.accept_v1_certificates = true`).
+    pub set: Vec<String>,
 }
 
 impl Sources {
-    /// Reads, derives, merges and validates.
+    /// Reads, derives, merges, applies `--set` and validates.
     pub fn load(&self) -> Result<Loaded, ConfigError> {
-        let Some(yaml) = &self.cassandra_yaml else {
-            let path = self
-                .config
-                .as_ref()
-                .expect("the command line requires --config or --cassandra-yaml");
-            return Ok(Loaded {
-                config: Config::load(path)?,
-                derived: None,
-            });
+        let overrides = self
+            .set
+            .iter()
+            .map(|arg| Override::parse(arg))
+            .collect::<Result<Vec<_>, _>>()?;
+        let set = overrides.iter().map(Override::to_toml_line).collect();
+        let (derived, mut table, base) = match &self.cassandra_yaml {
+            Some(yaml) => {
+                let derived = cassandra::derive(yaml)?;
+                let table = derived.table.clone();
+                (Some(derived), Some(table), yaml.clone())
+            }
+            None => (
+                None,
+                None,
+                self.config
+                    .clone()
+                    .expect("the command line requires --config or --cassandra-yaml"),
+            ),
         };
-        let derived = cassandra::derive(yaml)?;
-        let mut table = derived.table.clone();
+        if table.is_none() && overrides.is_empty() {
+            // The file alone: parsed from its own text, so that messages point at its lines.
+            let mut config = Config::load(&base)?;
+            config.sources = Some(self.clone());
+            return Ok(Loaded {
+                config,
+                derived,
+                set,
+            });
+        }
         // Derived paths are absolute; relative paths of the ringseal file resolve against its directory.
         let base = match &self.config {
             Some(path) => {
@@ -129,13 +154,24 @@ impl Sources {
                         path: path.clone(),
                         source,
                     })?;
-                let overrides: toml::Table =
+                let file: toml::Table =
                     toml::from_str(&text).map_err(|e| toml_error(&e, &text, path))?;
-                cassandra::merge(&mut table, overrides);
+                match &mut table {
+                    Some(table) => cassandra::merge(table, file),
+                    None => {
+                        // Alone, the file must be a config: its mistakes are reported with its own
+                        // line numbers, before `--set` is applied to the generated text.
+                        toml::from_str::<FileConfig>(&text)
+                            .map_err(|e| toml_error(&e, &text, path))?;
+                        table = Some(file);
+                    }
+                }
                 path.clone()
             }
-            None => yaml.clone(),
+            None => base,
         };
+        let mut table = table.unwrap_or_default();
+        overrides::apply_all(&mut table, &overrides)?;
         let text = toml::to_string(&table).map_err(|e| ConfigError::Parse {
             path: base.clone(),
             message: e.to_string(),
@@ -144,8 +180,17 @@ impl Sources {
         config.sources = Some(self.clone());
         Ok(Loaded {
             config,
-            derived: Some(derived),
+            derived,
+            set,
         })
+    }
+
+    /// The file messages about the loaded config name: the ringseal file, else the cassandra.yaml.
+    pub fn path(&self) -> &Path {
+        self.config
+            .as_ref()
+            .or(self.cassandra_yaml.as_ref())
+            .expect("the command line requires --config or --cassandra-yaml")
     }
 
     /// The contents of the source files, for noticing a change.

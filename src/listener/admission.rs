@@ -102,6 +102,24 @@ impl Admission {
         }
     }
 
+    /// Established connections now (for `/status`).
+    pub fn established(&self) -> usize {
+        self.max_connections - self.established.available_permits()
+    }
+
+    /// Handshakes in progress now (for `/status`).
+    pub fn pending(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .len()
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
     /// Admits a just-accepted connection from `peer` to its handshake, or says why not (counted and
     /// logged here; the caller resets the connection). A full budget evicts the oldest handshake.
     pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Pending, TurnAway> {

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
+use super::status::{LastConnect, ListenerStatus, StorageStatus};
 use super::{Ended, NoData, RateLimit, Refusal, RefusalKey, Session, suppressed_note};
 use crate::config::{Inbound, Limits, Mode};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
@@ -54,6 +55,8 @@ struct InboundContext {
     offload: Offload,
     /// `[logging] connections`: one info line per relayed connection when it ends. Fixed at start.
     log_connections: bool,
+    /// The last attempt to connect `forward`, for `/status`.
+    last_connect: LastConnect,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -98,6 +101,25 @@ impl InboundHandle {
             .snapshot
             .store(Arc::new(InboundSnapshot::build(cfg, tls)));
     }
+
+    /// What `/status` shows of this listener, `inbound[index]`.
+    pub fn status(&self, index: usize) -> ListenerStatus {
+        let ctx = &self.0;
+        ListenerStatus {
+            name: format!("inbound[{index}]"),
+            kind: "inbound",
+            listen: ctx.listen,
+            mode: ctx.snapshot.load().mode.to_string(),
+            connections_active: ctx.admission.established(),
+            handshakes_in_progress: ctx.admission.pending(),
+            max_connections: ctx.admission.max_connections(),
+            storage: Some(StorageStatus {
+                address: ctx.forward,
+                last_connect: ctx.last_connect.get(),
+            }),
+            target: None,
+        }
+    }
 }
 
 impl InboundListener {
@@ -123,6 +145,7 @@ impl InboundListener {
             plaintext_peers: super::PeerSet::default(),
             offload,
             log_connections,
+            last_connect: LastConnect::default(),
         });
         Ok(Self { listener, ctx })
     }
@@ -320,15 +343,22 @@ async fn relay_verified(
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
 async fn connect_forward(peer: SocketAddr, ctx: &InboundContext) -> Option<TcpStream> {
     match tokio::time::timeout(ctx.limits.connect_timeout, TcpStream::connect(ctx.forward)).await {
-        Ok(Ok(b)) => Some(b),
+        Ok(Ok(b)) => {
+            ctx.last_connect.ok();
+            Some(b)
+        }
         failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!(
-                    "no answer within limits.connect_timeout ({})",
-                    humantime::format_duration(ctx.limits.connect_timeout)
+            let (why, error) = match failed {
+                Ok(Err(e)) => (e.to_string(), Some(e)),
+                _ => (
+                    format!(
+                        "no answer within limits.connect_timeout ({})",
+                        humantime::format_duration(ctx.limits.connect_timeout)
+                    ),
+                    None,
                 ),
             };
+            ctx.last_connect.failed(error.as_ref(), &why);
             metrics::backend_failure(Direction::Inbound);
             if let Some(n) = ctx.backend_log.check(()) {
                 tracing::warn!(

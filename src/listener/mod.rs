@@ -6,6 +6,7 @@ pub mod admission;
 pub mod inbound;
 pub mod outbound;
 pub mod sniff;
+pub mod status;
 pub mod tls_peers;
 
 use std::collections::HashMap;

@@ -73,6 +73,25 @@ impl OutboundHandle {
             .snapshot
             .store(Arc::new(OutboundSnapshot::build(cfg, tls)));
     }
+
+    /// What `/status` shows of this listener, `outbound[index]`.
+    pub fn status(&self, index: usize) -> super::status::ListenerStatus {
+        let ctx = &self.0;
+        super::status::ListenerStatus {
+            name: format!("outbound[{index}]"),
+            kind: "outbound",
+            listen: ctx.listen,
+            mode: ctx.snapshot.load().mode.to_string(),
+            connections_active: ctx.admission.established(),
+            handshakes_in_progress: ctx.admission.pending(),
+            max_connections: ctx.admission.max_connections(),
+            storage: None,
+            target: Some(match ctx.target {
+                Target::Fixed(a) => a.to_string(),
+                Target::Transparent { tls_port } => format!("transparent:{tls_port}"),
+            }),
+        }
+    }
 }
 
 /// Where a connection goes: the peer's TLS address, and its plaintext address for permissive mode.

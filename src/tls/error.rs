@@ -74,8 +74,9 @@ pub enum MaterialError {
     },
     #[error(
         "{key}: {path}: certificate \"{subject}\" is an X.509 v1 certificate (no extensions, no SANs), which \
-         ringseal refuses by default; set tls.accept_v1_certificates = true (v1 leaves are then \
-         accepted only when signed directly by a trusted CA) or reissue it with `ringseal certs node`"
+         ringseal refuses by default; set tls.accept_v1_certificates = true in the config file, or give \
+         `--set tls.accept_v1_certificates=true` on the command line (v1 leaves are then accepted only \
+         when signed directly by a trusted CA), or reissue it with `ringseal certs node`"
     )]
     V1Identity {
         key: &'static str,

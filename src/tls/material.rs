@@ -25,7 +25,7 @@ use crate::secret::Secret;
 
 impl TlsFiles {
     /// Every file to read, with the config key that names it.
-    fn paths(&self) -> Vec<(&'static str, &Path)> {
+    pub(super) fn paths(&self) -> Vec<(&'static str, &Path)> {
         fn store<'a>(s: &'a StoreFile, paths: &mut Vec<(&'static str, &'a Path)>) {
             paths.push((s.key, s.path.as_path()));
             if let Password::File(p) = &s.password {
@@ -151,7 +151,12 @@ impl FileBytes {
         Ok(Self { files: read_files })
     }
 
-    fn get(&self, path: &Path) -> &[u8] {
+    /// Files read one by one (a diagnosis reads on past an unreadable one).
+    pub(super) fn from_read(files: Vec<(PathBuf, Zeroizing<Vec<u8>>)>) -> Self {
+        Self { files }
+    }
+
+    pub(super) fn get(&self, path: &Path) -> &[u8] {
         self.files
             .iter()
             .find(|(p, _)| p == path)
@@ -190,7 +195,7 @@ impl FileBytes {
     }
 
     /// Chain, key and where they came from.
-    fn identity(
+    pub(super) fn identity(
         &self,
         files: &IdentityFiles,
     ) -> Result<
@@ -228,6 +233,25 @@ impl FileBytes {
     }
 }
 
+impl FileBytes {
+    /// The trusted CA certificates and where they came from.
+    pub(super) fn trusted(
+        &self,
+        trust: &TrustFiles,
+    ) -> Result<(Vec<CertificateDer<'static>>, (&'static str, PathBuf)), MaterialError> {
+        Ok(match trust {
+            TrustFiles::Pem(ca) => (
+                certs_from("tls.ca", ca, self.get(ca))?,
+                ("tls.ca", ca.clone()),
+            ),
+            TrustFiles::Store(store) => (
+                store.trusted(self.get(&store.path), self.password(store)?.as_ref())?,
+                (store.key, store.path.clone()),
+            ),
+        })
+    }
+}
+
 impl Origins {
     fn memory() -> Self {
         let m = || ("tls", PathBuf::from("<memory>"));
@@ -248,16 +272,8 @@ impl TlsMaterial {
     /// Parses and checks the bytes of the files (read together by [`FileBytes::read`]).
     pub fn from_files(files: &TlsFiles, bytes: &FileBytes) -> Result<Self, MaterialError> {
         let (chain, key, mut origins) = bytes.identity(&files.identity)?;
-        let cas = match &files.trust {
-            TrustFiles::Pem(ca) => {
-                origins.ca = ("tls.ca", ca.clone());
-                certs_from("tls.ca", ca, bytes.get(ca))?
-            }
-            TrustFiles::Store(store) => {
-                origins.ca = (store.key, store.path.clone());
-                store.trusted(bytes.get(&store.path), bytes.password(store)?.as_ref())?
-            }
-        };
+        let (cas, ca_origin) = bytes.trusted(&files.trust)?;
+        origins.ca = ca_origin;
         let mut material = Self::from_der(chain, key, cas, Some(&origins))?;
         if let Some(outbound) = &files.outbound_identity {
             let (chain, key, origins) = bytes.identity(outbound)?;
@@ -279,40 +295,7 @@ impl TlsMaterial {
     ) -> Result<Self, MaterialError> {
         let origins = origins.cloned().unwrap_or_else(Origins::memory);
         let (certified, identity) = certify(chain, key, &origins)?;
-        let content = |problem| MaterialError::Content {
-            key: origins.ca.0,
-            path: origins.ca.1.clone(),
-            problem: Box::new(problem),
-        };
-        if cas.is_empty() {
-            return Err(content(ContentProblem::NoTrustedCa));
-        }
-        let mut roots = RootCertStore::empty();
-        let mut infos = Vec::with_capacity(cas.len());
-        for (i, ca) in cas.iter().enumerate() {
-            let number = i + 1;
-            let info =
-                CertInfo::parse(ca).ok_or_else(|| content(ContentProblem::CaInvalid { number }))?;
-            roots.add(ca.clone()).map_err(|error| {
-                content(ContentProblem::CaNotAnchor {
-                    number,
-                    subject: info.subject.clone(),
-                    error,
-                })
-            })?;
-            infos.push(info);
-        }
-        // One expired CA among several is normal during a rotation (`check` warns); when every one has
-        // expired, no peer can ever be verified.
-        let now = SystemTime::now();
-        if !infos.is_empty() && infos.iter().all(|ca| ca.not_after < now) {
-            let cas = infos
-                .iter()
-                .map(|ca| (ca.subject.clone(), ca.not_after))
-                .collect();
-            return Err(content(ContentProblem::AllCasExpired { cas }));
-        }
-
+        let (roots, infos) = trust_anchors(&cas, &origins.ca)?;
         Ok(Self {
             certified: Arc::new(certified),
             outbound: None,
@@ -369,27 +352,7 @@ impl TlsMaterial {
 
     /// Adds the revocation lists in `bytes` (PEM "X509 CRL" blocks, or one DER CRL), read from `path`.
     pub fn add_crls(&mut self, path: &Path, bytes: &[u8]) -> Result<(), MaterialError> {
-        let content = |problem| MaterialError::Content {
-            key: "tls.crl",
-            path: path.to_owned(),
-            problem: Box::new(problem),
-        };
-        let mut crls = CertificateRevocationListDer::pem_slice_iter(bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| content(ContentProblem::MalformedPem { error }))?;
-        if crls.is_empty() {
-            if !looks_like_der(bytes) {
-                return Err(content(ContentProblem::NoCrl));
-            }
-            crls.push(CertificateRevocationListDer::from(bytes.to_vec()));
-        }
-        for (i, crl) in crls.into_iter().enumerate() {
-            // webpki decides revocation; it must accept the list now, not at the first handshake.
-            let number = i + 1;
-            let parsed = webpki::OwnedCertRevocationList::from_der(crl.as_ref())
-                .map_err(|error| content(ContentProblem::CrlRejected { number, error }))?;
-            let info = CrlInfo::parse(&crl)
-                .ok_or_else(|| content(ContentProblem::CrlUnparsable { number }))?;
+        for (crl, parsed, info) in parse_crls(path, bytes)? {
             self.parsed_crls.push(parsed.into());
             self.crl_info.push(info);
             self.crls.push(crl);
@@ -406,25 +369,116 @@ impl TlsMaterial {
 
     /// Refuses a suite list that cannot work with our key type (a TLS 1.2-only ECDSA list with an RSA key).
     pub fn check_suites(&self, suites: &[SupportedCipherSuite]) -> Result<(), MaterialError> {
-        let alg = self.certified.key.algorithm();
-        if suites.iter().any(|s| s.usable_for_signature_algorithm(alg)) {
-            return Ok(());
-        }
-        Err(MaterialError::NoSuiteForKey {
-            key: self.origins.key.0,
-            path: self.origins.key.1.clone(),
-            key_type: format!("{alg:?}"),
-            suggest: if alg == rustls::SignatureAlgorithm::RSA {
-                "RSA"
-            } else {
-                "ECDSA"
-            },
-        })
+        check_suites(&self.certified, &self.origins.key, suites)
     }
 }
 
+/// Refuses a suite list that cannot work with `certified`'s key, read from `origin`.
+pub(super) fn check_suites(
+    certified: &CertifiedKey,
+    origin: &(&'static str, PathBuf),
+    suites: &[SupportedCipherSuite],
+) -> Result<(), MaterialError> {
+    let alg = certified.key.algorithm();
+    if suites.iter().any(|s| s.usable_for_signature_algorithm(alg)) {
+        return Ok(());
+    }
+    Err(MaterialError::NoSuiteForKey {
+        key: origin.0,
+        path: origin.1.clone(),
+        key_type: format!("{alg:?}"),
+        suggest: if alg == rustls::SignatureAlgorithm::RSA {
+            "RSA"
+        } else {
+            "ECDSA"
+        },
+    })
+}
+
+/// The revocation lists in `bytes` (PEM "X509 CRL" blocks, or one DER CRL), each as webpki and the log
+/// see it; `path` is the `tls.crl` file they were read from.
+pub(super) fn parse_crls(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<
+    Vec<(
+        CertificateRevocationListDer<'static>,
+        webpki::OwnedCertRevocationList,
+        CrlInfo,
+    )>,
+    MaterialError,
+> {
+    let content = |problem| MaterialError::Content {
+        key: "tls.crl",
+        path: path.to_owned(),
+        problem: Box::new(problem),
+    };
+    let mut crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| content(ContentProblem::MalformedPem { error }))?;
+    if crls.is_empty() {
+        if !looks_like_der(bytes) {
+            return Err(content(ContentProblem::NoCrl));
+        }
+        crls.push(CertificateRevocationListDer::from(bytes.to_vec()));
+    }
+    let mut parsed_crls = Vec::with_capacity(crls.len());
+    for (i, crl) in crls.into_iter().enumerate() {
+        // webpki decides revocation; it must accept the list now, not at the first handshake.
+        let number = i + 1;
+        let parsed = webpki::OwnedCertRevocationList::from_der(crl.as_ref())
+            .map_err(|error| content(ContentProblem::CrlRejected { number, error }))?;
+        let info = CrlInfo::parse(&crl)
+            .ok_or_else(|| content(ContentProblem::CrlUnparsable { number }))?;
+        parsed_crls.push((crl, parsed, info));
+    }
+    Ok(parsed_crls)
+}
+
+/// The trusted CAs as a root store, with what we show about each: at least one, each usable as a
+/// trust anchor, not all expired. `origin`: the config key and file they came from.
+pub(super) fn trust_anchors(
+    cas: &[CertificateDer<'static>],
+    origin: &(&'static str, PathBuf),
+) -> Result<(RootCertStore, Vec<CertInfo>), MaterialError> {
+    let content = |problem| MaterialError::Content {
+        key: origin.0,
+        path: origin.1.clone(),
+        problem: Box::new(problem),
+    };
+    if cas.is_empty() {
+        return Err(content(ContentProblem::NoTrustedCa));
+    }
+    let mut roots = RootCertStore::empty();
+    let mut infos = Vec::with_capacity(cas.len());
+    for (i, ca) in cas.iter().enumerate() {
+        let number = i + 1;
+        let info =
+            CertInfo::parse(ca).ok_or_else(|| content(ContentProblem::CaInvalid { number }))?;
+        roots.add(ca.clone()).map_err(|error| {
+            content(ContentProblem::CaNotAnchor {
+                number,
+                subject: info.subject.clone(),
+                error,
+            })
+        })?;
+        infos.push(info);
+    }
+    // One expired CA among several is normal during a rotation (`check` warns); when every one has
+    // expired, no peer can ever be verified.
+    let now = SystemTime::now();
+    if !infos.is_empty() && infos.iter().all(|ca| ca.not_after < now) {
+        let cas = infos
+            .iter()
+            .map(|ca| (ca.subject.clone(), ca.not_after))
+            .collect();
+        return Err(content(ContentProblem::AllCasExpired { cas }));
+    }
+    Ok((roots, infos))
+}
+
 /// Pairs a chain with its key: the leaf parses, has not expired, and its public key is the key's.
-fn certify(
+pub(super) fn certify(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     origins: &Origins,
@@ -479,7 +533,7 @@ fn certify(
     Ok((CertifiedKey::new(chain, signing_key), identity))
 }
 
-fn read(key: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
+pub(super) fn read(key: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
     let limit = match key {
         "tls.cert" | "tls.key" => files::PEM,
         "tls.ca" => files::CA_BUNDLE,

@@ -6,6 +6,7 @@
 
 pub mod allow;
 pub mod chain_cache;
+pub mod diagnosis;
 pub mod error;
 pub mod jks;
 pub mod keystore;

@@ -23,8 +23,8 @@ pub enum PolicyRefusal {
     IdentityNotAllowed { subject: String, allowed: String },
     #[error(
         "certificate \"{subject}\" is an X.509 v1 certificate (no extensions), refused by default; set \
-         tls.accept_v1_certificates = true on this node (v1 is then accepted when signed directly by a \
-         trusted CA) or reissue the peer's certificate with `ringseal certs node`"
+         tls.accept_v1_certificates = true on this node (or `--set tls.accept_v1_certificates=true`; v1 is \
+         then accepted when signed directly by a trusted CA) or reissue the peer's certificate with `ringseal certs node`"
     )]
     V1Certificate { subject: String },
 }
