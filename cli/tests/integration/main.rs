@@ -15,6 +15,7 @@ mod cluster_netns;
 mod conformance;
 mod demo;
 mod downgrade;
+mod identity_patterns;
 mod jks;
 mod keystores;
 mod legacy_pki;
