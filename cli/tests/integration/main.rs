@@ -18,6 +18,7 @@ mod downgrade;
 mod identity_patterns;
 mod jks;
 mod keystores;
+mod kubernetes;
 mod legacy_pki;
 mod netns;
 mod offload;
