@@ -61,7 +61,12 @@ impl fmt::Display for AllowList {
         let uri: Vec<String> = (self.uri.iter().cloned())
             .chain(self.uri_patterns.iter().map(ToString::to_string))
             .collect();
-        for (k, v) in [("ou", &self.ou), ("cn", &self.cn), ("dns", &dns), ("uri", &uri)] {
+        for (k, v) in [
+            ("ou", &self.ou),
+            ("cn", &self.cn),
+            ("dns", &dns),
+            ("uri", &uri),
+        ] {
             if !v.is_empty() {
                 parts.push(format!("{k}={}", v.join("|")));
             }

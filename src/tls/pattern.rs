@@ -22,7 +22,9 @@ pub struct DnsPattern {
 pub enum PatternError {
     #[error("a lone * would allow every name; list the names, or remove the allow-list")]
     Everything,
-    #[error("* must be the whole left-most label, as in *.{example}; partial labels (a*, *a) do not match")]
+    #[error(
+        "* must be the whole left-most label, as in *.{example}; partial labels (a*, *a) do not match"
+    )]
     PartialLabel { example: String },
     #[error("* is allowed only as the left-most label (one label, e.g. *.{example})")]
     NotLeftMost { example: String },
@@ -42,9 +44,13 @@ pub enum PatternError {
          ending with a hyphen)"
     )]
     BadLabel(String),
-    #[error("is not a URI of the form scheme://authority/path (e.g. spiffe://cluster.local/ns/db/sa/*)")]
+    #[error(
+        "is not a URI of the form scheme://authority/path (e.g. spiffe://cluster.local/ns/db/sa/*)"
+    )]
     NotAUri,
-    #[error("a * may not be in the scheme or authority (the SPIFFE trust domain); only path segments can be wildcards")]
+    #[error(
+        "a * may not be in the scheme or authority (the SPIFFE trust domain); only path segments can be wildcards"
+    )]
     WildcardAuthority,
     #[error(
         "* and ** must be whole path segments (/*/ or a final /**); {0:?} mixes a wildcard with text"
@@ -350,7 +356,10 @@ mod tests {
     fn bad_uri_patterns_are_refused_with_the_reason() {
         let err = |p: &str| UriPattern::parse(p).unwrap_err();
         assert_eq!(err("spiffe://*/ns/x"), PatternError::WildcardAuthority);
-        assert_eq!(err("spiffe://*.local/ns/x"), PatternError::WildcardAuthority);
+        assert_eq!(
+            err("spiffe://*.local/ns/x"),
+            PatternError::WildcardAuthority
+        );
         assert_eq!(err("*://td/ns/x"), PatternError::WildcardAuthority);
         assert_eq!(
             err("spiffe://td/ns/cass*"),

@@ -100,7 +100,8 @@ async fn dns_pattern_admits_pods_of_the_service_and_refuses_others() {
     // Same CA, but not a pod of the service: another service, a name two labels deep, the service
     // name itself.
     for name in [
-        "cassandra-dc2-default-sts-0.cassandra-dc2-all-pods-service.db.svc.cluster.local".to_owned(),
+        "cassandra-dc2-default-sts-0.cassandra-dc2-all-pods-service.db.svc.cluster.local"
+            .to_owned(),
         format!("x.cassandra-dc1-default-sts-0.{SERVICE}"),
         SERVICE.to_owned(),
     ] {

@@ -23,7 +23,8 @@ use serde_json::Value;
 const NS: &str = "cassandra";
 /// The uid cass-operator runs Cassandra as.
 const CASSANDRA_UID: i64 = 999;
-const REGENERATE: &str = "RINGSEAL_REGENERATE=1 cargo test -p ringseal-cli --test integration -- kubernetes::";
+const REGENERATE: &str =
+    "RINGSEAL_REGENERATE=1 cargo test -p ringseal-cli --test integration -- kubernetes::";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -124,7 +125,10 @@ fn dashboard_configmap() -> String {
 /// The uid the ringseal sidecar runs as in the CassandraDatacenter.
 fn sidecar_uid() -> i64 {
     let dc = doc("cassandradatacenter.yaml");
-    let ringseal = named(&dc["spec"]["podTemplateSpec"]["spec"]["initContainers"], "ringseal");
+    let ringseal = named(
+        &dc["spec"]["podTemplateSpec"]["spec"]["initContainers"],
+        "ringseal",
+    );
     ringseal["securityContext"]["runAsUser"].as_i64().unwrap()
 }
 
@@ -153,7 +157,10 @@ fn nft_rules(toml_text: &str) -> String {
 /// ringseal-config.yaml with its `ringseal.nft` block replaced by `rules` (it is the last key).
 fn config_map_with_rules(current: &str, rules: &str) -> String {
     let marker = "  ringseal.nft: |\n";
-    let at = current.find(marker).expect("ringseal.nft is in ringseal-config.yaml") + marker.len();
+    let at = current
+        .find(marker)
+        .expect("ringseal.nft is in ringseal-config.yaml")
+        + marker.len();
     format!("{}{}", &current[..at], indent(rules.trim_end(), 4))
 }
 
@@ -197,8 +204,8 @@ fn generated_manifests_match_their_sources() {
 /// dashboard, so a generator bug cannot hide behind a byte comparison with its own output.
 #[test]
 fn prometheus_rule_and_dashboard_carry_the_sources() {
-    let alerts: Value = docs(&std::fs::read_to_string(root().join("config/alerts.yml")).unwrap())
-        .remove(0);
+    let alerts: Value =
+        docs(&std::fs::read_to_string(root().join("config/alerts.yml")).unwrap()).remove(0);
     let rule = doc("prometheusrule.yaml");
     assert_eq!(s(&rule, "/kind"), "PrometheusRule");
     assert_eq!(rule["spec"]["groups"], alerts["groups"]);
@@ -230,7 +237,9 @@ fn kubernetes_validate() -> Option<PathBuf> {
         std::env::var_os("CI").is_none(),
         "kubernetes-validate is required in CI (.ci/run installs it into target/k8s-venv)"
     );
-    eprintln!("skipping schema validation: kubernetes-validate is not installed (pip install kubernetes-validate)");
+    eprintln!(
+        "skipping schema validation: kubernetes-validate is not installed (pip install kubernetes-validate)"
+    );
     None
 }
 
@@ -324,8 +333,7 @@ fn a_manifest_typo_is_caught() {
             ("mountPath: /config", "mountpath: /config"),
             ("initContainers:", "initContainer:"),
         ] {
-            let err = validate(&tool, &core_objects(&mutate(right, wrong)))
-                .expect_err(wrong);
+            let err = validate(&tool, &core_objects(&mutate(right, wrong))).expect_err(wrong);
             // Named as unexpected, or the right spelling as missing.
             let field = |f: &str| format!("'{}'", f.split(':').next().unwrap());
             assert!(
@@ -337,7 +345,10 @@ fn a_manifest_typo_is_caught() {
     }
     for (right, wrong) in [
         ("    restartPolicy: Always", "    restartPolicy: Allways"),
-        ("secretName: demo-dc1-keystore-password", "secretName: demo-dc1-keystore-pasword"),
+        (
+            "secretName: demo-dc1-keystore-password",
+            "secretName: demo-dc1-keystore-pasword",
+        ),
         ("runAsUser: 65532", "runAsUser: 999"),
         ("- /config/cassandra.yaml", "- /config/cassandra.yml"),
     ] {
@@ -417,7 +428,10 @@ fn check_pod(init: &Value, volumes: &Value, pod_uid: i64) {
     assert_eq!(args[0], "run");
     assert_eq!(
         arg("--cassandra-yaml"),
-        format!("{}/cassandra.yaml", mount(ringseal, "server-config").unwrap()),
+        format!(
+            "{}/cassandra.yaml",
+            mount(ringseal, "server-config").unwrap()
+        ),
         "cass-operator renders /config/cassandra.yaml into the server-config volume"
     );
     assert_eq!(mount(ringseal, "server-config"), Some("/config"));
@@ -464,7 +478,10 @@ fn check_pod(init: &Value, volumes: &Value, pod_uid: i64) {
     // Ports: the TLS port is ssl_storage_port (7001) and metrics listens where the probes look.
     assert_eq!(port("ringseal-tls"), 7001);
     let metrics = toml["metrics"]["listen"].as_str().unwrap();
-    assert!(metrics.starts_with("0.0.0.0:"), "probes come from the kubelet: {metrics}");
+    assert!(
+        metrics.starts_with("0.0.0.0:"),
+        "probes come from the kubelet: {metrics}"
+    );
     assert_eq!(
         metrics.rsplit(':').next().unwrap(),
         port("ringseal-metrics").to_string()
@@ -534,7 +551,11 @@ fn k8ssandra_cluster_carries_the_same_sidecar() {
     assert_eq!(s(&k, "/kind"), "K8ssandraCluster");
     let dc = &k["spec"]["cassandra"]["datacenters"][0];
     let pod_uid = dc["podSecurityContext"]["runAsUser"].as_i64().unwrap();
-    check_pod(&dc["initContainers"], &dc["extraVolumes"]["volumes"], pod_uid);
+    check_pod(
+        &dc["initContainers"],
+        &dc["extraVolumes"]["volumes"],
+        pod_uid,
+    );
     let cdc = doc("cassandradatacenter.yaml");
     let template = &cdc["spec"]["podTemplateSpec"]["spec"];
     assert_eq!(dc["initContainers"], template["initContainers"]);
@@ -624,9 +645,9 @@ fn issuers_certificates_and_monitoring_resources() {
     // Everything lives in one namespace.
     for name in yaml_files() {
         for d in docs(&read(&name)) {
-            let ns = d["metadata"]["namespace"]
+            let ns = d["metadata"]["namespace"].as_str().or(d["metadata"]["name"]
                 .as_str()
-                .or(d["metadata"]["name"].as_str().filter(|_| d["kind"] == "Namespace"));
+                .filter(|_| d["kind"] == "Namespace"));
             assert_eq!(ns, Some(NS), "{name}: {}", d["kind"]);
         }
     }

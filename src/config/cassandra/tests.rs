@@ -761,7 +761,10 @@ fn file_alternatives_replace_the_derived_ones() {
         toml::from_str::<Table>("[tls]\ncert = \"/n.crt\"\nkey = \"/n.key\"\n").unwrap()
     );
     let mut base: Table = toml::from_str("[tls]\ncert = \"/n.crt\"\nkey = \"/n.key\"\n").unwrap();
-    merge(&mut base, toml::from_str("[tls]\nkeystore = \"/a.p12\"\n").unwrap());
+    merge(
+        &mut base,
+        toml::from_str("[tls]\nkeystore = \"/a.p12\"\n").unwrap(),
+    );
     assert_eq!(
         base,
         toml::from_str::<Table>("[tls]\nkeystore = \"/a.p12\"\n").unwrap()
@@ -777,7 +780,8 @@ fn a_file_inbound_without_addresses_takes_the_derived_ones() {
     let mut base = d.table.clone();
     merge(
         &mut base,
-        toml::from_str("[[inbound]]\nallow = { dns = [\"*.svc.ns.svc.cluster.local\"] }\n").unwrap(),
+        toml::from_str("[[inbound]]\nallow = { dns = [\"*.svc.ns.svc.cluster.local\"] }\n")
+            .unwrap(),
     );
     let inbound = base["inbound"].as_array().unwrap()[0].as_table().unwrap();
     assert_eq!(inbound["listen"].as_str(), Some("10.1.2.3:7001"));
