@@ -236,6 +236,15 @@ pub enum Problem {
 pub enum AllowListError {
     #[error("ip entry {0:?} is not an IP address")]
     NotAnIp(String),
+    /// A `dns` or `uri` entry with a `*` that is not a pattern we take; the key names the entry
+    /// (`inbound[0].allow.dns[1]`), so the message starts with its value.
+    #[error("{entry:?}: {source}")]
+    Pattern {
+        field: &'static str,
+        index: usize,
+        entry: String,
+        source: crate::tls::pattern::PatternError,
+    },
     #[error(
         "the allow-list is present but lists nothing, which would refuse every peer; list at least \
          one ou, cn, dns, ip or uri, or remove it"
@@ -248,6 +257,16 @@ fn read_hint(e: &files::ReadError) -> &'static str {
     match e {
         files::ReadError::Io(_) => " (check the path given to --config)",
         _ => "",
+    }
+}
+
+impl AllowListError {
+    /// What to append to `listener.allow` to name the offending entry (`.dns[1]`), if one is.
+    pub fn entry_key(&self) -> Option<String> {
+        match self {
+            Self::Pattern { field, index, .. } => Some(format!(".{field}[{index}]")),
+            _ => None,
+        }
     }
 }
 

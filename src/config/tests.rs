@@ -686,3 +686,31 @@ fn invalid_configs_fail_with_their_message() {
     let failures: Vec<_> = cases.iter().flat_map(|c| c.run(&m)).collect();
     assert_no_failures(&failures, cases.len());
 }
+
+#[test]
+fn dns_and_uri_entries_with_a_star_become_patterns_beside_exact_values() {
+    let m = Material::generate();
+    let text = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n[[inbound]]\nlisten = \"0.0.0.0:7001\"\n\
+         forward = \"127.0.0.1:7000\"\nallow = {{ dns = [\"Node1.Example\", \
+         \"*.DC1-Service.db.svc.cluster.local\"], uri = [\"spiffe://cluster.local/ns/db/sa/*\", \
+         \"spiffe://cluster.local/ns/db/sa/x\"] }}\n",
+        m.path("cert"),
+        m.path("key"),
+        m.path("ca")
+    );
+    let c = Config::from_toml(&text, &m.dir.path().join("x.toml")).unwrap();
+    let allow = &c.inbound[0].allow;
+    assert_eq!(allow.dns, ["node1.example"]);
+    assert_eq!(allow.uri, ["spiffe://cluster.local/ns/db/sa/x"]);
+    assert_eq!(allow.dns_patterns.len(), 1);
+    assert_eq!(allow.uri_patterns.len(), 1);
+    // What `check` and the start-up line print: every entry, and what a * stands for.
+    let shown = allow.to_string();
+    assert_eq!(
+        shown,
+        "dns=node1.example|*.dc1-service.db.svc.cluster.local \
+         uri=spiffe://cluster.local/ns/db/sa/x|spiffe://cluster.local/ns/db/sa/* \
+         (dns *: one left-most label) (uri *: one path segment, final **: one or more)"
+    );
+}

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::secret::Secret;
 use crate::tls::allow::{AllowList, canonical_ip};
+use crate::tls::pattern::{DnsPattern, PatternError, UriPattern};
 use crate::tls::settings::{
     IdentityFiles, Password, StoreFile, StoreType, TlsFiles, TlsSettings, TrustFiles,
 };
@@ -259,7 +260,10 @@ fn allow_list(
     allow
         .map(FileAllow::into_allow_list)
         .transpose()
-        .map_err(|e| cx.invalid(format!("{listener}.allow"), e.into()))
+        .map_err(|e| {
+            let entry = e.entry_key().unwrap_or_default();
+            cx.invalid(format!("{listener}.allow{entry}"), e.into())
+        })
         .map(Option::unwrap_or_default)
 }
 
@@ -583,22 +587,50 @@ impl FileAllow {
                     .map_err(|_| AllowListError::NotAnIp(s.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (dns, dns_patterns) = split_patterns("dns", self.dns, DnsPattern::parse)?;
+        let (uri, uri_patterns) = split_patterns("uri", self.uri, UriPattern::parse)?;
         let list = AllowList {
             ou: self.ou,
             cn: self.cn,
-            dns: self
-                .dns
-                .into_iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect(),
+            dns: dns.into_iter().map(|d| d.to_ascii_lowercase()).collect(),
             ip,
-            uri: self.uri,
+            uri,
+            dns_patterns,
+            uri_patterns,
         };
         if list.is_empty() {
             return Err(AllowListError::Empty);
         }
         Ok(list)
     }
+}
+
+/// The entries of `allow.<field>` without a `*` (exact values) and those with one, parsed as patterns.
+fn split_patterns<P>(
+    field: &'static str,
+    entries: Vec<String>,
+    parse: fn(&str) -> Result<P, PatternError>,
+) -> Result<(Vec<String>, Vec<P>), AllowListError> {
+    let mut exact = Vec::new();
+    let mut patterns = Vec::new();
+    for (index, entry) in entries.into_iter().enumerate() {
+        if !entry.contains('*') {
+            exact.push(entry);
+            continue;
+        }
+        match parse(&entry) {
+            Ok(p) => patterns.push(p),
+            Err(source) => {
+                return Err(AllowListError::Pattern {
+                    field,
+                    index,
+                    entry,
+                    source,
+                });
+            }
+        }
+    }
+    Ok((exact, patterns))
 }
 
 /// Whether connecting to `target` reaches a socket listening on `listen`: the same port, and the same

@@ -2,7 +2,7 @@
 //! rustls configurations built from them.
 //!
 //! Leaf parts, which read no file and which `config` builds on: [`settings`] (what `[tls]` describes),
-//! [`suites`], [`allow`], [`x509`]. [`TlsSettings::load`] reads the files they name into a [`LoadedTls`].
+//! [`suites`], [`allow`] (with its [`pattern`]s), [`x509`]. [`TlsSettings::load`] reads the files they name into a [`LoadedTls`].
 
 pub mod allow;
 pub mod chain_cache;
@@ -11,6 +11,7 @@ pub mod error;
 pub mod jks;
 pub mod keystore;
 pub mod material;
+pub mod pattern;
 pub mod refusal;
 pub mod settings;
 pub mod suites;

@@ -186,11 +186,95 @@ fn syntax_hint(error: &SyntaxError, text: &str) -> &'static str {
 }
 
 /// Deep merge: `overrides` (a parsed ringseal config) wins key by key inside tables; arrays (e.g.
-/// `[[inbound]]`) and every other value are replaced whole.
-pub fn merge(base: &mut Table, overrides: Table) {
+/// `[[inbound]]`) and every other value are replaced whole, except that a file `[[inbound]]` naming
+/// no address takes the derived ones ([`fill_addresses`]). In `[tls]`, a key the file sets also
+/// removes the derived keys that say the same thing another way ([`ALTERNATIVES`], password sources).
+pub fn merge(base: &mut Table, mut overrides: Table) {
+    if let (Some(Value::Table(derived)), Some(Value::Table(file))) =
+        (base.get_mut("tls"), overrides.get("tls"))
+    {
+        drop_replaced_alternatives(derived, file);
+    }
+    if let (Some(Value::Array(derived)), Some(Value::Array(file))) =
+        (base.get("inbound"), overrides.get_mut("inbound"))
+    {
+        fill_addresses(derived, file);
+    }
+    merge_tables(base, overrides);
+}
+
+/// An `[[inbound]]` of the file without `listen` and `forward` takes them from the derived listener
+/// at the same position: the addresses come from cassandra.yaml's listen_address (a pod IP under
+/// Kubernetes, known only at run time) while the file adds what the yaml cannot say, e.g. `allow`.
+/// A file listener that names either address keeps its own (a listener without both is refused
+/// anyway, so no valid config changes meaning).
+fn fill_addresses(derived: &[Value], file: &mut [Value]) {
+    for (d, f) in derived.iter().zip(file.iter_mut()) {
+        if let (Value::Table(d), Value::Table(f)) = (d, f)
+            && !f.contains_key("listen")
+            && !f.contains_key("forward")
+        {
+            for key in ["listen", "forward"] {
+                if let Some(v) = d.get(key) {
+                    f.insert(key.into(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+/// `[tls]` keys that say one thing in alternative ways, as (what the file sets, what it replaces). The
+/// derived keys of the other way go, so that a file can name PEM files or a CA bundle where
+/// cassandra.yaml has stores, or a password file where it has a password (cert-manager mounts one),
+/// without "give either ... not both".
+const ALTERNATIVES: &[(&[&str], &[&str])] = &[
+    (
+        &["cert", "key"],
+        &[
+            "keystore",
+            "keystore_password",
+            "keystore_password_file",
+            "keystore_password_env",
+            "keystore_type",
+            "keystore_alias",
+        ],
+    ),
+    (&["keystore"], &["cert", "key"]),
+    (
+        &["ca"],
+        &[
+            "truststore",
+            "truststore_password",
+            "truststore_password_file",
+            "truststore_password_env",
+            "truststore_type",
+        ],
+    ),
+    (&["truststore"], &["ca"]),
+];
+
+fn drop_replaced_alternatives(derived: &mut Table, file: &Table) {
+    for (set, replaced) in ALTERNATIVES {
+        if set.iter().any(|k| file.contains_key(*k)) {
+            for k in *replaced {
+                derived.remove(*k);
+            }
+        }
+    }
+    for store in ["keystore", "truststore", "outbound_keystore"] {
+        let sources = ["", "_file", "_env"].map(|s| format!("{store}_password{s}"));
+        if sources.iter().any(|k| file.contains_key(k)) {
+            for k in &sources {
+                derived.remove(k);
+            }
+        }
+    }
+}
+
+fn merge_tables(base: &mut Table, overrides: Table) {
     for (key, value) in overrides {
         match (base.get_mut(&key), value) {
-            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (Some(Value::Table(b)), Value::Table(o)) => merge_tables(b, o),
             (_, value) => {
                 base.insert(key, value);
             }

@@ -718,3 +718,84 @@ fn other_internode_authenticators_are_warned_and_allow_all_is_not() {
     let d = ok("listen_address: 10.0.0.1\ninternode_authenticator: com.example.IpAllowList\n");
     assert_eq!(warned(&d), ["internode_authenticator"]);
 }
+
+/// cert-manager mounts a PKCS#12 keystore with its password in a file, and a PEM CA: a ringseal file
+/// naming them over a cassandra.yaml without server_encryption_options (whose derivation names
+/// Cassandra's default stores and password) replaces those defaults instead of clashing with them.
+#[test]
+fn file_alternatives_replace_the_derived_ones() {
+    let d = ok("listen_address: 10.0.0.1\n");
+    let derived = tls(&d).clone();
+    assert!(derived.contains_key("keystore_password"), "{derived:?}");
+    assert!(derived.contains_key("truststore"), "{derived:?}");
+    let mut base = d.table.clone();
+    let overrides: Table = toml::from_str(
+        "[tls]\nkeystore = \"/tls/keystore.p12\"\nkeystore_password_file = \"/pw/password\"\n\
+         ca = \"/tls/ca.crt\"\n",
+    )
+    .unwrap();
+    merge(&mut base, overrides);
+    let t = base["tls"].as_table().unwrap();
+    assert_eq!(t["keystore"].as_str(), Some("/tls/keystore.p12"));
+    assert_eq!(t["keystore_password_file"].as_str(), Some("/pw/password"));
+    assert_eq!(t["ca"].as_str(), Some("/tls/ca.crt"));
+    for gone in [
+        "keystore_password",
+        "truststore",
+        "truststore_password",
+        "truststore_type",
+    ] {
+        assert!(!t.contains_key(gone), "{gone} kept: {t:?}");
+    }
+    // PEM identity files replace a derived keystore; a keystore replaces derived PEM files.
+    let mut base: Table = toml::from_str(
+        "[tls]\nkeystore = \"/a.p12\"\nkeystore_password = \"x\"\nkeystore_type = \"pkcs12\"\n",
+    )
+    .unwrap();
+    merge(
+        &mut base,
+        toml::from_str("[tls]\ncert = \"/n.crt\"\nkey = \"/n.key\"\n").unwrap(),
+    );
+    assert_eq!(
+        base,
+        toml::from_str::<Table>("[tls]\ncert = \"/n.crt\"\nkey = \"/n.key\"\n").unwrap()
+    );
+    let mut base: Table = toml::from_str("[tls]\ncert = \"/n.crt\"\nkey = \"/n.key\"\n").unwrap();
+    merge(
+        &mut base,
+        toml::from_str("[tls]\nkeystore = \"/a.p12\"\n").unwrap(),
+    );
+    assert_eq!(
+        base,
+        toml::from_str::<Table>("[tls]\nkeystore = \"/a.p12\"\n").unwrap()
+    );
+}
+
+/// Under Kubernetes listen_address is the pod IP, known only when cass-operator renders cassandra.yaml:
+/// a file `[[inbound]]` without addresses adds its allow-list to the derived listener; one with
+/// addresses replaces it whole, as before.
+#[test]
+fn a_file_inbound_without_addresses_takes_the_derived_ones() {
+    let d = ok("listen_address: 10.1.2.3\n");
+    let mut base = d.table.clone();
+    merge(
+        &mut base,
+        toml::from_str("[[inbound]]\nallow = { dns = [\"*.svc.ns.svc.cluster.local\"] }\n")
+            .unwrap(),
+    );
+    let inbound = base["inbound"].as_array().unwrap()[0].as_table().unwrap();
+    assert_eq!(inbound["listen"].as_str(), Some("10.1.2.3:7001"));
+    assert_eq!(inbound["forward"].as_str(), Some("10.1.2.3:7000"));
+    assert!(inbound.contains_key("allow"));
+    // Only the addresses are filled in: the derived endpoint verification is not.
+    assert!(!inbound.contains_key("require_endpoint_verification"));
+
+    let mut base = d.table.clone();
+    merge(
+        &mut base,
+        toml::from_str("[[inbound]]\nlisten = \"0.0.0.0:7001\"\n").unwrap(),
+    );
+    let inbound = base["inbound"].as_array().unwrap()[0].as_table().unwrap();
+    assert_eq!(inbound["listen"].as_str(), Some("0.0.0.0:7001"));
+    assert!(!inbound.contains_key("forward"));
+}
