@@ -29,3 +29,4 @@ mod relay;
 mod reload;
 mod rotation;
 mod smoke;
+mod systemd_notify;
