@@ -30,3 +30,4 @@ mod reload;
 mod rotation;
 mod smoke;
 mod systemd_notify;
+mod units;

@@ -189,13 +189,15 @@ async fn watchdog_keep_alives_when_asked() {
             ("WATCHDOG_USEC", "200000"),
         ],
     );
-    let mut keep_alives = 0;
-    let mut ready = false;
-    while keep_alives < 3 || !ready {
-        let m = manager.next().await;
-        ready |= m.contains(&"READY=1".to_owned());
-        keep_alives += usize::from(m == ["WATCHDOG=1"]);
-    }
+    within("READY=1 and three keep-alives", async {
+        let (mut keep_alives, mut ready) = (0, false);
+        while keep_alives < 3 || !ready {
+            let m = manager.next().await;
+            ready |= m.contains(&"READY=1".to_owned());
+            keep_alives += usize::from(m == ["WATCHDOG=1"]);
+        }
+    })
+    .await;
     proc.signal("TERM");
     assert_eq!(manager.next_state().await[0], "STOPPING=1");
     assert!(proc.wait_exit().success());
