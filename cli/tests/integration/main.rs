@@ -22,6 +22,7 @@ mod netns;
 mod offload;
 mod openssl;
 mod outbound;
+mod package;
 mod permissive;
 mod prometheus;
 mod refusals;
