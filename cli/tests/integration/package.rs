@@ -169,6 +169,7 @@ fn debian_package_builds_installs_and_its_units_verify() {
         ("/usr/lib/modules-load.d/ringseal.conf", "-rw-r--r--"),
         ("/usr/share/ringseal/alerts.yml", "-rw-r--r--"),
         ("/usr/share/ringseal/grafana-dashboard.json", "-rw-r--r--"),
+        ("/usr/share/ringseal/systemd-252/notify.conf", "-rw-r--r--"),
     ] {
         let found = files.iter().find(|f| f.0 == path);
         assert_eq!(
@@ -279,6 +280,34 @@ fn debian_package_builds_installs_and_its_units_verify() {
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
     eprintln!("systemd-analyze security --offline=yes ringseal.service: {exposure}");
     assert!(exposure <= MAX_EXPOSURE, "exposure {exposure}:\n{report}");
+
+    // systemd < 253 (Debian 12) gets a drop-in making the unit Type=notify with an ExecReload; this
+    // root's systemd is newer, so it has none. The postinst again with a systemctl that says 252 links
+    // it, systemd verifies the unit with it, and the real systemctl takes the link away again.
+    let dropin = root.join("etc/systemd/system/ringseal.service.d/systemd-252.conf");
+    assert!(
+        dropin.symlink_metadata().is_err(),
+        "no drop-in on systemd 257"
+    );
+    std::fs::create_dir(root.join("tmp/systemd-252")).unwrap();
+    let fake = root.join("tmp/systemd-252/systemctl");
+    std::fs::write(&fake, "#!/bin/sh\necho 'systemd 252 (252.38-1~deb12u1)'\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let postinst = "/var/lib/dpkg/info/ringseal.postinst";
+    run(chroot(&root, &[postinst, "configure", ""])
+        .env("PATH", "/tmp/systemd-252:/usr/sbin:/usr/bin:/sbin:/bin"));
+    assert_eq!(
+        std::fs::read_link(&dropin).unwrap(),
+        Path::new("/usr/share/ringseal/systemd-252/notify.conf")
+    );
+    let verify = run(&mut chroot(&root, &["systemd-analyze", "verify", units[0]]));
+    let noise = String::from_utf8_lossy(&verify.stderr);
+    assert!(noise.trim().is_empty(), "with the drop-in: {noise}");
+    run(&mut chroot(&root, &[postinst, "configure", ""]));
+    assert!(
+        dropin.symlink_metadata().is_err(),
+        "the link stays on systemd 257"
+    );
 
     // The rules unit's command in the root: the shipped config has no transparent listener (so the
     // unit would fail, loudly); a transparent one whose key files do not exist gets its rules, with
