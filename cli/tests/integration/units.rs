@@ -142,3 +142,150 @@ fn rules_service_applies_before_cassandra_as_root_and_removes_on_stop() {
         ["CAP_NET_ADMIN"]
     );
 }
+
+/// Every system call `ringseal run` makes (traced with strace through start, a verified handshake and
+/// echo, a refused outbound connection, a reload and a stop) is one ringseal.service's
+/// `SystemCallFilter=` allows, and every socket it opens is of a family `RestrictAddressFamilies=`
+/// allows: the hardening cannot kill the sidecar (systemd is not PID 1 here to run the unit itself).
+#[tokio::test]
+async fn the_hardened_unit_allows_every_system_call_ringseal_makes() {
+    use ringseal_testkit::process::{Proc, address_after};
+    use ringseal_testkit::*;
+    if !tools::have(&["strace", "systemd-analyze", "pgrep"]) {
+        return;
+    }
+    let u = unit("ringseal.service");
+    let (mut allowed, mut denied) = (Vec::new(), Vec::new());
+    for filter in u[&("Service".to_owned(), "SystemCallFilter".to_owned())].iter() {
+        match filter.strip_prefix('~') {
+            Some(deny) => denied.extend(deny.split_whitespace().flat_map(syscalls)),
+            None => allowed.extend(filter.split_whitespace().flat_map(syscalls)),
+        }
+    }
+    let families = words(&u, "Service", "RestrictAddressFamilies");
+
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let (dir, config) = write_config(
+        &pki,
+        "",
+        &format!(
+            "\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[inbound]]\nlisten = \"127.0.0.1:0\"\n\
+             forward = \"{}\"\n\n[[outbound]]\nlisten = \"127.0.0.1:0\"\ntransparent = true\n\
+             mode = \"permissive\"\n\n[permissive]\nstate_file = \"tls-peers\"\n",
+            backend.addr
+        ),
+    );
+    let trace = dir.path().join("strace.out");
+    let trace_arg = trace.to_str().unwrap().to_owned();
+    // As under systemd: a notify socket (AF_UNIX) and a watchdog.
+    let notify = dir.path().join("notify");
+    let _manager = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let mut proc = Proc::spawn_with(
+        &["strace", "-f", "-qq", "-o", &trace_arg],
+        &config,
+        dir,
+        &[
+            ("NOTIFY_SOCKET", notify.to_str().unwrap()),
+            ("WATCHDOG_USEC", "20000000"),
+        ],
+    );
+    let inbound = address_after(
+        &proc.wait_for("starting inbound mTLS listener"),
+        "listener on ",
+    );
+    let outbound = address_after(&proc.wait_for("starting outbound listener"), "listener on ");
+    let mut tls = within(
+        "a handshake",
+        connect(&client(pki.roots(), Some(&pki.node)), inbound),
+    )
+    .await
+    .unwrap();
+    within("an echo", echo(&mut tls, b"ping")).await.unwrap();
+    drop(tls);
+    // Not redirected, so no original destination: refused, after the getsockopt.
+    drop(std::net::TcpStream::connect(outbound).unwrap());
+    proc.wait_for("original destination");
+    // strace forwards no signal: send them to ringseal, its child.
+    let pgrep = std::process::Command::new("pgrep")
+        .args(["-P", &proc.child.id().to_string()])
+        .output()
+        .unwrap();
+    let ringseal = String::from_utf8(pgrep.stdout).unwrap().trim().to_owned();
+    let kill = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &ringseal])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    kill("-HUP");
+    proc.wait_for("reloaded ");
+    kill("-TERM");
+    assert!(proc.wait_exit().success());
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    let mut opened = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        // "PID name(args) = result", or "PID <... name resumed> ..." for a call split by another thread.
+        let call = line
+            .split_once(' ')
+            .map_or("", |(_, rest)| rest.trim_start());
+        let Some((name, args)) = call.split_once('(') else {
+            continue;
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            continue;
+        }
+        used.insert(name.to_owned());
+        if name == "socket" {
+            opened.insert(args.split(',').next().unwrap().to_owned());
+        }
+    }
+    assert!(
+        used.contains("accept4") && used.contains("getsockopt"),
+        "{used:?}"
+    );
+    assert!(opened.contains("AF_UNIX"), "no notify socket: {opened:?}");
+    let refused: Vec<&String> = used
+        .iter()
+        .filter(|s| !allowed.contains(s) || denied.contains(s))
+        .collect();
+    assert!(refused.is_empty(), "SystemCallFilter= refuses {refused:?}");
+    for family in &opened {
+        assert!(
+            families.contains(family),
+            "socket({family}) is not in RestrictAddressFamilies={families:?}"
+        );
+    }
+}
+
+/// The system calls of a `systemd-analyze syscall-filter` group (nested groups expanded) or one call.
+fn syscalls(name: &str) -> Vec<String> {
+    if !name.starts_with('@') {
+        return vec![name.to_owned()];
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["syscall-filter", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-analyze syscall-filter {name}"
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .flat_map(syscalls)
+        .collect()
+}
