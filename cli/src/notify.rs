@@ -17,11 +17,11 @@ pub struct Notifier {
 
 impl Notifier {
     fn send(&self, states: &[NotifyState]) {
-        if let Err(e) = sd_notify::notify(states) {
-            if !self.failed.swap(true, Ordering::Relaxed) {
-                let socket = std::env::var("NOTIFY_SOCKET").unwrap_or_default();
-                tracing::debug!("cannot notify the service manager at NOTIFY_SOCKET={socket}: {e}");
-            }
+        if let Err(e) = sd_notify::notify(states)
+            && !self.failed.swap(true, Ordering::Relaxed)
+        {
+            let socket = std::env::var("NOTIFY_SOCKET").unwrap_or_default();
+            tracing::debug!("cannot notify the service manager at NOTIFY_SOCKET={socket}: {e}");
         }
     }
 }
