@@ -172,6 +172,58 @@ async fn ready_reloading_ready_stopping_in_order() {
     drop(backend);
 }
 
+/// A changed certificate found by the periodic file check (`tls.reload_interval`) is announced like a
+/// SIGHUP reload: RELOADING=1 with a fresh timestamp, then READY=1 with the new identity in STATUS.
+#[tokio::test]
+async fn a_reload_found_by_the_file_check_is_announced_too() {
+    let pki = Pki::new();
+    let manager = Manager::bind();
+    let (dir, config) = write_config(&pki, "127.0.0.1:9".parse().unwrap());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen("[tls]\n", "[tls]\nreload_interval = \"1s\"\n", 1);
+    std::fs::write(&config, text).unwrap();
+    let dir_path = dir.path().to_owned();
+    let mut proc = Proc::spawn_with(
+        &[],
+        &config,
+        dir,
+        &[("NOTIFY_SOCKET", manager.path.to_str().unwrap())],
+    );
+    assert_eq!(manager.next().await[0], "READY=1");
+    let before = monotonic_usec();
+    let renewed = pki.issue("node1-renewed", &[LOCALHOST]);
+    std::fs::write(dir_path.join("node.key"), &renewed.key_pem).unwrap();
+    std::fs::write(dir_path.join("node.crt"), &renewed.cert_pem).unwrap();
+    // The check may catch the pair half-written once (a failed reload, announced the same way); every
+    // READY=1 follows a RELOADING=1, until one carries the new identity.
+    within("a reload with the renewed certificate", async {
+        loop {
+            let reloading = manager.next().await;
+            assert_eq!(reloading[0], "RELOADING=1", "{reloading:?}");
+            let stamp: i128 = value(&reloading, "MONOTONIC_USEC")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                stamp >= before,
+                "MONOTONIC_USEC={stamp} before the change ({before})"
+            );
+            let ready = manager.next().await;
+            assert_eq!(ready[0], "READY=1", "{ready:?}");
+            if value(&ready, "STATUS")
+                .unwrap()
+                .contains("CN=node1-renewed")
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    proc.signal("TERM");
+    assert_eq!(manager.next().await[0], "STOPPING=1");
+    assert!(proc.wait_exit().success());
+}
+
 /// With WATCHDOG_USEC (and WATCHDOG_PID naming ringseal itself, as systemd sets it) keep-alives come
 /// at half the interval, also between the state messages.
 #[tokio::test]
