@@ -253,6 +253,21 @@ fn debian_package_builds_installs_and_its_units_verify() {
         "ringseal-rules.service is not enabled by the package"
     );
 
+    // An upgrade (here: the same version again) keeps an administrator's `disable`.
+    run(&mut chroot(
+        &root,
+        &["systemctl", "disable", "ringseal.service"],
+    ));
+    run(&mut chroot(&root, &["dpkg", "-i", "/tmp/ringseal.deb"]));
+    assert!(
+        wants.symlink_metadata().is_err(),
+        "the upgrade re-enabled ringseal.service"
+    );
+    run(&mut chroot(
+        &root,
+        &["systemctl", "enable", "ringseal.service"],
+    ));
+
     // systemd's own checks, with the installed binary and files.
     let units = [
         "/usr/lib/systemd/system/ringseal.service",
