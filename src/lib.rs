@@ -19,6 +19,7 @@
 //!   `unsafe`).
 //! * [`metrics`]: every metric name and label value; `admin` serves them (`/metrics`, `/healthz`,
 //!   `/readyz`) and the sidecar's state (`/status`) when `[metrics]` is configured.
+//! * [`events`]: what a service manager hears (ready, reloading, reloaded, stopping, a status line).
 //! * [`pki`]: certificates for `ringseal certs` (cluster CA, node certificates, CSR signing), the demo
 //!   and the tests.
 //!
@@ -29,6 +30,7 @@
 
 pub(crate) mod admin;
 pub mod config;
+pub mod events;
 pub(crate) mod files;
 /// For the fuzz targets in `fuzz/` only.
 #[doc(hidden)]
@@ -75,6 +77,7 @@ pub struct Server {
     /// `[metrics]`: bound with the listeners, so a taken port fails start-up like any other.
     admin: Option<admin::AdminEndpoint>,
     reload: Arc<tokio::sync::Notify>,
+    events: Arc<dyn events::Events>,
 }
 
 /// What shutdown did.
@@ -120,7 +123,14 @@ impl Server {
             outbound,
             admin,
             reload: Arc::new(tokio::sync::Notify::new()),
+            events: Arc::new(events::NoEvents),
         })
+    }
+
+    /// Tells `events` when the sidecar is ready, reloads and stops (the `ringseal` command: sd_notify).
+    pub fn with_events(mut self, events: Arc<dyn events::Events>) -> Self {
+        self.events = events;
+        self
     }
 
     /// Notify it to reload the config file now (what SIGHUP does); without a config file (in-memory
@@ -148,6 +158,13 @@ impl Server {
     /// Serves until `shutdown` fires, then stops accepting, lets open connections finish for
     /// `limits.shutdown_grace`, and cuts the rest.
     pub async fn serve(self, shutdown: CancellationToken) -> Drained {
+        let status = events::Status {
+            inbound: self.inbound_addrs(),
+            outbound: self.outbound_addrs(),
+            identity: self.config.tls.material.identity.subject.clone(),
+            identity_not_after: self.config.tls.material.identity.not_after,
+            last_reload: None,
+        };
         // The admin endpoint first: it installs the recorder that everything below records into.
         let health = Arc::new(admin::Health::new(&self.config.tls.material.identity));
         admin::start(self.admin, &self.config, health.clone(), shutdown.clone());
@@ -183,13 +200,19 @@ impl Server {
                 inbound_handles,
                 outbound_handles,
                 health.clone(),
+                self.events.clone(),
+                status.clone(),
             );
             tokio::spawn(reload::run(reloader, self.reload.clone(), shutdown.clone()));
         }
         health.set_listeners_bound(true);
+        // Bound since `bind`, accepting now: peers may be sent here.
+        self.events.ready(&status);
         for l in accept_loops {
             let _ = l.await;
         }
+        // The accept loops end when `shutdown` fires: the drain starts now.
+        self.events.stopping();
         health.set_listeners_bound(false);
         // The listening sockets are closed now: new peers get a refusal and reconnect elsewhere later.
         tracker.close();

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
 use crate::config::{Config, Sources};
+use crate::events::{Events, Status};
 use crate::listener::inbound::InboundHandle;
 use crate::listener::outbound::OutboundHandle;
 use crate::metrics;
@@ -40,6 +41,8 @@ pub struct Reloader {
     last_error: Option<String>,
     /// The expiry warning threshold (days) last logged for the current identity.
     warned: Option<u64>,
+    events: Arc<dyn Events>,
+    status: Status,
 }
 
 impl Reloader {
@@ -49,8 +52,12 @@ impl Reloader {
         inbound: Vec<InboundHandle>,
         outbound: Vec<OutboundHandle>,
         health: Arc<Health>,
+        events: Arc<dyn Events>,
+        status: Status,
     ) -> Self {
         let mut r = Self {
+            events,
+            status,
             applied_fingerprint: None,
             sources,
             current,
@@ -71,20 +78,43 @@ impl Reloader {
         self.current.tls.reload_interval
     }
 
-    /// Checks for changes and reloads if there are any; `forced` (SIGHUP) reloads regardless.
+    /// Checks for changes and reloads if there are any; `forced` (SIGHUP) reloads regardless. A reload
+    /// is announced to [`Events`] before it starts and after it ends, applied or not.
     pub fn check(&mut self, forced: bool) {
+        if forced {
+            self.events.reloading();
+        }
         let fingerprint = match self.fingerprint_files() {
             Ok(f) => f,
-            Err(e) => return self.failed(e, forced),
+            Err(e) => {
+                // Unforced, a file that stays unreadable is only news when the error changes.
+                let news = forced || self.last_error.as_ref() != Some(&e);
+                if news && !forced {
+                    self.events.reloading();
+                }
+                self.failed(e, forced);
+                if news {
+                    self.events.reloaded(&self.status);
+                }
+                return;
+            }
         };
         if !forced && Some(fingerprint) == self.applied_fingerprint {
             self.check_expiry();
             return;
         }
-        let config = match crate::runtime::load(&self.sources) {
-            Ok(loaded) => loaded.config,
-            Err(e) => return self.failed(e.to_string(), forced),
-        };
+        if !forced {
+            self.events.reloading();
+        }
+        match crate::runtime::load(&self.sources) {
+            Ok(loaded) => self.apply(loaded.config, fingerprint, forced),
+            Err(e) => self.failed(e.to_string(), forced),
+        }
+        self.events.reloaded(&self.status);
+    }
+
+    /// Hands `config` to every listener.
+    fn apply(&mut self, config: Config<LoadedTls>, fingerprint: u64, forced: bool) {
         let restart_needed = self.layout_changes(&config);
         for (h, cfg) in self.inbound.iter().zip(&config.inbound) {
             h.apply(cfg, &config.tls);
@@ -122,6 +152,9 @@ impl Reloader {
         {
             self.warned = None;
         }
+        self.status.identity = m.identity.subject.clone();
+        self.status.identity_not_after = m.identity.not_after;
+        self.status.last_reload = Some((SystemTime::now(), Ok(())));
         self.current = config;
         self.applied_fingerprint = Some(fingerprint);
         self.last_error = None;
@@ -146,6 +179,7 @@ impl Reloader {
 
     fn failed(&mut self, error: String, forced: bool) {
         metrics::reload(false);
+        self.status.last_reload = Some((SystemTime::now(), Err(error.clone())));
         self.health.status.reloaded(forced, Err(&error));
         // Logged when it first happens or changes, not at every check while the files stay broken.
         if self.last_error.as_ref() != Some(&error) {

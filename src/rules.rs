@@ -48,6 +48,11 @@ pub enum RulesError {
     },
     #[error("{command}: {message}")]
     Command { command: String, message: String },
+    #[error(
+        "nft is not installed (not found in PATH): install the nftables package \
+         (apt-get install nftables); hosts on legacy iptables: `ringseal rules --iptables` prints a script"
+    )]
+    NftMissing,
 }
 
 /// Ports of the transparent listeners, IPv4 and IPv6.
@@ -195,9 +200,13 @@ pub fn apply(ruleset: &str) -> Result<(), RulesError> {
     run_nft(&["-f", "-"], Some(ruleset))
 }
 
-/// Deletes ringseal's table and nothing else.
+/// Deletes ringseal's table and nothing else; no table is no error (declare, then delete), so a
+/// service stop after a reboot or a second removal succeeds.
 pub fn remove() -> Result<(), RulesError> {
-    run_nft(&["delete", "table", "inet", TABLE], None)
+    run_nft(
+        &["-f", "-"],
+        Some(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n")),
+    )
 }
 
 fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<(), RulesError> {
@@ -212,7 +221,10 @@ fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<(), RulesError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("{e} (install the nftables package)")))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RulesError::NftMissing,
+            _ => fail(e.to_string()),
+        })?;
     if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
         input
             .write_all(text.as_bytes())

@@ -7,6 +7,7 @@ mod args;
 mod bench;
 mod cmd;
 mod logging;
+mod notify;
 mod signals;
 
 use std::process::ExitCode;

@@ -1,12 +1,14 @@
 //! `ringseal run`: load the config, say what `check` would warn about, bind, serve until a signal.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::check::report::{Purpose, examine};
 use super::config_error;
 use crate::args::{LogFormat, SourceArgs};
+use crate::notify::{Notifier, spawn_watchdog};
 use crate::signals::on_signals;
 
 pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Runtime) -> ExitCode {
@@ -38,8 +40,10 @@ pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Ru
     }
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
+        let notifier = Arc::new(Notifier::default());
+        spawn_watchdog(notifier.clone());
         let server = match ringseal::Server::bind(loaded.config).await {
-            Ok(s) => s,
+            Ok(s) => s.with_events(notifier),
             Err(e) => return config_error(&e),
         };
         tokio::spawn(on_signals(shutdown.clone(), Some(server.reload_handle())));

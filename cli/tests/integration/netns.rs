@@ -428,3 +428,62 @@ fn rules_apply_without_readable_key_material() {
     assert!(listed.contains("redirect to :7002"), "{listed}");
     assert!(listed.contains("redirect to :7003"), "{listed}");
 }
+
+/// ringseal-rules.service's ExecStop runs `rules --remove`: after a reboot (no table) or a second
+/// stop there is nothing to remove, and that is no failure.
+#[test]
+fn rules_remove_is_idempotent() {
+    if let Err(why) = prerequisites() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "in CI this test must run: {why}"
+        );
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = keyless_config(dir.path());
+    let bin = env!("CARGO_BIN_EXE_ringseal");
+    let mut apply = ns.cmd(&[
+        bin,
+        "rules",
+        "--config",
+        config.to_str().unwrap(),
+        "--uid",
+        "0",
+    ]);
+    apply.arg("--apply").env_remove(UNSET_PASSWORD_VAR);
+    run(apply);
+    for _ in 0..2 {
+        run(ns.cmd(&[bin, "rules", "--remove"]));
+    }
+    let tables = run(ns.cmd(&["nft", "list", "tables"]));
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("ringseal"));
+}
+
+/// A host without nft: `rules --apply` (ringseal-rules.service's ExecStart) and `--remove` fail with
+/// one line naming nft and the package to install, so the unit fails and says why (and Cassandra,
+/// which requires the unit, does not start without the rules).
+#[test]
+fn rules_without_nft_name_the_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keyless_config(dir.path());
+    let empty = tempfile::tempdir().unwrap();
+    let mut apply = Command::new(env!("CARGO_BIN_EXE_ringseal"));
+    apply
+        .args(["rules", "--apply", "--uid", "999", "--config"])
+        .arg(&config);
+    let mut remove = Command::new(env!("CARGO_BIN_EXE_ringseal"));
+    remove.args(["rules", "--remove"]);
+    for mut cmd in [apply, remove] {
+        let out = cmd.env("PATH", empty.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{cmd:?}: {stderr}");
+        assert!(
+            stderr.contains("nft is not installed") && stderr.contains("nftables package"),
+            "{cmd:?}: {stderr}"
+        );
+    }
+}
