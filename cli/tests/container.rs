@@ -27,11 +27,12 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ringseal::pki::Identity;
 use ringseal_testkit::process::{Lines, Proc, ringseal_binary};
 use ringseal_testkit::stream::{MIB, Sink, expected_hash, send_seeded};
 use ringseal_testkit::*;
@@ -67,7 +68,7 @@ fn sidecar_pair_in_read_only_containers() {
     cleanup.image = Some(image.clone());
     let mut build = Command::new(&script);
     build.arg(ringseal_binary()).arg(&image);
-    let built = output_within(build, BUILD_WAIT);
+    let built = output_within(build, BUILD_WAIT).unwrap();
     assert!(
         built.status.success(),
         "{}: {}",
@@ -89,38 +90,27 @@ fn sidecar_pair_in_read_only_containers() {
     let [p_in, p_out, m_in, m_out] = [(); 4].map(|()| free_port());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let backend = rt.block_on(Backend::start(Mode::Echo));
-    let limits = "[limits]\nshutdown_grace = \"2m\"\n";
-    let in_dir = work.path().join("inbound");
-    pki.write(&in_dir);
-    std::fs::write(
-        in_dir.join("ringseal.toml"),
-        format!(
-            "{TLS_TABLE}\n[[inbound]]\nlisten = \"127.0.0.1:{p_in}\"\nforward = \"{}\"\n\
-             allow = {{ cn = [\"node2\"] }}\n\n[metrics]\nlisten = \"127.0.0.1:{m_in}\"\n\n{limits}",
+    // The grace outlasts the drain below; the allow-lists admit only the other sidecar.
+    let limits = "[limits]\nshutdown_grace = \"2m\"";
+    let in_dir = sidecar_dir(
+        &work.path().join("inbound"),
+        &pki,
+        &pki.node,
+        &format!(
+            "[[inbound]]\nlisten = \"127.0.0.1:{p_in}\"\nforward = \"{}\"\nallow = {{ cn = [\"node2\"] }}\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{m_in}\"\n\n{limits}\n",
             backend.addr
         ),
-    )
-    .unwrap();
-    let out_dir = work.path().join("outbound");
-    std::fs::create_dir(&out_dir).unwrap();
-    std::fs::write(out_dir.join("ca.crt"), &pki.ca.cert_pem).unwrap();
-    std::fs::write(out_dir.join("node.crt"), &node2.cert_pem).unwrap();
-    std::fs::write(out_dir.join("node.key"), &node2.key_pem).unwrap();
-    std::fs::write(
-        out_dir.join("ringseal.toml"),
-        format!(
-            "{TLS_TABLE}\n[[outbound]]\nlisten = \"127.0.0.1:{p_out}\"\nupstream = \"127.0.0.1:{p_in}\"\n\
-             allow = {{ cn = [\"node1\"] }}\n\n[metrics]\nlisten = \"127.0.0.1:{m_out}\"\n\n{limits}"
+    );
+    let out_dir = sidecar_dir(
+        &work.path().join("outbound"),
+        &pki,
+        &node2,
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:{p_out}\"\nupstream = \"127.0.0.1:{p_in}\"\n\
+             allow = {{ cn = [\"node1\"] }}\n\n[metrics]\nlisten = \"127.0.0.1:{m_out}\"\n\n{limits}\n"
         ),
-    )
-    .unwrap();
-    // What an operator does for the image's user: the key stays 0600, owned by uid 65532.
-    for dir in [&in_dir, &out_dir] {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            std::os::unix::fs::chown(entry.unwrap().path(), Some(UID), Some(UID)).unwrap();
-        }
-        std::os::unix::fs::chown(dir, Some(UID), Some(UID)).unwrap();
-    }
+    );
 
     let inbound = format!("ringseal-test-{id}-inbound");
     let outbound = format!("ringseal-test-{id}-outbound");
@@ -163,11 +153,19 @@ fn sidecar_pair_in_read_only_containers() {
         send.await.unwrap();
         assert_eq!(sink.end, Some(Ok(())));
         assert_eq!(sink.len, LEN);
-        assert_eq!(sink.sha256(), expected_hash(1, LEN), "echo through the pair");
+        assert_eq!(
+            sink.sha256(),
+            expected_hash(1, LEN),
+            "echo through the pair"
+        );
     }));
     let inbound_metrics = scrape(SocketAddr::from((LOCALHOST, m_in)));
     assert_eq!(
-        samples(&inbound_metrics, "ringseal_connections_total", &[("tls", "true")]),
+        samples(
+            &inbound_metrics,
+            "ringseal_connections_total",
+            &[("tls", "true")]
+        ),
         1.0,
         "{inbound_metrics}"
     );
@@ -212,7 +210,9 @@ fn sidecar_pair_in_read_only_containers() {
         );
     }
     resume.send(()).unwrap();
-    let sink = rt.block_on(within("the rest of the stream", in_flight)).unwrap();
+    let sink = rt
+        .block_on(within("the rest of the stream", in_flight))
+        .unwrap();
     assert_eq!(sink.end, Some(Ok(())));
     assert_eq!(sink.len, LEN);
     assert_eq!(sink.sha256(), expected_hash(2, LEN), "in-flight connection");
@@ -278,7 +278,7 @@ impl Podman {
 
     /// Runs a podman command to completion, asserting success; returns its standard output.
     fn run(&self, args: &[&str]) -> String {
-        let out = output_within(self.command(args), PODMAN_WAIT);
+        let out = output_within(self.command(args), PODMAN_WAIT).unwrap();
         assert!(
             out.status.success(),
             "podman {args:?}: {}",
@@ -323,10 +323,14 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let quiet = |args: &[&str]| {
-            let mut cmd = self.podman.command(args);
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            let _ = output_within(cmd, PODMAN_WAIT);
+        // Says so when something is left behind, but never panics while a failure unwinds.
+        let quiet = |args: &[&str]| match output_within(self.podman.command(args), PODMAN_WAIT) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "cleanup: podman {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("cleanup: {e}"),
         };
         for name in &self.containers {
             quiet(&["rm", "--force", "--time", "0", name]);
@@ -338,27 +342,52 @@ impl Drop for Cleanup {
 }
 
 /// Runs `cmd` with no standard input, killing it if it runs longer than `limit`.
-fn output_within(mut cmd: Command, limit: Duration) -> Output {
+fn output_within(mut cmd: Command, limit: Duration) -> Result<Output, String> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
+        Ok(out) => out.map_err(|e| format!("{cmd:?}: {e}")),
         Err(_) => {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
-            panic!("{cmd:?} did not finish within {}s", limit.as_secs());
+            Err(format!(
+                "{cmd:?} did not finish within {}s",
+                limit.as_secs()
+            ))
         }
     }
+}
+
+/// Writes `dir` as the sidecar's /etc/ringseal: the CA, `id`'s certificate and key, and a config of
+/// the `[tls]` table and `rest`; owned by the image's user as an operator would do it (the key stays
+/// 0600).
+fn sidecar_dir(dir: &Path, pki: &Pki, id: &Identity, rest: &str) -> PathBuf {
+    std::fs::create_dir(dir).unwrap();
+    for (name, text) in [
+        ("ca.crt", pki.ca.cert_pem.as_str()),
+        ("node.crt", &id.cert_pem),
+        ("node.key", &id.key_pem),
+        ("ringseal.toml", &format!("{TLS_TABLE}\n{rest}")),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        if name == "node.key" {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::os::unix::fs::chown(&path, Some(UID), Some(UID)).unwrap();
+    }
+    std::os::unix::fs::chown(dir, Some(UID), Some(UID)).unwrap();
+    dir.to_owned()
 }
 
 /// A port that was free a moment ago on 127.0.0.1 (the containers bind it themselves).
@@ -374,7 +403,11 @@ fn free_port() -> u16 {
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let code = text
@@ -477,7 +510,10 @@ fn assert_holds_only_what_it_needs(podman: &Podman, image: &str) {
         .filter(|l| l.contains("(NEEDED)"))
         .filter_map(|l| Some(l.split('[').nth(1)?.trim_end_matches(']').to_owned()))
         .collect();
-    assert!(expected.iter().any(|l| l.starts_with("libc.so")), "{expected:?}");
+    assert!(
+        expected.iter().any(|l| l.starts_with("libc.so")),
+        "{expected:?}"
+    );
     for name in ["ringseal", "ca-certificates.crt", "passwd", "group"] {
         expected.insert(name.into());
     }
@@ -505,9 +541,18 @@ fn assert_confined(podman: &Podman, name: &str) {
     // Real, effective, saved and filesystem ids.
     assert_eq!(field("Uid:"), vec![UID.to_string(); 4], "{name}: uids");
     assert_eq!(field("Gid:"), vec![UID.to_string(); 4], "{name}: gids");
-    assert_eq!(field("CapEff:"), ["0000000000000000"], "{name}: capabilities");
+    assert_eq!(
+        field("CapEff:"),
+        ["0000000000000000"],
+        "{name}: capabilities"
+    );
 
-    let ro = podman.run(&["inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", name]);
+    let ro = podman.run(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.ReadonlyRootfs}}",
+        name,
+    ]);
     assert_eq!(ro.trim(), "true", "{name}: podman's ReadonlyRootfs");
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     // Fields: id, parent, device, root, mount point, mount options, ...
