@@ -197,8 +197,9 @@ fn sidecar_pair_in_read_only_containers() {
     for name in [&inbound, &outbound] {
         podman.run(&["kill", "--signal", "TERM", name]);
     }
+    // ringseal acts on the signal before it logs it, so "SIGTERM: shutting down" may come after this
+    // line; it is looked for once the process has exited.
     for proc in [&mut in_proc, &mut out_proc] {
-        proc.wait_for("SIGTERM: shutting down");
         proc.wait_for("stopped accepting; waiting up to 2m for 1 open connection(s)");
     }
     for port in [p_in, p_out] {
@@ -217,9 +218,18 @@ fn sidecar_pair_in_read_only_containers() {
     assert_eq!(sink.len, LEN);
     assert_eq!(sink.sha256(), expected_hash(2, LEN), "in-flight connection");
     for (proc, name) in [(&mut in_proc, &inbound), (&mut out_proc, &outbound)] {
-        proc.wait_for("all connections finished; exiting");
         let status = proc.wait_exit();
-        assert!(status.success(), "{name}: podman run exited {status}");
+        let log = proc.drain(Duration::from_secs(1)).join("\n");
+        assert!(
+            status.success(),
+            "{name}: podman run exited {status}:\n{log}"
+        );
+        for line in [
+            "SIGTERM: shutting down",
+            "all connections finished; exiting",
+        ] {
+            assert!(log.contains(line), "{name}: no {line:?} in its log:\n{log}");
+        }
         let code = podman.run(&["inspect", "--format", "{{.State.ExitCode}}", name]);
         assert_eq!(code.trim(), "0", "{name}'s exit code");
     }
