@@ -144,7 +144,9 @@ async fn outbound_prefers_tls_when_the_peer_has_it() {
 #[tokio::test]
 async fn a_peer_that_went_strict_is_tried_over_tls_at_once() {
     let pki = Pki::new();
-    let tls_addr = std::net::TcpListener::bind("127.0.0.1:0")
+    // The port is freed now and bound again by the peer below. On 127.0.0.2 no other test's connection
+    // (all from 127.0.0.1) can take it as its ephemeral source port in between ("Address in use").
+    let tls_addr = std::net::TcpListener::bind("127.0.0.2:0")
         .unwrap()
         .local_addr()
         .unwrap();
