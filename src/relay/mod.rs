@@ -148,9 +148,7 @@ impl Close {
             Self::Io(_) => "io",
         }
     }
-}
 
-impl Close {
     /// What the label leaves out: the error's text, for a log line.
     pub fn detail(&self) -> Option<&str> {
         match self {
