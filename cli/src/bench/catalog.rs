@@ -238,6 +238,8 @@ pub fn metrics_of(test: Test, peer: Peer) -> Vec<Metric> {
         (Test::Messages, _) => vec![
             MessagesPerSec,
             CpuUsPerMessage,
+            OutCpuUsPerMessage,
+            InCpuUsPerMessage,
             RttP50Us,
             RttP99Us,
             RttP999Us,
@@ -263,6 +265,8 @@ pub enum Metric {
     MemKibPerConnIn,
     MessagesPerSec,
     CpuUsPerMessage,
+    OutCpuUsPerMessage,
+    InCpuUsPerMessage,
     RttP999Us,
 }
 
@@ -285,6 +289,8 @@ impl Metric {
             Self::MemKibPerConnIn => "inbound_kib_per_idle_connection",
             Self::MessagesPerSec => "messages_per_s",
             Self::CpuUsPerMessage => "proxy_cpu_us_per_message",
+            Self::OutCpuUsPerMessage => "outbound_cpu_us_per_message",
+            Self::InCpuUsPerMessage => "inbound_cpu_us_per_message",
             Self::RttP999Us => "rtt_p999_us",
         }
     }
@@ -307,6 +313,8 @@ impl Metric {
             Self::MemKibPerConnIn => "inbound KiB/conn",
             Self::MessagesPerSec => "messages/s",
             Self::CpuUsPerMessage => "proxy CPU µs/msg",
+            Self::OutCpuUsPerMessage => "outbound CPU µs/msg",
+            Self::InCpuUsPerMessage => "inbound CPU µs/msg",
             Self::RttP999Us => "RTT p99.9 µs",
         }
     }
@@ -321,7 +329,7 @@ impl Metric {
             | Self::RttP99Us
             | Self::RttP999Us => "us",
             Self::HandshakesPerSec | Self::MessagesPerSec => "1/s",
-            Self::CpuUsPerMessage => "CPU-us",
+            Self::CpuUsPerMessage | Self::OutCpuUsPerMessage | Self::InCpuUsPerMessage => "CPU-us",
             Self::OutCpuMsPerHandshake
             | Self::InCpuMsPerHandshake
             | Self::ServerCpuMsPerHandshake => "CPU-ms",
@@ -339,7 +347,11 @@ impl Metric {
     /// Decimals in the table.
     pub fn decimals(self) -> usize {
         match self {
-            Self::GbitPerSec | Self::CpuSecPerGb | Self::CpuUsPerMessage => 2,
+            Self::GbitPerSec
+            | Self::CpuSecPerGb
+            | Self::CpuUsPerMessage
+            | Self::OutCpuUsPerMessage
+            | Self::InCpuUsPerMessage => 2,
             Self::OutCpuMsPerHandshake
             | Self::InCpuMsPerHandshake
             | Self::ServerCpuMsPerHandshake => 3,

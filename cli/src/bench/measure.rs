@@ -100,8 +100,14 @@ async fn messages(bench: &Bench<'_>, pair: Option<&Pair>) -> anyhow::Result<Vec<
     .await?;
     let mut out = vec![(Metric::MessagesPerSec, m.per_sec)];
     if let [before, after] = cpu[..] {
-        let used = (after.outbound - before.outbound) + (after.inbound - before.inbound);
-        out.push((Metric::CpuUsPerMessage, used * 1e6 / m.counted as f64));
+        let per = |secs: f64| secs * 1e6 / m.counted as f64;
+        let (o, i) = (
+            after.outbound - before.outbound,
+            after.inbound - before.inbound,
+        );
+        out.push((Metric::CpuUsPerMessage, per(o + i)));
+        out.push((Metric::OutCpuUsPerMessage, per(o)));
+        out.push((Metric::InCpuUsPerMessage, per(i)));
     }
     for (q, metric) in [
         (0.50, Metric::RttP50Us),

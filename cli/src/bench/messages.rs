@@ -309,7 +309,7 @@ impl Connection {
     /// the recorded round trips (µs) and the connection.
     async fn drive(mut self, mut conn: TcpStream) -> anyhow::Result<Done> {
         let (mut rd, mut wr) = conn.split();
-        let mut rtts = Vec::with_capacity(64 * 1024);
+        let mut rtts = Vec::with_capacity(4096);
         let mut pending: VecDeque<Pending> = VecDeque::with_capacity(self.in_flight);
         let mut out = Vec::with_capacity(self.in_flight * self.read_buffer);
         let mut written = 0usize;

@@ -184,6 +184,10 @@ impl Options {
     }
 }
 
+/// The most connections the small-message test opens: a 1000-node cluster's three per peer, well
+/// within the open-file limits the memory test already copes with.
+const MAX_MESSAGE_CONNECTIONS: usize = 4096;
+
 /// The small-message options, each checked against its bounds.
 fn message_mix(a: &BenchArgs) -> anyhow::Result<MessageMix> {
     anyhow::ensure!(
@@ -193,6 +197,13 @@ fn message_mix(a: &BenchArgs) -> anyhow::Result<MessageMix> {
     anyhow::ensure!(
         (1..=100).contains(&a.connections_per_peer),
         "--connections-per-peer must be 1 to 100"
+    );
+    // Two descriptors per connection in this process (client and backend side) and in each proxy.
+    let connections = a.message_peers * a.connections_per_peer;
+    anyhow::ensure!(
+        connections <= MAX_MESSAGE_CONNECTIONS,
+        "--message-peers x --connections-per-peer = {connections} connections; at most \
+         {MAX_MESSAGE_CONNECTIONS}"
     );
     anyhow::ensure!(
         (1..=1024).contains(&a.in_flight),
