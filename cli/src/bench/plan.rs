@@ -156,6 +156,13 @@ mod tests {
         assert!(std::ptr::eq(main.suite, default_suite()));
         assert_eq!(main.key_type, KeyType::EcdsaP256);
         assert!(main.steps.contains(&Step::Bulk) && main.steps.contains(&Step::Handshake));
+        // Small messages run per suite, like bulk, with the direct baseline.
+        assert!(
+            setups
+                .iter()
+                .all(|s| s.steps.contains(&Step::Messages) == (s.key_type == s.suite.key_type()))
+        );
+        assert!(Step::Messages.has_direct());
         assert!(main.steps.contains(&Step::Kx(Group::X25519Mlkem768)));
         assert!(setups.iter().any(|s| s.key_type == KeyType::Ed25519));
     }
