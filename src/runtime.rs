@@ -37,7 +37,7 @@ pub enum LoadError {
     #[error("config {path}: {source}")]
     Congestion {
         path: PathBuf,
-        source: crate::tcp::CongestionError,
+        source: Box<crate::tcp::CongestionError>,
     },
 }
 
@@ -133,7 +133,7 @@ fn check_congestion<Tls>(config: &Config<Tls>, path: &Path) -> Result<(), LoadEr
         .map(drop)
         .map_err(|source| LoadError::Congestion {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 

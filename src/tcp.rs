@@ -43,24 +43,33 @@ impl fmt::Display for LoopbackCongestion {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for LoopbackCongestion {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
+impl std::str::FromStr for LoopbackCongestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
             "auto" => Ok(Self::Auto),
             "host" => Ok(Self::Host),
             n if (1..NAME_MAX).contains(&n.len())
                 && n.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
             {
-                Ok(Self::Named(s))
+                Ok(Self::Named(n.to_owned()))
             }
-            _ => Err(serde::de::Error::custom(format!(
+            _ => Err(format!(
                 "{s:?} is not \"auto\", \"host\" or a congestion control name (such as \"cubic\" or \
                  \"reno\": letters, digits, '_', at most {} characters)",
                 NAME_MAX - 1
-            ))),
+            )),
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LoopbackCongestion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

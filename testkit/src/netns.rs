@@ -74,12 +74,34 @@ impl Netns {
         c
     }
 
-    /// Sets the namespace's default congestion control (`net.ipv4.tcp_congestion_control`); the
-    /// kernel refuses an algorithm it has not loaded (and cannot load).
+    /// Sets the namespace's default congestion control (`net.ipv4.tcp_congestion_control`). Linux
+    /// lets a namespace other than the host's default only to an algorithm that is loaded and in
+    /// the host-wide `net.ipv4.tcp_allowed_congestion_control`; the error says which is missing.
     pub fn set_congestion(&self, algorithm: &str) -> Result<(), String> {
         let setting = format!("net.ipv4.tcp_congestion_control={algorithm}");
-        run(&mut self.command(&["sysctl", "-qw", &setting]))
-            .map_err(|e| format!("{e} (is tcp_{algorithm} available? modprobe tcp_{algorithm})"))
+        run(&mut self.command(&["sysctl", "-qw", &setting])).map_err(|e| {
+            let read = |p: &str| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            let available = read("/proc/sys/net/ipv4/tcp_available_congestion_control");
+            let allowed = read("/proc/sys/net/ipv4/tcp_allowed_congestion_control");
+            if !available.split_whitespace().any(|a| a == algorithm) {
+                format!(
+                    "{e}; {algorithm} is not loaded (loaded: {available}): modprobe tcp_{algorithm}"
+                )
+            } else if !allowed.split_whitespace().any(|a| a == algorithm) {
+                format!(
+                    "{e}; a network namespace may default only to an algorithm of the host's \
+                     net.ipv4.tcp_allowed_congestion_control ({allowed}): allow it first with \
+                     sysctl -w net.ipv4.tcp_allowed_congestion_control=\"{allowed} {algorithm}\""
+                )
+            } else {
+                e
+            }
+        })
     }
 }
 

@@ -128,6 +128,8 @@ pub struct Meta {
     pub duration_s: f64,
     pub connections: usize,
     pub quick: bool,
+    /// CPU flags, congestion control, `lo`'s qdisc, kTLS: what else the figures depend on.
+    pub host: super::host::Host,
 }
 
 impl Meta {
@@ -165,6 +167,9 @@ impl Meta {
             duration_s: o.duration.as_secs_f64(),
             connections,
             quick: o.quick,
+            host: super::host::Host::collect(
+                &o.loopback_congestion_control.clone().unwrap_or_default(),
+            ),
         }
     }
 }
@@ -285,6 +290,7 @@ pub fn table(r: &Results) -> String {
         "ringseal bench, {}, {} ({} cores), {} {}, load average at start {}",
         m.date, m.cpu, m.cores, m.os, m.kernel, m.load_average_at_start
     );
+    let _ = writeln!(out, "{}", m.host.line());
     let versions: Vec<&str> = m.versions.values().map(String::as_str).collect();
     let _ = writeln!(out, "{}", versions.join("; "));
     let _ = writeln!(
@@ -496,6 +502,7 @@ pub fn csv(r: &Results) -> String {
         "# ringseal bench {} on {} ({} cores), {}",
         m.date, m.cpu, m.cores, m.kernel
     );
+    let _ = writeln!(out, "# {}", m.host.line());
     let _ = writeln!(out, "{CSV_HEADER}");
     let num = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
     for j in flat(r) {

@@ -158,6 +158,7 @@ impl Runner<'_> {
             certs: certs.clone(),
             backend: self.bench.backend.addr,
             max_connections: self.bench.connections + 64,
+            loopback_congestion_control: self.bench.opts.loopback_congestion_control.clone(),
         }
     }
 
