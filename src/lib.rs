@@ -16,7 +16,7 @@
 //!   (`listener::outbound`).
 //! * `relay`: the only code that moves bytes (kTLS + splice, user-space rustls, plaintext splice);
 //!   half-close, resets and deadlines. `sys` holds the kernel interfaces it needs (the crate's only
-//!   `unsafe`).
+//!   `unsafe`). [`tcp`] picks the congestion control of the legs that stay on this host.
 //! * [`metrics`]: every metric name and label value; `admin` serves them (`/metrics`, `/healthz`,
 //!   `/readyz`) and the sidecar's state (`/status`) when `[metrics]` is configured.
 //! * [`events`]: what a service manager hears (ready, reloading, reloaded, stopping, a status line).
@@ -45,6 +45,7 @@ mod runtime;
 mod secret;
 #[allow(unsafe_code)]
 mod sys;
+pub mod tcp;
 pub mod tls;
 
 pub use admin::MAX_CONNECTIONS as ADMIN_MAX_CONNECTIONS;
@@ -78,6 +79,8 @@ pub struct Server {
     admin: Option<admin::AdminEndpoint>,
     reload: Arc<tokio::sync::Notify>,
     events: Arc<dyn events::Events>,
+    /// `[tcp] loopback_congestion_control`, decided against the kernel with the listeners.
+    loopback: Arc<tcp::Loopback>,
 }
 
 /// What shutdown did.
@@ -90,11 +93,26 @@ pub struct Drained {
 impl Server {
     /// Binds every listener (nothing is accepted until [`Server::serve`]).
     pub async fn bind(config: Config<LoadedTls>) -> Result<Self, BindError> {
+        // `load_tls` refused a name this process cannot set; should the kernel's settings change in
+        // between, the legs keep the host's default rather than the sidecar failing.
+        let loopback = Arc::new(
+            tcp::Loopback::resolve(&config.tcp.loopback_congestion_control).unwrap_or_else(|e| {
+                tracing::warn!("{e}; the loopback legs keep the host's default for now");
+                tcp::Loopback::host()
+            }),
+        );
         let mut inbound = Vec::with_capacity(config.inbound.len());
         for (i, l) in config.inbound.iter().enumerate() {
             let log = config.logging.connections;
-            let bound =
-                InboundListener::bind(l, &config.tls, &config.limits, config.offload, log).await;
+            let bound = InboundListener::bind(
+                l,
+                &config.tls,
+                &config.limits,
+                config.offload,
+                log,
+                loopback.clone(),
+            )
+            .await;
             inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
         let mut outbound = Vec::with_capacity(config.outbound.len());
@@ -108,8 +126,16 @@ impl Server {
                 })
                 .clone();
             let (limits, log) = (&config.limits, config.logging.connections);
-            let bound =
-                OutboundListener::bind(l, &config.tls, limits, config.offload, peers, log).await;
+            let bound = OutboundListener::bind(
+                l,
+                &config.tls,
+                limits,
+                config.offload,
+                peers,
+                log,
+                loopback.clone(),
+            )
+            .await;
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }
@@ -124,6 +150,7 @@ impl Server {
             admin,
             reload: Arc::new(tokio::sync::Notify::new()),
             events: Arc::new(events::NoEvents),
+            loopback,
         })
     }
 
@@ -170,6 +197,10 @@ impl Server {
         admin::start(self.admin, &self.config, health.clone(), shutdown.clone());
         metrics::describe();
         relay::log_offload(self.config.offload);
+        tracing::info!(
+            "loopback legs: TCP congestion control {}; network legs keep the host default",
+            self.loopback
+        );
         let cut = CancellationToken::new();
         let tracker = TaskTracker::new();
         let life = listener::Lifecycle {

@@ -188,8 +188,8 @@ impl Reloader {
         }
     }
 
-    /// What a reload cannot change in place: listener addresses, `[limits]`, `offload`, `[permissive]`
-    /// and `[logging]`.
+    /// What a reload cannot change in place: listener addresses, `[limits]`, `offload`, `[permissive]`,
+    /// `[logging]` and `[tcp]`.
     fn layout_changes(&self, new: &Config<LoadedTls>) -> Vec<String> {
         let old = &self.current;
         let mut changed = Vec::new();
@@ -227,6 +227,10 @@ impl Reloader {
         }
         if old.logging != new.logging {
             changed.push("[logging]".to_owned());
+        }
+        // The loopback legs' algorithm is decided against the kernel once, with the listeners.
+        if old.tcp != new.tcp {
+            changed.push("[tcp]".to_owned());
         }
         changed
     }

@@ -1,6 +1,7 @@
 //! From a validated config to what the sidecar runs: the key material `[tls]` names is loaded, and
-//! `offload = "require"` is checked against this kernel. `config` describes, this step reads; `ringseal
-//! rules`, which needs only listen ports, stops before it.
+//! `offload = "require"` and `[tcp] loopback_congestion_control` are checked against this kernel.
+//! `config` describes, this step reads; `ringseal rules`, which needs only listen ports, stops before
+//! it.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,11 @@ pub enum LoadError {
         path: PathBuf,
         suite: &'static str,
         offloadable: String,
+    },
+    #[error("config {path}: {source}")]
+    Congestion {
+        path: PathBuf,
+        source: Box<crate::tcp::CongestionError>,
     },
 }
 
@@ -70,6 +76,7 @@ pub fn load_tls(config: Config, path: &Path) -> Result<Config<LoadedTls>, LoadEr
             source,
         })?;
     check_offload(config.offload, &tls.suites, path)?;
+    check_congestion(&config, path)?;
     Ok(config.with_tls(tls))
 }
 
@@ -86,6 +93,9 @@ pub fn diagnose(config: &Config, path: &Path) -> (Vec<String>, Vec<LoadError>) {
         })
         .collect();
     if let Err(e) = check_offload(config.offload, &config.tls.suites, path) {
+        problems.push(e);
+    }
+    if let Err(e) = check_congestion(config, path) {
         problems.push(e);
     }
     (d.loaded, problems)
@@ -117,6 +127,16 @@ fn check_offload(
     }
 }
 
+/// `[tcp] loopback_congestion_control`: a named algorithm must be one this process may set here.
+fn check_congestion<Tls>(config: &Config<Tls>, path: &Path) -> Result<(), LoadError> {
+    crate::tcp::Loopback::resolve(&config.tcp.loopback_congestion_control)
+        .map(drop)
+        .map_err(|source| LoadError::Congestion {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+}
+
 /// What `ringseal check` prints after the PKI report: every validated value, and this kernel's kTLS.
 pub fn describe<Tls: crate::tls::settings::Negotiation>(config: &Config<Tls>) -> String {
     let support = crate::relay::support();
@@ -125,5 +145,12 @@ pub fn describe<Tls: crate::tls::settings::Negotiation>(config: &Config<Tls>) ->
     } else {
         format!("kTLS unavailable: {}", support.describe())
     };
-    config::describe(config, &ktls)
+    let loopback = match crate::tcp::Loopback::resolve(&config.tcp.loopback_congestion_control) {
+        Ok(l) => format!("loopback legs: {l}"),
+        Err(e) => format!("loopback legs: cannot be set: {e}"),
+    };
+    format!(
+        "{}tcp        {loopback}; network legs keep the host default\n",
+        config::describe(config, &ktls)
+    )
 }

@@ -33,6 +33,15 @@ pub struct FileConfig {
     pub permissive: FilePermissive,
     #[serde(default)]
     pub logging: FileLogging,
+    #[serde(default)]
+    pub tcp: FileTcp,
+}
+
+/// `[tcp]`: the congestion control of the loopback legs (see `crate::tcp`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileTcp {
+    pub loopback_congestion_control: crate::tcp::LoopbackCongestion,
 }
 
 /// `[logging]`; a missing key takes its default from [`Logging::default`].

@@ -57,6 +57,8 @@ pub struct Config<Tls = TlsSettings> {
     pub permissive: Permissive,
     /// `[logging]`: what is logged besides warnings and errors. Fixed at start.
     pub logging: Logging,
+    /// `[tcp]`: the congestion control of the loopback legs. Decided at start, fixed then.
+    pub tcp: Tcp,
 }
 
 impl<Tls> Config<Tls> {
@@ -73,6 +75,7 @@ impl<Tls> Config<Tls> {
             cluster_name: None,
             permissive: Permissive::default(),
             logging: Logging::default(),
+            tcp: Tcp::default(),
         }
     }
 
@@ -89,6 +92,7 @@ impl<Tls> Config<Tls> {
             cluster_name: self.cluster_name,
             permissive: self.permissive,
             logging: self.logging,
+            tcp: self.tcp,
         }
     }
 }
@@ -155,6 +159,14 @@ impl Default for Logging {
     fn default() -> Self {
         Self { connections: true }
     }
+}
+
+/// `[tcp]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tcp {
+    /// Which congestion control the legs to and from this host's node use (`crate::tcp::Loopback`
+    /// resolves it against the kernel).
+    pub loopback_congestion_control: crate::tcp::LoopbackCongestion,
 }
 
 /// `[metrics]`.

@@ -8,7 +8,7 @@ use super::error::AllowListError;
 use super::file::{self, FileAllow, FileConfig, FileInbound, FileLimits, FileOutbound, FileTls};
 use super::{
     Config, ConfigError, Inbound, Limits, Logging, MAX_CONNECTIONS, MAX_DURATION,
-    MIN_RELOAD_INTERVAL, MetricsSettings, Mode, Outbound, Permissive, Problem, Target,
+    MIN_RELOAD_INTERVAL, MetricsSettings, Mode, Outbound, Permissive, Problem, Target, Tcp,
 };
 use crate::secret::Secret;
 use crate::tls::allow::{AllowList, canonical_ip};
@@ -80,6 +80,9 @@ impl FileConfig {
             permissive,
             logging: Logging {
                 connections: self.logging.connections,
+            },
+            tcp: Tcp {
+                loopback_congestion_control: self.tcp.loopback_congestion_control,
             },
         })
     }

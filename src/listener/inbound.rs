@@ -57,6 +57,8 @@ struct InboundContext {
     log_connections: bool,
     /// The last attempt to connect `forward`, for `/status`.
     last_connect: LastConnect,
+    /// The congestion control of the storage-port leg when it stays on this host. Fixed at start.
+    loopback: Arc<crate::tcp::Loopback>,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -130,6 +132,7 @@ impl InboundListener {
         limits: &Limits,
         offload: Offload,
         log_connections: bool,
+        loopback: Arc<crate::tcp::Loopback>,
     ) -> std::io::Result<Self> {
         let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
@@ -146,6 +149,7 @@ impl InboundListener {
             offload,
             log_connections,
             last_connect: LastConnect::default(),
+            loopback,
         });
         Ok(Self { listener, ctx })
     }
@@ -342,7 +346,7 @@ async fn relay_verified(
 
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
 async fn connect_forward(peer: SocketAddr, ctx: &InboundContext) -> Option<TcpStream> {
-    match tokio::time::timeout(ctx.limits.connect_timeout, TcpStream::connect(ctx.forward)).await {
+    match tokio::time::timeout(ctx.limits.connect_timeout, connect_storage(ctx)).await {
         Ok(Ok(b)) => {
             ctx.last_connect.ok();
             Some(b)
@@ -372,6 +376,24 @@ async fn connect_forward(peer: SocketAddr, ctx: &InboundContext) -> Option<TcpSt
             None
         }
     }
+}
+
+/// Connects `forward`. A loopback storage port gets the loopback congestion control before the SYN,
+/// so the whole connection runs with it; another address of this host gets it once connected.
+async fn connect_storage(ctx: &InboundContext) -> std::io::Result<TcpStream> {
+    let socket = match ctx.forward {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    let loopback = ctx.forward.ip().is_loopback();
+    if loopback {
+        ctx.loopback.apply(&socket);
+    }
+    let stream = socket.connect(ctx.forward).await?;
+    if !loopback && let Ok(local) = stream.local_addr() {
+        ctx.loopback.apply_if_local(&stream, local, ctx.forward);
+    }
+    Ok(stream)
 }
 
 /// Permissive mode: a plaintext peer is passed through to the storage port untouched.

@@ -201,6 +201,9 @@ struct OutboundContext {
     offload: Offload,
     /// `[logging] connections`: one info line per relayed connection when it ends. Fixed at start.
     log_connections: bool,
+    /// The congestion control of the node's plaintext leg when it comes from this host. Fixed at
+    /// start.
+    loopback: Arc<crate::tcp::Loopback>,
 }
 
 impl OutboundListener {
@@ -211,6 +214,7 @@ impl OutboundListener {
         offload: Offload,
         tls_peers: Arc<TlsPeers>,
         log_connections: bool,
+        loopback: Arc<crate::tcp::Loopback>,
     ) -> std::io::Result<Self> {
         let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
@@ -229,6 +233,7 @@ impl OutboundListener {
                 accept_log: RateLimit::new(Duration::from_secs(10)),
                 offload,
                 log_connections,
+                loopback,
             }),
         })
     }
@@ -301,6 +306,11 @@ async fn serve_local_connection(
 ) {
     let started = Instant::now();
     let _ = local.set_nodelay(true);
+    if ctx.loopback.algorithm().is_some()
+        && let Ok(addr) = local.local_addr()
+    {
+        ctx.loopback.apply_if_local(&local, addr, from);
+    }
     let snapshot = ctx.snapshot.load_full();
     let route = match route(&local, ctx, snapshot.plaintext_fallback) {
         Ok(route) => route,

@@ -2,7 +2,7 @@
 //! (`benches/`, `cli/benches/`) and `ringseal bench`: one PKI builder ([`pki`]), one backend standing
 //! in for the storage port ([`backend`]), one process spawner ([`process`]), in-process sidecars and
 //! TLS clients ([`sidecar`], [`client`]), in-memory TLS ([`memtls`]), seeded streams ([`stream`]),
-//! seeded mutations ([`mutate`]), external tools ([`tools`]) and metrics scraping ([`scrape`]).
+//! seeded mutations ([`mutate`]), network namespaces ([`netns`]), external tools ([`tools`]) and metrics scraping ([`scrape`]).
 //!
 //! Everything panics on failure (a test's failure is its message) except what `ringseal bench` uses
 //! at run time, which returns errors an operator can read.
@@ -11,6 +11,7 @@ pub mod backend;
 pub mod client;
 pub mod memtls;
 pub mod mutate;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod scrape;

@@ -152,6 +152,8 @@ pub struct PairSpec {
     pub backend: SocketAddr,
     /// Connection limit for the proxies that have one (ringseal, HAProxy, nginx).
     pub max_connections: usize,
+    /// ringseal's `[tcp] loopback_congestion_control`; `None`: its default.
+    pub loopback_congestion_control: Option<ringseal::tcp::LoopbackCongestion>,
 }
 
 /// CPU seconds (user + system) of each side so far.
@@ -364,6 +366,9 @@ fn ringseal_config(side: Side, spec: &PairSpec, target: SocketAddr) -> String {
         }
     }
     let _ = writeln!(t, "[limits]\nmax_connections = {}", spec.max_connections);
+    if let Some(cc) = &spec.loopback_congestion_control {
+        let _ = writeln!(t, "\n[tcp]\nloopback_congestion_control = \"{cc}\"");
+    }
     t
 }
 

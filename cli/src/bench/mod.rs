@@ -20,10 +20,15 @@
 //!   (one full mutual handshake per connection), TLS handshakes against the inbound side, `openssl
 //!   s_time`, idle connections; [`messages`]: the small-message workload (many connections, a few
 //!   messages in flight on each, every echo checked).
-//! * [`report`]: medians, ratios, the table, JSON and CSV; [`plot`]: the SVG chart.
+//! * [`congestion`]: `--congestion bbr,cubic`: the whole run again per algorithm, each inside a
+//!   network namespace whose default congestion control it is, merged into one output.
+//! * [`report`]: medians, ratios, the table, JSON and CSV, under a header that names the host's
+//!   settings ([`host`]: CPU flags, congestion control, `lo`'s qdisc, kTLS); [`plot`]: the SVG chart.
 
 pub mod anchors;
 pub mod catalog;
+pub mod congestion;
+pub mod host;
 pub mod measure;
 pub mod messages;
 pub mod options;
@@ -46,6 +51,9 @@ use run::Lineup;
 /// Runs `ringseal bench`: measures, then prints the table (or JSON/CSV) and writes the chart.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opts = Options::from_args(args)?;
+    if !opts.congestion.is_empty() && opts.block_dir.is_none() {
+        return congestion::run(&opts).await;
+    }
     let lineup = Lineup::find(&opts);
     let meta = Meta::collect(&opts, lineup.connections, lineup.versions.clone());
     let mut results = Results::new(meta);
@@ -55,7 +63,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     run::measure_all(&opts, &lineup, &mut results).await?;
-    write_outputs(&opts, &results)
+    match &opts.block_dir {
+        Some(dir) => congestion::write_block(dir, &opts, &results),
+        None => write_outputs(&opts, &results),
+    }
 }
 
 /// `--json`, `--csv` and `--plot` where they were asked to go, and the table unless stdout is taken.

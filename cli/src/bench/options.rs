@@ -84,9 +84,26 @@ pub struct BenchArgs {
     /// CSV instead of the table on stdout; --csv=FILE writes it to FILE and keeps the table.
     #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
     pub csv: Option<PathBuf>,
-    /// Write an SVG chart of the suites, key types, groups and peers side by side to FILE.
+    /// Write an SVG chart of the suites, key types, groups and peers side by side to FILE (with
+    /// --congestion: one chart per algorithm, FILE-ALGORITHM.svg).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Run everything once per TCP congestion control listed, comma-separated (e.g. bbr,cubic), each
+    /// in a network namespace of its own whose net.ipv4.tcp_congestion_control is that algorithm
+    /// (every pair, the load generator and the backend inside it, on its loopback): one block per
+    /// algorithm in the table, a `congestion` field in JSON and CSV. Needs root and `ip`; a
+    /// namespace may default only to an algorithm in net.ipv4.tcp_allowed_congestion_control.
+    #[arg(long, value_delimiter = ',', value_name = "ALGORITHMS")]
+    pub congestion: Vec<String>,
+    /// The `[tcp] loopback_congestion_control` of ringseal's pairs: auto (ringseal's default: no
+    /// pacing on its loopback legs when the host default paces), host (leave the host default, as
+    /// ringseal did before it had the setting), or an algorithm name.
+    #[arg(long, value_name = "auto|host|NAME", value_parser = |s: &str| s.parse::<ringseal::tcp::LoopbackCongestion>())]
+    pub loopback_congestion_control: Option<ringseal::tcp::LoopbackCongestion>,
+    /// Internal: one --congestion block, run inside its namespace; writes table.txt, bench.json,
+    /// bench.csv (and bench.svg with --plot) into DIR instead of the usual outputs.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub block_dir: Option<PathBuf>,
 }
 
 /// Where `--json` / `--csv` go.
@@ -126,6 +143,12 @@ pub struct Options {
     pub json: Option<Output>,
     pub csv: Option<Output>,
     pub plot: Option<PathBuf>,
+    /// `--congestion`: the algorithms, each once, names checked.
+    pub congestion: Vec<String>,
+    /// `--loopback-congestion-control`; `None`: the generated configs leave it to ringseal.
+    pub loopback_congestion_control: Option<ringseal::tcp::LoopbackCongestion>,
+    /// Set when this process is one `--congestion` block.
+    pub block_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -161,6 +184,16 @@ impl Options {
         );
         let bytes = a.bytes.unwrap_or(if quick { 64 << 20 } else { 2 << 30 });
         anyhow::ensure!(bytes >= 1 << 20, "--bytes must be at least 1MiB");
+        for name in &a.congestion {
+            let ok = (1..16).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            anyhow::ensure!(
+                ok,
+                "--congestion: {name:?} is not a congestion control name (e.g. bbr,cubic; this \
+                 kernel has: {})",
+                ringseal::tcp::HostCongestion::read().available.join(" ")
+            );
+        }
         Ok(Self {
             suites,
             key_types,
@@ -176,6 +209,9 @@ impl Options {
             json,
             csv,
             plot: a.plot,
+            congestion: dedup(a.congestion),
+            loopback_congestion_control: a.loopback_congestion_control,
+            block_dir: a.block_dir,
         })
     }
 

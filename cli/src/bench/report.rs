@@ -131,6 +131,8 @@ pub struct Meta {
     /// The small-message test's workload.
     pub messages: MessageMix,
     pub quick: bool,
+    /// CPU flags, congestion control, `lo`'s qdisc, kTLS: what else the figures depend on.
+    pub host: super::host::Host,
 }
 
 impl Meta {
@@ -169,6 +171,9 @@ impl Meta {
             connections,
             messages: o.messages.clone(),
             quick: o.quick,
+            host: super::host::Host::collect(
+                &o.loopback_congestion_control.clone().unwrap_or_default(),
+            ),
         }
     }
 }
@@ -294,6 +299,7 @@ pub fn table(r: &Results) -> String {
         "ringseal bench, {}, {} ({} cores), {} {}, load average at start {}",
         m.date, m.cpu, m.cores, m.os, m.kernel, m.load_average_at_start
     );
+    let _ = writeln!(out, "{}", m.host.line());
     let versions: Vec<&str> = m.versions.values().map(String::as_str).collect();
     let _ = writeln!(out, "{}", versions.join("; "));
     let _ = writeln!(
@@ -505,6 +511,7 @@ pub fn csv(r: &Results) -> String {
         "# ringseal bench {} on {} ({} cores), {}",
         m.date, m.cpu, m.cores, m.kernel
     );
+    let _ = writeln!(out, "# {}", m.host.line());
     let _ = writeln!(out, "{CSV_HEADER}");
     let num = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
     for j in flat(r) {

@@ -169,6 +169,7 @@ impl Runner<'_> {
                 .connections
                 .max(self.bench.opts.messages.connections())
                 + 64,
+            loopback_congestion_control: self.bench.opts.loopback_congestion_control.clone(),
         }
     }
 

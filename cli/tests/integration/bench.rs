@@ -209,6 +209,7 @@ fn quick_run_prints_table_json_csv_and_svg() {
     let csv = std::fs::read_to_string(run.path("bench.csv")).unwrap();
     let mut lines = csv.lines();
     assert!(lines.next().unwrap().starts_with("# ringseal bench "));
+    assert!(lines.next().unwrap().starts_with("# CPU flags: "));
     assert_eq!(
         lines.next().unwrap(),
         "test,suite,protocol,key_type,group,client,metric,unit,peer,median,runs,ratio_ringseal_to_peer,note"
@@ -463,4 +464,160 @@ fn compare_runs_stunnel_haproxy_and_nginx_in_the_same_run() {
         .filter_map(|n| n.attribute("data-series"))
         .collect();
     assert_eq!(legend, ["ringseal", "haproxy", "stunnel", "nginx"]);
+}
+
+/// The smallest run that starts a pair: one bulk transfer of 1 MiB.
+const TINY: [&str; 8] = [
+    "--tests",
+    "bulk",
+    "--suites",
+    "TLS_AES_128_GCM_SHA256",
+    "--key-types",
+    "ecdsa-p256",
+    "--bytes",
+    "1MiB",
+];
+
+/// The CPU flags of /proc/cpuinfo among those the header reports.
+fn cpu_flags() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    ["aes", "vaes", "avx512f", "vpclmulqdq"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|w| w == *f))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The header names what else a figure depends on: CPU flags, the congestion control and what
+/// ringseal's loopback legs use, `lo`'s qdisc, kTLS; in the table, the JSON and the CSV.
+#[test]
+fn header_names_cpu_flags_congestion_control_qdisc_and_ktls() {
+    let run = bench(&TINY);
+    let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap();
+    let cc = cc.trim();
+    let host = &run.json()["meta"]["host"];
+    let flags: Vec<&str> = host["cpu_flags"]
+        .as_array()
+        .unwrap_or_else(|| panic!("meta.host.cpu_flags: {host}"))
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(flags, cpu_flags(), "{host}");
+    assert_eq!(host["congestion_control"], cc, "{host}");
+    let legs = host["ringseal_loopback_algorithm"].as_str().unwrap();
+    if cc.starts_with("bbr") {
+        assert!(["cubic", "reno"].contains(&legs), "{host}");
+    } else {
+        assert_eq!(legs, cc, "{host}");
+    }
+    assert!(host["congestion_control_available"].is_array(), "{host}");
+    let qdisc = host["lo_qdisc"].as_str().unwrap();
+    assert!(!qdisc.is_empty() && qdisc != "unknown", "{host}");
+    assert_eq!(
+        host["tls_stat"],
+        Path::new("/proc/net/tls_stat").exists(),
+        "{host}"
+    );
+    assert!(host["ktls_available"].is_boolean(), "{host}");
+    assert!(host["ktls"].is_string(), "{host}");
+
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("CPU flags: "))
+        .unwrap_or_else(|| panic!("no host line in the table:\n{}", run.stdout));
+    for part in [
+        format!("aes {}", if flags.contains(&"aes") { "yes" } else { "no" }),
+        format!(
+            "avx512f {}",
+            if flags.contains(&"avx512f") {
+                "yes"
+            } else {
+                "no"
+            }
+        ),
+        format!("TCP congestion control {cc}, ringseal's loopback legs {legs}"),
+        format!("lo qdisc {qdisc}"),
+        "kTLS ".to_owned(),
+    ] {
+        assert!(line.contains(&part), "{part:?} missing from {line:?}");
+    }
+    let csv = std::fs::read_to_string(run.path("bench.csv")).unwrap();
+    assert_eq!(csv.lines().nth(1), Some(format!("# {line}").as_str()));
+}
+
+/// `--congestion bbr,reno`: the run once in a namespace defaulting to each, one labelled block per
+/// algorithm in the table, a `congestion` field in JSON and CSV, a chart per algorithm. (reno rather
+/// than cubic: a namespace may default only to an allowed algorithm, and only reno always is.)
+#[test]
+fn congestion_runs_one_block_per_algorithm_in_its_namespace() {
+    if !ringseal_testkit::netns::available(&["sysctl"]) {
+        return;
+    }
+    let mut args = vec!["--congestion", "bbr,reno"];
+    args.extend(TINY);
+    let run = bench(&args);
+    let t = &run.stdout;
+    for (alg, legs) in [("bbr", "cubic"), ("reno", "reno")] {
+        let block = t
+            .split("=== TCP congestion control ")
+            .find(|b| b.starts_with(&format!("{alg}: ")))
+            .unwrap_or_else(|| panic!("no {alg} block:\n{t}"));
+        assert!(
+            block.contains(&format!(
+                "TCP congestion control {alg}, ringseal's loopback legs {legs}"
+            )),
+            "{alg} block:\n{block}"
+        );
+        assert!(block.contains("Bulk transfer"), "{alg} block:\n{block}");
+        assert!(
+            run.path(&format!("bench-{alg}.svg")).is_file(),
+            "{alg} chart"
+        );
+    }
+    let doc = run.json();
+    let blocks: Vec<&str> = doc["congestion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            assert_eq!(b["meta"]["host"]["congestion_control"], b["algorithm"]);
+            b["algorithm"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(blocks, ["bbr", "reno"]);
+    for alg in ["bbr", "reno"] {
+        assert!(
+            results(&doc, "ringseal")
+                .any(|r| r["congestion"] == alg && r["metric"] == "gbit_per_s" && median(r) > 0.0),
+            "no ringseal bulk result under {alg}"
+        );
+    }
+    let csv = std::fs::read_to_string(run.path("bench.csv")).unwrap();
+    let header = csv.lines().find(|l| l.starts_with("test,")).unwrap();
+    assert!(header.ends_with(",note,congestion"), "{header}");
+    let rows: Vec<&str> = csv
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("test,"))
+        .collect();
+    assert_eq!(rows.len(), doc["results"].as_array().unwrap().len());
+    assert!(rows.iter().any(|r| r.ends_with(",bbr")) && rows.iter().any(|r| r.ends_with(",reno")));
+
+    // Without root: one clear line, before anything runs.
+    if ringseal_testkit::tools::which("setpriv").is_some() {
+        let out = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_ringseal"))
+            .args(["bench", "--congestion", "bbr"])
+            .args(TINY)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("--congestion runs each block in a network namespace of its own, and network namespaces need root"),
+            "{err}"
+        );
+    }
 }

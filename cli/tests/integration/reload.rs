@@ -250,7 +250,7 @@ async fn allow_list_changes_apply_on_reload() {
     roundtrip(&good, LOCALHOST, addr).await.unwrap();
 }
 
-/// `[limits]`, `offload` and `[logging]` are fixed at start: a reload that changes them applies the rest and says
+/// `[limits]`, `offload`, `[logging]` and `[tcp]` are fixed at start: a reload that changes them applies the rest and says
 /// plainly that those parts need a restart (it used to log "reloaded" as if they had applied).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_offload_changes_say_they_need_a_restart() {
@@ -264,6 +264,7 @@ async fn limits_and_offload_changes_say_they_need_a_restart() {
         ("[limits]\nhandshake_timeout = \"3s\"\n", "[limits]"),
         ("offload = \"off\"\n", "offload"),
         ("[logging]\nconnections = false\n", "[logging]"),
+        ("[tcp]\nloopback_congestion_control = \"host\"\n", "[tcp]"),
     ] {
         // Top-level keys must precede the first table.
         let text = if change.starts_with('[') {
