@@ -454,7 +454,12 @@ fn check_reports_each_listener_and_names_it_in_its_problems() {
         client["identity"]["certificate"]["subject"],
         "CN=cql-node1, OU=Clients"
     );
-    assert!(client["identity"]["certificate"]["days_left"].as_i64().unwrap() > 300);
+    assert!(
+        client["identity"]["certificate"]["days_left"]
+            .as_i64()
+            .unwrap()
+            > 300
+    );
 
     // The client port's certificate with the cluster CA as its trust: its own chain does not verify,
     // and the error names the listener.
@@ -462,8 +467,13 @@ fn check_reports_each_listener_and_names_it_in_its_problems() {
     let (code, stdout, stderr) = check(dir.path(), &two_listeners(forward, wrong_trust), false);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("error: listener \"client\": identity \"CN=cql-node1, OU=Clients\" does not verify"),
+        stdout.contains(
+            "error: listener \"client\": identity \"CN=cql-node1, OU=Clients\" does not verify"
+        ),
         "{stdout}"
     );
-    assert!(!stdout.contains("error: listener \"internode\""), "{stdout}");
+    assert!(
+        !stdout.contains("error: listener \"internode\""),
+        "{stdout}"
+    );
 }
