@@ -104,15 +104,9 @@ impl Server {
         let mut inbound = Vec::with_capacity(config.inbound.len());
         for (i, l) in config.inbound.iter().enumerate() {
             let log = config.logging.connections;
-            let bound = InboundListener::bind(
-                l,
-                &config.tls,
-                &config.limits,
-                config.offload,
-                log,
-                loopback.clone(),
-            )
-            .await;
+            let bound =
+                InboundListener::bind(l, &config.limits, config.offload, log, loopback.clone())
+                    .await;
             inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
         let mut outbound = Vec::with_capacity(config.outbound.len());
@@ -126,16 +120,9 @@ impl Server {
                 })
                 .clone();
             let (limits, log) = (&config.limits, config.logging.connections);
-            let bound = OutboundListener::bind(
-                l,
-                &config.tls,
-                limits,
-                config.offload,
-                peers,
-                log,
-                loopback.clone(),
-            )
-            .await;
+            let bound =
+                OutboundListener::bind(l, limits, config.offload, peers, log, loopback.clone())
+                    .await;
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }
@@ -193,7 +180,10 @@ impl Server {
             last_reload: None,
         };
         // The admin endpoint first: it installs the recorder that everything below records into.
-        let health = Arc::new(admin::Health::new(&self.config.tls.material.identity));
+        let earliest = reload::earliest_identity(&self.config);
+        let health = Arc::new(admin::Health::new(
+            earliest.unwrap_or(&self.config.tls.material.identity),
+        ));
         admin::start(self.admin, &self.config, health.clone(), shutdown.clone());
         metrics::describe();
         relay::log_offload(self.config.offload);
@@ -221,7 +211,7 @@ impl Server {
             accept_loops.push(tokio::spawn(l.serve(life.clone())));
         }
         for (l, cfg) in self.outbound.into_iter().zip(&self.config.outbound) {
-            l.log_start(cfg, &self.config.tls);
+            l.log_start(cfg);
             accept_loops.push(tokio::spawn(l.serve(life.clone())));
         }
         if let Some(sources) = self.config.sources.clone() {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use rustls::SupportedCipherSuite;
 
-use crate::config::{self, Config, ConfigError, Loaded, Offload, Sources};
+use crate::config::{self, Config, ConfigError, ListenerName, Loaded, Offload, Policy, Sources};
+use crate::tls::TlsSettings;
 use crate::tls::{LoadedTls, MaterialError};
 
 /// Why a valid config cannot run here. The message starts `config <file>:` like [`ConfigError`]'s.
@@ -17,6 +18,14 @@ pub enum LoadError {
     Material {
         path: PathBuf,
         source: MaterialError,
+    },
+    /// The material of a listener's own `[inbound.tls]` / `[outbound.tls]` (the file is in `source`).
+    #[error("config {path}: listener \"{listener}\": {source}")]
+    ListenerMaterial {
+        path: PathBuf,
+        listener: ListenerName,
+        /// Boxed to keep every `Result` of loading small.
+        source: Box<MaterialError>,
     },
     #[error(
         "config {path}: offload: \"require\", but this kernel has no kTLS: {why}; or set offload = \"auto\""
@@ -65,19 +74,61 @@ pub fn load(sources: &Sources) -> Result<Loaded<LoadedTls>, StartError> {
     })
 }
 
-/// Loads the key material of a validated config; `path` is the file messages name.
+/// Loads the key material of a validated config: `[tls]`, and each listener's policy (a policy equal
+/// to one already loaded shares its material: the same files are read once). `path` is the file
+/// messages name.
 pub fn load_tls(config: Config, path: &Path) -> Result<Config<LoadedTls>, LoadError> {
-    let tls = config
-        .tls
-        .clone()
-        .load()
-        .map_err(|source| LoadError::Material {
-            path: path.to_owned(),
-            source,
-        })?;
-    check_offload(config.offload, &tls.suites, path)?;
     check_congestion(&config, path)?;
-    Ok(config.with_tls(tls))
+    let offload = config.offload;
+    let mut loaded = Loader::default();
+    config.try_map_tls(|policy, settings| loaded.load_checked(policy, settings, offload, path))
+}
+
+/// The policies loaded so far, by their settings: what listeners with equal policies share.
+#[derive(Default)]
+pub struct Loader {
+    loaded: Vec<(TlsSettings, LoadedTls)>,
+}
+
+impl Loader {
+    /// The material of `settings`, read unless an equal policy was loaded already; an error names the
+    /// listener whose policy it is.
+    pub fn load(
+        &mut self,
+        policy: Policy<'_>,
+        settings: TlsSettings,
+        path: &Path,
+    ) -> Result<LoadedTls, LoadError> {
+        if let Some((_, tls)) = self.loaded.iter().find(|(s, _)| *s == settings) {
+            return Ok(tls.clone());
+        }
+        let tls = settings.clone().load().map_err(|source| match policy {
+            Policy::Default => LoadError::Material {
+                path: path.to_owned(),
+                source,
+            },
+            Policy::Listener(name) => LoadError::ListenerMaterial {
+                path: path.to_owned(),
+                listener: name.clone(),
+                source: Box::new(source),
+            },
+        })?;
+        self.loaded.push((settings, tls.clone()));
+        Ok(tls)
+    }
+
+    /// As [`Self::load`], and the suites checked against `offload`.
+    pub fn load_checked(
+        &mut self,
+        policy: Policy<'_>,
+        settings: TlsSettings,
+        offload: Offload,
+        path: &Path,
+    ) -> Result<LoadedTls, LoadError> {
+        let tls = self.load(policy, settings, path)?;
+        check_offload(offload, &tls.suites, path)?;
+        Ok(tls)
+    }
 }
 
 /// Every reason [`load_tls`] would refuse a validated config, not only the first, and one line per part

@@ -18,12 +18,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
-use super::status::{LastConnect, ListenerStatus, StorageStatus};
+use super::status::{LastConnect, ListenerStatus, ListenerTls, ReloadError, StorageStatus};
 use super::{Ended, NoData, RateLimit, Refusal, RefusalKey, Session, suppressed_note};
 use crate::config::{Inbound, Limits, Mode};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
 use crate::relay::{self, Offload};
 use crate::tls::LoadedTls;
+use crate::tls::settings::ClientAuth;
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::{ClientVerifier, PeerPolicy};
 
@@ -39,6 +40,8 @@ pub struct InboundListener {
 /// What every connection task of one inbound listener shares: its addresses, budgets, log limits and
 /// the current [`InboundSnapshot`].
 struct InboundContext {
+    /// The `direction` and `listener` labels (the name is fixed at start).
+    who: metrics::Listener,
     listen: SocketAddr,
     forward: SocketAddr,
     /// Swapped whole by a reload; each handshake takes the current one.
@@ -59,6 +62,8 @@ struct InboundContext {
     last_connect: LastConnect,
     /// The congestion control of the storage-port leg when it stays on this host. Fixed at start.
     loopback: Arc<crate::tcp::Loopback>,
+    /// Why the last reload kept this listener on its previous material, for `/status`.
+    reload_error: ReloadError,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -74,7 +79,8 @@ struct InboundSnapshot {
 }
 
 impl InboundSnapshot {
-    fn build(cfg: &Inbound, tls: &LoadedTls) -> Self {
+    fn build(cfg: &Inbound<LoadedTls>) -> Self {
+        let tls = &cfg.tls;
         let policy = Arc::new(PeerPolicy {
             allow: cfg.allow.clone(),
         });
@@ -98,17 +104,22 @@ impl InboundSnapshot {
 pub struct InboundHandle(Arc<InboundContext>);
 
 impl InboundHandle {
-    pub fn apply(&self, cfg: &Inbound, tls: &LoadedTls) {
-        self.0
-            .snapshot
-            .store(Arc::new(InboundSnapshot::build(cfg, tls)));
+    pub fn apply(&self, cfg: &Inbound<LoadedTls>) {
+        self.0.snapshot.store(Arc::new(InboundSnapshot::build(cfg)));
+        self.0.reload_error.set(None);
+    }
+
+    /// A reload could not load this listener's material: it keeps its current one.
+    pub fn kept(&self, error: String) {
+        self.0.reload_error.set(Some(error));
     }
 
     /// What `/status` shows of this listener, `inbound[index]`.
     pub fn status(&self, index: usize) -> ListenerStatus {
         let ctx = &self.0;
         ListenerStatus {
-            name: format!("inbound[{index}]"),
+            name: ctx.who.name().to_owned(),
+            key: format!("inbound[{index}]"),
             kind: "inbound",
             listen: ctx.listen,
             mode: ctx.snapshot.load().mode.to_string(),
@@ -120,6 +131,7 @@ impl InboundHandle {
                 last_connect: ctx.last_connect.get(),
             }),
             target: None,
+            tls: ListenerTls::new(&ctx.snapshot.load().settings, ctx.reload_error.get()),
         }
     }
 }
@@ -127,8 +139,7 @@ impl InboundHandle {
 impl InboundListener {
     /// Binds the listening socket. Errors name the address (in use, not local, no permission).
     pub async fn bind(
-        cfg: &Inbound,
-        tls: &LoadedTls,
+        cfg: &Inbound<LoadedTls>,
         limits: &Limits,
         offload: Offload,
         log_connections: bool,
@@ -136,20 +147,23 @@ impl InboundListener {
     ) -> std::io::Result<Self> {
         let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
+        let who = metrics::Listener::new(Direction::Inbound, cfg.name.shared());
         let ctx = Arc::new(InboundContext {
+            who: who.clone(),
             listen,
             forward: cfg.forward,
-            snapshot: ArcSwap::from_pointee(InboundSnapshot::build(cfg, tls)),
+            snapshot: ArcSwap::from_pointee(InboundSnapshot::build(cfg)),
             limits: limits.clone(),
             refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
             backend_log: RateLimit::new(Duration::from_secs(10)),
             accept_log: RateLimit::new(Duration::from_secs(10)),
-            admission: Arc::new(Admission::new(Direction::Inbound, listen, limits, true)),
+            admission: Arc::new(Admission::new(who, listen, limits, true)),
             plaintext_peers: super::PeerSet::default(),
             offload,
             log_connections,
             last_connect: LastConnect::default(),
             loopback,
+            reload_error: ReloadError::default(),
         });
         Ok(Self { listener, ctx })
     }
@@ -163,7 +177,7 @@ impl InboundListener {
     }
 
     /// The start-up line, in the spirit of Cassandra's "Starting Encrypted Messaging Service on TLS port".
-    pub fn log_start(&self, cfg: &Inbound) {
+    pub fn log_start(&self, cfg: &Inbound<LoadedTls>) {
         let ctx = &self.ctx;
         let tls = ctx.snapshot.load();
         let protocols: Vec<_> = tls
@@ -174,16 +188,17 @@ impl InboundListener {
             .collect();
         let suites: Vec<_> = tls.settings.suites.iter().map(|c| iana_name(*c)).collect();
         tracing::info!(
+            listener = ctx.who.name(),
             "starting inbound mTLS listener on {} forwarding to {} (protocols {}; cipher suites {}; \
              client auth {}; endpoint verification {}; allow {})",
             ctx.listen,
             ctx.forward,
             protocols.join(","),
             suites.join(","),
-            if tls.settings.require_client_auth {
-                "required"
-            } else {
-                "OPTIONAL"
+            match tls.settings.require_client_auth {
+                ClientAuth::Required => "required",
+                ClientAuth::Optional => "OPTIONAL (verified when sent)",
+                ClientAuth::Off => "OFF",
             },
             if cfg.require_endpoint_verification {
                 "on"
@@ -254,7 +269,7 @@ async fn after_first_bytes(
 ) {
     let result = match first {
         Ok(Opening::NoData(how)) => {
-            return super::no_data(Direction::Inbound, peer, ctx.listen, how);
+            return super::no_data(&ctx.who, peer, ctx.listen, how);
         }
         Ok(Opening::Sniffed(Sniffed::Tls)) => {
             tokio::time::timeout_at(deadline, handshake(&stream, peer, ctx))
@@ -285,9 +300,10 @@ async fn refuse(
     refusal: &Refusal,
     started: Instant,
 ) {
-    metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
+    metrics::handshake_refused(&ctx.who, refusal.reason, started.elapsed());
     if let Some(n) = ctx.refusals.check((refusal.reason, peer.ip())) {
         tracing::warn!(
+            listener = ctx.who.name(),
             peer = %peer,
             listen = %ctx.listen,
             reason = refusal.reason.as_str(),
@@ -315,7 +331,7 @@ async fn relay_verified(
     }
     let session = Session::of(&conn, super::wants_identity(ctx.log_connections));
     let (protocol, suite) = (session.protocol, session.suite);
-    metrics::handshake_ok(Direction::Inbound, protocol, suite, started.elapsed());
+    metrics::handshake_ok(&ctx.who, protocol, suite, started.elapsed());
     let Some(_slot) = pending.establish(peer) else {
         return admission::reset(&tls);
     };
@@ -330,7 +346,7 @@ async fn relay_verified(
     let _ = backend.set_nodelay(true);
 
     let relay = relay::Relay::start(tls, conn, backend, ctx.offload).await;
-    let active = ActiveConnection::start(Direction::Inbound, true, relay.path().label());
+    let active = ActiveConnection::start(&ctx.who, true, relay.path().label());
     let ended = Ended {
         peer,
         local: ctx.forward,
@@ -363,7 +379,7 @@ async fn connect_forward(peer: SocketAddr, ctx: &InboundContext) -> Option<TcpSt
                 ),
             };
             ctx.last_connect.failed(error.as_ref(), &why);
-            metrics::backend_failure(Direction::Inbound);
+            metrics::backend_failure(&ctx.who);
             if let Some(n) = ctx.backend_log.check(()) {
                 tracing::warn!(
                     peer = %peer,
@@ -415,7 +431,7 @@ async fn passthrough(
         return;
     };
     let _ = backend.set_nodelay(true);
-    let active = ActiveConnection::start(Direction::Inbound, false, relay::Path::Splice.label());
+    let active = ActiveConnection::start(&ctx.who, false, relay::Path::Splice.label());
     let ended = Ended {
         peer,
         local: ctx.forward,

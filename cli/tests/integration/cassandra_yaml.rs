@@ -403,7 +403,7 @@ fn cassandra_trunk_password_files_and_keys_ringseal_cannot_honour() {
         truststore = "/etc/cassandra/tls/truststore.p12"
         truststore_password_file = "{dir}/tls/truststore.password"
         truststore_type = "pkcs12"
-        require_client_auth = false
+        require_client_auth = "optional"
         [[inbound]]
         listen = "10.60.0.2:7001"
         forward = "10.60.0.2:7000"
@@ -596,7 +596,10 @@ fn a_derived_config_loads_keytool_jks_stores_at_cassandra_s_default_paths() {
     let config = load_material(home, config);
     assert!(config.tls.material.identity.subject.contains("node1"));
     assert_eq!(config.tls.material.cas.len(), 1);
-    assert!(config.tls.require_client_auth);
+    assert_eq!(
+        config.tls.require_client_auth,
+        ringseal::tls::settings::ClientAuth::Required
+    );
     let inbound = &config.inbound[0];
     assert_eq!(
         inbound.listen,
