@@ -66,7 +66,19 @@ impl Mapper {
         }
         let mut listener = Table::new();
         listener.insert("name".into(), CLIENT_LISTENER.into());
+        // A disabled section only feeds a template that the ringseal config may never use: what
+        // mapping it finds (default passwords, refused suites) would be noise in every `check`.
+        let quiet = enabled.is_none().then(|| {
+            (
+                std::mem::take(&mut self.findings),
+                self.relative_resolved.clone(),
+            )
+        });
         let tls = self.client_tls(ceo, server_tls, &mut listener);
+        if let Some((findings, relative)) = quiet {
+            self.findings = findings;
+            self.relative_resolved = relative;
+        }
         let addresses = self.rpc_addresses(&native.rpc, enabled.is_some());
         let ssl_port = native
             .port_ssl
