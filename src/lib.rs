@@ -93,8 +93,7 @@ impl Server {
         let mut inbound = Vec::with_capacity(config.inbound.len());
         for (i, l) in config.inbound.iter().enumerate() {
             let log = config.logging.connections;
-            let bound =
-                InboundListener::bind(l, &config.tls, &config.limits, config.offload, log).await;
+            let bound = InboundListener::bind(l, &config.limits, config.offload, log).await;
             inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
         let mut outbound = Vec::with_capacity(config.outbound.len());
@@ -108,8 +107,7 @@ impl Server {
                 })
                 .clone();
             let (limits, log) = (&config.limits, config.logging.connections);
-            let bound =
-                OutboundListener::bind(l, &config.tls, limits, config.offload, peers, log).await;
+            let bound = OutboundListener::bind(l, limits, config.offload, peers, log).await;
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }
@@ -190,7 +188,7 @@ impl Server {
             accept_loops.push(tokio::spawn(l.serve(life.clone())));
         }
         for (l, cfg) in self.outbound.into_iter().zip(&self.config.outbound) {
-            l.log_start(cfg, &self.config.tls);
+            l.log_start(cfg);
             accept_loops.push(tokio::spawn(l.serve(life.clone())));
         }
         if let Some(sources) = self.config.sources.clone() {

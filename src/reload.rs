@@ -117,10 +117,10 @@ impl Reloader {
     fn apply(&mut self, config: Config<LoadedTls>, fingerprint: u64, forced: bool) {
         let restart_needed = self.layout_changes(&config);
         for (h, cfg) in self.inbound.iter().zip(&config.inbound) {
-            h.apply(cfg, &config.tls);
+            h.apply(cfg);
         }
         for (h, cfg) in self.outbound.iter().zip(&config.outbound) {
-            h.apply(cfg, &config.tls);
+            h.apply(cfg);
         }
         metrics::reload(true);
         self.current

@@ -261,8 +261,10 @@ mod tests {
     /// Rules need no `[tls]` at all: the config is built around `()`.
     fn config(listens: &[&str]) -> Config<()> {
         let mut c = Config::new(());
-        for l in listens {
+        for (i, l) in listens.iter().enumerate() {
             c.outbound.push(Outbound {
+                name: crate::config::ListenerName::default_for(false, i),
+                tls: (),
                 listen: l.parse().unwrap(),
                 target: Target::Transparent { tls_port: 7001 },
                 require_endpoint_verification: false,
@@ -312,6 +314,8 @@ mod tests {
     fn permissive_inbound_gets_the_storage_port_redirected() {
         let mut c = config(&["127.0.0.1:7002"]);
         c.inbound.push(crate::config::Inbound {
+            name: crate::config::ListenerName::default_for(true, 0),
+            tls: (),
             listen: "0.0.0.0:7001".parse().unwrap(),
             forward: "127.0.0.1:7000".parse().unwrap(),
             require_endpoint_verification: false,

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rustls::SupportedCipherSuite;
 
-use crate::config::{self, Config, ConfigError, Loaded, Offload, Sources};
+use crate::config::{self, Config, ConfigError, ListenerName, Loaded, Offload, Policy, Sources};
+use crate::tls::TlsSettings;
 use crate::tls::{LoadedTls, MaterialError};
 
 /// Why a valid config cannot run here. The message starts `config <file>:` like [`ConfigError`]'s.
@@ -16,6 +17,14 @@ pub enum LoadError {
     Material {
         path: PathBuf,
         source: MaterialError,
+    },
+    /// The material of a listener's own `[inbound.tls]` / `[outbound.tls]` (the file is in `source`).
+    #[error("config {path}: listener \"{listener}\" (its own tls table): {source}")]
+    ListenerMaterial {
+        path: PathBuf,
+        listener: ListenerName,
+        /// Boxed to keep every `Result` of loading small.
+        source: Box<MaterialError>,
     },
     #[error(
         "config {path}: offload: \"require\", but this kernel has no kTLS: {why}; or set offload = \"auto\""
@@ -59,18 +68,51 @@ pub fn load(sources: &Sources) -> Result<Loaded<LoadedTls>, StartError> {
     })
 }
 
-/// Loads the key material of a validated config; `path` is the file messages name.
+/// Loads the key material of a validated config: `[tls]`, and each listener's policy (a policy equal
+/// to one already loaded shares its material: the same files are read once). `path` is the file
+/// messages name.
 pub fn load_tls(config: Config, path: &Path) -> Result<Config<LoadedTls>, LoadError> {
-    let tls = config
-        .tls
-        .clone()
-        .load()
-        .map_err(|source| LoadError::Material {
-            path: path.to_owned(),
-            source,
+    let offload = config.offload;
+    let mut loaded = Loader::default();
+    config.try_map_tls(|policy, settings| {
+        let tls = loaded.load(policy, settings, path)?;
+        check_offload(offload, &tls.suites, path)?;
+        Ok(tls)
+    })
+}
+
+/// The policies loaded so far, by their settings: what listeners with equal policies share.
+#[derive(Default)]
+pub struct Loader {
+    loaded: Vec<(TlsSettings, LoadedTls)>,
+}
+
+impl Loader {
+    /// The material of `settings`, read unless an equal policy was loaded already; an error names the
+    /// listener whose policy it is.
+    pub fn load(
+        &mut self,
+        policy: Policy<'_>,
+        settings: TlsSettings,
+        path: &Path,
+    ) -> Result<LoadedTls, LoadError> {
+        if let Some((_, tls)) = self.loaded.iter().find(|(s, _)| *s == settings) {
+            return Ok(tls.clone());
+        }
+        let tls = settings.clone().load().map_err(|source| match policy {
+            Policy::Default => LoadError::Material {
+                path: path.to_owned(),
+                source,
+            },
+            Policy::Listener(name) => LoadError::ListenerMaterial {
+                path: path.to_owned(),
+                listener: name.clone(),
+                source: Box::new(source),
+            },
         })?;
-    check_offload(config.offload, &tls.suites, path)?;
-    Ok(config.with_tls(tls))
+        self.loaded.push((settings, tls.clone()));
+        Ok(tls)
+    }
 }
 
 /// Every reason [`load_tls`] would refuse a validated config, not only the first, and one line per part

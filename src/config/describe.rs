@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::{Config, system_backlog};
-use crate::tls::settings::Negotiation;
+use crate::tls::settings::{ClientAuth, Negotiation};
 use crate::tls::suites::{iana_name, protocol_name};
 
 /// What `ringseal check` prints after the PKI report: the negotiation, the listeners and the limits,
@@ -22,10 +22,11 @@ pub fn describe<Tls: Negotiation>(c: &Config<Tls>, ktls: &str) -> String {
     let _ = writeln!(
         out,
         "client auth {}",
-        if c.tls.require_client_auth() {
-            "required"
-        } else {
-            "optional (peers without a certificate are accepted)"
+        match c.tls.require_client_auth() {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional =>
+                "optional (clients without a certificate are accepted; one that is sent is verified)",
+            ClientAuth::Off => "off (no client certificate is asked for)",
         }
     );
     listeners(&mut out, c);

@@ -41,7 +41,8 @@ pub enum ConfigError {
     #[error("config {path}: {key}: {source}")]
     Suites {
         path: PathBuf,
-        key: &'static str,
+        /// Boxed to keep every `Result` of the config small.
+        key: Box<str>,
         source: SuiteError,
     },
     /// A `--set` that cannot be applied: `arg` is the key (and value, unless it is a password).
@@ -113,14 +114,24 @@ pub enum Problem {
     ForwardUnreachable(SocketAddr),
     #[error(transparent)]
     AllowList(#[from] AllowListError),
+    /// `tls` is where the listener's `require_client_auth` comes from (`tls`, `inbound[1].tls`).
     #[error(
-        "endpoint verification checks the client certificate, so it needs tls.require_client_auth = true"
+        "endpoint verification checks the client certificate, but {tls}.require_client_auth = false \
+         asks for none; set it to true (or \"optional\": checked when a client sends one)"
     )]
-    EndpointVerificationWithoutClientAuth,
+    EndpointVerificationWithoutClientAuth { tls: String },
     #[error(
-        "an allow-list checks the client certificate, so it needs tls.require_client_auth = true"
+        "an allow-list checks the client certificate, but {tls}.require_client_auth = false asks for \
+         none; set it to true (or \"optional\": checked when a client sends one)"
     )]
-    AllowListWithoutClientAuth,
+    AllowListWithoutClientAuth { tls: String },
+    #[error(
+        "{0:?} is not a listener name: 1 to 32 characters of a-z, 0-9, _ and - (it becomes the \
+         `listener` metric label), e.g. \"client\""
+    )]
+    ListenerName(String),
+    #[error("{name:?} is also the name of {other}; give each listener its own name")]
+    DuplicateListenerName { name: String, other: String },
     #[error(
         "permissive mode accepts plaintext, and {listen} is reachable from the network; set \
          inbound[{index}].allow_non_loopback_plaintext = true to accept plaintext peers there during \

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{Limits, Logging, Mode, Offload, Permissive};
 use crate::secret::Secret;
-use crate::tls::settings::CrlExpired;
+use crate::tls::settings::{ClientAuth, CrlExpired};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,7 +77,7 @@ pub struct FileMetrics {
     pub listen: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
     #[serde(default)]
@@ -126,8 +126,9 @@ pub struct FileTls {
     pub protocols: Vec<String>,
     #[serde(default)]
     pub cipher_suites: Vec<String>,
-    #[serde(default = "require_client_auth_by_default")]
-    pub require_client_auth: bool,
+    /// Mutual TLS unless the operator says otherwise.
+    #[serde(default)]
+    pub require_client_auth: ClientAuth,
     #[serde(default)]
     pub crl: Vec<PathBuf>,
     #[serde(default)]
@@ -136,9 +137,73 @@ pub struct FileTls {
     pub reload_interval: Duration,
 }
 
+/// `[inbound.tls]` / `[outbound.tls]`: one listener's TLS policy, the keys of `[tls]` (but
+/// `reload_interval`, which is per process) merged over `[tls]` by group: naming any identity key
+/// replaces the whole identity, any trust key the whole trust, and the other keys one by one (the three
+/// ways of giving `outbound_keystore`'s password count as one key).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListenerTls {
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub keystore: Option<PathBuf>,
+    #[serde(default)]
+    pub keystore_password: Option<Secret>,
+    #[serde(default)]
+    pub keystore_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub keystore_password_env: Option<String>,
+    #[serde(default)]
+    pub keystore_type: Option<String>,
+    #[serde(default)]
+    pub keystore_alias: Option<String>,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub truststore: Option<PathBuf>,
+    #[serde(default)]
+    pub truststore_password: Option<Secret>,
+    #[serde(default)]
+    pub truststore_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub truststore_password_env: Option<String>,
+    #[serde(default)]
+    pub truststore_type: Option<String>,
+    #[serde(default)]
+    pub outbound_keystore: Option<PathBuf>,
+    #[serde(default)]
+    pub outbound_keystore_password: Option<Secret>,
+    #[serde(default)]
+    pub outbound_keystore_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub outbound_keystore_password_env: Option<String>,
+    #[serde(default)]
+    pub outbound_keystore_type: Option<String>,
+    #[serde(default)]
+    pub outbound_keystore_alias: Option<String>,
+    #[serde(default)]
+    pub accept_v1_certificates: Option<bool>,
+    #[serde(default)]
+    pub protocols: Option<Vec<String>>,
+    #[serde(default)]
+    pub cipher_suites: Option<Vec<String>>,
+    #[serde(default)]
+    pub require_client_auth: Option<ClientAuth>,
+    #[serde(default)]
+    pub crl: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    pub crl_expired: Option<CrlExpired>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileInbound {
+    /// The `listener` metric label and log field; see `ListenerName`.
+    #[serde(default)]
+    pub name: Option<String>,
     pub listen: String,
     pub forward: String,
     #[serde(default)]
@@ -149,11 +214,16 @@ pub struct FileInbound {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub allow_non_loopback_plaintext: bool,
+    #[serde(default)]
+    pub tls: Option<FileListenerTls>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOutbound {
+    /// The `listener` metric label and log field; see `ListenerName`.
+    #[serde(default)]
+    pub name: Option<String>,
     pub listen: String,
     #[serde(default)]
     pub upstream: Option<String>,
@@ -174,6 +244,8 @@ pub struct FileOutbound {
     /// `source`: the local IP outgoing connections are bound to.
     #[serde(default, rename = "source")]
     pub bind_ip: Option<String>,
+    #[serde(default)]
+    pub tls: Option<FileListenerTls>,
 }
 
 /// `allow = { ou = [...], cn = [...], dns = [...], ip = [...], uri = [...] }`: a peer is accepted when any
@@ -229,11 +301,6 @@ impl Default for FileLimits {
             shutdown_grace: l.shutdown_grace,
         }
     }
-}
-
-/// `tls.require_client_auth`: mutual TLS unless the operator says otherwise.
-fn require_client_auth_by_default() -> bool {
-    true
 }
 
 /// `outbound.tls_port`: Cassandra's `ssl_storage_port`.

@@ -40,9 +40,10 @@ pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// the file describes, or the loaded material (`tls::LoadedTls`) a sidecar runs with.
 #[derive(Debug, Clone)]
 pub struct Config<Tls = TlsSettings> {
+    /// `[tls]`: the default policy; each listener carries its own resolved copy (`Inbound::tls`).
     pub tls: Tls,
-    pub inbound: Vec<Inbound>,
-    pub outbound: Vec<Outbound>,
+    pub inbound: Vec<Inbound<Tls>>,
+    pub outbound: Vec<Outbound<Tls>>,
     pub limits: Limits,
     /// `offload`: kTLS after the handshake (`auto`), never (`off`), or for every connection (`require`,
     /// checked against the kernel when the material is loaded).
@@ -76,12 +77,35 @@ impl<Tls> Config<Tls> {
         }
     }
 
-    /// The same config with `[tls]` replaced (by its loaded form).
-    pub fn with_tls<T>(self, tls: T) -> Config<T> {
-        Config {
+    /// The same config with `[tls]` and every listener's policy converted (to their loaded form) by
+    /// `f`, which is told whose policy it converts; the first error stops the conversion.
+    pub fn try_map_tls<T, E>(
+        self,
+        mut f: impl FnMut(Policy<'_>, Tls) -> Result<T, E>,
+    ) -> Result<Config<T>, E> {
+        let tls = f(Policy::Default, self.tls)?;
+        let inbound = self
+            .inbound
+            .into_iter()
+            .map(|l| {
+                let (l, t) = l.split_tls();
+                let t = f(Policy::Listener(&l.name), t)?;
+                Ok(l.with_tls(t))
+            })
+            .collect::<Result<_, E>>()?;
+        let outbound = self
+            .outbound
+            .into_iter()
+            .map(|o| {
+                let (o, t) = o.split_tls();
+                let t = f(Policy::Listener(&o.name), t)?;
+                Ok(o.with_tls(t))
+            })
+            .collect::<Result<_, E>>()?;
+        Ok(Config {
             tls,
-            inbound: self.inbound,
-            outbound: self.outbound,
+            inbound,
+            outbound,
             limits: self.limits,
             offload: self.offload,
             metrics: self.metrics,
@@ -89,7 +113,7 @@ impl<Tls> Config<Tls> {
             cluster_name: self.cluster_name,
             permissive: self.permissive,
             logging: self.logging,
-        }
+        })
     }
 }
 
@@ -163,9 +187,69 @@ pub struct MetricsSettings {
     pub listen: SocketAddr,
 }
 
-/// One `[[inbound]]` listener: mutual TLS in, plaintext out to the local storage port.
+/// Whose TLS policy [`Config::try_map_tls`] is converting.
+#[derive(Debug, Clone, Copy)]
+pub enum Policy<'a> {
+    /// `[tls]`.
+    Default,
+    /// A listener's own (its `[inbound.tls]` merged over `[tls]`, or `[tls]` itself).
+    Listener(&'a ListenerName),
+}
+
+/// A listener's `name`: the `listener` label of its metrics and the field of its log lines. Bounded
+/// (`[a-z0-9_-]{1,32}`, unique per process, never taken from the wire). Default: `internode` for the
+/// first `[[inbound]]`, `outbound` for the first `[[outbound]]`, then `inbound-2`, `outbound-2`, ...
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerName(std::sync::Arc<str>);
+
+impl ListenerName {
+    /// The longest name: a metric label value, not a description.
+    pub const MAX_LEN: usize = 32;
+
+    /// A name as written in the config, or why it is refused.
+    pub fn parse(s: &str) -> Result<Self, Problem> {
+        let ok = (1..=Self::MAX_LEN).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.into()))
+        } else {
+            Err(Problem::ListenerName(s.to_owned()))
+        }
+    }
+
+    /// The default name of the `index`th `[[inbound]]` (`inbound = true`) or `[[outbound]]`.
+    pub fn default_for(inbound: bool, index: usize) -> Self {
+        Self(
+            match (inbound, index) {
+                (true, 0) => "internode".to_owned(),
+                (false, 0) => "outbound".to_owned(),
+                (true, i) => format!("inbound-{}", i + 1),
+                (false, i) => format!("outbound-{}", i + 1),
+            }
+            .into(),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ListenerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One `[[inbound]]` listener: mutual TLS in, plaintext out to the local storage port. `tls` is its
+/// policy: settings before loading, loaded material after.
 #[derive(Debug, Clone)]
-pub struct Inbound {
+pub struct Inbound<Tls = TlsSettings> {
+    /// `name`, or its default.
+    pub name: ListenerName,
+    /// `[inbound.tls]` merged over `[tls]` (or `[tls]` itself when the listener has none).
+    pub tls: Tls,
     pub listen: SocketAddr,
     pub forward: SocketAddr,
     pub require_endpoint_verification: bool,
@@ -197,7 +281,11 @@ impl std::fmt::Display for Mode {
 
 /// One `[[outbound]]` listener: plaintext in from the local node, mutual TLS out to a peer's sidecar.
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub struct Outbound<Tls = TlsSettings> {
+    /// `name`, or its default.
+    pub name: ListenerName,
+    /// `[outbound.tls]` merged over `[tls]` (or `[tls]` itself when the listener has none).
+    pub tls: Tls,
     /// A loopback address unless `allow_non_loopback_plaintext` said otherwise.
     pub listen: SocketAddr,
     /// Where the mutual TLS connection goes.
@@ -215,6 +303,40 @@ pub struct Outbound {
     /// choice.
     pub bind_ip: Option<std::net::IpAddr>,
 }
+
+/// Moves a listener's policy out and back in (another type), keeping the rest.
+macro_rules! tls_swap {
+    ($t:ident { $($field:ident),* }) => {
+        impl<Tls> $t<Tls> {
+            /// The listener with `tls` instead of its policy.
+            pub fn with_tls<T>(self, tls: T) -> $t<T> {
+                $t { name: self.name, tls, $($field: self.$field),* }
+            }
+
+            /// The listener without its policy (`()` in its place), and the policy.
+            pub fn split_tls(self) -> ($t<()>, Tls) {
+                let tls = self.tls;
+                ($t { name: self.name, tls: (), $($field: self.$field),* }, tls)
+            }
+        }
+    };
+}
+tls_swap!(Inbound {
+    listen,
+    forward,
+    require_endpoint_verification,
+    allow,
+    mode
+});
+tls_swap!(Outbound {
+    listen,
+    target,
+    require_endpoint_verification,
+    allow,
+    mode,
+    plaintext_fallback,
+    bind_ip
+});
 
 /// The peer an outbound connection is carried to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,7 @@
 use std::collections::BTreeSet;
 
 use crate::tls::LoadedTls;
-use crate::tls::settings::{IdentityFiles, TrustFiles};
+use crate::tls::settings::{ClientAuth, IdentityFiles, TrustFiles};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,7 +37,9 @@ use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 
-use super::file::{FileAllow, FileInbound, FileLimits, FileLogging, FilePermissive, FileTls};
+use super::file::{
+    FileAllow, FileInbound, FileLimits, FileListenerTls, FileLogging, FilePermissive, FileTls,
+};
 use super::*;
 use crate::pki::{Ca, NodeSpec};
 use crate::tls::settings::Negotiation;
@@ -301,7 +303,7 @@ fn reference_config_values() {
         "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
     ];
     assert_eq!(suite_names(&c), suites);
-    assert!(c.tls.require_client_auth);
+    assert_eq!(c.tls.require_client_auth, ClientAuth::Required);
     assert_eq!(c.tls.material.identity.cn, ["node1"]);
 
     let [l] = &c.inbound[..] else {
@@ -409,7 +411,10 @@ fn commented_keys(text: &str, header: &str) -> BTreeSet<String> {
         .take_while(|l| !l.starts_with('['))
         .filter_map(|l| l.strip_prefix("# ")?.split_once(" = "))
         .map(|(k, _)| k.to_owned())
-        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .filter(|k| {
+            k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
         .collect()
 }
 
@@ -448,7 +453,14 @@ fn reference_config_has_every_key() {
         assert_eq!(keys(l), fields_of::<FileInbound>(), "[[inbound]]");
         let allow = l["allow"].as_table().unwrap();
         assert_eq!(keys(allow), fields_of::<FileAllow>(), "[inbound.allow]");
+        let mut own = keys(l["tls"].as_table().unwrap());
+        own.extend(commented_keys(&read(&path), "[inbound.tls]"));
+        assert_eq!(own, fields_of::<FileListenerTls>(), "[inbound.tls]");
     }
+    // A listener's table takes every key of [tls] but the per-process reload_interval.
+    let mut top = fields_of::<FileTls>();
+    top.remove("reload_interval");
+    assert_eq!(fields_of::<FileListenerTls>(), top);
 }
 
 /// Every `key = value` line of the reference file has a comment right above it.
@@ -484,7 +496,7 @@ fn example_configs_values() {
         .map(|s| iana_name(*s))
         .collect();
     assert_eq!(suite_names(&c), all);
-    assert!(c.tls.require_client_auth);
+    assert_eq!(c.tls.require_client_auth, ClientAuth::Required);
     let [l] = &c.inbound[..] else {
         panic!("one [[inbound]]: {:?}", c.inbound)
     };
@@ -507,7 +519,7 @@ fn example_configs_values() {
         suite_names(&c),
         ["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"]
     );
-    assert!(c.tls.require_client_auth);
+    assert_eq!(c.tls.require_client_auth, ClientAuth::Required);
     let [l] = &c.inbound[..] else {
         panic!("one [[inbound]]: {:?}", c.inbound)
     };
@@ -713,4 +725,101 @@ fn dns_and_uri_entries_with_a_star_become_patterns_beside_exact_values() {
          uri=spiffe://cluster.local/ns/db/sa/x|spiffe://cluster.local/ns/db/sa/* \
          (dns *: one left-most label) (uri *: one path segment, final **: one or more)"
     );
+}
+
+/// Two inbound listeners and an outbound one; `client_tls` is the second inbound's own `[inbound.tls]`.
+fn three_listeners(m: &Material, client_tls: &str) -> String {
+    format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\nprotocols = [\"TLSv1.3\"]\n\
+         [[inbound]]\nlisten = \"0.0.0.0:7001\"\nforward = \"127.0.0.1:7000\"\n\
+         [[inbound]]\nname = \"client\"\nlisten = \"0.0.0.0:9142\"\nforward = \"127.0.0.1:9042\"\n\
+         [inbound.tls]\n{client_tls}\n\
+         [[outbound]]\nlisten = \"127.0.0.1:7002\"\nupstream = \"10.0.0.2:7001\"\n",
+        m.path("cert"),
+        m.path("key"),
+        m.path("ca")
+    )
+}
+
+#[test]
+fn listeners_are_named_by_position_unless_named() {
+    let m = Material::generate();
+    let text = three_listeners(&m, "")
+        + "[[outbound]]\nlisten = \"127.0.0.1:7003\"\nupstream = \"10.0.0.3:7001\"\n";
+    let c = Config::from_toml(&text, &m.dir.path().join("x.toml")).unwrap();
+    let names: Vec<_> = c.inbound.iter().map(|l| l.name.to_string()).collect();
+    assert_eq!(names, ["internode", "client"]);
+    let names: Vec<_> = c.outbound.iter().map(|l| l.name.to_string()).collect();
+    assert_eq!(names, ["outbound", "outbound-2"]);
+}
+
+#[test]
+fn a_listener_table_inherits_from_tls_by_group() {
+    let m = Material::generate();
+    let at = m.dir.path().join("x.toml");
+    // Without keys of its own (or without the table) a listener's policy is [tls].
+    let c = Config::from_toml(&three_listeners(&m, ""), &at).unwrap();
+    assert_eq!(c.inbound[0].tls, c.tls);
+    assert_eq!(c.inbound[1].tls, c.tls);
+    assert_eq!(c.outbound[0].tls, c.tls);
+
+    // One key replaces itself; identity, trust and the other keys stay [tls]'s.
+    let c = Config::from_toml(
+        &three_listeners(&m, "require_client_auth = \"optional\""),
+        &at,
+    )
+    .unwrap();
+    let client = &c.inbound[1].tls;
+    assert_eq!(client.require_client_auth, ClientAuth::Optional);
+    assert_eq!(c.inbound[0].tls.require_client_auth, ClientAuth::Required);
+    assert_eq!(client.files, c.tls.files);
+    assert_eq!(client.versions, c.tls.versions);
+
+    // Naming the CA replaces the trust, not the identity; `protocols` is still inherited.
+    let other_ca = m.dir.path().join("other-ca.crt");
+    std::fs::write(&other_ca, Ca::new("Clients").unwrap().cert_pem.as_bytes()).unwrap();
+    let c = Config::from_toml(
+        &three_listeners(
+            &m,
+            &format!("ca = {other_ca:?}\nrequire_client_auth = false"),
+        ),
+        &at,
+    )
+    .unwrap();
+    let client = &c.inbound[1].tls;
+    assert_eq!(client.files.trust, TrustFiles::Pem(other_ca));
+    assert_eq!(client.files.identity, c.tls.files.identity);
+    assert_eq!(client.versions, c.tls.versions);
+    assert_eq!(client.require_client_auth, ClientAuth::Off);
+
+    // Naming a keystore replaces cert + key: they are not carried over into a two-identity error.
+    let c = Config::from_toml(
+        &three_listeners(&m, &format!("keystore = {:?}", m.path("cert"))),
+        &at,
+    )
+    .unwrap();
+    assert!(matches!(
+        c.inbound[1].tls.files.identity,
+        IdentityFiles::Store(_)
+    ));
+    assert_eq!(c.inbound[1].tls.files.trust, c.tls.files.trust);
+}
+
+#[test]
+fn listeners_with_equal_policies_share_the_loaded_material() {
+    let m = Material::generate();
+    let at = m.dir.path().join("x.toml");
+    let c = Config::from_toml(
+        &three_listeners(&m, "require_client_auth = \"optional\""),
+        &at,
+    )
+    .unwrap();
+    let c = crate::load_tls(c, &at).unwrap();
+    let same = |a: &LoadedTls, b: &LoadedTls| std::sync::Arc::ptr_eq(&a.material, &b.material);
+    // [tls], internode and outbound: one policy, one load.
+    assert!(same(&c.tls, &c.inbound[0].tls));
+    assert!(same(&c.tls, &c.outbound[0].tls));
+    // The client listener's policy differs (client auth), so it has its own.
+    assert!(!same(&c.tls, &c.inbound[1].tls));
+    assert_eq!(c.inbound[1].tls.require_client_auth, ClientAuth::Optional);
 }

@@ -5,16 +5,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use super::error::AllowListError;
-use super::file::{self, FileAllow, FileConfig, FileInbound, FileLimits, FileOutbound, FileTls};
+use super::file::{
+    self, FileAllow, FileConfig, FileInbound, FileLimits, FileListenerTls, FileOutbound, FileTls,
+};
 use super::{
-    Config, ConfigError, Inbound, Limits, Logging, MAX_CONNECTIONS, MAX_DURATION,
+    Config, ConfigError, Inbound, Limits, ListenerName, Logging, MAX_CONNECTIONS, MAX_DURATION,
     MIN_RELOAD_INTERVAL, MetricsSettings, Mode, Outbound, Permissive, Problem, Target,
 };
 use crate::secret::Secret;
 use crate::tls::allow::{AllowList, canonical_ip};
 use crate::tls::pattern::{DnsPattern, PatternError, UriPattern};
 use crate::tls::settings::{
-    IdentityFiles, Password, StoreFile, StoreType, TlsFiles, TlsSettings, TrustFiles,
+    ClientAuth, IdentityFiles, Password, StoreFile, StoreType, TlsFiles, TlsSettings, TrustFiles,
 };
 use crate::tls::suites;
 
@@ -44,7 +46,7 @@ impl FileConfig {
             path,
             base: path.parent().unwrap_or(Path::new(".")),
         };
-        let tls = tls(&self.tls, &cx)?;
+        let tls = tls(&self.tls, "tls", &cx)?;
         if self.inbound.is_empty() && self.outbound.is_empty() {
             return Err(cx.invalid("inbound", Problem::NoListener));
         }
@@ -52,14 +54,15 @@ impl FileConfig {
             .inbound
             .into_iter()
             .enumerate()
-            .map(|(i, l)| inbound(i, l, self.mode, &tls, &cx))
+            .map(|(i, l)| inbound(i, l, self.mode, (&self.tls, &tls), &cx))
             .collect::<Result<Vec<_>, _>>()?;
         let outbound = self
             .outbound
             .into_iter()
             .enumerate()
-            .map(|(i, o)| outbound(i, o, self.mode, &cx))
+            .map(|(i, o)| outbound(i, o, self.mode, (&self.tls, &tls), &cx))
             .collect::<Result<Vec<_>, _>>()?;
+        unique_names(&inbound, &outbound, &cx)?;
         let listens = listens(&inbound, &outbound, &cx)?;
         no_loops(&inbound, &outbound, &listens, &cx)?;
         let metrics = self
@@ -85,20 +88,21 @@ impl FileConfig {
     }
 }
 
-/// `[tls]`: protocols and suites by name, the files (no key material is read), the reload interval.
-fn tls(t: &FileTls, cx: &Ctx<'_>) -> Result<TlsSettings, ConfigError> {
+/// The `[tls]` table at `table` (`tls`, or a listener's merged `inbound[1].tls`): protocols and suites
+/// by name, the files (no key material is read), the reload interval.
+fn tls(t: &FileTls, table: &str, cx: &Ctx<'_>) -> Result<TlsSettings, ConfigError> {
     let versions = suites::parse_protocols(&t.protocols).map_err(|source| ConfigError::Suites {
         path: cx.path.to_owned(),
-        key: "tls.protocols",
+        key: format!("{table}.protocols").into(),
         source,
     })?;
     let suites = suites::parse_cipher_suites(&t.cipher_suites, &versions, &suites::provider())
         .map_err(|source| ConfigError::Suites {
             path: cx.path.to_owned(),
-            key: "tls.cipher_suites",
+            key: format!("{table}.cipher_suites").into(),
             source,
         })?;
-    let files = tls_files(t, cx)?;
+    let files = tls_files(t, table, cx)?;
     let interval = t.reload_interval;
     if !(MIN_RELOAD_INTERVAL..=MAX_DURATION).contains(&interval) {
         return Err(cx.invalid("tls.reload_interval", Problem::ReloadInterval(interval)));
@@ -114,10 +118,139 @@ fn tls(t: &FileTls, cx: &Ctx<'_>) -> Result<TlsSettings, ConfigError> {
     })
 }
 
-/// The identity and trust files of `[tls]`: PEM files or keystores, exactly one of each.
-fn tls_files(t: &FileTls, cx: &Ctx<'_>) -> Result<TlsFiles, ConfigError> {
+/// A listener's policy: `[tls]` itself when it has no table of its own (`top` is `[tls]` as written
+/// and as validated), else its table merged over `[tls]` and validated as one.
+fn listener_tls(
+    table: &str,
+    own: Option<&FileListenerTls>,
+    (file, top): (&FileTls, &TlsSettings),
+    cx: &Ctx<'_>,
+) -> Result<TlsSettings, ConfigError> {
+    match own {
+        None => Ok(top.clone()),
+        Some(own) => tls(&merge(file, own), table, cx),
+    }
+}
+
+/// `own` over `top` by group: any identity key replaces the identity, any trust key the trust, one
+/// password key of the outbound keystore its password, and every other key itself.
+fn merge(top: &FileTls, own: &FileListenerTls) -> FileTls {
+    let mut t = top.clone();
+    let o = own.clone();
+    let identity = o.cert.is_some()
+        || o.key.is_some()
+        || o.keystore.is_some()
+        || o.keystore_password.is_some()
+        || o.keystore_password_file.is_some()
+        || o.keystore_password_env.is_some()
+        || o.keystore_type.is_some()
+        || o.keystore_alias.is_some();
+    if identity {
+        t.cert = o.cert;
+        t.key = o.key;
+        t.keystore = o.keystore;
+        t.keystore_password = o.keystore_password;
+        t.keystore_password_file = o.keystore_password_file;
+        t.keystore_password_env = o.keystore_password_env;
+        t.keystore_type = o.keystore_type;
+        t.keystore_alias = o.keystore_alias;
+    }
+    let trust = o.ca.is_some()
+        || o.truststore.is_some()
+        || o.truststore_password.is_some()
+        || o.truststore_password_file.is_some()
+        || o.truststore_password_env.is_some()
+        || o.truststore_type.is_some();
+    if trust {
+        t.ca = o.ca;
+        t.truststore = o.truststore;
+        t.truststore_password = o.truststore_password;
+        t.truststore_password_file = o.truststore_password_file;
+        t.truststore_password_env = o.truststore_password_env;
+        t.truststore_type = o.truststore_type;
+    }
+    let outbound_password = o.outbound_keystore_password.is_some()
+        || o.outbound_keystore_password_file.is_some()
+        || o.outbound_keystore_password_env.is_some();
+    if outbound_password {
+        t.outbound_keystore_password = o.outbound_keystore_password;
+        t.outbound_keystore_password_file = o.outbound_keystore_password_file;
+        t.outbound_keystore_password_env = o.outbound_keystore_password_env;
+    }
+    fn over<T>(slot: &mut T, value: Option<T>) {
+        if let Some(v) = value {
+            *slot = v;
+        }
+    }
+    if o.outbound_keystore.is_some() {
+        t.outbound_keystore = o.outbound_keystore;
+    }
+    if o.outbound_keystore_type.is_some() {
+        t.outbound_keystore_type = o.outbound_keystore_type;
+    }
+    if o.outbound_keystore_alias.is_some() {
+        t.outbound_keystore_alias = o.outbound_keystore_alias;
+    }
+    over(&mut t.accept_v1_certificates, o.accept_v1_certificates);
+    over(&mut t.protocols, o.protocols);
+    over(&mut t.cipher_suites, o.cipher_suites);
+    over(&mut t.require_client_auth, o.require_client_auth);
+    over(&mut t.crl, o.crl);
+    over(&mut t.crl_expired, o.crl_expired);
+    t
+}
+
+/// A listener's `name`, or its default.
+fn listener_name(
+    given: Option<&str>,
+    inbound: bool,
+    index: usize,
+    key: &str,
+    cx: &Ctx<'_>,
+) -> Result<ListenerName, ConfigError> {
+    match given {
+        None => Ok(ListenerName::default_for(inbound, index)),
+        Some(n) => ListenerName::parse(n).map_err(|p| cx.invalid(format!("{key}.name"), p)),
+    }
+}
+
+/// No two listeners share a name (it is what tells their metrics apart).
+fn unique_names(
+    inbound: &[Inbound],
+    outbound: &[Outbound],
+    cx: &Ctx<'_>,
+) -> Result<(), ConfigError> {
+    let names: Vec<(String, &ListenerName)> = inbound
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("inbound[{i}]"), &l.name))
+        .chain(
+            outbound
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (format!("outbound[{i}]"), &o.name)),
+        )
+        .collect();
+    for (i, (key, name)) in names.iter().enumerate() {
+        if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
+            return Err(cx.invalid(
+                format!("{key}.name"),
+                Problem::DuplicateListenerName {
+                    name: name.to_string(),
+                    other: other.clone(),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The identity and trust files of the `[tls]` table at `table`: PEM files or keystores, exactly one
+/// of each.
+fn tls_files(t: &FileTls, table: &str, cx: &Ctx<'_>) -> Result<TlsFiles, ConfigError> {
     let keystore = store(
         StoreKeys {
+            table,
             key: "tls.keystore",
             path: &t.keystore,
             password: &t.keystore_password,
@@ -130,6 +263,7 @@ fn tls_files(t: &FileTls, cx: &Ctx<'_>) -> Result<TlsFiles, ConfigError> {
     )?;
     let truststore = store(
         StoreKeys {
+            table,
             key: "tls.truststore",
             path: &t.truststore,
             password: &t.truststore_password,
@@ -142,6 +276,7 @@ fn tls_files(t: &FileTls, cx: &Ctx<'_>) -> Result<TlsFiles, ConfigError> {
     )?;
     let outbound = store(
         StoreKeys {
+            table,
             key: "tls.outbound_keystore",
             path: &t.outbound_keystore,
             password: &t.outbound_keystore_password,
@@ -153,9 +288,9 @@ fn tls_files(t: &FileTls, cx: &Ctx<'_>) -> Result<TlsFiles, ConfigError> {
         cx,
     )?;
     Ok(TlsFiles {
-        identity: identity_files(t, keystore, cx)?,
+        identity: identity_files(t, keystore, table, cx)?,
         outbound_identity: outbound.map(IdentityFiles::Store),
-        trust: trust_files(t, truststore, cx)?,
+        trust: trust_files(t, truststore, table, cx)?,
         crls: t.crl.iter().map(|c| cx.base.join(c)).collect(),
     })
 }
@@ -164,6 +299,7 @@ fn tls_files(t: &FileTls, cx: &Ctx<'_>) -> Result<TlsFiles, ConfigError> {
 fn identity_files(
     t: &FileTls,
     keystore: Option<StoreFile>,
+    table: &str,
     cx: &Ctx<'_>,
 ) -> Result<IdentityFiles, ConfigError> {
     Ok(match (&t.cert, &t.key, keystore) {
@@ -172,10 +308,16 @@ fn identity_files(
             key: cx.base.join(key),
         },
         (None, None, Some(store)) => IdentityFiles::Store(store),
-        (Some(_), None, None) => return Err(cx.invalid("tls.key", Problem::CertWithoutKey)),
-        (None, Some(_), None) => return Err(cx.invalid("tls.cert", Problem::KeyWithoutCert)),
-        (None, None, None) => return Err(cx.invalid("tls", Problem::NoIdentity)),
-        (_, _, Some(_)) => return Err(cx.invalid("tls.keystore", Problem::TwoIdentities)),
+        (Some(_), None, None) => {
+            return Err(cx.invalid(format!("{table}.key"), Problem::CertWithoutKey));
+        }
+        (None, Some(_), None) => {
+            return Err(cx.invalid(format!("{table}.cert"), Problem::KeyWithoutCert));
+        }
+        (None, None, None) => return Err(cx.invalid(table, Problem::NoIdentity)),
+        (_, _, Some(_)) => {
+            return Err(cx.invalid(format!("{table}.keystore"), Problem::TwoIdentities));
+        }
     })
 }
 
@@ -183,18 +325,24 @@ fn identity_files(
 fn trust_files(
     t: &FileTls,
     truststore: Option<StoreFile>,
+    table: &str,
     cx: &Ctx<'_>,
 ) -> Result<TrustFiles, ConfigError> {
     Ok(match (&t.ca, truststore) {
         (Some(ca), None) => TrustFiles::Pem(cx.base.join(ca)),
         (None, Some(store)) => TrustFiles::Store(store),
-        (None, None) => return Err(cx.invalid("tls", Problem::NoTrust)),
-        (Some(_), Some(_)) => return Err(cx.invalid("tls.truststore", Problem::TwoTrusts)),
+        (None, None) => return Err(cx.invalid(table, Problem::NoTrust)),
+        (Some(_), Some(_)) => {
+            return Err(cx.invalid(format!("{table}.truststore"), Problem::TwoTrusts));
+        }
     })
 }
 
-/// The keys of one keystore in `[tls]` (`keystore`, `truststore` or `outbound_keystore`).
+/// The keys of one keystore in a `[tls]` table (`keystore`, `truststore` or `outbound_keystore`).
 struct StoreKeys<'a> {
+    /// The table (`tls`, `inbound[1].tls`): where messages point.
+    table: &'a str,
+    /// The store's role as `[tls]` names it (`tls.keystore`), which material errors name.
     key: &'static str,
     path: &'a Option<PathBuf>,
     password: &'a Option<Secret>,
@@ -214,10 +362,11 @@ fn store(k: StoreKeys<'_>, cx: &Ctx<'_>) -> Result<Option<StoreFile>, ConfigErro
         ("type", k.kind.is_some()),
         ("alias", k.alias.is_some()),
     ];
+    let at = format!("{}{}", k.table, k.key.strip_prefix("tls").unwrap_or(k.key));
     let Some(path) = k.path else {
         if let Some((suffix, _)) = given.iter().find(|(_, set)| *set) {
             return Err(cx.invalid(
-                format!("{}_{suffix}", k.key),
+                format!("{at}_{suffix}"),
                 Problem::StoreOptionWithoutStore { store: k.key },
             ));
         }
@@ -225,7 +374,7 @@ fn store(k: StoreKeys<'_>, cx: &Ctx<'_>) -> Result<Option<StoreFile>, ConfigErro
     };
     if given[..3].iter().filter(|(_, set)| *set).count() > 1 {
         return Err(cx.invalid(
-            format!("{}_password", k.key),
+            format!("{at}_password"),
             Problem::TwoPasswords { store: k.key },
         ));
     }
@@ -235,13 +384,13 @@ fn store(k: StoreKeys<'_>, cx: &Ctx<'_>) -> Result<Option<StoreFile>, ConfigErro
         (None, None, Some(var)) => Password::Env(var.clone()),
         (None, None, None) => Password::None,
     };
-    let stated =
-        match k.kind {
-            None => None,
-            Some(t) => Some(StoreType::parse(t).ok_or_else(|| {
-                cx.invalid(format!("{}_type", k.key), Problem::StoreType(t.clone()))
-            })?),
-        };
+    let stated = match k.kind {
+        None => None,
+        Some(t) => Some(
+            StoreType::parse(t)
+                .ok_or_else(|| cx.invalid(format!("{at}_type"), Problem::StoreType(t.clone())))?,
+        ),
+    };
     Ok(Some(StoreFile {
         key: k.key,
         path: cx.base.join(path),
@@ -272,10 +421,17 @@ fn inbound(
     i: usize,
     l: FileInbound,
     default_mode: Mode,
-    tls: &TlsSettings,
+    top: (&FileTls, &TlsSettings),
     cx: &Ctx<'_>,
 ) -> Result<Inbound, ConfigError> {
     let name = format!("inbound[{i}]");
+    let label = listener_name(l.name.as_deref(), true, i, &name, cx)?;
+    let table = if l.tls.is_some() {
+        format!("{name}.tls")
+    } else {
+        "tls".to_owned()
+    };
+    let tls = listener_tls(&table, l.tls.as_ref(), top, cx)?;
     let listen = parse_addr(cx, &format!("{name}.listen"), &l.listen, "0.0.0.0:7001")?;
     let forward = parse_addr(cx, &format!("{name}.forward"), &l.forward, "127.0.0.1:7000")?;
     if forward.port() == 0 || forward.ip().is_unspecified() {
@@ -285,14 +441,18 @@ fn inbound(
         ));
     }
     let allow = allow_list(l.allow, &name, cx)?;
-    if l.require_endpoint_verification && !tls.require_client_auth {
+    let no_client_auth = tls.require_client_auth == ClientAuth::Off;
+    if l.require_endpoint_verification && no_client_auth {
         return Err(cx.invalid(
             format!("{name}.require_endpoint_verification"),
-            Problem::EndpointVerificationWithoutClientAuth,
+            Problem::EndpointVerificationWithoutClientAuth { tls: table },
         ));
     }
-    if !allow.is_empty() && !tls.require_client_auth {
-        return Err(cx.invalid(format!("{name}.allow"), Problem::AllowListWithoutClientAuth));
+    if !allow.is_empty() && no_client_auth {
+        return Err(cx.invalid(
+            format!("{name}.allow"),
+            Problem::AllowListWithoutClientAuth { tls: table },
+        ));
     }
     let mode = l.mode.unwrap_or(default_mode);
     if mode == Mode::Permissive && !listen.ip().is_loopback() && !l.allow_non_loopback_plaintext {
@@ -302,6 +462,8 @@ fn inbound(
         ));
     }
     Ok(Inbound {
+        name: label,
+        tls,
         listen,
         forward,
         require_endpoint_verification: l.require_endpoint_verification,
@@ -315,9 +477,12 @@ fn outbound(
     i: usize,
     o: FileOutbound,
     default_mode: Mode,
+    top: (&FileTls, &TlsSettings),
     cx: &Ctx<'_>,
 ) -> Result<Outbound, ConfigError> {
     let name = format!("outbound[{i}]");
+    let label = listener_name(o.name.as_deref(), false, i, &name, cx)?;
+    let tls = listener_tls(&format!("{name}.tls"), o.tls.as_ref(), top, cx)?;
     let key = format!("{name}.listen");
     let listen = parse_addr(cx, &key, &o.listen, "127.0.0.1:7002")?;
     if !listen.ip().is_loopback() && !o.allow_non_loopback_plaintext {
@@ -356,6 +521,8 @@ fn outbound(
         })
         .transpose()?;
     Ok(Outbound {
+        name: label,
+        tls,
         listen,
         target,
         mode,

@@ -24,6 +24,7 @@ use crate::config::{Inbound, Limits, Mode};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
 use crate::relay::{self, Offload};
 use crate::tls::LoadedTls;
+use crate::tls::settings::ClientAuth;
 use crate::tls::suites::{iana_name, protocol_name};
 use crate::tls::verify::{ClientVerifier, PeerPolicy};
 
@@ -72,7 +73,8 @@ struct InboundSnapshot {
 }
 
 impl InboundSnapshot {
-    fn build(cfg: &Inbound, tls: &LoadedTls) -> Self {
+    fn build(cfg: &Inbound<LoadedTls>) -> Self {
+        let tls = &cfg.tls;
         let policy = Arc::new(PeerPolicy {
             allow: cfg.allow.clone(),
         });
@@ -96,10 +98,8 @@ impl InboundSnapshot {
 pub struct InboundHandle(Arc<InboundContext>);
 
 impl InboundHandle {
-    pub fn apply(&self, cfg: &Inbound, tls: &LoadedTls) {
-        self.0
-            .snapshot
-            .store(Arc::new(InboundSnapshot::build(cfg, tls)));
+    pub fn apply(&self, cfg: &Inbound<LoadedTls>) {
+        self.0.snapshot.store(Arc::new(InboundSnapshot::build(cfg)));
     }
 
     /// What `/status` shows of this listener, `inbound[index]`.
@@ -125,8 +125,7 @@ impl InboundHandle {
 impl InboundListener {
     /// Binds the listening socket. Errors name the address (in use, not local, no permission).
     pub async fn bind(
-        cfg: &Inbound,
-        tls: &LoadedTls,
+        cfg: &Inbound<LoadedTls>,
         limits: &Limits,
         offload: Offload,
         log_connections: bool,
@@ -136,7 +135,7 @@ impl InboundListener {
         let ctx = Arc::new(InboundContext {
             listen,
             forward: cfg.forward,
-            snapshot: ArcSwap::from_pointee(InboundSnapshot::build(cfg, tls)),
+            snapshot: ArcSwap::from_pointee(InboundSnapshot::build(cfg)),
             limits: limits.clone(),
             refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
             backend_log: RateLimit::new(Duration::from_secs(10)),
@@ -159,7 +158,7 @@ impl InboundListener {
     }
 
     /// The start-up line, in the spirit of Cassandra's "Starting Encrypted Messaging Service on TLS port".
-    pub fn log_start(&self, cfg: &Inbound) {
+    pub fn log_start(&self, cfg: &Inbound<LoadedTls>) {
         let ctx = &self.ctx;
         let tls = ctx.snapshot.load();
         let protocols: Vec<_> = tls
@@ -176,10 +175,10 @@ impl InboundListener {
             ctx.forward,
             protocols.join(","),
             suites.join(","),
-            if tls.settings.require_client_auth {
-                "required"
-            } else {
-                "OPTIONAL"
+            match tls.settings.require_client_auth {
+                ClientAuth::Required => "required",
+                ClientAuth::Optional => "OPTIONAL (verified when sent)",
+                ClientAuth::Off => "OFF",
             },
             if cfg.require_endpoint_verification {
                 "on"

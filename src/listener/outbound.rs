@@ -45,7 +45,8 @@ struct OutboundSnapshot {
 }
 
 impl OutboundSnapshot {
-    fn build(cfg: &Outbound, tls: &LoadedTls) -> Self {
+    fn build(cfg: &Outbound<LoadedTls>) -> Self {
+        let tls = &cfg.tls;
         let policy = Arc::new(PeerPolicy {
             allow: cfg.allow.clone(),
         });
@@ -68,10 +69,10 @@ impl OutboundSnapshot {
 pub struct OutboundHandle(Arc<OutboundContext>);
 
 impl OutboundHandle {
-    pub fn apply(&self, cfg: &Outbound, tls: &LoadedTls) {
+    pub fn apply(&self, cfg: &Outbound<LoadedTls>) {
         self.0
             .snapshot
-            .store(Arc::new(OutboundSnapshot::build(cfg, tls)));
+            .store(Arc::new(OutboundSnapshot::build(cfg)));
     }
 
     /// What `/status` shows of this listener, `outbound[index]`.
@@ -205,8 +206,7 @@ struct OutboundContext {
 
 impl OutboundListener {
     pub async fn bind(
-        cfg: &Outbound,
-        tls: &LoadedTls,
+        cfg: &Outbound<LoadedTls>,
         limits: &Limits,
         offload: Offload,
         tls_peers: Arc<TlsPeers>,
@@ -219,7 +219,7 @@ impl OutboundListener {
             ctx: Arc::new(OutboundContext {
                 listen,
                 target: cfg.target,
-                snapshot: ArcSwap::from_pointee(OutboundSnapshot::build(cfg, tls)),
+                snapshot: ArcSwap::from_pointee(OutboundSnapshot::build(cfg)),
                 plaintext_peers: Default::default(),
                 tls_peers,
                 admission: Arc::new(Admission::new(Direction::Outbound, listen, limits, false)),
@@ -241,8 +241,9 @@ impl OutboundListener {
         self.ctx.listen
     }
 
-    pub fn log_start(&self, cfg: &Outbound, tls: &LoadedTls) {
-        let protocols: Vec<_> = tls
+    pub fn log_start(&self, cfg: &Outbound<LoadedTls>) {
+        let protocols: Vec<_> = cfg
+            .tls
             .versions
             .iter()
             .map(|v| protocol_name(v.version))

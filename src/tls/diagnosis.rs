@@ -162,7 +162,7 @@ mod tests {
             files,
             versions: rustls::ALL_VERSIONS.to_vec(),
             suites: crate::tls::provider().cipher_suites.clone(),
-            require_client_auth: true,
+            require_client_auth: crate::tls::settings::ClientAuth::Required,
             crl_expired: Default::default(),
             reload_interval: std::time::Duration::from_secs(60),
             accept_v1: false,

@@ -45,7 +45,7 @@ pub struct LoadedTls {
     pub material: Arc<TlsMaterial>,
     pub versions: Vec<&'static SupportedProtocolVersion>,
     pub suites: Vec<SupportedCipherSuite>,
-    pub require_client_auth: bool,
+    pub require_client_auth: settings::ClientAuth,
     pub crl_expired: CrlExpired,
     /// How often the referenced files are checked for changes (SIGHUP reloads at once).
     pub reload_interval: Duration,
@@ -90,7 +90,7 @@ impl settings::Negotiation for LoadedTls {
     fn suites(&self) -> &[SupportedCipherSuite] {
         &self.suites
     }
-    fn require_client_auth(&self) -> bool {
+    fn require_client_auth(&self) -> settings::ClientAuth {
         self.require_client_auth
     }
 }
@@ -104,7 +104,7 @@ impl LoadedTls {
             material: Arc::new(material),
             versions: rustls::ALL_VERSIONS.to_vec(),
             suites: provider().cipher_suites.clone(),
-            require_client_auth: true,
+            require_client_auth: settings::ClientAuth::Required,
             crl_expired: CrlExpired::Deny,
             reload_interval: Duration::from_secs(60),
             accept_v1: false,
@@ -124,8 +124,9 @@ fn provider_signature_algs() -> rustls::crypto::WebPkiSupportedAlgorithms {
     provider().signature_verification_algorithms
 }
 
-/// The chain verifier every inbound listener wraps: webpki with the cluster CAs, client certificates
-/// mandatory unless `require_client_auth = false`.
+/// The chain verifier every inbound listener wraps: webpki with the listener's CAs; client certificates
+/// mandatory (`require_client_auth = true`), verified when sent (`"optional"`), or not asked for
+/// (`false`).
 pub fn client_verifier(
     settings: &LoadedTls,
     provider: Arc<CryptoProvider>,
@@ -139,7 +140,7 @@ pub fn client_verifier(
     if settings.crl_expired == CrlExpired::Deny {
         builder = builder.enforce_revocation_expiration();
     }
-    if !settings.require_client_auth {
+    if settings.require_client_auth != settings::ClientAuth::Required {
         builder = builder.allow_unauthenticated();
     }
     if !settings.material.sends_ca_names() {
@@ -160,7 +161,12 @@ pub fn client_verifier(
         &settings.material,
         settings.crl_expired,
     );
-    ClientVerifier::new(inner, policy, Arc::new(v1), chains)
+    let verifier = ClientVerifier::new(inner, policy, Arc::new(v1), chains);
+    if settings.require_client_auth.requests_certificate() {
+        verifier
+    } else {
+        verifier.without_request()
+    }
 }
 
 /// A server config for one listener (or one connection, when the verifier is bound to the peer's IP).

@@ -20,13 +20,84 @@ pub enum CrlExpired {
     Warn,
 }
 
-/// `[tls]`, validated: the files to load and the negotiation settings. No key material.
-#[derive(Debug, Clone)]
+/// `require_client_auth`: whether an inbound listener asks for and requires a client certificate.
+/// Written `true`, `false` or `"optional"`, as Cassandra 5.0's `client_encryption_options`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ClientAuth {
+    /// Mutual TLS: a client without a verified certificate is refused.
+    #[default]
+    Required,
+    /// A client may send no certificate (it is relayed anonymously); one that sends a certificate has
+    /// it fully verified (chain, CRLs, allow-list, endpoint) and is refused when that fails.
+    Optional,
+    /// No CertificateRequest at all: any TLS client is relayed, and nothing is known of its identity.
+    Off,
+}
+
+impl ClientAuth {
+    /// Whether the server sends a CertificateRequest (and so can verify what comes back).
+    pub fn requests_certificate(self) -> bool {
+        self != Self::Off
+    }
+
+    /// How the config file spells it.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            Self::Required => "true",
+            Self::Optional => "\"optional\"",
+            Self::Off => "false",
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Required => "required",
+            Self::Optional => "optional",
+            Self::Off => "off",
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClientAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ClientAuth;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"optional\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ClientAuth, E> {
+                Ok(if v {
+                    ClientAuth::Required
+                } else {
+                    ClientAuth::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClientAuth, E> {
+                match v {
+                    "optional" => Ok(ClientAuth::Optional),
+                    _ => Err(E::custom(format!(
+                        "{v:?} is not a client auth setting; write true (client certificates \
+                         required), false (none asked for) or \"optional\" (verified when sent)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `[tls]` (or a listener's `[inbound.tls]` / `[outbound.tls]` merged over it), validated: the files to
+/// load and the negotiation settings. No key material. Two listeners with equal settings share one
+/// loaded copy of the material.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsSettings {
     pub files: TlsFiles,
     pub versions: Vec<&'static SupportedProtocolVersion>,
     pub suites: Vec<SupportedCipherSuite>,
-    pub require_client_auth: bool,
+    pub require_client_auth: ClientAuth,
     pub crl_expired: CrlExpired,
     /// How often the referenced files are checked for changes (SIGHUP reloads at once).
     pub reload_interval: Duration,
@@ -38,7 +109,7 @@ pub struct TlsSettings {
 pub trait Negotiation {
     fn versions(&self) -> &[&'static SupportedProtocolVersion];
     fn suites(&self) -> &[SupportedCipherSuite];
-    fn require_client_auth(&self) -> bool;
+    fn require_client_auth(&self) -> ClientAuth;
 }
 
 impl Negotiation for TlsSettings {
@@ -48,7 +119,7 @@ impl Negotiation for TlsSettings {
     fn suites(&self) -> &[SupportedCipherSuite] {
         &self.suites
     }
-    fn require_client_auth(&self) -> bool {
+    fn require_client_auth(&self) -> ClientAuth {
         self.require_client_auth
     }
 }

@@ -47,6 +47,8 @@ pub struct ClientVerifier {
     v1: Arc<V1Trust>,
     /// Chains `inner` has verified: built with it, from the same material and settings.
     chains: Arc<ChainCache>,
+    /// `require_client_auth = false`: no CertificateRequest is sent, so no certificate can arrive.
+    offer: bool,
 }
 
 impl ClientVerifier {
@@ -64,7 +66,15 @@ impl ClientVerifier {
             peer_ip: None,
             v1,
             chains: Arc::new(chains),
+            offer: true,
         }
+    }
+
+    /// The same verifier, but the server asks for no client certificate (`require_client_auth =
+    /// false`): rustls then refuses one sent unasked, and nothing is verified.
+    pub fn without_request(mut self) -> Self {
+        self.offer = false;
+        self
     }
 
     /// The same verifier (and chain cache), additionally requiring `peer` to be an IP SAN of the client
@@ -76,6 +86,7 @@ impl ClientVerifier {
             peer_ip: Some(canonical_ip(peer)),
             v1: self.v1.clone(),
             chains: self.chains.clone(),
+            offer: self.offer,
         }
     }
 
@@ -130,7 +141,7 @@ pub(crate) fn check_identity(
 
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
+        self.offer && self.inner.offer_client_auth()
     }
 
     fn client_auth_mandatory(&self) -> bool {

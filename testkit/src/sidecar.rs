@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use ringseal::config::{Config, Inbound};
+use ringseal::config::{Config, Inbound, ListenerName};
 use ringseal::pki::Identity;
 use ringseal::tls::LoadedTls;
 use ringseal::tls::verify::AllowList;
@@ -35,6 +35,8 @@ pub fn config(pki: &Pki, forward: SocketAddr) -> Config<LoadedTls> {
 pub fn config_with(pki: &Pki, id: &Identity, forward: SocketAddr) -> Config<LoadedTls> {
     let mut config = Config::new(pki.settings_for(id));
     config.inbound.push(Inbound {
+        name: ListenerName::default_for(true, 0),
+        tls: config.tls.clone(),
         listen: SocketAddr::new(LOCALHOST, 0),
         forward,
         require_endpoint_verification: false,

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use ringseal::config::{Config, Inbound, Mode, Outbound, Target};
+use ringseal::config::{Config, Inbound, ListenerName, Mode, Outbound, Target};
 use ringseal::pki::{Ca, Identity, NodeSpec};
 use ringseal::tls::LoadedTls;
 use ringseal::tls::material::TlsMaterial;
@@ -108,6 +108,8 @@ async fn start_nodes(ca: &Ca, servers: &CancellationToken) -> anyhow::Result<Vec
         let tls = LoadedTls::from_material(material);
         let mut config = Config::new(tls.clone());
         config.inbound.push(Inbound {
+            name: ListenerName::default_for(true, 0),
+            tls: tls.clone(),
             listen: SocketAddr::new(ip, 0),
             forward: storage,
             require_endpoint_verification: true,
@@ -138,8 +140,10 @@ async fn start_outbound(nodes: &mut [Node], servers: &CancellationToken) -> anyh
     let inbound: Vec<(IpAddr, SocketAddr)> = nodes.iter().map(|n| (n.ip, n.sidecar)).collect();
     for node in nodes {
         let mut config = Config::new(node.tls.clone());
-        for (_, peer) in inbound.iter().filter(|(ip, _)| *ip != node.ip) {
+        for (i, (_, peer)) in inbound.iter().filter(|(ip, _)| *ip != node.ip).enumerate() {
             config.outbound.push(Outbound {
+                name: ListenerName::default_for(false, i),
+                tls: node.tls.clone(),
                 listen: SocketAddr::new(node.ip, 0),
                 target: Target::Fixed(*peer),
                 require_endpoint_verification: true,

@@ -611,7 +611,10 @@ fn a_derived_config_loads_keytool_jks_stores_at_cassandra_s_default_paths() {
     let config = load_material(home, config);
     assert!(config.tls.material.identity.subject.contains("node1"));
     assert_eq!(config.tls.material.cas.len(), 1);
-    assert!(config.tls.require_client_auth);
+    assert_eq!(
+        config.tls.require_client_auth,
+        ringseal::tls::settings::ClientAuth::Required
+    );
     let inbound = &config.inbound[0];
     assert_eq!(
         inbound.listen,

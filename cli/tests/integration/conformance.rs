@@ -453,6 +453,8 @@ async fn an_outbound_refusal_sends_its_alert_then_a_fin() {
     let mut c = config(&pki, upstream);
     c.inbound.clear();
     c.outbound.push(Outbound {
+        name: ringseal::config::ListenerName::default_for(false, 0),
+        tls: c.tls.clone(),
         listen: SocketAddr::new(LOCALHOST, 0),
         target: Target::Fixed(upstream),
         require_endpoint_verification: false,

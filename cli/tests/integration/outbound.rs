@@ -23,6 +23,8 @@ fn outbound_config(
     let mut c = config(pki, upstream);
     c.inbound.clear();
     c.outbound.push(Outbound {
+        name: ringseal::config::ListenerName::default_for(false, 0),
+        tls: c.tls.clone(),
         listen: SocketAddr::new(LOCALHOST, 0),
         target: Target::Fixed(upstream),
         require_endpoint_verification: endpoint,

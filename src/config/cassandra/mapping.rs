@@ -38,6 +38,8 @@ pub(super) struct Mapper {
 
 /// What the `inbound` and `outbound` listeners need of the client-authentication settings.
 struct Verification {
+    /// `tls.require_client_auth` as written: `true`, `false` or `"optional"`.
+    client_auth: Value,
     require_client_auth: bool,
     endpoint_verification: bool,
 }
@@ -52,7 +54,7 @@ impl Mapper {
         let verification = self.client_auth(seo);
         tls.insert(
             "require_client_auth".into(),
-            verification.require_client_auth.into(),
+            verification.client_auth.clone(),
         );
         self.internode_encryption(seo, yaml.ssl_storage_port);
         let permissive = seo.optional == Some(true);
@@ -100,8 +102,8 @@ impl Mapper {
                  certificate are accepted, as by Cassandra; set it to true for mutual TLS"
             )),
             ClientAuth::Optional => self.findings.note(format!(
-                "{SEO}.require_client_auth is optional: tls.require_client_auth = false, which \
-                 accepts peers without a certificate and verifies one that is presented"
+                "{SEO}.require_client_auth is optional: tls.require_client_auth = \"optional\", \
+                 which accepts peers without a certificate and verifies one that is presented"
             )),
         }
         let endpoint_verification = seo.require_endpoint_verification.unwrap_or(false);
@@ -113,6 +115,11 @@ impl Mapper {
             ));
         }
         Verification {
+            client_auth: match client_auth {
+                ClientAuth::Required => true.into(),
+                ClientAuth::NotRequired => false.into(),
+                ClientAuth::Optional => "optional".into(),
+            },
             require_client_auth,
             endpoint_verification,
         }
