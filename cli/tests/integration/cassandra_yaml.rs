@@ -415,7 +415,7 @@ fn cassandra_trunk_password_files_and_keys_ringseal_cannot_honour() {
         truststore = "/etc/cassandra/tls/truststore.p12"
         truststore_password_file = "{dir}/tls/truststore.password"
         truststore_type = "pkcs12"
-        require_client_auth = false
+        require_client_auth = "optional"
         [[inbound]]
         listen = "10.60.0.2:7001"
         forward = "10.60.0.2:7000"
