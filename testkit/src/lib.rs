@@ -1,7 +1,7 @@
 //! Test support for ringseal, shared by the integration tests (`cli/tests`), the criterion benches
 //! (`benches/`, `cli/benches/`) and `ringseal bench`: one PKI builder ([`pki`]), one backend standing
 //! in for the storage port ([`backend`]), one process spawner ([`process`]), in-process sidecars and
-//! TLS clients ([`sidecar`], [`client`]), in-memory TLS ([`memtls`]), seeded streams ([`stream`]),
+//! TLS clients ([`sidecar`], [`client`]), a CQL stand-in for Cassandra's client port ([`cql`]), in-memory TLS ([`memtls`]), seeded streams ([`stream`]),
 //! seeded mutations ([`mutate`]), external tools ([`tools`]) and metrics scraping ([`scrape`]).
 //!
 //! Everything panics on failure (a test's failure is its message) except what `ringseal bench` uses
@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod cql;
 pub mod memtls;
 pub mod mutate;
 pub mod pki;

@@ -13,6 +13,7 @@ mod check;
 mod cli_config;
 mod cluster_netns;
 mod conformance;
+mod cql_clients;
 mod demo;
 mod doctor;
 mod downgrade;
