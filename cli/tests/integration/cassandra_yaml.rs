@@ -1173,3 +1173,93 @@ fn a_file_s_internode_listener_keeps_the_derived_client_listener() {
         Some("10.20.0.17:9142")
     );
 }
+
+/// A client listener derived from a 5.0-style section (PEM files through PEMBasedSslContextFactory, a
+/// CQL certificate from its own CA, optional client certificates) loads as `run` loads it: its own
+/// identity and trust, not the internode ones, and `require_client_auth = "optional"`.
+#[test]
+fn a_derived_client_listener_loads_its_own_pem_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    pki(home);
+    write_ca(
+        &home.join("cql-ca"),
+        "CQL Clients",
+        KeyType::default(),
+        30,
+        false,
+    )
+    .unwrap();
+    let cql_ca = load_ca(&home.join("cql-ca")).unwrap();
+    let spec = NodeSpec::new("cql", &["127.0.0.1".parse().unwrap()]);
+    write_node(&cql_ca, &spec, &home.join("cql"), None, false).unwrap();
+    let read = |p: &str| std::fs::read_to_string(home.join(p)).unwrap();
+    std::fs::create_dir_all(home.join("conf/tls")).unwrap();
+    let node = format!("{}{}", read("node/node1.key"), read("node/node1.crt"));
+    std::fs::write(home.join("conf/tls/node.pem"), node).unwrap();
+    std::fs::write(home.join("conf/tls/ca.pem"), read("ca/ca.crt")).unwrap();
+    let cql = format!("{}{}", read("cql/cql.key"), read("cql/cql.crt"));
+    std::fs::write(home.join("conf/tls/cql.pem"), cql).unwrap();
+    std::fs::write(home.join("conf/tls/clients-ca.pem"), read("cql-ca/ca.crt")).unwrap();
+    let pem = "    ssl_context_factory:\n      class_name: PEMBasedSslContextFactory\n";
+    let config = load(
+        home,
+        &format!(
+            "listen_address: 127.0.0.1\nrpc_address: 127.0.0.1\nnative_transport_port: 9042\n\
+             native_transport_port_ssl: 9142\nserver_encryption_options:\n    \
+             internode_encryption: none\n    keystore: conf/tls/node.pem\n    \
+             truststore: conf/tls/ca.pem\n    require_client_auth: true\n{pem}\
+             client_encryption_options:\n    enabled: true\n    keystore: conf/tls/cql.pem\n    \
+             truststore: conf/tls/clients-ca.pem\n    require_client_auth: optional\n{pem}"
+        ),
+    );
+    let config = load_material(home, config);
+    let client = &config.inbound[1];
+    assert_eq!(client.name.as_str(), "client");
+    assert_eq!(
+        client.listen,
+        "127.0.0.1:9142".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        client.forward,
+        "127.0.0.1:9042".parse::<SocketAddr>().unwrap()
+    );
+    assert!(client.tls.material.identity.subject.contains("cql"));
+    assert!(
+        config.inbound[0]
+            .tls
+            .material
+            .identity
+            .subject
+            .contains("node1")
+    );
+    assert_eq!(
+        client.tls.require_client_auth,
+        ringseal::tls::settings::ClientAuth::Optional
+    );
+    assert_eq!(client.tls.material.cas.len(), 1);
+    assert_ne!(
+        client.tls.material.cas[0].subject, config.inbound[0].tls.material.cas[0].subject,
+        "the client listener trusts the clients' CA, not the cluster's"
+    );
+}
+
+/// `ringseal check` says that no client listener is derived when client TLS is off.
+#[test]
+fn check_says_when_no_client_listener_is_derived() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringseal"))
+        .args(["check", "--cassandra-yaml"])
+        .arg(fixture("cassandra-4.1-default.yaml"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "# note: client_encryption_options.enabled is false: Cassandra serves CQL clients \
+             without TLS on native_transport_port 9042, and no client listener is derived"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("name = \"client\""), "{stdout}");
+}
