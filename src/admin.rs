@@ -505,15 +505,20 @@ pub fn start(
         return;
     };
     let prometheus = crate::metrics::install();
-    config.tls.material.publish_expiry();
-    let mut directions = Vec::new();
-    if !config.inbound.is_empty() {
-        directions.push(crate::metrics::Direction::Inbound);
-    }
-    if !config.outbound.is_empty() {
-        directions.push(crate::metrics::Direction::Outbound);
-    }
-    crate::metrics::register_zeroes(&directions);
+    use crate::metrics::{Direction, Listener};
+    let listeners: Vec<Listener> = config
+        .inbound
+        .iter()
+        .map(|l| {
+            l.tls.material.publish_expiry(l.name.as_str());
+            Listener::new(Direction::Inbound, l.name.shared())
+        })
+        .chain(config.outbound.iter().map(|l| {
+            l.tls.material.publish_expiry(l.name.as_str());
+            Listener::new(Direction::Outbound, l.name.shared())
+        }))
+        .collect();
+    crate::metrics::register_zeroes(&listeners);
     tracing::info!(
         "serving metrics on {} (/metrics, /healthz, /readyz, /status)",
         endpoint.local_addr()

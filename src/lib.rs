@@ -164,7 +164,10 @@ impl Server {
             last_reload: None,
         };
         // The admin endpoint first: it installs the recorder that everything below records into.
-        let health = Arc::new(admin::Health::new(&self.config.tls.material.identity));
+        let earliest = reload::earliest_identity(&self.config);
+        let health = Arc::new(admin::Health::new(
+            earliest.unwrap_or(&self.config.tls.material.identity),
+        ));
         admin::start(self.admin, &self.config, health.clone(), shutdown.clone());
         metrics::describe();
         relay::log_offload(self.config.offload);

@@ -156,6 +156,36 @@ impl Direction {
     }
 }
 
+/// Whose series these are: the `direction` and `listener` labels of one listener. The name is the
+/// listener's configured (or default) name, bounded by the config, never taken from the wire.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub dir: Direction,
+    name: metrics::SharedString,
+}
+
+impl Listener {
+    pub fn new(dir: Direction, name: std::sync::Arc<str>) -> Self {
+        Self {
+            dir,
+            name: metrics::SharedString::from_shared(name),
+        }
+    }
+
+    fn d(&self) -> &'static str {
+        self.dir.as_str()
+    }
+
+    /// The listener's name, as its log lines show it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn l(&self) -> metrics::SharedString {
+        self.name.clone()
+    }
+}
+
 /// Registers descriptions once at start, so `/metrics` explains itself.
 pub fn describe() {
     describe_counter!(
@@ -236,41 +266,59 @@ pub fn describe() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Starts the series that exist from the first moment at zero, for every direction in use, so that
+/// Starts the series that exist from the first moment at zero, for every listener, so that
 /// `increase()` and `rate()` see their first event (a series that appears at 1 shows no increase).
 /// Only bounded label sets: handshake counters get their protocol, suite and reason labels when they
 /// happen.
-pub fn register_zeroes(directions: &[Direction]) {
-    for dir in directions {
-        let d = dir.as_str();
+pub fn register_zeroes(listeners: &[Listener]) {
+    let mut directions = Vec::new();
+    for who in listeners {
+        let (d, l) = (who.d(), who.l());
+        if !directions.contains(&who.dir) {
+            directions.push(who.dir);
+        }
         for offload in ["ktls", "userspace"] {
-            counter!(CONNECTIONS, "direction" => d, "tls" => "true", "offload" => offload)
-                .increment(0);
+            counter!(CONNECTIONS, "direction" => d, "listener" => l.clone(), "tls" => "true",
+                "offload" => offload)
+            .increment(0);
         }
-        gauge!(CONNECTIONS_ACTIVE, "direction" => d, "tls" => "true").increment(0.0);
-        counter!(BYTES, "direction" => d, "flow" => "from_peer").increment(0);
-        counter!(BYTES, "direction" => d, "flow" => "to_peer").increment(0);
-        counter!(BACKEND_FAILURES, "direction" => d).increment(0);
-        for result in ["hit", "miss"] {
-            counter!(CHAIN_CACHE, "direction" => d, "result" => result).increment(0);
-        }
+        gauge!(CONNECTIONS_ACTIVE, "direction" => d, "listener" => l.clone(), "tls" => "true")
+            .increment(0.0);
+        counter!(BYTES, "direction" => d, "listener" => l.clone(), "flow" => "from_peer")
+            .increment(0);
+        counter!(BYTES, "direction" => d, "listener" => l.clone(), "flow" => "to_peer")
+            .increment(0);
+        counter!(BACKEND_FAILURES, "direction" => d, "listener" => l.clone()).increment(0);
         for result in ["ok", "refused"] {
             // Registering is enough: the histogram renders with empty buckets.
-            let _ = histogram!(HANDSHAKE_DURATION, "direction" => d, "result" => result);
+            let _ = histogram!(HANDSHAKE_DURATION, "direction" => d, "listener" => l.clone(),
+                "result" => result);
         }
         for reason in TurnAway::ALL {
-            counter!(TURNED_AWAY, "direction" => d, "reason" => reason.as_str()).increment(0);
+            counter!(TURNED_AWAY, "direction" => d, "listener" => l.clone(),
+                "reason" => reason.as_str())
+            .increment(0);
         }
-        handshakes_in_progress(*dir).increment(0.0);
+        handshakes_in_progress(who).increment(0.0);
         // Only inbound listeners look at a connection before its first byte (outbound ones dial the
         // peer at once): probes counted from 0, so the first one shows in `increase()`.
-        if *dir == Direction::Inbound {
-            counter!(CLOSES, "direction" => d, "how" => HOW_NO_DATA).increment(0);
+        if who.dir == Direction::Inbound {
+            counter!(CLOSES, "direction" => d, "listener" => l.clone(), "how" => HOW_NO_DATA)
+                .increment(0);
+        }
+        // Outbound only: a sidecar without outbound listeners truly has none.
+        if who.dir == Direction::Outbound {
+            for reason in FallbackReason::ALL {
+                counter!(PLAINTEXT_FALLBACKS, "listener" => l.clone(), "reason" => reason.as_str())
+                    .increment(0);
+            }
         }
     }
-    // Outbound only, but always there: a sidecar without outbound listeners truly has none.
-    for reason in FallbackReason::ALL {
-        counter!(PLAINTEXT_FALLBACKS, "reason" => reason.as_str()).increment(0);
+    // Per direction: the verified-chain caches are the verifiers', not a listener's.
+    for dir in directions {
+        for result in ["hit", "miss"] {
+            counter!(CHAIN_CACHE, "direction" => dir.as_str(), "result" => result).increment(0);
+        }
     }
     for result in ["ok", "error"] {
         counter!(RELOADS, "result" => result).increment(0);
@@ -280,13 +328,15 @@ pub fn register_zeroes(directions: &[Direction]) {
 }
 
 /// A connection closed by admission control.
-pub fn turned_away(dir: Direction, reason: TurnAway) {
-    counter!(TURNED_AWAY, "direction" => dir.as_str(), "reason" => reason.as_str()).increment(1);
+pub fn turned_away(who: &Listener, reason: TurnAway) {
+    counter!(TURNED_AWAY, "direction" => who.d(), "listener" => who.l(),
+        "reason" => reason.as_str())
+    .increment(1);
 }
 
 /// The gauge of handshakes in progress; admission control moves it.
-pub fn handshakes_in_progress(dir: Direction) -> Gauge {
-    gauge!(HANDSHAKES_IN_PROGRESS, "direction" => dir.as_str())
+pub fn handshakes_in_progress(who: &Listener) -> Gauge {
+    gauge!(HANDSHAKES_IN_PROGRESS, "direction" => who.d(), "listener" => who.l())
 }
 
 /// An admin connection closed to make room for a new one.
@@ -295,24 +345,27 @@ pub fn admin_evicted() {
 }
 
 /// A successful handshake.
-pub fn handshake_ok(dir: Direction, protocol: &'static str, suite: &'static str, took: Duration) {
-    counter!(HANDSHAKES, "direction" => dir.as_str(), "result" => "ok", "reason" => "",
-        "protocol" => protocol, "cipher_suite" => suite)
+pub fn handshake_ok(who: &Listener, protocol: &'static str, suite: &'static str, took: Duration) {
+    counter!(HANDSHAKES, "direction" => who.d(), "listener" => who.l(), "result" => "ok",
+        "reason" => "", "protocol" => protocol, "cipher_suite" => suite)
     .increment(1);
-    histogram!(HANDSHAKE_DURATION, "direction" => dir.as_str(), "result" => "ok").record(took);
+    histogram!(HANDSHAKE_DURATION, "direction" => who.d(), "listener" => who.l(), "result" => "ok")
+        .record(took);
 }
 
 /// A refused handshake.
-pub fn handshake_refused(dir: Direction, reason: Reason, took: Duration) {
-    counter!(HANDSHAKES, "direction" => dir.as_str(), "result" => "refused",
+pub fn handshake_refused(who: &Listener, reason: Reason, took: Duration) {
+    counter!(HANDSHAKES, "direction" => who.d(), "listener" => who.l(), "result" => "refused",
         "reason" => reason.as_str(), "protocol" => "", "cipher_suite" => "")
     .increment(1);
-    histogram!(HANDSHAKE_DURATION, "direction" => dir.as_str(), "result" => "refused").record(took);
+    histogram!(HANDSHAKE_DURATION, "direction" => who.d(), "listener" => who.l(),
+        "result" => "refused")
+    .record(took);
 }
 
 /// A permissive outbound connection sent in plaintext, and why.
-pub fn plaintext_fallback(reason: FallbackReason) {
-    counter!(PLAINTEXT_FALLBACKS, "reason" => reason.as_str()).increment(1);
+pub fn plaintext_fallback(who: &Listener, reason: FallbackReason) {
+    counter!(PLAINTEXT_FALLBACKS, "listener" => who.l(), "reason" => reason.as_str()).increment(1);
 }
 
 /// One lookup in a verifier's verified-chain cache (`tls::chain_cache`).
@@ -321,8 +374,8 @@ pub fn chain_cache_lookup(dir: Direction, hit: bool) {
         .increment(1);
 }
 
-pub fn backend_failure(dir: Direction) {
-    counter!(BACKEND_FAILURES, "direction" => dir.as_str()).increment(1);
+pub fn backend_failure(who: &Listener) {
+    counter!(BACKEND_FAILURES, "direction" => who.d(), "listener" => who.l()).increment(1);
 }
 
 /// Byte counters handed to the relay: one atomic add per chunk moved.
@@ -338,8 +391,9 @@ pub struct ByteCounters {
 pub const HOW_NO_DATA: &str = "no_data";
 
 /// An accepted connection that ended before its first byte ([`HOW_NO_DATA`]).
-pub fn closed_without_data(dir: Direction) {
-    counter!(CLOSES, "direction" => dir.as_str(), "how" => HOW_NO_DATA).increment(1);
+pub fn closed_without_data(who: &Listener) {
+    counter!(CLOSES, "direction" => who.d(), "listener" => who.l(), "how" => HOW_NO_DATA)
+        .increment(1);
 }
 
 /// The `how` of a connection whose task was dropped before its relay finished: the shutdown cut at the
@@ -349,7 +403,7 @@ pub const HOW_CUT: &str = "cut";
 /// Counts a relayed connection and keeps the active gauge up until dropped; dropped without
 /// [`ActiveConnection::closed`], it counts the connection as cut ([`HOW_CUT`]).
 pub struct ActiveConnection {
-    dir: Direction,
+    who: Listener,
     gauge: Gauge,
     pub bytes: ByteCounters,
     /// `closed` counted how it ended.
@@ -358,30 +412,39 @@ pub struct ActiveConnection {
 
 impl ActiveConnection {
     /// `offload`: the relay path's label (`relay::Path::label`).
-    pub fn start(dir: Direction, tls: bool, offload: &'static str) -> Self {
+    pub fn start(who: &Listener, tls: bool, offload: &'static str) -> Self {
         let tls = if tls { "true" } else { "false" };
-        counter!(CONNECTIONS, "direction" => dir.as_str(), "tls" => tls, "offload" => offload)
-            .increment(1);
-        let gauge = gauge!(CONNECTIONS_ACTIVE, "direction" => dir.as_str(), "tls" => tls);
+        let (d, l) = (who.d(), who.l());
+        counter!(CONNECTIONS, "direction" => d, "listener" => l.clone(), "tls" => tls,
+            "offload" => offload)
+        .increment(1);
+        let gauge = gauge!(CONNECTIONS_ACTIVE, "direction" => d, "listener" => l.clone(),
+            "tls" => tls);
         gauge.increment(1.0);
         Self {
-            dir,
+            who: who.clone(),
             gauge,
             bytes: ByteCounters {
-                from_peer: counter!(BYTES, "direction" => dir.as_str(), "flow" => "from_peer"),
-                to_peer: counter!(BYTES, "direction" => dir.as_str(), "flow" => "to_peer"),
+                from_peer: counter!(BYTES, "direction" => d, "listener" => l.clone(),
+                    "flow" => "from_peer"),
+                to_peer: counter!(BYTES, "direction" => d, "listener" => l, "flow" => "to_peer"),
             },
             counted: false,
         }
     }
 
     pub fn direction(&self) -> Direction {
-        self.dir
+        self.who.dir
+    }
+
+    pub fn listener(&self) -> &str {
+        self.who.name()
     }
 
     /// The relay finished: counts how (`ringseal_connections_closed_total{how}`).
     pub fn closed(mut self, how: &'static str) {
-        counter!(CLOSES, "direction" => self.dir.as_str(), "how" => how).increment(1);
+        counter!(CLOSES, "direction" => self.who.d(), "listener" => self.who.l(), "how" => how)
+            .increment(1);
         self.counted = true;
     }
 }
@@ -390,7 +453,9 @@ impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);
         if !self.counted {
-            counter!(CLOSES, "direction" => self.dir.as_str(), "how" => HOW_CUT).increment(1);
+            counter!(CLOSES, "direction" => self.who.d(), "listener" => self.who.l(),
+                "how" => HOW_CUT)
+            .increment(1);
         }
     }
 }
@@ -425,16 +490,24 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
 /// A certificate's subject and notAfter, as the expiry gauge publishes them.
 pub type Expiry<'a> = (&'a str, std::time::SystemTime);
 
-/// Publishes the notAfter of our identity and of every trusted CA.
-pub fn certificate_expiry<'a>(identity: Expiry<'a>, cas: impl IntoIterator<Item = Expiry<'a>>) {
+/// Publishes the notAfter of `listener`'s identity and of every CA it trusts.
+pub fn certificate_expiry<'a>(
+    listener: &str,
+    identity: Expiry<'a>,
+    cas: impl IntoIterator<Item = Expiry<'a>>,
+) {
     let unix = |t: std::time::SystemTime| {
         t.duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64())
     };
-    gauge!(CERT_EXPIRY, "role" => "identity", "subject" => identity.0.to_owned())
-        .set(unix(identity.1));
+    let l = listener.to_owned();
+    gauge!(CERT_EXPIRY, "listener" => l.clone(), "role" => "identity",
+        "subject" => identity.0.to_owned())
+    .set(unix(identity.1));
     for (subject, not_after) in cas {
-        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => subject.to_owned()).set(unix(not_after));
+        gauge!(CERT_EXPIRY, "listener" => l.clone(), "role" => "ca",
+            "subject" => subject.to_owned())
+        .set(unix(not_after));
     }
 }
 
@@ -453,14 +526,19 @@ pub fn reload(ok: bool) {
 /// comparison with NaN is never true in PromQL.
 /// Takes the subjects of our identity and CAs before and after.
 pub fn certificate_expiry_retired(
+    listener: &str,
     (old_identity, old_cas): (&str, &[&str]),
     (new_identity, new_cas): (&str, &[&str]),
 ) {
+    let l = listener.to_owned();
     if old_identity != new_identity {
-        gauge!(CERT_EXPIRY, "role" => "identity", "subject" => old_identity.to_owned())
-            .set(f64::NAN);
+        gauge!(CERT_EXPIRY, "listener" => l.clone(), "role" => "identity",
+            "subject" => old_identity.to_owned())
+        .set(f64::NAN);
     }
     for ca in old_cas.iter().filter(|ca| !new_cas.contains(ca)) {
-        gauge!(CERT_EXPIRY, "role" => "ca", "subject" => (*ca).to_owned()).set(f64::NAN);
+        gauge!(CERT_EXPIRY, "listener" => l.clone(), "role" => "ca",
+            "subject" => (*ca).to_owned())
+        .set(f64::NAN);
     }
 }

@@ -2,6 +2,11 @@
 //! `tls.reload_interval`), the config is read and validated again and every listener gets the new TLS
 //! material and peer policy. New handshakes use it; established connections keep running.
 //!
+//! Each listener's material is loaded on its own (listeners with equal policies share one load): when
+//! one listener's files are broken, THAT listener keeps its previous material and peer policy, the
+//! others take their new material, and the log, `ringseal_config_reloads_total{result="error"}` and
+//! `/status` name the listener that failed.
+//!
 //! Change detection compares a fingerprint of the *contents* of the config and of every certificate,
 //! key and CRL file, not names or modification times, so it keeps working through a Kubernetes-style
 //! `..data` symlink swap and through editors that replace files. A reload that fails (unreadable file,
@@ -17,12 +22,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
-use crate::config::{Config, Sources};
+use crate::config::{Config, Policy, Sources};
 use crate::events::{Events, Status};
 use crate::listener::inbound::InboundHandle;
 use crate::listener::outbound::OutboundHandle;
 use crate::metrics;
+use crate::runtime::Loader;
 use crate::tls::material::FileBytes;
+use crate::tls::settings::TlsFiles;
 use crate::tls::x509::fmt_time;
 use crate::tls::{CrlExpired, LoadedTls};
 
@@ -39,8 +46,11 @@ pub struct Reloader {
     outbound: Vec<OutboundHandle>,
     health: Arc<Health>,
     last_error: Option<String>,
-    /// The expiry warning threshold (days) last logged for the current identity.
-    warned: Option<u64>,
+    /// The expiry warning threshold (days) last logged, per identity subject in use.
+    warned: std::collections::HashMap<String, u64>,
+    /// The files the last config read names (what a fixed file must change to retry a failed
+    /// listener), beside those in use.
+    attempted: Vec<TlsFiles>,
     events: Arc<dyn Events>,
     status: Status,
 }
@@ -65,7 +75,8 @@ impl Reloader {
             outbound,
             health,
             last_error: None,
-            warned: None,
+            warned: Default::default(),
+            attempted: Vec::new(),
         };
         r.applied_fingerprint = r.fingerprint_files().ok();
         r.check_expiry();
@@ -106,40 +117,137 @@ impl Reloader {
         if !forced {
             self.events.reloading();
         }
-        match crate::runtime::load(&self.sources) {
+        match self.sources.load() {
             Ok(loaded) => self.apply(loaded.config, fingerprint, forced),
             Err(e) => self.failed(e.to_string(), forced),
         }
         self.events.reloaded(&self.status);
     }
 
-    /// Hands `config` to every listener.
-    fn apply(&mut self, config: Config<LoadedTls>, fingerprint: u64, forced: bool) {
+    /// Loads each listener's material from `config` and hands it over; a listener whose material
+    /// fails to load keeps its previous material and peer policy.
+    fn apply(&mut self, config: Config, fingerprint: u64, forced: bool) {
+        let path = self.sources.path().to_owned();
+        self.attempted = files_of(&config);
+        // Fixed at start: the suites are checked against the offload the listeners run with.
+        let offload = self.current.offload;
+        let old = &self.current;
+        let mut loader = Loader::default();
+        let mut failures: Vec<String> = Vec::new();
+        let top = loader.load_checked(Policy::Default, config.tls.clone(), offload, &path);
+        let mut inbound = Vec::new();
+        for (i, l) in config.inbound.into_iter().enumerate() {
+            let (l, settings) = l.split_tls();
+            match loader.load_checked(Policy::Listener(&l.name), settings, offload, &path) {
+                Ok(tls) => inbound.push((l.with_tls(tls), None)),
+                Err(e) => {
+                    failures.push(e.to_string());
+                    if let Some(kept) = old.inbound.get(i) {
+                        inbound.push((kept.clone(), Some(e.to_string())));
+                    }
+                }
+            }
+        }
+        let mut outbound = Vec::new();
+        for (i, l) in config.outbound.into_iter().enumerate() {
+            let (l, settings) = l.split_tls();
+            match loader.load_checked(Policy::Listener(&l.name), settings, offload, &path) {
+                Ok(tls) => outbound.push((l.with_tls(tls), None)),
+                Err(e) => {
+                    failures.push(e.to_string());
+                    if let Some(kept) = old.outbound.get(i) {
+                        outbound.push((kept.clone(), Some(e.to_string())));
+                    }
+                }
+            }
+        }
+        let tls = match top {
+            Ok(tls) => tls,
+            Err(e) => {
+                // Only news when no listener inherits [tls] (they failed with it already).
+                if failures.is_empty() {
+                    failures.push(e.to_string());
+                }
+                old.tls.clone()
+            }
+        };
+        for ((h, (cfg, kept)), i) in self.inbound.iter().zip(&inbound).zip(0..) {
+            match kept {
+                Some(e) => h.kept(e.clone()),
+                None => {
+                    h.apply(cfg);
+                    swap_expiry(old.inbound.get(i).map(|o| &o.tls), &cfg.tls, &cfg.name);
+                }
+            }
+        }
+        for ((h, (cfg, kept)), i) in self.outbound.iter().zip(&outbound).zip(0..) {
+            match kept {
+                Some(e) => h.kept(e.clone()),
+                None => {
+                    h.apply(cfg);
+                    swap_expiry(old.outbound.get(i).map(|o| &o.tls), &cfg.tls, &cfg.name);
+                }
+            }
+        }
+        let kept: Vec<String> = inbound
+            .iter()
+            .filter(|(_, k)| k.is_some())
+            .map(|(l, _)| l.name.to_string())
+            .chain(
+                outbound
+                    .iter()
+                    .filter(|(_, k)| k.is_some())
+                    .map(|(l, _)| l.name.to_string()),
+            )
+            .collect();
+        let config = Config {
+            tls,
+            inbound: inbound.into_iter().map(|(l, _)| l).collect(),
+            outbound: outbound.into_iter().map(|(l, _)| l).collect(),
+            limits: config.limits,
+            offload: config.offload,
+            metrics: config.metrics,
+            sources: config.sources,
+            cluster_name: config.cluster_name,
+            permissive: config.permissive,
+            logging: config.logging,
+        };
         let restart_needed = self.layout_changes(&config);
-        for (h, cfg) in self.inbound.iter().zip(&config.inbound) {
-            h.apply(cfg);
+        metrics::reload(failures.is_empty());
+        if let Some(id) = earliest_identity(&config) {
+            self.health.set_identity(id);
         }
-        for (h, cfg) in self.outbound.iter().zip(&config.outbound) {
-            h.apply(cfg);
-        }
-        metrics::reload(true);
-        self.current
-            .tls
-            .material
-            .retire_expiry(&config.tls.material);
-        config.tls.material.publish_expiry();
-        self.health.set_identity(&config.tls.material.identity);
         self.health.status.set_material(&config.tls.material);
-        self.health.status.reloaded(forced, Ok(()));
+        let error = (!failures.is_empty()).then(|| failures.join("; "));
+        self.health
+            .status
+            .reloaded(forced, error.as_deref().map_or(Ok(()), Err));
         let m = &config.tls.material;
-        tracing::info!(
-            "reloaded {}: identity \"{}\" valid until {}, {} trusted CA(s), {} CRL(s)",
-            self.sources.describe(),
-            m.identity.subject,
-            fmt_time(m.identity.not_after),
-            m.cas.len(),
-            m.crls.len()
-        );
+        if failures.is_empty() {
+            tracing::info!(
+                "reloaded {}: identity \"{}\" valid until {}, {} trusted CA(s), {} CRL(s)",
+                self.sources.describe(),
+                m.identity.subject,
+                fmt_time(m.identity.not_after),
+                m.cas.len(),
+                m.crls.len()
+            );
+        }
+        // Listeners with their own material: one line each, so a rotation of a client port shows.
+        for (name, tls) in listeners(&config) {
+            if !Arc::ptr_eq(&tls.material, m) && !kept.iter().any(|k| k == name) {
+                let lm = &tls.material;
+                tracing::info!(
+                    listener = name,
+                    "reloaded listener \"{name}\": identity \"{}\" valid until {}, {} trusted \
+                     CA(s), {} CRL(s)",
+                    lm.identity.subject,
+                    fmt_time(lm.identity.not_after),
+                    lm.cas.len(),
+                    lm.crls.len()
+                );
+            }
+        }
         if !restart_needed.is_empty() {
             tracing::warn!(
                 "{}: {} changed; that part is fixed at start and NOT applied: restart ringseal to apply it",
@@ -147,32 +255,53 @@ impl Reloader {
                 restart_needed.join(", ")
             );
         }
-        if m.identity.subject != self.current.tls.material.identity.subject
-            || m.identity.not_after != self.current.tls.material.identity.not_after
-        {
-            self.warned = None;
-        }
         self.status.identity = m.identity.subject.clone();
         self.status.identity_not_after = m.identity.not_after;
-        self.status.last_reload = Some((SystemTime::now(), Ok(())));
+        self.status.last_reload = Some((SystemTime::now(), error.clone().map_or(Ok(()), Err)));
         self.current = config;
         self.applied_fingerprint = Some(fingerprint);
-        self.last_error = None;
+        match error {
+            None => self.last_error = None,
+            Some(e) => {
+                if self.last_error.as_ref() != Some(&e) {
+                    tracing::warn!(
+                        "reload applied to the other listeners; kept the previous certificates of \
+                         the listener(s) that failed: {e}"
+                    );
+                }
+                self.last_error = Some(e);
+            }
+        }
         self.check_expiry();
         self.warn_expired_crls();
     }
 
-    /// The contents of the config file and of every file the current config names.
+    /// The contents of the config file and of every file the current config (and the last one read)
+    /// names. An unreadable file counts by its error, so it neither stops the check nor reloads again
+    /// until it changes; loading then says which listener it breaks.
     fn fingerprint_files(&self) -> Result<u64, String> {
         use std::hash::{Hash, Hasher};
         let text = self.sources.read().map_err(|e| format!("config {e}"))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);
-        if let Some(files) = &self.current.tls.files {
-            FileBytes::read(files)
-                .map_err(|e| format!("config {}: {e}", self.sources.describe()))?
-                .fingerprint()
-                .hash(&mut h);
+        let mut seen: Vec<&TlsFiles> = Vec::new();
+        let current = listeners(&self.current).filter_map(|(_, t)| t.files.as_ref());
+        for files in self
+            .current
+            .tls
+            .files
+            .iter()
+            .chain(current)
+            .chain(&self.attempted)
+        {
+            if seen.contains(&files) {
+                continue;
+            }
+            seen.push(files);
+            match FileBytes::read(files) {
+                Ok(bytes) => bytes.fingerprint().hash(&mut h),
+                Err(e) => e.to_string().hash(&mut h),
+            }
         }
         Ok(h.finish())
     }
@@ -211,6 +340,11 @@ impl Reloader {
         if outbound(old) != outbound(new) {
             changed.push("[[outbound]] listen/upstream".to_owned());
         }
+        let names =
+            |c: &Config<LoadedTls>| listeners(c).map(|(n, _)| n.to_owned()).collect::<Vec<_>>();
+        if names(old) != names(new) {
+            changed.push("listener names".to_owned());
+        }
         if old.metrics.as_ref().map(|m| m.listen) != new.metrics.as_ref().map(|m| m.listen) {
             changed.push("metrics.listen".to_owned());
         }
@@ -231,43 +365,107 @@ impl Reloader {
         changed
     }
 
-    /// Warns 30, 14, 7 and 1 days before our certificate expires (each threshold once).
+    /// Warns 30, 14, 7 and 1 days before a certificate in use expires (each threshold once per
+    /// certificate), naming the listeners that present it.
     fn check_expiry(&mut self) {
-        let id = &self.current.tls.material.identity;
-        let left = id
-            .not_after
-            .duration_since(SystemTime::now())
-            .map_or(0, |d| d.as_secs() / 86400);
-        let threshold = EXPIRY_WARNINGS.iter().rev().find(|t| left < **t).copied();
-        if threshold.is_some() && threshold != self.warned {
-            tracing::warn!(
-                "our certificate \"{}\" expires in {left} day(s), at {}: issue a new one and reload \
-                 (SIGHUP) before then",
-                id.subject,
-                fmt_time(id.not_after)
-            );
-            self.warned = threshold;
+        let mut ids: Vec<(&crate::tls::x509::CertInfo, Vec<&str>)> = Vec::new();
+        for (name, tls) in listeners(&self.current) {
+            let id = &tls.material.identity;
+            match ids
+                .iter_mut()
+                .find(|(i, _)| i.subject == id.subject && i.not_after == id.not_after)
+            {
+                Some((_, names)) => names.push(name),
+                None => ids.push((id, vec![name])),
+            }
         }
+        let mut warned = std::collections::HashMap::new();
+        for (id, names) in ids {
+            let left = id
+                .not_after
+                .duration_since(SystemTime::now())
+                .map_or(0, |d| d.as_secs() / 86400);
+            let Some(threshold) = EXPIRY_WARNINGS.iter().rev().find(|t| left < **t).copied() else {
+                continue;
+            };
+            if self.warned.get(&id.subject) != Some(&threshold) {
+                tracing::warn!(
+                    "our certificate \"{}\" (listener {}) expires in {left} day(s), at {}: issue a \
+                     new one and reload (SIGHUP) before then",
+                    id.subject,
+                    names.join(", "),
+                    fmt_time(id.not_after)
+                );
+            }
+            warned.insert(id.subject.clone(), threshold);
+        }
+        self.warned = warned;
     }
 
     fn warn_expired_crls(&self) {
-        let tls = &self.current.tls;
-        for crl in tls.material.expired_crls(SystemTime::now()) {
-            let next = crl.next_update.map_or_else(String::new, fmt_time);
-            match tls.crl_expired {
-                CrlExpired::Warn => tracing::warn!(
-                    "CRL of \"{}\" is past its nextUpdate ({next}); still used because \
-                     tls.crl_expired = \"warn\": publish a fresh one",
-                    crl.issuer
-                ),
-                CrlExpired::Deny => tracing::warn!(
-                    "CRL of \"{}\" is past its nextUpdate ({next}); certificates of that CA are refused \
-                     (tls.crl_expired = \"deny\") until a fresh CRL is published",
-                    crl.issuer
-                ),
+        let mut seen: Vec<&LoadedTls> = Vec::new();
+        for (_, tls) in listeners(&self.current) {
+            if seen.iter().any(|s| Arc::ptr_eq(&s.material, &tls.material)) {
+                continue;
+            }
+            seen.push(tls);
+            for crl in tls.material.expired_crls(SystemTime::now()) {
+                let next = crl.next_update.map_or_else(String::new, fmt_time);
+                match tls.crl_expired {
+                    CrlExpired::Warn => tracing::warn!(
+                        "CRL of \"{}\" is past its nextUpdate ({next}); still used because \
+                         tls.crl_expired = \"warn\": publish a fresh one",
+                        crl.issuer
+                    ),
+                    CrlExpired::Deny => tracing::warn!(
+                        "CRL of \"{}\" is past its nextUpdate ({next}); certificates of that CA are \
+                         refused (tls.crl_expired = \"deny\") until a fresh CRL is published",
+                        crl.issuer
+                    ),
+                }
             }
         }
     }
+}
+
+/// Every listener's name and material, inbound then outbound.
+fn listeners(c: &Config<LoadedTls>) -> impl Iterator<Item = (&str, &LoadedTls)> {
+    c.inbound
+        .iter()
+        .map(|l| (l.name.as_str(), &l.tls))
+        .chain(c.outbound.iter().map(|l| (l.name.as_str(), &l.tls)))
+}
+
+/// The files every policy of a validated config names.
+fn files_of(c: &Config) -> Vec<TlsFiles> {
+    let mut files = vec![c.tls.files.clone()];
+    for f in c
+        .inbound
+        .iter()
+        .map(|l| &l.tls.files)
+        .chain(c.outbound.iter().map(|l| &l.tls.files))
+    {
+        if !files.contains(f) {
+            files.push(f.clone());
+        }
+    }
+    files
+}
+
+/// The identity that expires first among the listeners': what `/readyz` watches.
+pub(crate) fn earliest_identity(c: &Config<LoadedTls>) -> Option<&crate::tls::x509::CertInfo> {
+    listeners(c)
+        .map(|(_, t)| &t.material.identity)
+        .min_by_key(|id| id.not_after)
+}
+
+/// A listener's new material replaces `old`: the expiry gauges of certificates it no longer uses
+/// report NaN, the new ones their notAfter.
+fn swap_expiry(old: Option<&LoadedTls>, new: &LoadedTls, name: &crate::config::ListenerName) {
+    if let Some(old) = old {
+        old.material.retire_expiry(&new.material, name.as_str());
+    }
+    new.material.publish_expiry(name.as_str());
 }
 
 /// Checks every `reload_interval`, and at once when `reload_now` is notified (SIGHUP), until

@@ -19,7 +19,7 @@ pub enum LoadError {
         source: MaterialError,
     },
     /// The material of a listener's own `[inbound.tls]` / `[outbound.tls]` (the file is in `source`).
-    #[error("config {path}: listener \"{listener}\" (its own tls table): {source}")]
+    #[error("config {path}: listener \"{listener}\": {source}")]
     ListenerMaterial {
         path: PathBuf,
         listener: ListenerName,
@@ -74,11 +74,7 @@ pub fn load(sources: &Sources) -> Result<Loaded<LoadedTls>, StartError> {
 pub fn load_tls(config: Config, path: &Path) -> Result<Config<LoadedTls>, LoadError> {
     let offload = config.offload;
     let mut loaded = Loader::default();
-    config.try_map_tls(|policy, settings| {
-        let tls = loaded.load(policy, settings, path)?;
-        check_offload(offload, &tls.suites, path)?;
-        Ok(tls)
-    })
+    config.try_map_tls(|policy, settings| loaded.load_checked(policy, settings, offload, path))
 }
 
 /// The policies loaded so far, by their settings: what listeners with equal policies share.
@@ -111,6 +107,19 @@ impl Loader {
             },
         })?;
         self.loaded.push((settings, tls.clone()));
+        Ok(tls)
+    }
+
+    /// As [`Self::load`], and the suites checked against `offload`.
+    pub fn load_checked(
+        &mut self,
+        policy: Policy<'_>,
+        settings: TlsSettings,
+        offload: Offload,
+        path: &Path,
+    ) -> Result<LoadedTls, LoadError> {
+        let tls = self.load(policy, settings, path)?;
+        check_offload(offload, &tls.suites, path)?;
         Ok(tls)
     }
 }

@@ -234,6 +234,11 @@ impl ListenerName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as a shared string (a metric label value without a copy).
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl std::fmt::Display for ListenerName {

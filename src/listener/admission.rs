@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{RateLimit, suppressed_note};
 use crate::config::Limits;
-use crate::metrics::{self, Direction, TurnAway};
+use crate::metrics::{self, TurnAway};
 
 /// Turned-away connections are logged once per reason and listener in this window, with the count of
 /// those suppressed: a flood is one line every 10 s, not one per connection.
@@ -43,7 +43,7 @@ pub const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// One listener's budgets.
 pub struct Admission {
-    dir: Direction,
+    who: metrics::Listener,
     listen: SocketAddr,
     max_pending: usize,
     /// `None`: no per-source cap (outbound).
@@ -86,12 +86,17 @@ impl Table {
 impl Admission {
     /// Budgets from `limits` for the listener on `listen`; `per_source`: apply
     /// `limits.max_pending_per_source` (inbound).
-    pub fn new(dir: Direction, listen: SocketAddr, limits: &Limits, per_source: bool) -> Self {
+    pub fn new(
+        who: metrics::Listener,
+        listen: SocketAddr,
+        limits: &Limits,
+        per_source: bool,
+    ) -> Self {
         // The validated config bounds max_connections; the cap only keeps `Semaphore::new` from panicking
         // for a config built in code.
         let max_connections = limits.max_connections.min(Semaphore::MAX_PERMITS);
         Self {
-            dir,
+            who,
             listen,
             max_pending: limits.max_pending_handshakes.max(1),
             per_source: per_source.then_some(limits.max_pending_per_source.max(1)),
@@ -158,7 +163,7 @@ impl Admission {
                 old.evict.cancel();
                 self.turn_away(TurnAway::Evicted, old.peer);
             }
-            None => metrics::handshakes_in_progress(self.dir).increment(1.0),
+            None => metrics::handshakes_in_progress(&self.who).increment(1.0),
         }
         Ok(Pending {
             admission: self.clone(),
@@ -176,17 +181,17 @@ impl Admission {
             .remove(id)
             .is_some();
         if removed {
-            metrics::handshakes_in_progress(self.dir).decrement(1.0);
+            metrics::handshakes_in_progress(&self.who).decrement(1.0);
         }
         removed
     }
 
     fn turn_away(&self, reason: TurnAway, peer: SocketAddr) {
-        metrics::turned_away(self.dir, reason);
+        metrics::turned_away(&self.who, reason);
         let Some(n) = self.log.check(reason) else {
             return;
         };
-        let d = self.dir.as_str();
+        let d = self.who.dir.as_str();
         let listen = self.listen;
         let why = match reason {
             TurnAway::SourceLimit => format!(
@@ -288,7 +293,7 @@ mod tests {
             ..Limits::default()
         };
         Arc::new(Admission::new(
-            Direction::Inbound,
+            metrics::Listener::new(metrics::Direction::Inbound, "internode".into()),
             "127.0.0.1:7001".parse().unwrap(),
             &limits,
             true,

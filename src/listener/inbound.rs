@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
-use super::status::{LastConnect, ListenerStatus, StorageStatus};
+use super::status::{LastConnect, ListenerStatus, ListenerTls, ReloadError, StorageStatus};
 use super::{Ended, NoData, RateLimit, Refusal, RefusalKey, Session, suppressed_note};
 use crate::config::{Inbound, Limits, Mode};
 use crate::metrics::{self, ActiveConnection, Direction, Reason};
@@ -40,6 +40,8 @@ pub struct InboundListener {
 /// What every connection task of one inbound listener shares: its addresses, budgets, log limits and
 /// the current [`InboundSnapshot`].
 struct InboundContext {
+    /// The `direction` and `listener` labels (the name is fixed at start).
+    who: metrics::Listener,
     listen: SocketAddr,
     forward: SocketAddr,
     /// Swapped whole by a reload; each handshake takes the current one.
@@ -58,6 +60,8 @@ struct InboundContext {
     log_connections: bool,
     /// The last attempt to connect `forward`, for `/status`.
     last_connect: LastConnect,
+    /// Why the last reload kept this listener on its previous material, for `/status`.
+    reload_error: ReloadError,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -100,13 +104,20 @@ pub struct InboundHandle(Arc<InboundContext>);
 impl InboundHandle {
     pub fn apply(&self, cfg: &Inbound<LoadedTls>) {
         self.0.snapshot.store(Arc::new(InboundSnapshot::build(cfg)));
+        self.0.reload_error.set(None);
+    }
+
+    /// A reload could not load this listener's material: it keeps its current one.
+    pub fn kept(&self, error: String) {
+        self.0.reload_error.set(Some(error));
     }
 
     /// What `/status` shows of this listener, `inbound[index]`.
     pub fn status(&self, index: usize) -> ListenerStatus {
         let ctx = &self.0;
         ListenerStatus {
-            name: format!("inbound[{index}]"),
+            name: ctx.who.name().to_owned(),
+            key: format!("inbound[{index}]"),
             kind: "inbound",
             listen: ctx.listen,
             mode: ctx.snapshot.load().mode.to_string(),
@@ -118,6 +129,7 @@ impl InboundHandle {
                 last_connect: ctx.last_connect.get(),
             }),
             target: None,
+            tls: ListenerTls::new(&ctx.snapshot.load().settings, ctx.reload_error.get()),
         }
     }
 }
@@ -132,7 +144,9 @@ impl InboundListener {
     ) -> std::io::Result<Self> {
         let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
+        let who = metrics::Listener::new(Direction::Inbound, cfg.name.shared());
         let ctx = Arc::new(InboundContext {
+            who: who.clone(),
             listen,
             forward: cfg.forward,
             snapshot: ArcSwap::from_pointee(InboundSnapshot::build(cfg)),
@@ -140,11 +154,12 @@ impl InboundListener {
             refusals: RateLimit::new(REFUSAL_LOG_WINDOW),
             backend_log: RateLimit::new(Duration::from_secs(10)),
             accept_log: RateLimit::new(Duration::from_secs(10)),
-            admission: Arc::new(Admission::new(Direction::Inbound, listen, limits, true)),
+            admission: Arc::new(Admission::new(who, listen, limits, true)),
             plaintext_peers: super::PeerSet::default(),
             offload,
             log_connections,
             last_connect: LastConnect::default(),
+            reload_error: ReloadError::default(),
         });
         Ok(Self { listener, ctx })
     }
@@ -249,7 +264,7 @@ async fn after_first_bytes(
 ) {
     let result = match first {
         Ok(Opening::NoData(how)) => {
-            return super::no_data(Direction::Inbound, peer, ctx.listen, how);
+            return super::no_data(&ctx.who, peer, ctx.listen, how);
         }
         Ok(Opening::Sniffed(Sniffed::Tls)) => {
             tokio::time::timeout_at(deadline, handshake(&stream, peer, ctx))
@@ -280,7 +295,7 @@ async fn refuse(
     refusal: &Refusal,
     started: Instant,
 ) {
-    metrics::handshake_refused(Direction::Inbound, refusal.reason, started.elapsed());
+    metrics::handshake_refused(&ctx.who, refusal.reason, started.elapsed());
     if let Some(n) = ctx.refusals.check((refusal.reason, peer.ip())) {
         tracing::warn!(
             peer = %peer,
@@ -310,7 +325,7 @@ async fn relay_verified(
     }
     let session = Session::of(&conn, super::wants_identity(ctx.log_connections));
     let (protocol, suite) = (session.protocol, session.suite);
-    metrics::handshake_ok(Direction::Inbound, protocol, suite, started.elapsed());
+    metrics::handshake_ok(&ctx.who, protocol, suite, started.elapsed());
     let Some(_slot) = pending.establish(peer) else {
         return admission::reset(&tls);
     };
@@ -325,7 +340,7 @@ async fn relay_verified(
     let _ = backend.set_nodelay(true);
 
     let relay = relay::Relay::start(tls, conn, backend, ctx.offload).await;
-    let active = ActiveConnection::start(Direction::Inbound, true, relay.path().label());
+    let active = ActiveConnection::start(&ctx.who, true, relay.path().label());
     let ended = Ended {
         peer,
         local: ctx.forward,
@@ -358,7 +373,7 @@ async fn connect_forward(peer: SocketAddr, ctx: &InboundContext) -> Option<TcpSt
                 ),
             };
             ctx.last_connect.failed(error.as_ref(), &why);
-            metrics::backend_failure(Direction::Inbound);
+            metrics::backend_failure(&ctx.who);
             if let Some(n) = ctx.backend_log.check(()) {
                 tracing::warn!(
                     peer = %peer,
@@ -392,7 +407,7 @@ async fn passthrough(
         return;
     };
     let _ = backend.set_nodelay(true);
-    let active = ActiveConnection::start(Direction::Inbound, false, relay::Path::Splice.label());
+    let active = ActiveConnection::start(&ctx.who, false, relay::Path::Splice.label());
     let ended = Ended {
         peer,
         local: ctx.forward,

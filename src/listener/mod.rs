@@ -169,13 +169,14 @@ pub enum NoData {
 /// Counts (`ringseal_connections_closed_total{how="no_data"}`) and logs at debug a connection that
 /// ended before its first byte: a health check, not a handshake. Nothing is sent back; the socket is
 /// closed when dropped.
-pub fn no_data(dir: crate::metrics::Direction, peer: SocketAddr, listen: SocketAddr, how: NoData) {
-    crate::metrics::closed_without_data(dir);
+pub fn no_data(who: &crate::metrics::Listener, peer: SocketAddr, listen: SocketAddr, how: NoData) {
+    crate::metrics::closed_without_data(who);
     let what = match how {
         NoData::Closed => "closed",
         NoData::Reset => "reset",
     };
     tracing::debug!(
+        listener = who.name(),
         peer = %peer,
         listen = %listen,
         "{peer} {what} the connection before sending a byte (a TCP health check?); not a handshake"
@@ -222,7 +223,8 @@ pub fn peer_subject(conn: &rustls::Connection) -> String {
         .and_then(|c| c.first())
         .and_then(crate::tls::x509::CertInfo::parse)
         .map(|i| i.subject)
-        .unwrap_or_else(|| "(no certificate)".into())
+        // An anonymous client of a listener with require_client_auth = "optional" or false.
+        .unwrap_or_else(|| "none".into())
 }
 
 /// Whether connection ends get their info line (`[logging] connections`), and so whether the peer's
@@ -242,6 +244,7 @@ pub fn report_close(
     log_connections: bool,
 ) {
     let dir = active.direction();
+    let listener = active.listener().to_owned();
     let how = outcome.close.label();
     active.closed(how);
     let routine = matches!(
@@ -259,6 +262,7 @@ pub fn report_close(
         ($level:ident) => {
             tracing::$level!(
                 direction = dir.as_str(),
+                listener = listener.as_str(),
                 peer = %ended.peer,
                 local = %ended.local,
                 tls = tls.is_some(),
@@ -270,7 +274,7 @@ pub fn report_close(
                 bytes_to_peer = outcome.to_peer,
                 duration_seconds = ended.started.elapsed().as_secs_f64(),
                 how,
-                "{} connection with {} ended ({how}{detail})",
+                "{} connection with {} on {listener} ended ({how}{detail})",
                 dir.as_str(),
                 ended.peer,
             )

@@ -23,6 +23,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::admission::{self, Admission, Pending};
+use super::status::ReloadError;
 use super::tls_peers::TlsPeers;
 use super::{Ended, RateLimit, Refusal, RefusalKey, Session, suppressed_note};
 use crate::config::{Limits, Mode, Outbound, Target};
@@ -38,6 +39,7 @@ const FALLBACK_MEMORY: Duration = Duration::from_secs(30);
 
 /// What a reload may change: TLS material, peer policy, mode.
 struct OutboundSnapshot {
+    settings: LoadedTls,
     config: Arc<ClientConfig>,
     mode: Mode,
     plaintext_fallback: Option<SocketAddr>,
@@ -51,6 +53,7 @@ impl OutboundSnapshot {
             allow: cfg.allow.clone(),
         });
         Self {
+            settings: tls.clone(),
             config: crate::tls::client_config(
                 tls,
                 crate::tls::provider_for(tls),
@@ -73,13 +76,20 @@ impl OutboundHandle {
         self.0
             .snapshot
             .store(Arc::new(OutboundSnapshot::build(cfg)));
+        self.0.reload_error.set(None);
+    }
+
+    /// A reload could not load this listener's material: it keeps its current one.
+    pub fn kept(&self, error: String) {
+        self.0.reload_error.set(Some(error));
     }
 
     /// What `/status` shows of this listener, `outbound[index]`.
     pub fn status(&self, index: usize) -> super::status::ListenerStatus {
         let ctx = &self.0;
         super::status::ListenerStatus {
-            name: format!("outbound[{index}]"),
+            name: ctx.who.name().to_owned(),
+            key: format!("outbound[{index}]"),
             kind: "outbound",
             listen: ctx.listen,
             mode: ctx.snapshot.load().mode.to_string(),
@@ -91,6 +101,10 @@ impl OutboundHandle {
                 Target::Fixed(a) => a.to_string(),
                 Target::Transparent { tls_port } => format!("transparent:{tls_port}"),
             }),
+            tls: super::status::ListenerTls::new(
+                &ctx.snapshot.load().settings,
+                ctx.reload_error.get(),
+            ),
         }
     }
 }
@@ -181,6 +195,8 @@ pub struct OutboundListener {
 /// What every connection task of one outbound listener shares: its address and target, budgets, log
 /// limits, the memories of peers with and without TLS, and the current [`OutboundSnapshot`].
 struct OutboundContext {
+    /// The `direction` and `listener` labels (the name is fixed at start).
+    who: metrics::Listener,
     listen: SocketAddr,
     target: Target,
     /// Swapped whole by a reload; each connection takes the current one.
@@ -202,6 +218,8 @@ struct OutboundContext {
     offload: Offload,
     /// `[logging] connections`: one info line per relayed connection when it ends. Fixed at start.
     log_connections: bool,
+    /// Why the last reload kept this listener on its previous material, for `/status`.
+    reload_error: ReloadError,
 }
 
 impl OutboundListener {
@@ -214,21 +232,24 @@ impl OutboundListener {
     ) -> std::io::Result<Self> {
         let listener = super::bind(cfg.listen, limits.backlog())?;
         let listen = listener.local_addr()?;
+        let who = metrics::Listener::new(Direction::Outbound, cfg.name.shared());
         Ok(Self {
             listener,
             ctx: Arc::new(OutboundContext {
+                who: who.clone(),
                 listen,
                 target: cfg.target,
                 snapshot: ArcSwap::from_pointee(OutboundSnapshot::build(cfg)),
                 plaintext_peers: Default::default(),
                 tls_peers,
-                admission: Arc::new(Admission::new(Direction::Outbound, listen, limits, false)),
+                admission: Arc::new(Admission::new(who, listen, limits, false)),
                 fallback_log: RateLimit::new(Duration::from_secs(60)),
                 limits: limits.clone(),
                 refusals: RateLimit::new(Duration::from_secs(60)),
                 accept_log: RateLimit::new(Duration::from_secs(10)),
                 offload,
                 log_connections,
+                reload_error: ReloadError::default(),
             }),
         })
     }
@@ -326,7 +347,7 @@ async fn serve_local_connection(
         && let Some(reason) = ctx.recently_plaintext(ip)
         && let Ok(remote) = connect_plain(plain, ctx).await
     {
-        metrics::plaintext_fallback(reason);
+        metrics::plaintext_fallback(&ctx.who, reason);
         return relay_plain(local, from, plain, remote, ctx, pending, started).await;
     }
     let (tls, conn) = match dial(peer, &snapshot, ctx).await {
@@ -368,7 +389,7 @@ fn refused(
     ctx: &OutboundContext,
     started: Instant,
 ) {
-    metrics::handshake_refused(Direction::Outbound, refusal.reason, started.elapsed());
+    metrics::handshake_refused(&ctx.who, refusal.reason, started.elapsed());
     let Some(n) = ctx.refusals.check((refusal.reason, peer.ip())) else {
         return;
     };
@@ -419,14 +440,14 @@ async fn relay_verified(
     }
     let session = Session::of(&conn, super::wants_identity(ctx.log_connections));
     let (protocol, suite) = (session.protocol, session.suite);
-    metrics::handshake_ok(Direction::Outbound, protocol, suite, started.elapsed());
+    metrics::handshake_ok(&ctx.who, protocol, suite, started.elapsed());
     let Some(_slot) = pending.establish(from) else {
         return admission::reset(&local);
     };
     tracing::debug!(peer = %peer, "outbound {from} -> {peer} established ({protocol}, {suite})");
 
     let relay = relay::Relay::start(tls, conn, local, ctx.offload).await;
-    let active = ActiveConnection::start(Direction::Outbound, true, relay.path().label());
+    let active = ActiveConnection::start(&ctx.who, true, relay.path().label());
     let ended = Ended {
         peer,
         local: from,
@@ -470,7 +491,7 @@ async fn fall_back(
     }
     match connect_plain(plain, ctx).await {
         Ok(remote) => {
-            metrics::plaintext_fallback(reason);
+            metrics::plaintext_fallback(&ctx.who, reason);
             relay_plain(local, from, plain, remote, ctx, pending, started).await;
         }
         Err(why) => {
@@ -689,7 +710,7 @@ async fn relay_plain(
     let Some(_slot) = pending.establish(from) else {
         return admission::reset(&local);
     };
-    let active = ActiveConnection::start(Direction::Outbound, false, relay::Path::Splice.label());
+    let active = ActiveConnection::start(&ctx.who, false, relay::Path::Splice.label());
     let ended = Ended {
         peer: to,
         local: from,

@@ -14,8 +14,10 @@ use crate::tls::x509::fmt_time;
 /// apply), so consumers see one shape.
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenerStatus {
-    /// `inbound[0]`, `outbound[1]`: the config's list and index, as in log lines and errors.
+    /// The listener's `name` (its `listener` metric label and log field).
     pub name: String,
+    /// `inbound[0]`, `outbound[1]`: the config's list and index, as in config errors.
+    pub key: String,
     /// `inbound` (mutual TLS in, plaintext to the storage port) or `outbound` (plaintext in from the
     /// node, mutual TLS to a peer).
     pub kind: &'static str,
@@ -34,6 +36,53 @@ pub struct ListenerStatus {
     /// Outbound: where connections go (`10.0.0.2:7001`, or `transparent:7001` for the original
     /// destination's IP with that port); `null` for inbound.
     pub target: Option<String>,
+    /// The TLS material this listener uses now.
+    pub tls: ListenerTls,
+}
+
+/// A listener's TLS policy as in use now (its own `[inbound.tls]`, or `[tls]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerTls {
+    /// `required`, `optional` or `off` (outbound: what the listener would ask, unused).
+    pub client_auth: String,
+    /// The subject of the certificate this listener presents.
+    pub identity: String,
+    /// Its notAfter, RFC 3339, UTC.
+    pub identity_not_after: String,
+    /// How many CA certificates it trusts.
+    pub cas: usize,
+    pub crls: usize,
+    /// Why the last reload could not load this listener's material (it kept its previous one);
+    /// `null` when the last reload applied it.
+    pub reload_error: Option<String>,
+}
+
+impl ListenerTls {
+    pub fn new(tls: &crate::tls::LoadedTls, reload_error: Option<String>) -> Self {
+        let m = &tls.material;
+        Self {
+            client_auth: tls.require_client_auth.to_string(),
+            identity: m.identity.subject.clone(),
+            identity_not_after: fmt_time(m.identity.not_after),
+            cas: m.cas.len(),
+            crls: m.crls.len(),
+            reload_error,
+        }
+    }
+}
+
+/// The last reload error of one listener's material, for `/status`.
+#[derive(Debug, Default)]
+pub struct ReloadError(Mutex<Option<String>>);
+
+impl ReloadError {
+    pub fn set(&self, e: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// The storage port an inbound listener forwards to.

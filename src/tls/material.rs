@@ -322,8 +322,9 @@ impl TlsMaterial {
 
     /// Whether the CAs' names fit a CertificateRequest; see [`CA_NAMES_LIMIT`].
     /// Publishes the expiry gauge of our identity and of every trusted CA.
-    pub fn publish_expiry(&self) {
+    pub fn publish_expiry(&self, listener: &str) {
         crate::metrics::certificate_expiry(
+            listener,
             (&self.identity.subject, self.identity.not_after),
             self.cas
                 .iter()
@@ -332,10 +333,11 @@ impl TlsMaterial {
     }
 
     /// After a reload to `new`: the certificates no longer in use stop reporting an expiry.
-    pub fn retire_expiry(&self, new: &Self) {
+    pub fn retire_expiry(&self, new: &Self, listener: &str) {
         let old_cas: Vec<&str> = self.cas.iter().map(|c| c.subject.as_str()).collect();
         let new_cas: Vec<&str> = new.cas.iter().map(|c| c.subject.as_str()).collect();
         crate::metrics::certificate_expiry_retired(
+            listener,
             (&self.identity.subject, &old_cas),
             (&new.identity.subject, &new_cas),
         );

@@ -29,8 +29,26 @@ pub struct Report {
     pub identity: IdentityReport,
     pub outbound_identity: Option<IdentityReport>,
     pub trust: Trust,
+    /// Every listener, with the material it uses; warnings and errors about a listener's own material
+    /// (`[inbound.tls]`) are in `warnings`/`errors`, prefixed with `listener "NAME": `.
+    pub listeners: Vec<ListenerReport>,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
+}
+
+/// One listener: its name and the policy it runs with.
+#[derive(Debug, Serialize)]
+pub struct ListenerReport {
+    pub name: String,
+    /// `inbound` or `outbound`.
+    pub kind: &'static str,
+    pub listen: String,
+    /// `[tls]` (the default policy) or the listener's own table, e.g. `inbound[1].tls`.
+    pub policy: String,
+    /// `required`, `optional` or `off`.
+    pub client_auth: String,
+    pub identity: IdentityReport,
+    pub trust: Trust,
 }
 
 /// One identity: where it came from, its leaf and what verifying it against our trust store says.
@@ -173,15 +191,77 @@ pub enum Purpose {
     Startup,
 }
 
-/// Examines a loaded config.
+/// Examines a loaded config: `[tls]`, then each listener's policy (those with their own material in
+/// full, their findings named by the listener).
 pub fn examine(config: &Config<LoadedTls>, purpose: Purpose) -> Report {
-    let material = &config.tls.material;
+    let (mut identities, trust, mut warnings, mut errors) =
+        examine_tls(config, &config.tls, purpose);
+    let kinds = config
+        .inbound
+        .iter()
+        .enumerate()
+        .map(|(i, l)| ("inbound", i, &l.name, l.listen, &l.tls))
+        .chain(
+            config
+                .outbound
+                .iter()
+                .enumerate()
+                .map(|(i, l)| ("outbound", i, &l.name, l.listen, &l.tls)),
+        );
+    let mut listeners = Vec::new();
+    let mut examined: Vec<&LoadedTls> = vec![&config.tls];
+    for (kind, index, name, listen, tls) in kinds {
+        let own = !std::sync::Arc::ptr_eq(&tls.material, &config.tls.material);
+        let (ids, trust, w, e) = examine_tls(config, tls, purpose);
+        if !examined
+            .iter()
+            .any(|t| std::sync::Arc::ptr_eq(&t.material, &tls.material))
+        {
+            examined.push(tls);
+            warnings.extend(w.into_iter().map(|w| format!("listener \"{name}\": {w}")));
+            errors.extend(e.into_iter().map(|e| format!("listener \"{name}\": {e}")));
+        }
+        let identity = ids.into_iter().next().expect("the identity always exists");
+        listeners.push(ListenerReport {
+            name: name.to_string(),
+            kind,
+            listen: listen.to_string(),
+            policy: if own {
+                format!("{kind}[{index}].tls")
+            } else {
+                "[tls]".to_owned()
+            },
+            client_auth: tls.require_client_auth.to_string(),
+            identity,
+            trust,
+        });
+    }
+    let outbound_identity = (identities.len() > 1).then(|| identities.remove(1));
+    Report {
+        ok: errors.is_empty(),
+        cluster_name: config.cluster_name.clone(),
+        identity: identities.remove(0),
+        outbound_identity,
+        trust,
+        listeners,
+        warnings,
+        errors,
+    }
+}
+
+/// One policy's identities (ours, then the outbound one if any), trust, warnings and errors.
+fn examine_tls(
+    config: &Config<LoadedTls>,
+    tls: &LoadedTls,
+    purpose: Purpose,
+) -> (Vec<IdentityReport>, Trust, Vec<String>, Vec<String>) {
+    let material = &tls.material;
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
     let v1_trust = V1Trust::new(
         true,
         material.clone(),
-        config.tls.crl_expired,
+        tls.crl_expired,
         ringseal::tls::provider().signature_verification_algorithms,
     );
     let own = [
@@ -203,6 +283,7 @@ pub fn examine(config: &Config<LoadedTls>, purpose: Purpose) -> Report {
         chain.report_failures(role, &mut errors);
         warn_about_identity(
             config,
+            material,
             role,
             &chain.leaf,
             &chain.rest,
@@ -223,19 +304,11 @@ pub fn examine(config: &Config<LoadedTls>, purpose: Purpose) -> Report {
             material.ca_names_len() / 1024
         ));
     }
-    let mut identities = identities.into_iter();
-    Report {
-        ok: errors.is_empty(),
-        cluster_name: config.cluster_name.clone(),
-        identity: identities.next().expect("the identity always exists"),
-        outbound_identity: identities.next(),
-        trust: Trust {
-            source: origin(&material.origins.ca),
-            cas,
-        },
-        warnings,
-        errors,
-    }
+    let trust = Trust {
+        source: origin(&material.origins.ca),
+        cas,
+    };
+    (identities, trust, warnings, errors)
 }
 
 /// `tls.cert /etc/...`: the config key and the file it names.
@@ -361,6 +434,7 @@ fn verify_own(
 
 fn warn_about_identity(
     config: &Config<LoadedTls>,
+    material: &ringseal::tls::material::TlsMaterial,
     role: &str,
     leaf: &Cert,
     rest: &[Cert],
@@ -415,19 +489,18 @@ fn warn_about_identity(
         ));
     }
     if let Some(cluster) = &config.cluster_name {
-        warn_about_ou(config, cluster, role, leaf, warnings);
+        warn_about_ou(material, cluster, role, leaf, warnings);
     }
 }
 
 /// The guides' convention (and allow-lists on OU) expect the cluster's name as the OU.
 fn warn_about_ou(
-    config: &Config<LoadedTls>,
+    material: &ringseal::tls::material::TlsMaterial,
     cluster: &str,
     role: &str,
     leaf: &Cert,
     warnings: &mut Vec<String>,
 ) {
-    let material = &config.tls.material;
     let ous = if role == "identity" {
         material.identity.ou.clone()
     } else {
@@ -494,6 +567,26 @@ pub fn render(report: &Report, config: &Config<LoadedTls>) -> String {
             out,
             "  CA       {} (v{}, {}, until {}, {} days left)",
             ca.subject, ca.version, ca.key, ca.not_after, ca.days_left
+        );
+    }
+    for l in &report.listeners {
+        let id = &l.identity;
+        let _ = writeln!(
+            out,
+            "listener   {} ({} {}): {}, client auth {}, identity \"{}\" until {} ({} days left), \
+             serverAuth {}, clientAuth {}; trust {} ({} CA certificate(s))",
+            l.name,
+            l.kind,
+            l.listen,
+            l.policy,
+            l.client_auth,
+            id.certificate.subject,
+            id.certificate.not_after,
+            id.certificate.days_left,
+            id.verifies_for_server_auth,
+            id.verifies_for_client_auth,
+            l.trust.source,
+            l.trust.cas.len()
         );
     }
     out.push_str(&ringseal::describe(config));
