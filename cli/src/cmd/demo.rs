@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -59,14 +58,6 @@ struct ClientPort {
     roots: Arc<RootCertStore>,
 }
 
-/// What the demo's CQL clients saw: answers through the client listener, and plaintext attempts
-/// that got none.
-#[derive(Default)]
-struct CqlCounts {
-    served: AtomicU64,
-    plaintext_refused: AtomicU64,
-}
-
 pub fn run(duration: Duration, runtime: &tokio::runtime::Runtime) -> std::process::ExitCode {
     runtime.block_on(async {
         let stop = CancellationToken::new();
@@ -96,10 +87,9 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
     );
     let traffic = CancellationToken::new();
     let mut tasks = start_traffic(&ca, &nodes, &traffic)?;
-    let cql = Arc::new(CqlCounts::default());
-    tasks.spawn(cql_clients(client_port, cql.clone(), traffic.clone()));
+    tasks.spawn(cql_clients(client_port, traffic.clone()));
     let started = Instant::now();
-    show_progress(&metrics, &cql, started, duration, &stop).await;
+    show_progress(&metrics, started, duration, &stop).await;
     traffic.cancel();
     let mut failures = Vec::new();
     while let Some(r) = tasks.join_next().await {
@@ -107,7 +97,7 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
             failures.push(e);
         }
     }
-    let s = Summary::read(&metrics, &cql);
+    let s = Summary::read(&metrics);
     print_summary(&s, started.elapsed());
     servers.cancel();
     if let Some(e) = failures.first() {
@@ -302,7 +292,6 @@ fn start_traffic(
 /// A line a second from ringseal's own metrics until `duration` has passed or `stop`.
 async fn show_progress(
     metrics: &PrometheusHandle,
-    cql: &CqlCounts,
     started: Instant,
     duration: Duration,
     stop: &CancellationToken,
@@ -315,7 +304,7 @@ async fn show_progress(
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let s = Summary::read(metrics, cql);
+        let s = Summary::read(metrics);
         let negotiated = s
             .negotiated
             .iter()
@@ -425,11 +414,7 @@ async fn stream(via: SocketAddr, stop: CancellationToken) -> anyhow::Result<u64>
 /// A CQL client every second until `stop`: one with TLS (trusting only the client CA, no client
 /// certificate) whose OPTIONS must be answered with SUPPORTED, and one without TLS that must get no
 /// answer.
-async fn cql_clients(
-    port: ClientPort,
-    counts: Arc<CqlCounts>,
-    stop: CancellationToken,
-) -> anyhow::Result<u64> {
+async fn cql_clients(port: ClientPort, stop: CancellationToken) -> anyhow::Result<u64> {
     let config = Arc::new(
         ClientConfig::builder_with_provider(ringseal::tls::provider())
             .with_safe_default_protocol_versions()?
@@ -452,11 +437,12 @@ async fn cql_clients(
             cql_options(&mut tls).await? == Some(CQL_SUPPORTED),
             "the fake CQL port did not answer OPTIONS with SUPPORTED"
         );
-        counts.served.fetch_add(1, Ordering::Relaxed);
+        // Refused by the sidecar: no answer (counted as not_tls by ringseal itself).
         let mut plain = tokio::net::TcpStream::connect(port.sidecar).await?;
-        if cql_options(&mut plain).await.ok().flatten().is_none() {
-            counts.plaintext_refused.fetch_add(1, Ordering::Relaxed);
-        }
+        anyhow::ensure!(
+            cql_options(&mut plain).await.ok().flatten().is_none(),
+            "a CQL client without TLS got an answer through the client listener"
+        );
     }
     Ok(0)
 }
@@ -550,30 +536,8 @@ struct Summary {
 }
 
 impl Summary {
-    /// Handshakes of the client listener are told apart by their `listener` label; without one
-    /// (metrics of a build that has none), by what the demo's own CQL clients counted.
-    fn read(handle: &PrometheusHandle, cql: &CqlCounts) -> Self {
-        let mut s = Self::read_labelled(handle);
-        if s.client_ok == 0 && s.client_refused.is_empty() {
-            let served = cql.served.load(Ordering::Relaxed);
-            let plaintext = cql.plaintext_refused.load(Ordering::Relaxed);
-            s.client_ok = served;
-            s.ok = s.ok.saturating_sub(served);
-            if let Some(((_, _), n)) = s.negotiated.iter_mut().max_by_key(|(_, n)| **n) {
-                *n = n.saturating_sub(served);
-            }
-            if plaintext > 0 {
-                s.client_refused.insert("not_tls".into(), plaintext);
-                if let Some(n) = s.refused.get_mut("not_tls") {
-                    *n = n.saturating_sub(plaintext);
-                }
-                s.refused.retain(|_, n| *n > 0);
-            }
-        }
-        s
-    }
-
-    fn read_labelled(handle: &PrometheusHandle) -> Self {
+    /// Handshakes of the client listener are told apart by their `listener` label.
+    fn read(handle: &PrometheusHandle) -> Self {
         let mut s = Self::default();
         for line in handle.render().lines() {
             let Some((name, labels, value)) = parse_sample(line) else {

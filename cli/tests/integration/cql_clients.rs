@@ -92,6 +92,7 @@ fn refused(metrics: SocketAddr, reason: &str) -> f64 {
         "ringseal_handshakes_total",
         &[
             ("direction", "inbound"),
+            ("listener", "client"),
             ("result", "refused"),
             ("reason", reason),
         ],
@@ -203,4 +204,13 @@ fn python_driver_through_the_client_listener() {
     );
     assert!(line.contains("ssl_context"), "names the fix: {line}");
     assert!(refused(metrics, "not_tls") > before);
+    // Every handshake was the client listener's: the internode one saw none.
+    let exposition = scrape(metrics);
+    let internode = [("direction", "inbound"), ("listener", "internode")];
+    assert_eq!(
+        samples(&exposition, "ringseal_handshakes_total", &internode),
+        0.0
+    );
+    let client = [("listener", "client"), ("result", "ok")];
+    assert!(samples(&exposition, "ringseal_handshakes_total", &client) >= 2.0);
 }
