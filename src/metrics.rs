@@ -306,12 +306,11 @@ pub fn register_zeroes(listeners: &[Listener]) {
             counter!(CLOSES, "direction" => d, "listener" => l.clone(), "how" => HOW_NO_DATA)
                 .increment(0);
         }
-        // Outbound only: a sidecar without outbound listeners truly has none.
-        if who.dir == Direction::Outbound {
-            for reason in FallbackReason::ALL {
-                counter!(PLAINTEXT_FALLBACKS, "listener" => l.clone(), "reason" => reason.as_str())
-                    .increment(0);
-            }
+        // Outbound only, but always there (an inbound listener's stay at 0), so that every
+        // sidecar's exposition has every metric.
+        for reason in FallbackReason::ALL {
+            counter!(PLAINTEXT_FALLBACKS, "listener" => l.clone(), "reason" => reason.as_str())
+                .increment(0);
         }
     }
     // Per direction: the verified-chain caches are the verifiers', not a listener's.

@@ -161,6 +161,24 @@ impl Reloader {
                 }
             }
         }
+        let applied = inbound.iter().any(|(_, kept)| kept.is_none())
+            || outbound.iter().any(|(_, kept)| kept.is_none());
+        if !applied && !failures.is_empty() {
+            // Nothing loaded: the whole reload failed, as with one listener.
+            let error = failures.join("; ");
+            for (h, (_, kept)) in self.inbound.iter().zip(&inbound) {
+                if let Some(e) = kept {
+                    h.kept(e.clone());
+                }
+            }
+            for (h, (_, kept)) in self.outbound.iter().zip(&outbound) {
+                if let Some(e) = kept {
+                    h.kept(e.clone());
+                }
+            }
+            self.failed(error, forced);
+            return;
+        }
         let tls = match top {
             Ok(tls) => tls,
             Err(e) => {

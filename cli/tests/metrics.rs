@@ -336,7 +336,11 @@ async fn endpoints_answer_and_every_metric_is_described() {
     };
     let text = scrape_until(sc.admin, "HELP and TYPE for every metric", all_present).await;
     assert_eq!(
-        sum(&text, "ringseal_handshakes_total", &["result=\"ok\""]),
+        sum(
+            &text,
+            "ringseal_handshakes_total",
+            &["result=\"ok\"", "listener=\"internode\""]
+        ),
         1.0,
         "{text}"
     );
@@ -925,69 +929,69 @@ tests:
   # Identity expires 10 days after t=0 (Unix epoch in promtool time); a CA in 400 days.
   - interval: 1m
     input_series:
-      - series: 'ringseal_certificate_expiry_timestamp_seconds{{instance="a:9464",role="identity",subject="CN=node1"}}'
+      - series: 'ringseal_certificate_expiry_timestamp_seconds{{instance="a:9464",listener="internode",role="identity",subject="CN=node1"}}'
         values: '864000x30'
-      - series: 'ringseal_certificate_expiry_timestamp_seconds{{instance="a:9464",role="ca",subject="CN=ca"}}'
+      - series: 'ringseal_certificate_expiry_timestamp_seconds{{instance="a:9464",listener="internode",role="ca",subject="CN=ca"}}'
         values: '34560000x30'
     alert_rule_test:
       - eval_time: 20m
         alertname: RingsealCertificateExpiringSoon
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: "a:9464", role: identity, subject: "CN=node1"}}
+          - exp_labels: {{severity: warning, instance: "a:9464", listener: internode, role: identity, subject: "CN=node1"}}
             exp_annotations:
-              summary: 'ringseal identity certificate on a:9464 expires in 9d 23h 40m 0s'
-              description: 'The identity certificate "CN=node1" used by the ringseal sidecar on a:9464 expires in 9d 23h 40m 0s. Issue a new one from the cluster CA and replace tls.cert/tls.key (identity) or add the new CA to tls.ca (ca); ringseal reloads it without a restart. An expired identity makes every peer refuse this node.'
+              summary: 'ringseal identity certificate of listener internode on a:9464 expires in 9d 23h 40m 0s'
+              description: 'The identity certificate "CN=node1" used by listener internode of the ringseal sidecar on a:9464 expires in 9d 23h 40m 0s. Issue a new one from the cluster CA and replace tls.cert/tls.key (identity) or add the new CA to tls.ca (ca); ringseal reloads it without a restart. An expired identity makes every peer refuse this node.'
   # 10% of handshakes refused for 10 minutes.
   - interval: 1m
     input_series:
-      - series: 'ringseal_handshakes_total{{instance="a:9464",direction="inbound",result="ok",reason="",protocol="TLSv1.3",cipher_suite="TLS_AES_256_GCM_SHA384"}}'
+      - series: 'ringseal_handshakes_total{{instance="a:9464",direction="inbound",listener="internode",result="ok",reason="",protocol="TLSv1.3",cipher_suite="TLS_AES_256_GCM_SHA384"}}'
         values: '0+540x30'
-      - series: 'ringseal_handshakes_total{{instance="a:9464",direction="inbound",result="refused",reason="unknown_ca",protocol="",cipher_suite=""}}'
+      - series: 'ringseal_handshakes_total{{instance="a:9464",direction="inbound",listener="internode",result="refused",reason="unknown_ca",protocol="",cipher_suite=""}}'
         values: '0+60x30'
-      - series: 'ringseal_handshakes_total{{instance="b:9464",direction="inbound",result="ok",reason="",protocol="TLSv1.3",cipher_suite="TLS_AES_256_GCM_SHA384"}}'
+      - series: 'ringseal_handshakes_total{{instance="b:9464",direction="inbound",listener="internode",result="ok",reason="",protocol="TLSv1.3",cipher_suite="TLS_AES_256_GCM_SHA384"}}'
         values: '0+600x30'
     alert_rule_test:
       - eval_time: 20m
         alertname: RingsealHandshakeFailures
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: "a:9464", direction: inbound}}
+          - exp_labels: {{severity: warning, instance: "a:9464", direction: inbound, listener: internode}}
             exp_annotations:
-              summary: '10% of inbound handshakes refused on a:9464'
-              description: 'ringseal on a:9464 refuses 10% of its inbound TLS handshakes. The reason label says why (see the dashboard''s "Handshakes by result and reason"); ringseal logs one WARN line per peer and reason with the details. Typical causes: a node with a certificate from another CA (unknown_ca), a missing IP SAN (endpoint_mismatch), an expired peer certificate, or a scanner (not_tls).'
+              summary: '10% of inbound handshakes refused on listener internode of a:9464'
+              description: 'ringseal on a:9464 refuses 10% of the inbound TLS handshakes of its listener internode. The reason label says why (see the dashboard''s "Handshakes by result and reason"); ringseal logs one WARN line per peer and reason with the details. Typical causes: a node with a certificate from another CA (unknown_ca), a missing IP SAN (endpoint_mismatch), an expired peer certificate, or a scanner (not_tls).'
   # A plaintext connection, in a series that appears only then.
   - interval: 1m
     input_series:
-      - series: 'ringseal_connections_total{{instance="a:9464",direction="inbound",tls="false"}}'
+      - series: 'ringseal_connections_total{{instance="a:9464",direction="inbound",listener="internode",tls="false"}}'
         values: '_x10 1x20'
-      - series: 'ringseal_connections_total{{instance="b:9464",direction="inbound",tls="true"}}'
+      - series: 'ringseal_connections_total{{instance="b:9464",direction="inbound",listener="internode",tls="true"}}'
         values: '0+5x30'
     alert_rule_test:
       - eval_time: 12m
         alertname: RingsealPlaintextConnection
         exp_alerts:
-          - exp_labels: {{severity: critical, instance: "a:9464", direction: inbound}}
+          - exp_labels: {{severity: critical, instance: "a:9464", direction: inbound, listener: internode}}
             exp_annotations:
-              summary: 'Plaintext inbound internode connection on a:9464'
-              description: 'ringseal on a:9464 relayed inbound internode traffic without TLS in the last 10 minutes. In a strict cluster nothing may; find the node that still connects in plaintext (ringseal''s logs name it) and enable its sidecar.'
+              summary: 'Plaintext inbound connection on listener internode of a:9464'
+              description: 'ringseal on a:9464 relayed inbound traffic on its listener internode without TLS in the last 10 minutes. In a strict cluster nothing may; find the node that still connects in plaintext (ringseal''s logs name it) and enable its sidecar.'
       - eval_time: 5m
         alertname: RingsealPlaintextConnection
         exp_alerts: []
   # A plaintext fallback of permissive outbound, in a series that starts at 0.
   - interval: 1m
     input_series:
-      - series: 'ringseal_plaintext_fallbacks_total{{instance="a:9464",reason="connection_refused"}}'
+      - series: 'ringseal_plaintext_fallbacks_total{{instance="a:9464",listener="outbound",reason="connection_refused"}}'
         values: '0x5 3x25'
-      - series: 'ringseal_plaintext_fallbacks_total{{instance="a:9464",reason="not_tls"}}'
+      - series: 'ringseal_plaintext_fallbacks_total{{instance="a:9464",listener="outbound",reason="not_tls"}}'
         values: '0x30'
-      - series: 'ringseal_plaintext_fallbacks_total{{instance="b:9464",reason="connection_refused"}}'
+      - series: 'ringseal_plaintext_fallbacks_total{{instance="b:9464",listener="outbound",reason="connection_refused"}}'
         values: '0x30'
     alert_rule_test:
       - eval_time: 8m
         alertname: RingsealPlaintextFallback
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: "a:9464", reason: connection_refused}}
+          - exp_labels: {{severity: warning, instance: "a:9464", listener: outbound, reason: connection_refused}}
             exp_annotations:
-              summary: 'Permissive outbound fell back to plaintext (connection_refused) on a:9464'
+              summary: 'Permissive outbound listener outbound fell back to plaintext (connection_refused) on a:9464'
               description: 'ringseal on a:9464 sent outbound internode connections in plaintext in the last 10 minutes (reason connection_refused: connection_refused = the peer''s TLS port refused, not_tls = it answered with bytes that are not TLS) to a peer it has not verified over TLS recently. Its WARN log line names the peer. If that peer should have a sidecar, its sidecar is down or something on the network blocks or answers its TLS port in its place; if every node has one, switch to strict mode.'
       - eval_time: 4m
         alertname: RingsealPlaintextFallback
@@ -998,17 +1002,17 @@ tests:
   # A burst of connections over the per-source cap, in a series that starts at 0.
   - interval: 1m
     input_series:
-      - series: 'ringseal_connections_turned_away_total{{instance="a:9464",direction="inbound",reason="source_limit"}}'
+      - series: 'ringseal_connections_turned_away_total{{instance="a:9464",direction="inbound",listener="internode",reason="source_limit"}}'
         values: '0x5 236x25'
-      - series: 'ringseal_connections_turned_away_total{{instance="b:9464",direction="inbound",reason="source_limit"}}'
+      - series: 'ringseal_connections_turned_away_total{{instance="b:9464",direction="inbound",listener="internode",reason="source_limit"}}'
         values: '0x30'
     alert_rule_test:
       - eval_time: 12m
         alertname: RingsealConnectionsTurnedAway
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: "a:9464", direction: inbound, reason: source_limit}}
+          - exp_labels: {{severity: warning, instance: "a:9464", direction: inbound, listener: internode, reason: source_limit}}
             exp_annotations:
-              summary: 'ringseal on a:9464 turns inbound connections away (source_limit)'
+              summary: 'ringseal on a:9464 turns inbound connections away on listener internode (source_limit)'
               description: '236 inbound connections in 10 minutes were closed by admission control on a:9464, reason source_limit. source_limit and evicted: connections that do not finish their handshake (a flood or a scanner; ringseal''s log names the address). connections_full: limits.max_connections is reached; raise it.'
       - eval_time: 5m
         alertname: RingsealConnectionsTurnedAway
@@ -1027,7 +1031,7 @@ tests:
           - exp_labels: {{severity: warning, instance: "a:9464", result: error}}
             exp_annotations:
               summary: 'ringseal on a:9464 rejected a configuration reload'
-              description: 'A reload of the config or certificate files on a:9464 failed in the last 10 minutes, so ringseal keeps the previous material. Its log has one line with the file and the reason (a key not matching the certificate, a half-written file, an empty CA bundle...). Fix the files; the next check or SIGHUP retries.'
+              description: 'A reload of the config or certificate files on a:9464 failed in the last 10 minutes, so ringseal keeps the previous material. Its log has one line with the file and the reason (a key not matching the certificate, a half-written file, an empty CA bundle...). Fix the files; the next check or SIGHUP retries. With several listeners, the line (and /status listeners[].tls.reload_error) names the listener that kept its previous material; the others took their new material.'
       - eval_time: 3m
         alertname: RingsealReloadFailed
         exp_alerts: []

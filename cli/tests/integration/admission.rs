@@ -120,19 +120,31 @@ async fn scrape_until(admin: SocketAddr, what: &str, done: impl Fn(&str) -> bool
     }
 }
 
+/// The default name of the first listener of direction `dir` (its `listener` label).
+fn listener(dir: &str) -> &'static str {
+    if dir == "inbound" {
+        "internode"
+    } else {
+        "outbound"
+    }
+}
+
 fn turned_away(text: &str, dir: &str, reason: &str) -> f64 {
+    let l = listener(dir);
     sample(
         text,
         &format!(
-            "ringseal_connections_turned_away_total{{direction=\"{dir}\",reason=\"{reason}\"}}"
+            "ringseal_connections_turned_away_total{{direction=\"{dir}\",listener=\"{l}\",\
+             reason=\"{reason}\"}}"
         ),
     )
 }
 
 fn in_progress(text: &str, dir: &str) -> f64 {
+    let l = listener(dir);
     sample(
         text,
-        &format!("ringseal_handshakes_in_progress{{direction=\"{dir}\"}}"),
+        &format!("ringseal_handshakes_in_progress{{direction=\"{dir}\",listener=\"{l}\"}}"),
     )
 }
 

@@ -123,6 +123,14 @@ fn assert_connection_end(
 ) {
     assert_eq!(str_of(line, "level"), "INFO", "{line:?}");
     assert_eq!(str_of(line, "direction"), direction, "{line:?}");
+    // The listener's default name: the first [[inbound]] is "internode", the first [[outbound]]
+    // "outbound".
+    let listener = if direction == "inbound" {
+        "internode"
+    } else {
+        "outbound"
+    };
+    assert_eq!(str_of(line, "listener"), listener, "{line:?}");
     assert_eq!(str_of(line, "peer"), peer.to_string(), "{line:?}");
     assert_eq!(str_of(line, "local"), local.to_string(), "{line:?}");
     assert_eq!(line.get("tls"), Some(&Value::Bool(true)), "{line:?}");
@@ -166,7 +174,7 @@ async fn json_lines_and_the_connection_end_line_in_both_directions() {
     assert_connection_end(&line, "inbound", client, backend.addr, &subject, 17, 17);
     assert_eq!(
         str_of(&line, "message"),
-        format!("inbound connection with {client} ended (clean)")
+        format!("inbound connection with {client} on internode ended (clean)")
     );
 
     let local = plain_exchange(sc.outbound, b"five!").await;

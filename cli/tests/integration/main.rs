@@ -22,6 +22,7 @@ mod jks;
 mod keystores;
 mod kubernetes;
 mod legacy_pki;
+mod listener_tls;
 mod logs;
 mod netns;
 mod offload;

@@ -375,10 +375,10 @@ tests:
       - eval_time: 30m
         alertname: RingsealHandshakeFailures
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: "a:9464", direction: inbound}}
+          - exp_labels: {{severity: warning, instance: "a:9464", direction: inbound, listener: internode}}
             exp_annotations:
-              summary: '100% of inbound handshakes refused on a:9464'
-              description: 'ringseal on a:9464 refuses 100% of its inbound TLS handshakes. The reason label says why (see the dashboard''s "Handshakes by result and reason"); ringseal logs one WARN line per peer and reason with the details. Typical causes: a node with a certificate from another CA (unknown_ca), a missing IP SAN (endpoint_mismatch), an expired peer certificate, or a scanner (not_tls).'
+              summary: '100% of inbound handshakes refused on listener internode of a:9464'
+              description: 'ringseal on a:9464 refuses 100% of the inbound TLS handshakes of its listener internode. The reason label says why (see the dashboard''s "Handshakes by result and reason"); ringseal logs one WARN line per peer and reason with the details. Typical causes: a node with a certificate from another CA (unknown_ca), a missing IP SAN (endpoint_mismatch), an expired peer certificate, or a scanner (not_tls).'
 "#,
         rules = rules.display(),
         probes = input_series(&before, &probe, steps),

@@ -69,7 +69,10 @@ async fn status_reflects_listeners_storage_connects_and_reloads_without_secrets(
     assert_eq!(s["message"], "ready", "{s:#}");
     assert_eq!(s["config"], path.display().to_string(), "{s:#}");
     let l = &s["listeners"][0];
-    assert_eq!(l["name"], "inbound[0]");
+    assert_eq!(l["name"], "internode");
+    assert_eq!(l["key"], "inbound[0]");
+    assert_eq!(l["tls"]["client_auth"], "required");
+    assert_eq!(l["tls"]["reload_error"], serde_json::Value::Null);
     assert_eq!(l["kind"], "inbound");
     assert_eq!(l["listen"], inbound.to_string());
     assert_eq!(l["mode"], "strict");
