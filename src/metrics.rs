@@ -190,7 +190,8 @@ impl Listener {
 pub fn describe() {
     describe_counter!(
         HANDSHAKES,
-        "TLS handshakes by direction, result (ok|refused), reason, protocol and cipher suite"
+        "TLS handshakes by direction, listener (its configured name), result (ok|refused), reason, \
+         protocol and cipher suite"
     );
     describe_histogram!(
         HANDSHAKE_DURATION,
@@ -225,7 +226,8 @@ pub fn describe() {
     );
     describe_gauge!(
         CERT_EXPIRY,
-        "notAfter of a certificate in use, as a Unix timestamp; role=identity (ours) or ca (trusted)"
+        "notAfter of a certificate in use by a listener, as a Unix timestamp; role=identity (ours) or \
+         ca (trusted)"
     );
     describe_counter!(
         RELOADS,

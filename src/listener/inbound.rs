@@ -184,6 +184,7 @@ impl InboundListener {
             .collect();
         let suites: Vec<_> = tls.settings.suites.iter().map(|c| iana_name(*c)).collect();
         tracing::info!(
+            listener = ctx.who.name(),
             "starting inbound mTLS listener on {} forwarding to {} (protocols {}; cipher suites {}; \
              client auth {}; endpoint verification {}; allow {})",
             ctx.listen,
@@ -298,6 +299,7 @@ async fn refuse(
     metrics::handshake_refused(&ctx.who, refusal.reason, started.elapsed());
     if let Some(n) = ctx.refusals.check((refusal.reason, peer.ip())) {
         tracing::warn!(
+            listener = ctx.who.name(),
             peer = %peer,
             listen = %ctx.listen,
             reason = refusal.reason.as_str(),

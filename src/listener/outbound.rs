@@ -270,6 +270,7 @@ impl OutboundListener {
             .map(|v| protocol_name(v.version))
             .collect();
         tracing::info!(
+            listener = self.ctx.who.name(),
             "starting outbound listener on {} (plaintext from the local node) connecting with mutual TLS \
              to {} (protocols {}; endpoint verification {}; allow {})",
             self.ctx.listen,
@@ -404,6 +405,7 @@ fn refused(
         String::new()
     };
     tracing::warn!(
+        listener = ctx.who.name(),
         peer = %peer,
         listen = %ctx.listen,
         reason = refusal.reason.as_str(),

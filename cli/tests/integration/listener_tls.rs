@@ -408,3 +408,72 @@ async fn a_reload_that_breaks_one_listener_keeps_it_on_its_old_material() {
     assert!(client["tls"]["reload_error"].is_null(), "{client:#}");
     proc.check_alive().unwrap();
 }
+
+/// `ringseal check` on `config` in `dir`: exit code, stdout, stderr.
+fn check(dir: &Path, config: &str, json: bool) -> (Option<i32>, String, String) {
+    let path = dir.join("ringseal.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringseal"));
+    cmd.args(["check", "--config"]).arg(&path);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_each_listener_and_names_it_in_its_problems() {
+    let p = TwoPkis::new();
+    let dir = tempfile::tempdir().unwrap();
+    p.write(dir.path());
+    let forward: SocketAddr = "127.0.0.1:9042".parse().unwrap();
+    let client_tls = format!("{CLIENT_TLS}require_client_auth = \"optional\"\n");
+    let (code, stdout, stderr) = check(dir.path(), &two_listeners(forward, &client_tls), false);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    for want in [
+        "listener   internode (inbound 127.0.0.1:0): [tls], client auth required, identity \
+         \"CN=node1, OU=TestCluster\"",
+        "listener   client (inbound 127.0.0.1:0): inbound[1].tls, client auth optional, identity \
+         \"CN=cql-node1, OU=Clients\"",
+        "serverAuth ok, clientAuth ok; trust tls.ca ",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing in:\n{stdout}");
+    }
+    let (code, stdout, _) = check(dir.path(), &two_listeners(forward, &client_tls), true);
+    assert_eq!(code, Some(0), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let client = &report["listeners"][1];
+    assert_eq!(client["name"], "client", "{report:#}");
+    assert_eq!(client["client_auth"], "optional");
+    assert_eq!(
+        client["identity"]["certificate"]["subject"],
+        "CN=cql-node1, OU=Clients"
+    );
+    assert!(
+        client["identity"]["certificate"]["days_left"]
+            .as_i64()
+            .unwrap()
+            > 300
+    );
+
+    // The client port's certificate with the cluster CA as its trust: its own chain does not verify,
+    // and the error names the listener.
+    let wrong_trust = "cert = \"client.crt\"\nkey = \"client.key\"\nca = \"ca.crt\"\n";
+    let (code, stdout, stderr) = check(dir.path(), &two_listeners(forward, wrong_trust), false);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "error: listener \"client\": identity \"CN=cql-node1, OU=Clients\" does not verify"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("error: listener \"internode\""),
+        "{stdout}"
+    );
+}

@@ -299,7 +299,8 @@ async fn revoked_peer_certificate_is_refused() {
     material
         .add_crls(std::path::Path::new("crl.pem"), crl.as_bytes())
         .unwrap();
-    cfg.tls.material = std::sync::Arc::new(material);
+    // The listener runs with its own copy of the policy.
+    cfg.outbound[0].tls.material = std::sync::Arc::new(material);
     let (out_addr, _o) = start_out(cfg).await;
     let mut local = TcpStream::connect(out_addr).await.unwrap();
     local.write_all(b"mutation").await.unwrap();
