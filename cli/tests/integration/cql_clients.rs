@@ -200,6 +200,10 @@ fn python_driver_through_the_client_listener() {
     );
     assert!(
         line.contains(&client.to_string()),
+        "names the address: {line}"
+    );
+    assert!(
+        line.contains("listener=\"client\"") || line.contains("listener=client"),
         "names the listener: {line}"
     );
     assert!(line.contains("ssl_context"), "names the fix: {line}");
