@@ -157,7 +157,16 @@ impl Sources {
                 let file: toml::Table =
                     toml::from_str(&text).map_err(|e| toml_error(&e, &text, path))?;
                 match &mut table {
-                    Some(table) => cassandra::merge(table, file),
+                    Some(table) => {
+                        *table = match &derived {
+                            Some(derived) => derived.merged(file),
+                            None => {
+                                let mut merged = std::mem::take(table);
+                                cassandra::merge(&mut merged, file);
+                                merged
+                            }
+                        };
+                    }
                     None => {
                         // Alone, the file must be a config: its mistakes are reported with its own
                         // line numbers, before `--set` is applied to the generated text.

@@ -12,7 +12,7 @@ pub enum Sniffed {
     Ssl2Hello,
     /// Cassandra's internode protocol magic 0xCA552DFA (every version starts its handshake with it).
     CassandraInternode,
-    /// A CQL native-protocol request frame (a driver pointed at the internode port).
+    /// A CQL native-protocol request frame: a driver without TLS (or pointed at the internode port).
     Cql,
     Http,
     Other,
@@ -43,7 +43,11 @@ impl fmt::Display for Sniffed {
                 "plaintext Cassandra internode traffic (is this peer missing its sidecar, or dialing the \
                  TLS port without encryption?)"
             }
-            Self::Cql => "a plaintext CQL native-protocol frame (a client driver pointed at the internode port?)",
+            Self::Cql => {
+                "the opening frame of a plaintext CQL client (a driver without TLS: enable TLS in it, \
+                 e.g. ssl_context in the Python driver or withSslContext in the Java driver; on the \
+                 internode port, point it at the CQL port instead)"
+            }
             Self::Http => "an HTTP request",
             Self::Other => "bytes that are not a TLS handshake",
         })
@@ -66,6 +70,24 @@ mod tests {
         assert_eq!(
             sniff(&[0x04, 0x00, 0x00, 0x01, 0x01, 0, 0, 0]),
             Sniffed::Cql
+        );
+        // OPTIONS from the Python driver's first attempt (v5) and from a v3 driver.
+        assert_eq!(
+            sniff(&[0x05, 0x00, 0x00, 0x00, 0x05, 0, 0, 0]),
+            Sniffed::Cql
+        );
+        assert_eq!(
+            sniff(&[0x03, 0x00, 0x00, 0x00, 0x05, 0, 0, 0]),
+            Sniffed::Cql
+        );
+        // A response frame (0x84) or an opcode no client sends first (QUERY) is not a client's opening.
+        assert_eq!(
+            sniff(&[0x84, 0x00, 0x00, 0x00, 0x06, 0, 0, 0]),
+            Sniffed::Other
+        );
+        assert_eq!(
+            sniff(&[0x04, 0x00, 0x00, 0x00, 0x07, 0, 0, 0]),
+            Sniffed::Other
         );
         assert_eq!(sniff(&[0x80, 0x2e, 0x01, 0x03, 0x01]), Sniffed::Ssl2Hello);
         assert_eq!(sniff(b"hello"), Sniffed::Other);

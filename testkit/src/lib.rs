@@ -1,14 +1,16 @@
 //! Test support for ringseal, shared by the integration tests (`cli/tests`), the criterion benches
 //! (`benches/`, `cli/benches/`) and `ringseal bench`: one PKI builder ([`pki`]), one backend standing
 //! in for the storage port ([`backend`]), one process spawner ([`process`]), in-process sidecars and
-//! TLS clients ([`sidecar`], [`client`]), in-memory TLS ([`memtls`]), seeded streams ([`stream`]),
-//! seeded mutations ([`mutate`]), network namespaces ([`netns`]), external tools ([`tools`]) and metrics scraping ([`scrape`]).
+//! TLS clients ([`sidecar`], [`client`]), a CQL stand-in for Cassandra's client port ([`cql`]),
+//! in-memory TLS ([`memtls`]), seeded streams ([`stream`]), seeded mutations ([`mutate`]), network
+//! namespaces ([`netns`]), external tools ([`tools`]) and metrics scraping ([`scrape`]).
 //!
 //! Everything panics on failure (a test's failure is its message) except what `ringseal bench` uses
 //! at run time, which returns errors an operator can read.
 
 pub mod backend;
 pub mod client;
+pub mod cql;
 pub mod memtls;
 pub mod mutate;
 pub mod netns;

@@ -5,7 +5,11 @@
 //! loopback address (127.0.0.1-3), with a real ringseal sidecar in front of it that requires client
 //! certificates, endpoint verification and OU = the cluster name. Every node streams to every other
 //! node through mutual TLS; an impostor with a certificate from another CA, and a real node certificate
-//! used from the wrong address, are refused. The summary is read from ringseal's own Prometheus metrics.
+//! used from the wrong address, are refused. node1's sidecar also has a client listener (named
+//! "client") in front of a fake CQL port, with its own TLS policy: a server certificate from a separate
+//! client CA and no client certificate asked for, as drivers connect to Cassandra's TLS port; a CQL
+//! client connects through it every second, and a driver without TLS is refused. The summary is read
+//! from ringseal's own Prometheus metrics.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -24,12 +28,17 @@ use ringseal::config::{Config, Inbound, ListenerName, Mode, Outbound, Target};
 use ringseal::pki::{Ca, Identity, NodeSpec};
 use ringseal::tls::LoadedTls;
 use ringseal::tls::material::TlsMaterial;
+use ringseal::tls::settings::ClientAuth;
 use ringseal::tls::verify::AllowList;
 use ringseal::{Server, metrics as m};
 
 use crate::signals::on_signals;
 
 const CLUSTER: &str = "DemoCluster";
+/// The CA of the CQL listener's certificate: not the cluster's, as drivers often trust another one.
+const CLIENT_CA: &str = "DemoClients";
+/// The client listener's name: its `listener` metric label.
+const CLIENT_LISTENER: &str = "client";
 /// Bytes per message each node sends and reads back.
 const MESSAGE: usize = 256 * 1024;
 
@@ -41,6 +50,12 @@ struct Node {
     tls: LoadedTls,
     /// The node's outbound sidecars, one per peer.
     outbound: Vec<SocketAddr>,
+}
+
+/// node1's client listener and what a driver needs to trust it.
+struct ClientPort {
+    sidecar: SocketAddr,
+    roots: Arc<RootCertStore>,
 }
 
 pub fn run(duration: Duration, runtime: &tokio::runtime::Runtime) -> std::process::ExitCode {
@@ -59,16 +74,20 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
     let metrics = m::install();
     let ca = Ca::new(CLUSTER)?;
     let servers = CancellationToken::new();
-    let mut nodes = start_nodes(&ca, &servers).await?;
+    let (mut nodes, client_port) = start_nodes(&ca, &servers).await?;
     start_outbound(&mut nodes, &servers).await?;
     println!(
         "traffic: every node streams {} KiB messages in plaintext to its outbound sidecars, which carry them \
          over mutual TLS to the other nodes' inbound sidecars; the echo is checked. Every 2s an impostor \
-         (certificate from another CA) and node2's certificate used from 127.0.0.3 try node1 directly\n",
+         (certificate from another CA) and node2's certificate used from 127.0.0.3 try node1 directly. \
+         Every 1s a CQL client connects to node1's client listener with TLS (trusting only {CLIENT_CA}, \
+         no client certificate) and gets SUPPORTED for its OPTIONS, and a driver without TLS tries the \
+         same port\n",
         MESSAGE / 1024
     );
     let traffic = CancellationToken::new();
     let mut tasks = start_traffic(&ca, &nodes, &traffic)?;
+    tasks.spawn(cql_clients(client_port, traffic.clone()));
     let started = Instant::now();
     show_progress(&metrics, started, duration, &stop).await;
     traffic.cancel();
@@ -87,12 +106,20 @@ async fn demo(duration: Duration, stop: CancellationToken) -> anyhow::Result<()>
     if s.ok == 0 || s.bytes == 0.0 {
         anyhow::bail!("no traffic went through the sidecars");
     }
+    if s.client_ok == 0 {
+        anyhow::bail!("no CQL client got through node1's client listener");
+    }
     Ok(())
 }
 
-/// Three nodes on 127.0.0.1-3: a fake storage port each and an inbound sidecar in front of it.
-async fn start_nodes(ca: &Ca, servers: &CancellationToken) -> anyhow::Result<Vec<Node>> {
+/// Three nodes on 127.0.0.1-3: a fake storage port each and an inbound sidecar in front of it; node1's
+/// sidecar also has the client listener in front of a fake CQL port.
+async fn start_nodes(
+    ca: &Ca,
+    servers: &CancellationToken,
+) -> anyhow::Result<(Vec<Node>, ClientPort)> {
     let mut nodes = Vec::new();
+    let mut client_port = None;
     for i in 1..=3u8 {
         let ip = nodes_ip(i);
         let identity = ca.issue(&NodeSpec::new(&format!("node{i}"), &[ip]))?;
@@ -116,13 +143,32 @@ async fn start_nodes(ca: &Ca, servers: &CancellationToken) -> anyhow::Result<Vec
             allow: cluster_only(),
             mode: Mode::Strict,
         });
+        let client = if i == 1 {
+            let (listener, roots, cql) = client_listener(ip, servers).await?;
+            config.inbound.push(listener);
+            Some((roots, cql))
+        } else {
+            None
+        };
         config.limits.shutdown_grace = Duration::from_secs(2);
         let server = Server::bind(config).await?;
-        let sidecar = server.inbound_addrs()[0];
+        let addrs = server.inbound_addrs();
+        let sidecar = addrs[0];
         tokio::spawn(server.serve(servers.clone()));
         println!(
             "node{i}: storage (echo) on {storage}, ringseal inbound on {sidecar} (mTLS, endpoint verification, OU={CLUSTER})"
         );
+        if let Some((roots, cql)) = client {
+            let client_sidecar = addrs[1];
+            println!(
+                "node{i}: CQL (fake) on {cql}, ringseal client listener on {client_sidecar} (TLS, \
+                 certificate from {CLIENT_CA}, no client certificate asked)"
+            );
+            client_port = Some(ClientPort {
+                sidecar: client_sidecar,
+                roots,
+            });
+        }
         nodes.push(Node {
             ip,
             identity,
@@ -131,7 +177,44 @@ async fn start_nodes(ca: &Ca, servers: &CancellationToken) -> anyhow::Result<Vec
             outbound: Vec::new(),
         });
     }
-    Ok(nodes)
+    let client_port = client_port.context("node1 has the client listener")?;
+    Ok((nodes, client_port))
+}
+
+/// The client listener on `ip`: its own TLS policy (a certificate from [`CLIENT_CA`], no client
+/// certificate asked), in front of a fake CQL port. Returns the listener, the roots a driver trusts
+/// and the CQL port.
+async fn client_listener(
+    ip: IpAddr,
+    servers: &CancellationToken,
+) -> anyhow::Result<(Inbound<LoadedTls>, Arc<RootCertStore>, SocketAddr)> {
+    let client_ca = Ca::new(CLIENT_CA)?;
+    let cert = client_ca.issue(&NodeSpec::new("node1-cql", &[ip]))?;
+    let cql = fake_cql(ip, servers.clone())
+        .await
+        .with_context(|| format!("binding a fake CQL port on {ip}"))?;
+    let material = TlsMaterial::from_der(
+        vec![cert.cert_der.clone()],
+        cert.key(),
+        vec![client_ca.cert_der.clone()],
+        None,
+    )?;
+    let mut tls = LoadedTls::from_material(material);
+    tls.require_client_auth = ClientAuth::Off;
+    let name = ListenerName::parse(CLIENT_LISTENER)
+        .map_err(|e| anyhow::anyhow!("listener name {CLIENT_LISTENER:?}: {e:?}"))?;
+    let listener = Inbound {
+        name,
+        tls,
+        listen: SocketAddr::new(ip, 0),
+        forward: cql,
+        require_endpoint_verification: false,
+        allow: AllowList::default(),
+        mode: Mode::Strict,
+    };
+    let mut roots = RootCertStore::empty();
+    roots.add(client_ca.cert_der.clone())?;
+    Ok((listener, Arc::new(roots), cql))
 }
 
 /// Each node's own connections to its peers go through its outbound sidecar: plaintext in, mutual
@@ -228,10 +311,11 @@ async fn show_progress(
             .max_by_key(|(_, n)| **n)
             .map_or(String::new(), |((p, c), _)| format!("  {p} {c}"));
         println!(
-            "[{:>3}s] handshakes ok {:>3}  refused {:>3}  bytes {:>9}  {:>8.1} MiB/s{negotiated}",
+            "[{:>3}s] handshakes ok {:>3}  refused {:>3}  CQL clients {:>3}  bytes {:>9}  {:>8.1} MiB/s{negotiated}",
             started.elapsed().as_secs(),
             s.ok,
             s.refused.values().sum::<u64>(),
+            s.client_ok,
             human_bytes(s.bytes),
             (s.bytes - last_bytes) / (1024.0 * 1024.0),
         );
@@ -247,6 +331,15 @@ fn print_summary(s: &Summary, elapsed: Duration) {
     }
     println!("  handshakes refused:  {}", s.refused.values().sum::<u64>());
     for (reason, n) in &s.refused {
+        println!("    {n:>4} x {reason}");
+    }
+    println!(
+        "  client listener (CQL, TLS from {CLIENT_CA}, no client certificate): {} client(s) \
+         served, {} refused",
+        s.client_ok,
+        s.client_refused.values().sum::<u64>()
+    );
+    for (reason, n) in &s.client_refused {
         println!("    {n:>4} x {reason}");
     }
     println!(
@@ -318,6 +411,96 @@ async fn stream(via: SocketAddr, stop: CancellationToken) -> anyhow::Result<u64>
     Ok(sent)
 }
 
+/// A CQL client every second until `stop`: one with TLS (trusting only the client CA, no client
+/// certificate) whose OPTIONS must be answered with SUPPORTED, and one without TLS that must get no
+/// answer.
+async fn cql_clients(port: ClientPort, stop: CancellationToken) -> anyhow::Result<u64> {
+    let config = Arc::new(
+        ClientConfig::builder_with_provider(ringseal::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(port.roots.clone())
+            .with_no_client_auth(),
+    );
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let tcp = tokio::net::TcpStream::connect(port.sidecar).await?;
+        let name = ServerName::IpAddress(port.sidecar.ip().into());
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .context("a CQL client through the client listener")?;
+        anyhow::ensure!(
+            cql_options(&mut tls).await? == Some(CQL_SUPPORTED),
+            "the fake CQL port did not answer OPTIONS with SUPPORTED"
+        );
+        // Refused by the sidecar: no answer (counted as not_tls by ringseal itself).
+        let mut plain = tokio::net::TcpStream::connect(port.sidecar).await?;
+        anyhow::ensure!(
+            cql_options(&mut plain).await.ok().flatten().is_none(),
+            "a CQL client without TLS got an answer through the client listener"
+        );
+    }
+    Ok(0)
+}
+
+/// CQL native protocol v4: OPTIONS request, SUPPORTED response.
+const CQL_OPTIONS: u8 = 0x05;
+const CQL_SUPPORTED: u8 = 0x06;
+
+/// Sends a v4 OPTIONS frame; the opcode of the answer, `None` when the connection ends instead.
+async fn cql_options<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    conn: &mut S,
+) -> anyhow::Result<Option<u8>> {
+    conn.write_all(&[0x04, 0, 0, 1, CQL_OPTIONS, 0, 0, 0, 0])
+        .await?;
+    let mut header = [0u8; 9];
+    if conn.read_exact(&mut header).await.is_err() {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+    let mut body = vec![0u8; len.min(64 * 1024) as usize];
+    conn.read_exact(&mut body).await?;
+    Ok(Some(header[4]))
+}
+
+/// A stand-in for Cassandra's CQL port: answers each OPTIONS with SUPPORTED (CQL_VERSION 3.4.6).
+async fn fake_cql(ip: IpAddr, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = listener.accept() => c,
+            };
+            let Ok((mut conn, _)) = conn else { continue };
+            tokio::spawn(async move {
+                let mut header = [0u8; 9];
+                while conn.read_exact(&mut header).await.is_ok() {
+                    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+                    let mut body = vec![0u8; len.min(64 * 1024) as usize];
+                    if conn.read_exact(&mut body).await.is_err() || header[4] != CQL_OPTIONS {
+                        return;
+                    }
+                    // [string multimap] {"CQL_VERSION": ["3.4.6"]}
+                    let mut reply = vec![0x84, 0, header[2], header[3], CQL_SUPPORTED];
+                    let payload: &[u8] = b"\x00\x01\x00\x0bCQL_VERSION\x00\x01\x00\x053.4.6";
+                    reply.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                    reply.extend_from_slice(payload);
+                    if conn.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
 /// A stand-in for a Cassandra storage port: echoes every connection.
 async fn fake_storage(ip: IpAddr, stop: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
@@ -340,16 +523,20 @@ async fn fake_storage(ip: IpAddr, stop: CancellationToken) -> std::io::Result<So
     Ok(addr)
 }
 
-/// The numbers the demo shows, read from ringseal's Prometheus exposition.
+/// The numbers the demo shows, read from ringseal's Prometheus exposition: internode handshakes, and
+/// the client listener's apart.
 #[derive(Default)]
 struct Summary {
     ok: u64,
     negotiated: BTreeMap<(String, String), u64>,
     refused: BTreeMap<String, u64>,
     bytes: f64,
+    client_ok: u64,
+    client_refused: BTreeMap<String, u64>,
 }
 
 impl Summary {
+    /// Handshakes of the client listener are told apart by their `listener` label.
     fn read(handle: &PrometheusHandle) -> Self {
         let mut s = Self::default();
         for line in handle.render().lines() {
@@ -363,7 +550,12 @@ impl Summary {
                     .map_or("", |(_, v)| *v)
                     .to_owned()
             };
+            let client = label("listener") == CLIENT_LISTENER;
             match name {
+                m::HANDSHAKES if client && label("result") == "ok" => s.client_ok += value as u64,
+                m::HANDSHAKES if client => {
+                    *s.client_refused.entry(label("reason")).or_default() += value as u64;
+                }
                 m::HANDSHAKES if label("result") == "ok" => {
                     s.ok += value as u64;
                     *s.negotiated

@@ -77,6 +77,7 @@ fn has_note(d: &Derived, text: &str) -> bool {
 }
 
 const SEO: &str = "server_encryption_options";
+const CEO: &str = "client_encryption_options";
 
 #[test]
 fn cassandra_3_11_tarball_with_java_keystores() {
@@ -145,8 +146,13 @@ fn cassandra_3_11_tarball_with_java_keystores() {
     ));
     assert!(
         !d.warnings.iter().any(|w| w.contains("client_encryption")),
-        "client_encryption_options is not ringseal's business"
+        "client TLS is off: nothing to warn about"
     );
+    assert!(has_note(
+        &d,
+        "client_encryption_options.enabled is false: Cassandra serves CQL clients without TLS on \
+         native_transport_port 9042, and no client listener is derived"
+    ));
 }
 
 #[test]
@@ -188,8 +194,14 @@ fn cassandra_4_0_in_the_middle_of_cassandra_s_own_migration() {
             format!("{SEO}.internode_encryption"),
             format!("{SEO}.accepted_protocols"),
             format!("{SEO}.cipher_suites"),
+            format!("{CEO}.enabled"),
         ]
     );
+    assert!(d.warnings[3].starts_with(&format!(
+        "{CEO}.enabled (line 101): true without a separate native_transport_port_ssl: Cassandra \
+         itself takes TLS on native_transport_port 9042 and serves no plaintext port for ringseal to \
+         forward to, so no client listener is derived"
+    )));
     assert!(d.warnings[1].contains("protocol \"TLSv1.1\" is refused"));
     assert!(d.warnings[2].contains("\"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA\" is refused"));
     assert!(has_note(
@@ -494,6 +506,9 @@ fn derived_tables_are_ringseal_configs() {
         ("cassandra-5.0.yaml", Some("/opt/cassandra")),
         ("cassandra-5.0-pem-inline.yaml", None),
         ("cassandra-trunk.yaml", None),
+        ("cassandra-3.11-client.yaml", None),
+        ("cassandra-4.1-client.yaml", None),
+        ("cassandra-5.0-client.yaml", Some("/opt/cassandra")),
     ] {
         let d = derive_fixture(name, home);
         if let Err(e) = Value::Table(d.table).try_into::<FileConfig>() {
@@ -929,6 +944,9 @@ fn every_fixture_is_tested() {
         "cassandra-5.0-pem-inline.yaml",
         "cassandra-trunk.yaml",
         "ringseal-override.toml",
+        "cassandra-3.11-client.yaml",
+        "cassandra-4.1-client.yaml",
+        "cassandra-5.0-client.yaml",
     ];
     let mut found = Vec::new();
     let mut dirs = vec![dir()];
@@ -954,4 +972,294 @@ fn every_fixture_is_tested() {
                 .is_some_and(|name| INVALID.iter().any(|(n, _)| *n == name));
         assert!(tested, "{rel} is not used by any test");
     }
+}
+
+/// The derived client listener (`[[inbound]]` named "client"), if any.
+fn client(table: &Table) -> Option<&Table> {
+    table["inbound"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_table)
+        .find(|l| l.get("name").and_then(Value::as_str) == Some("client"))
+}
+
+/// 3.11 with a dedicated TLS port for drivers (native_transport_port_ssl): the client listener takes
+/// TLS there and forwards to the plaintext native_transport_port; the suites of the 3.11 tutorials
+/// are warned about one by one, and Cassandra holding the TLS port itself is named.
+#[test]
+fn cassandra_3_11_dedicated_cql_tls_port() {
+    let d = derive_fixture("cassandra-3.11-client.yaml", Some("/opt/cassandra"));
+    let expected = table(
+        r#"
+        name = "client"
+        listen = "10.20.0.17:9142"
+        forward = "10.20.0.17:9042"
+        [tls]
+        keystore = "/etc/cassandra/ssl/cql-server.jks"
+        keystore_password = "cql-Kx9"
+        keystore_type = "jks"
+        protocols = ["TLSv1.2"]
+        cipher_suites = ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
+        require_client_auth = false
+        "#,
+    );
+    assert_table_eq(
+        client(&d.table).expect("a client listener"),
+        &expected,
+        "client.",
+    );
+    assert_eq!(d.table["inbound"].as_array().unwrap().len(), 2);
+    let ceo = |k: &str| format!("{CEO}.{k}");
+    let mut expected_warnings = vec![ceo("enabled"), ceo("algorithm")];
+    expected_warnings.extend(std::iter::repeat_n(ceo("cipher_suites"), 6));
+    assert_eq!(warned(&d), expected_warnings);
+    assert_eq!(
+        d.warnings[0],
+        format!(
+            "{CEO}.enabled (line 34): true: Cassandra itself also listens with TLS on \
+             native_transport_port_ssl 9142, the port of ringseal's client listener, and only one \
+             of them can. To hand client TLS to ringseal, set enabled: false (Cassandra then serves \
+             plaintext on native_transport_port 9042 only, where ringseal forwards) and add an \
+             [[inbound]] with name = \"client\" to the ringseal config: it is completed from {CEO}"
+        )
+    );
+    assert!(d.warnings[2].contains("\"TLS_RSA_WITH_AES_128_CBC_SHA\" is refused"));
+    assert!(has_note(
+        &d,
+        "client_encryption_options.truststore is not used"
+    ));
+    assert!(has_note(
+        &d,
+        "client_encryption_options.cipher_suites names no suite for TLSv1.3, so it is off"
+    ));
+    // The internode [tls] is not the client's: a separate keystore, no truststore of its own.
+    assert_eq!(
+        d.table["tls"]["keystore"].as_str(),
+        Some("/opt/cassandra/conf/.keystore")
+    );
+}
+
+/// 4.1 during a migration: every address (rpc_address 0.0.0.0, so Cassandra is reached on
+/// loopback), optional: true (permissive client listener), client certificates from their own CA,
+/// and protocols that do not inherit the internode listener's TLS 1.3-only setting.
+#[test]
+fn cassandra_4_1_client_certificates_during_a_migration() {
+    let d = derive_fixture("cassandra-4.1-client.yaml", None);
+    let expected = table(
+        r#"
+        name = "client"
+        listen = "0.0.0.0:9142"
+        forward = "127.0.0.1:9042"
+        mode = "permissive"
+        allow_non_loopback_plaintext = true
+        [tls]
+        keystore = "/etc/cassandra/tls/cql.p12"
+        keystore_password = "cql-secret"
+        keystore_type = "pkcs12"
+        truststore = "/etc/cassandra/tls/clients-ca.p12"
+        truststore_password = "cql-trust"
+        truststore_type = "pkcs12"
+        protocols = ["TLSv1.2", "TLSv1.3"]
+        cipher_suites = [
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+        ]
+        require_client_auth = true
+        "#,
+    );
+    assert_table_eq(
+        client(&d.table).expect("a client listener"),
+        &expected,
+        "client.",
+    );
+    assert_eq!(
+        d.table["tls"]["protocols"],
+        Value::Array(vec!["TLSv1.3".into()])
+    );
+    assert_eq!(warned(&d), [format!("{CEO}.enabled")]);
+    assert!(has_note(
+        &d,
+        "client_encryption_options.optional is true: the client listener has mode = \"permissive\""
+    ));
+    assert_eq!(
+        d.table["mode"].as_str(),
+        Some("strict"),
+        "internode stays strict"
+    );
+}
+
+/// 5.0 after client TLS was handed to ringseal (enabled: false, Cassandra on 9043 in plaintext, 9042
+/// named as native_transport_port_ssl): no listener is derived, `check` says so, and the ringseal
+/// config's `[[inbound]]` named "client" is completed from client_encryption_options (PEM files,
+/// optional client certificates).
+#[test]
+fn cassandra_5_0_after_the_handover_completes_the_file_s_client_listener() {
+    let d = derive_fixture("cassandra-5.0-client.yaml", Some("/opt/cassandra"));
+    assert!(
+        client(&d.table).is_none(),
+        "enabled: false derives no listener"
+    );
+    assert!(has_note(
+        &d,
+        "client_encryption_options.enabled is false: Cassandra serves CQL clients without TLS on \
+         native_transport_port 9043, and no client listener is derived; an [[inbound]] named \
+         \"client\" in the ringseal config takes its TLS settings from client_encryption_options \
+         and listens on native_transport_port_ssl 9042 unless it says otherwise"
+    ));
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let merged = d.merged(table(
+        "[[inbound]]\n[[inbound]]\nname = \"client\"\nallow = { cn = [\"reporting\"] }\n",
+    ));
+    let expected = table(
+        r#"
+        name = "client"
+        listen = "10.50.0.4:9042"
+        forward = "10.50.0.4:9043"
+        allow = { cn = ["reporting"] }
+        [tls]
+        keystore = "/opt/cassandra/conf/tls/cql.pem"
+        keystore_type = "pem"
+        truststore = "/opt/cassandra/conf/tls/clients-ca.pem"
+        truststore_type = "pem"
+        protocols = ["TLSv1.2", "TLSv1.3"]
+        require_client_auth = "optional"
+        "#,
+    );
+    assert_table_eq(client(&merged).unwrap(), &expected, "client.");
+    let internode = merged["inbound"][0].as_table().unwrap();
+    assert_eq!(internode["listen"].as_str(), Some("10.50.0.4:7001"));
+    assert_eq!(merged["inbound"].as_array().unwrap().len(), 2);
+}
+
+/// 4.0 with TLS on the one native port: the operator names Cassandra's new plaintext address as the
+/// client listener's forward, and the rest comes from client_encryption_options; PEM identity files
+/// given in the file replace the derived keystore.
+#[test]
+fn one_tls_port_takes_the_forward_from_the_ringseal_config() {
+    let d = derive_fixture("cassandra-4.0.yaml", None);
+    assert!(client(&d.table).is_none());
+    let merged = d.merged(table(
+        "[[inbound]]\nname = \"client\"\nforward = \"127.0.0.1:9043\"\n[inbound.tls]\n\
+         cert = \"/etc/ringseal/cql.crt\"\nkey = \"/etc/ringseal/cql.key\"\n",
+    ));
+    let client = client(&merged).unwrap();
+    assert_eq!(client["listen"].as_str(), Some("10.30.1.5:9042"));
+    assert_eq!(client["forward"].as_str(), Some("127.0.0.1:9043"));
+    let tls = client["tls"].as_table().unwrap();
+    assert_eq!(tls["cert"].as_str(), Some("/etc/ringseal/cql.crt"));
+    for gone in ["keystore", "keystore_password", "keystore_type"] {
+        assert!(!tls.contains_key(gone), "{gone} kept: {tls:?}");
+    }
+    assert_eq!(tls["require_client_auth"].as_bool(), Some(false));
+    // Without the file's listener, nothing is added: the derived table stays valid on its own.
+    let merged = d.merged(table("[metrics]\nlisten = \"127.0.0.1:9464\"\n"));
+    assert_eq!(merged["inbound"].as_array().unwrap().len(), 1);
+}
+
+/// A ringseal file that only replaces the internode listener keeps the derived client listener.
+#[test]
+fn a_file_s_internode_listener_keeps_the_derived_client_listener() {
+    let d = derive_fixture("cassandra-3.11-client.yaml", None);
+    let overrides: Table =
+        toml::from_str(&std::fs::read_to_string(fixture("ringseal-override.toml")).unwrap())
+            .unwrap();
+    let merged = d.merged(overrides);
+    let inbound = merged["inbound"].as_array().unwrap();
+    assert_eq!(inbound.len(), 2);
+    assert_eq!(inbound[0]["listen"].as_str(), Some("0.0.0.0:7001"));
+    assert_eq!(
+        client(&merged).unwrap()["listen"].as_str(),
+        Some("10.20.0.17:9142")
+    );
+}
+
+/// A client listener derived from a 5.0-style section (PEM files through PEMBasedSslContextFactory, a
+/// CQL certificate from its own CA, optional client certificates) loads as `run` loads it: its own
+/// identity and trust, not the internode ones, and `require_client_auth = "optional"`.
+#[test]
+fn a_derived_client_listener_loads_its_own_pem_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    pki(home);
+    write_ca(
+        &home.join("cql-ca"),
+        "CQL Clients",
+        KeyType::default(),
+        30,
+        false,
+    )
+    .unwrap();
+    let cql_ca = load_ca(&home.join("cql-ca")).unwrap();
+    let spec = NodeSpec::new("cql", &["127.0.0.1".parse().unwrap()]);
+    write_node(&cql_ca, &spec, &home.join("cql"), None, false).unwrap();
+    let read = |p: &str| std::fs::read_to_string(home.join(p)).unwrap();
+    std::fs::create_dir_all(home.join("conf/tls")).unwrap();
+    let node = format!("{}{}", read("node/node1.key"), read("node/node1.crt"));
+    std::fs::write(home.join("conf/tls/node.pem"), node).unwrap();
+    std::fs::write(home.join("conf/tls/ca.pem"), read("ca/ca.crt")).unwrap();
+    let cql = format!("{}{}", read("cql/cql.key"), read("cql/cql.crt"));
+    std::fs::write(home.join("conf/tls/cql.pem"), cql).unwrap();
+    std::fs::write(home.join("conf/tls/clients-ca.pem"), read("cql-ca/ca.crt")).unwrap();
+    let pem = "    ssl_context_factory:\n      class_name: PEMBasedSslContextFactory\n";
+    let config = load(
+        home,
+        &format!(
+            "listen_address: 127.0.0.1\nrpc_address: 127.0.0.1\nnative_transport_port: 9042\n\
+             native_transport_port_ssl: 9142\nserver_encryption_options:\n    \
+             internode_encryption: none\n    keystore: conf/tls/node.pem\n    \
+             truststore: conf/tls/ca.pem\n    require_client_auth: true\n{pem}\
+             client_encryption_options:\n    enabled: true\n    keystore: conf/tls/cql.pem\n    \
+             truststore: conf/tls/clients-ca.pem\n    require_client_auth: optional\n{pem}"
+        ),
+    );
+    let config = load_material(home, config);
+    let client = &config.inbound[1];
+    assert_eq!(client.name.as_str(), "client");
+    assert_eq!(
+        client.listen,
+        "127.0.0.1:9142".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        client.forward,
+        "127.0.0.1:9042".parse::<SocketAddr>().unwrap()
+    );
+    assert!(client.tls.material.identity.subject.contains("cql"));
+    assert!(
+        config.inbound[0]
+            .tls
+            .material
+            .identity
+            .subject
+            .contains("node1")
+    );
+    assert_eq!(
+        client.tls.require_client_auth,
+        ringseal::tls::settings::ClientAuth::Optional
+    );
+    assert_eq!(client.tls.material.cas.len(), 1);
+    assert_ne!(
+        client.tls.material.cas[0].subject, config.inbound[0].tls.material.cas[0].subject,
+        "the client listener trusts the clients' CA, not the cluster's"
+    );
+}
+
+/// `ringseal check` says that no client listener is derived when client TLS is off.
+#[test]
+fn check_says_when_no_client_listener_is_derived() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringseal"))
+        .args(["check", "--cassandra-yaml"])
+        .arg(fixture("cassandra-4.1-default.yaml"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "# note: client_encryption_options.enabled is false: Cassandra serves CQL clients \
+             without TLS on native_transport_port 9042, and no client listener is derived"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("name = \"client\""), "{stdout}");
 }

@@ -14,6 +14,7 @@ mod cli_config;
 mod cluster_netns;
 mod conformance;
 mod congestion;
+mod cql_clients;
 mod demo;
 mod doctor;
 mod downgrade;

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
+use super::client_encryption::CEO;
 use super::findings::Findings;
 use super::options::{
     CassandraYaml, DEFAULT_KEYSTORE, DEFAULT_PASSWORD, DEFAULT_TRUSTSTORE, Listen,
 };
-use super::server_encryption::{ClientAuth, Factory, SEO, ServerEncryptionOptions};
+use super::server_encryption::{ClientAuth, EncryptionOptions, Factory, SEO};
 use super::yaml::Pos;
 use crate::tls::suites::{self, SuiteError};
 
@@ -20,13 +21,18 @@ const OUTBOUND_LISTEN: &str = "127.0.0.1:7002";
 pub(super) struct Mapped {
     pub(super) table: Table,
     pub(super) findings: Findings,
+    /// What completes a ringseal `[[inbound]]` named "client" (see [`super::client_listener`]).
+    pub(super) client_template: Option<Table>,
 }
 
 pub(super) struct Mapper {
     /// What Cassandra's relative paths are relative to, and why (for the note).
     pub(super) base: PathBuf,
     pub(super) base_why: &'static str,
-    pub(super) relative_resolved: bool,
+    /// The sections in which relative paths were resolved, for the note.
+    pub(super) relative_resolved: Vec<&'static str>,
+    /// The section being mapped.
+    pub(super) section: &'static str,
     pub(super) findings: Findings,
 }
 
@@ -43,7 +49,7 @@ impl Mapper {
     pub(super) fn map(mut self, yaml: &CassandraYaml) -> Mapped {
         let seo = &yaml.encryption;
         let mut tls = Table::new();
-        self.stores(seo, &mut tls);
+        self.stores(seo, &mut tls, true);
         self.protocols_and_suites(seo, &mut tls);
         let verification = self.client_auth(seo);
         tls.insert(
@@ -54,21 +60,26 @@ impl Mapper {
         let permissive = seo.optional == Some(true);
         let inbound = self.inbound(yaml, &verification, permissive);
         let outbound = outbound(yaml.ssl_storage_port, &verification);
-        if self.relative_resolved {
+        self.section = CEO;
+        let client = self.client(yaml, &tls);
+        if !self.relative_resolved.is_empty() {
             self.findings.note(format!(
-                "relative paths in {SEO} are resolved against {} ({}), as Cassandra resolves them \
+                "relative paths in {} are resolved against {} ({}), as Cassandra resolves them \
                  against its working directory",
+                self.relative_resolved.join(" and "),
                 self.base.display(),
                 self.base_why
             ));
         }
+        let mut inbound = vec![Value::Table(inbound)];
+        inbound.extend(client.listener.map(Value::Table));
 
         let mut table = Table::new();
         table.insert("cluster_name".into(), yaml.cluster_name.clone().into());
         let mode = if permissive { "permissive" } else { "strict" };
         table.insert("mode".into(), mode.into());
         table.insert("tls".into(), Value::Table(tls));
-        table.insert("inbound".into(), Value::Array(vec![Value::Table(inbound)]));
+        table.insert("inbound".into(), Value::Array(inbound));
         table.insert(
             "outbound".into(),
             Value::Array(vec![Value::Table(outbound)]),
@@ -76,11 +87,12 @@ impl Mapper {
         Mapped {
             table,
             findings: self.findings,
+            client_template: client.template,
         }
     }
 
     /// Client authentication and endpoint verification, with a note when they are not strict.
-    fn client_auth(&mut self, seo: &ServerEncryptionOptions) -> Verification {
+    fn client_auth(&mut self, seo: &EncryptionOptions) -> Verification {
         let client_auth = seo.require_client_auth.unwrap_or(ClientAuth::NotRequired);
         let require_client_auth = client_auth == ClientAuth::Required;
         match client_auth {
@@ -157,7 +169,7 @@ impl Mapper {
     }
 
     /// What `internode_encryption` means next to ringseal: a note for `none`, a warning otherwise.
-    fn internode_encryption(&mut self, seo: &ServerEncryptionOptions, ssl_storage_port: u16) {
+    fn internode_encryption(&mut self, seo: &EncryptionOptions, ssl_storage_port: u16) {
         let key = format!("{SEO}.internode_encryption");
         let given = seo
             .internode_encryption
@@ -200,7 +212,9 @@ impl Mapper {
         if p.is_absolute() {
             return path.to_owned();
         }
-        self.relative_resolved = true;
+        if !self.relative_resolved.contains(&self.section) {
+            self.relative_resolved.push(self.section);
+        }
         self.base.join(p).to_string_lossy().into_owned()
     }
 }
@@ -219,11 +233,13 @@ fn outbound(ssl_storage_port: u16, verification: &Verification) -> Table {
 }
 
 impl Mapper {
-    /// The keystore, truststore and outbound keystore: paths, passwords (or password files), types.
-    fn stores(&mut self, seo: &ServerEncryptionOptions, tls: &mut Table) {
+    /// The keystore, truststore (unless `with_trust` is false) and outbound keystore: paths,
+    /// passwords (or password files), types.
+    pub(super) fn stores(&mut self, seo: &EncryptionOptions, tls: &mut Table, with_trust: bool) {
         let pem = seo.factory == Factory::Pem;
         let (keystore_type, truststore_type) = self.store_types(seo, pem);
         let keystore_password = self.password(
+            seo.section,
             "keystore",
             seo.keystore_password.clone(),
             seo.keystore_password_file.clone(),
@@ -237,7 +253,7 @@ impl Mapper {
                 tls.insert("keystore_type".into(), ty.into());
             }
         }
-        if !seo.inline_trust {
+        if !seo.inline_trust && with_trust {
             self.truststore(seo, truststore_type, tls);
         }
         self.outbound_keystore(seo, keystore_password, keystore_type, tls);
@@ -247,7 +263,7 @@ impl Mapper {
     /// per-store spellings; PEM for both with PEMBasedSslContextFactory.
     fn store_types(
         &mut self,
-        seo: &ServerEncryptionOptions,
+        seo: &EncryptionOptions,
         pem: bool,
     ) -> (Option<&'static str>, Option<&'static str>) {
         if pem {
@@ -255,22 +271,23 @@ impl Mapper {
                 && store_type_name(name) != Some("pem")
             {
                 self.findings.note(format!(
-                    "{SEO}.store_type {name:?} is ignored with PEMBasedSslContextFactory, as in \
-                     Cassandra: the stores are PEM files"
+                    "{}.store_type {name:?} is ignored with PEMBasedSslContextFactory, as in \
+                     Cassandra: the stores are PEM files",
+                    seo.section
                 ));
             }
             return (Some("pem"), Some("pem"));
         }
         let common = match (&seo.keystore_type, &seo.truststore_type, &seo.store_type) {
             (Some(_), Some(_), _) | (_, _, None) => Some("jks"),
-            (_, _, Some(given)) => self.store_type("store_type", given),
+            (_, _, Some(given)) => self.store_type(seo.section, "store_type", given),
         };
         let keystore_type = match &seo.keystore_type {
-            Some(given) => self.store_type("keystore_type", given),
+            Some(given) => self.store_type(seo.section, "keystore_type", given),
             None => common,
         };
         let truststore_type = match &seo.truststore_type {
-            Some(given) => self.store_type("truststore_type", given),
+            Some(given) => self.store_type(seo.section, "truststore_type", given),
             None => common,
         };
         (keystore_type, truststore_type)
@@ -278,7 +295,7 @@ impl Mapper {
 
     fn truststore(
         &mut self,
-        seo: &ServerEncryptionOptions,
+        seo: &EncryptionOptions,
         truststore_type: Option<&'static str>,
         tls: &mut Table,
     ) {
@@ -287,11 +304,13 @@ impl Mapper {
         if truststore_type == Some("pem") {
             if seo.truststore_password.is_some() || seo.truststore_password_file.is_some() {
                 self.findings.note(format!(
-                    "{SEO}.truststore_password is ignored for a PEM truststore, as in Cassandra"
+                    "{}.truststore_password is ignored for a PEM truststore, as in Cassandra",
+                    seo.section
                 ));
             }
         } else {
             let password = self.password(
+                seo.section,
                 "truststore",
                 seo.truststore_password.clone(),
                 seo.truststore_password_file.clone(),
@@ -307,7 +326,7 @@ impl Mapper {
     /// The outbound identity (5.0+): defaults to the keystore and its password, as in Cassandra.
     fn outbound_keystore(
         &mut self,
-        seo: &ServerEncryptionOptions,
+        seo: &EncryptionOptions,
         keystore_password: Option<(&'static str, Value)>,
         keystore_type: Option<&'static str>,
         tls: &mut Table,
@@ -331,7 +350,7 @@ impl Mapper {
             seo.outbound_keystore_password_file.clone(),
         ) {
             (None, None) => keystore_password,
-            (value, file) => self.password("outbound_keystore", value, file, pem),
+            (value, file) => self.password(seo.section, "outbound_keystore", value, file, pem),
         };
         insert_password(tls, "outbound_keystore", &password);
         if let Some(ty) = keystore_type {
@@ -343,6 +362,7 @@ impl Mapper {
     /// default. Returns the ringseal key suffix and value to insert.
     fn password(
         &mut self,
+        section: &str,
         store: &str,
         value: Option<String>,
         file: Option<String>,
@@ -352,8 +372,8 @@ impl Mapper {
             (Some(value), file) => {
                 if file.is_some() {
                     self.findings.note(format!(
-                        "{SEO}.{store}_password_file is ignored because {store}_password is set, as \
-                         in Cassandra"
+                        "{section}.{store}_password_file is ignored because {store}_password is set, \
+                         as in Cassandra"
                     ));
                 }
                 Some(("_password", value.into()))
@@ -362,8 +382,8 @@ impl Mapper {
             (None, None) if pem => None,
             (None, None) => {
                 self.findings.note(format!(
-                    "{SEO}.{store}_password is not set: Cassandra's old default {DEFAULT_PASSWORD:?} \
-                     is used (from 4.1.2 Cassandra has no default)"
+                    "{section}.{store}_password is not set: Cassandra's old default \
+                     {DEFAULT_PASSWORD:?} is used (from 4.1.2 Cassandra has no default)"
                 ));
                 Some(("_password", DEFAULT_PASSWORD.into()))
             }
@@ -371,16 +391,26 @@ impl Mapper {
     }
 
     /// A store type ringseal reads, or a warning naming the key.
-    fn store_type(&mut self, key: &str, (name, at): &(String, Pos)) -> Option<&'static str> {
+    fn store_type(
+        &mut self,
+        section: &str,
+        key: &str,
+        (name, at): &(String, Pos),
+    ) -> Option<&'static str> {
         let ty = store_type_name(name);
         if ty.is_none() {
             self.findings.warn_at(
-                &format!("{SEO}.{key}"),
+                &format!("{section}.{key}"),
                 *at,
                 format!(
                     "{name:?}: ringseal reads PKCS12, JKS and PEM stores only; convert the store \
-                     (keytool -importkeystore -deststoretype PKCS12) and set tls.keystore_type and \
-                     tls.truststore_type in the ringseal config"
+                     (keytool -importkeystore -deststoretype PKCS12) and set keystore_type and \
+                     truststore_type in the ringseal config's {}",
+                    if section == SEO {
+                        "[tls]"
+                    } else {
+                        "client listener's [inbound.tls]"
+                    }
                 ),
             );
         }
@@ -406,12 +436,17 @@ fn insert_password(tls: &mut Table, store: &str, password: &Option<(&'static str
 
 impl Mapper {
     /// `tls.protocols` and `tls.cipher_suites`: what ringseal accepts of them, consistent together.
-    fn protocols_and_suites(&mut self, seo: &ServerEncryptionOptions, tls: &mut Table) {
-        let protocols = self.protocols(seo.protocol.as_ref(), seo.accepted_protocols.as_ref());
+    pub(super) fn protocols_and_suites(&mut self, seo: &EncryptionOptions, tls: &mut Table) {
+        let section = seo.section;
+        let protocols = self.protocols(
+            section,
+            seo.protocol.as_ref(),
+            seo.accepted_protocols.as_ref(),
+        );
         let (protocols, suites) = match &seo.cipher_suites {
             Some((names, at)) => {
-                let suites = self.cipher_suites(names, *at);
-                self.protocols_for_suites(protocols, suites, *at)
+                let suites = self.cipher_suites(section, names, *at);
+                self.protocols_for_suites(section, protocols, suites, *at)
             }
             None => (protocols, Vec::new()),
         };
@@ -427,6 +462,7 @@ impl Mapper {
     /// `protocol`), minus what ringseal refuses. Empty: the defaults (TLS 1.2 and 1.3).
     fn protocols(
         &mut self,
+        section: &str,
         protocol: Option<&(String, Pos)>,
         accepted: Option<&(Vec<String>, Pos)>,
     ) -> Vec<String> {
@@ -457,10 +493,11 @@ impl Mapper {
                         kept.push(name.trim().to_owned());
                     }
                 }
-                Err(e) => {
-                    self.findings
-                        .warn_at(&format!("{SEO}.{key}"), *at, format!("left out: {e}"))
-                }
+                Err(e) => self.findings.warn_at(
+                    &format!("{section}.{key}"),
+                    *at,
+                    format!("left out: {e}"),
+                ),
             }
         }
         if every_version {
@@ -470,7 +507,7 @@ impl Mapper {
             && let Some((_, key, at)) = names.first()
         {
             self.findings.warn_at(
-                &format!("{SEO}.{key}"),
+                &format!("{section}.{key}"),
                 *at,
                 "no protocol ringseal supports is left; TLSv1.2 and TLSv1.3 are used".into(),
             );
@@ -479,8 +516,8 @@ impl Mapper {
     }
 
     /// `cipher_suites` minus the suites ringseal refuses, each with the reason and replacement.
-    fn cipher_suites(&mut self, names: &[String], at: Pos) -> Vec<String> {
-        let key = format!("{SEO}.cipher_suites");
+    fn cipher_suites(&mut self, section: &str, names: &[String], at: Pos) -> Vec<String> {
+        let key = format!("{section}.cipher_suites");
         let provider = crate::tls::provider();
         let mut kept: Vec<String> = Vec::new();
         for name in names {
@@ -510,6 +547,7 @@ impl Mapper {
     /// derive a config that ringseal refuses. Returns the protocols and suites to write.
     fn protocols_for_suites(
         &mut self,
+        section: &str,
         protocols: Vec<String>,
         suites: Vec<String>,
         at: Pos,
@@ -533,7 +571,7 @@ impl Mapper {
         }
         if versions.is_empty() {
             self.findings.warn_at(
-                &format!("{SEO}.cipher_suites"),
+                &format!("{section}.cipher_suites"),
                 at,
                 format!(
                     "no listed suite can be used with {}; ringseal's default suites are used",
@@ -547,7 +585,7 @@ impl Mapper {
             .map(|v| suites::protocol_name(v.version).to_owned())
             .collect();
         self.findings.note(format!(
-            "{SEO}.cipher_suites names no suite for {}, so {} off, as in Java: protocols = {left:?}",
+            "{section}.cipher_suites names no suite for {}, so {} off, as in Java: protocols = {left:?}",
             turned_off.join(" or "),
             if turned_off.len() == 1 { "it is" } else { "they are" },
         ));

@@ -12,6 +12,8 @@
 //! [`server_encryption`] (the settings as Cassandra reads them, read with [`values`]) ->
 //! [`mapping`] (the ringseal table, with [`findings`]: warnings and notes).
 
+mod client_encryption;
+mod client_listener;
 mod error;
 mod findings;
 mod mapping;
@@ -41,6 +43,10 @@ pub struct Derived {
     /// A ringseal config as a TOML table, ready to be merged with (overridden by) a ringseal config
     /// file and deserialized into `FileConfig`. Paths in it are absolute.
     pub table: Table,
+    /// What completes an `[[inbound]]` named "client" of a ringseal config file (its TLS settings
+    /// and the addresses cassandra.yaml gives), when `client_encryption_options` is set; see
+    /// [`Derived::merged`].
+    pub client_template: Option<Table>,
     /// One line per cassandra.yaml key or value ringseal cannot honour, naming the key and why.
     pub warnings: Vec<String>,
     /// Facts about the derivation that need no action (defaults used, where relative paths were
@@ -66,6 +72,13 @@ impl fmt::Debug for Derived {
         redact(&mut table);
         f.debug_struct("Derived")
             .field("table", &table)
+            .field(
+                "client_template",
+                &self.client_template.clone().map(|mut t| {
+                    redact(&mut t);
+                    t
+                }),
+            )
             .field("warnings", &self.warnings)
             .field("notes", &self.notes)
             .field("cluster_name", &self.cluster_name)
@@ -141,13 +154,19 @@ pub fn derive_bytes(
     let mapper = Mapper {
         base,
         base_why,
-        relative_resolved: false,
+        relative_resolved: Vec::new(),
+        section: server_encryption::SEO,
         findings: reader.findings,
     };
-    let Mapped { table, findings } = mapper.map(&yaml);
+    let Mapped {
+        table,
+        findings,
+        client_template,
+    } = mapper.map(&yaml);
     let (warnings, notes) = findings.into_lines();
     Ok(Derived {
         table,
+        client_template,
         warnings,
         notes,
         cluster_name: Some(yaml.cluster_name),
@@ -185,35 +204,90 @@ fn syntax_hint(error: &SyntaxError, text: &str) -> &'static str {
     }
 }
 
+impl Derived {
+    /// The derived table with a ringseal config file laid over it ([`merge`]); an `[[inbound]]` of
+    /// the file named "client" is completed from [`Derived::client_template`] when no client
+    /// listener was derived.
+    pub fn merged(&self, file: Table) -> Table {
+        let mut table = self.table.clone();
+        merge_with(&mut table, file, self.client_template.as_ref());
+        table
+    }
+}
+
 /// Deep merge: `overrides` (a parsed ringseal config) wins key by key inside tables; arrays (e.g.
 /// `[[inbound]]`) and every other value are replaced whole, except that a file `[[inbound]]` naming
-/// no address takes the derived ones ([`fill_addresses`]). In `[tls]`, a key the file sets also
-/// removes the derived keys that say the same thing another way ([`ALTERNATIVES`], password sources).
-pub fn merge(base: &mut Table, mut overrides: Table) {
+/// no address takes the derived ones ([`fill_addresses`]), and that the derived client listener
+/// (named "client") is merged with the file's listener of that name key by key, or kept when the
+/// file has none ([`merge_client`]). In `[tls]` (and the client listener's `tls`), a key the file
+/// sets also removes the derived keys that say the same thing another way ([`ALTERNATIVES`],
+/// password sources).
+pub fn merge(base: &mut Table, overrides: Table) {
+    merge_with(base, overrides, None);
+}
+
+fn merge_with(base: &mut Table, mut overrides: Table, client_template: Option<&Table>) {
     if let (Some(Value::Table(derived)), Some(Value::Table(file))) =
         (base.get_mut("tls"), overrides.get("tls"))
     {
         drop_replaced_alternatives(derived, file);
     }
-    if let (Some(Value::Array(derived)), Some(Value::Array(file))) =
-        (base.get("inbound"), overrides.get_mut("inbound"))
-    {
-        fill_addresses(derived, file);
+    if let Some(Value::Array(file)) = overrides.get_mut("inbound") {
+        let derived = match base.get("inbound") {
+            Some(Value::Array(derived)) => derived.clone(),
+            _ => Vec::new(),
+        };
+        let (client, internode): (Vec<&Value>, Vec<&Value>) =
+            derived.iter().partition(|v| is_client(v));
+        let internode: Vec<&Table> = internode.iter().filter_map(|v| v.as_table()).collect();
+        fill_addresses(
+            &internode,
+            file.iter_mut()
+                .filter(|v| !is_client(v))
+                .filter_map(Value::as_table_mut),
+        );
+        let client = client.first().and_then(|v| v.as_table());
+        merge_client(client, client_template, file);
     }
     merge_tables(base, overrides);
 }
 
-/// An `[[inbound]]` of the file without `listen` and `forward` takes them from the derived listener
-/// at the same position: the addresses come from cassandra.yaml's listen_address (a pod IP under
-/// Kubernetes, known only at run time) while the file adds what the yaml cannot say, e.g. `allow`.
-/// A file listener that names either address keeps its own (a listener without both is refused
-/// anyway, so no valid config changes meaning).
-fn fill_addresses(derived: &[Value], file: &mut [Value]) {
-    for (d, f) in derived.iter().zip(file.iter_mut()) {
-        if let (Value::Table(d), Value::Table(f)) = (d, f)
-            && !f.contains_key("listen")
-            && !f.contains_key("forward")
-        {
+/// Whether a listener is named "client" (the one derived from client_encryption_options).
+fn is_client(listener: &Value) -> bool {
+    listener.get("name").and_then(Value::as_str) == Some(client_listener::CLIENT_LISTENER)
+}
+
+/// The file's `[[inbound]]` named "client" is laid over the derived client listener (or, when none
+/// was derived, the template of one) key by key; without one, the derived listener is kept, so that
+/// a file that only changes the internode listener does not drop client TLS.
+fn merge_client(derived: Option<&Table>, template: Option<&Table>, file: &mut Vec<Value>) {
+    let Some(Value::Table(own)) = file.iter_mut().find(|v| is_client(v)) else {
+        if let Some(derived) = derived {
+            file.push(Value::Table(derived.clone()));
+        }
+        return;
+    };
+    let Some(base) = derived.or(template) else {
+        return;
+    };
+    let mut completed = base.clone();
+    if let (Some(Value::Table(d)), Some(Value::Table(f))) =
+        (completed.get_mut("tls"), own.get("tls"))
+    {
+        drop_replaced_alternatives(d, f);
+    }
+    merge_tables(&mut completed, std::mem::take(own));
+    *own = completed;
+}
+
+/// An internode `[[inbound]]` of the file without `listen` and `forward` takes them from the derived
+/// listener at the same position: the addresses come from cassandra.yaml's listen_address (a pod IP
+/// under Kubernetes, known only at run time) while the file adds what the yaml cannot say, e.g.
+/// `allow`. A file listener that names either address keeps its own (a listener without both is
+/// refused anyway, so no valid config changes meaning).
+fn fill_addresses<'f>(derived: &[&Table], file: impl Iterator<Item = &'f mut Table>) {
+    for (d, f) in derived.iter().zip(file) {
+        if !f.contains_key("listen") && !f.contains_key("forward") {
             for key in ["listen", "forward"] {
                 if let Some(v) = d.get(key) {
                     f.insert(key.into(), v.clone());

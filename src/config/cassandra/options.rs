@@ -6,14 +6,16 @@
 
 use std::net::IpAddr;
 
+use super::client_encryption::CEO;
 use super::error::CassandraYamlError;
-use super::server_encryption::{SEO, ServerEncryptionOptions};
+use super::server_encryption::{EncryptionOptions, SEO};
 use super::values::{EXPECTED_MAPPING, Reader};
-use super::yaml::{Entries, Kind, Node, Pos, last_wins};
+use super::yaml::{Entries, Keyed, Kind, Node, Pos, last_wins};
 
 const DEFAULT_CLUSTER_NAME: &str = "Test Cluster";
 const DEFAULT_STORAGE_PORT: u16 = 7000;
 const DEFAULT_SSL_STORAGE_PORT: u16 = 7001;
+const DEFAULT_NATIVE_PORT: u16 = 9042;
 pub(super) const DEFAULT_KEYSTORE: &str = "conf/.keystore";
 pub(super) const DEFAULT_TRUSTSTORE: &str = "conf/.truststore";
 pub(super) const DEFAULT_PASSWORD: &str = "cassandra";
@@ -31,6 +33,13 @@ const READ_TOP_LEVEL: &[&str] = &[
     "broadcast_address",
     "internode_authenticator",
     SEO,
+    "start_native_transport",
+    "native_transport_port",
+    "native_transport_port_ssl",
+    "rpc_address",
+    "rpc_interface",
+    "rpc_interface_prefer_ipv6",
+    CEO,
 ];
 
 /// What a cassandra.yaml says about internode traffic, Cassandra's defaults filled in.
@@ -39,7 +48,34 @@ pub(super) struct CassandraYaml {
     pub(super) storage_port: u16,
     pub(super) ssl_storage_port: u16,
     pub(super) listen: Listen,
-    pub(super) encryption: ServerEncryptionOptions,
+    pub(super) encryption: EncryptionOptions,
+    pub(super) native: Native,
+}
+
+/// What a cassandra.yaml says about CQL clients (the native transport), Cassandra's defaults filled in.
+pub(super) struct Native {
+    /// `start_native_transport` when it is false, and where.
+    pub(super) not_started: Option<Pos>,
+    pub(super) port: u16,
+    /// `native_transport_port_ssl`, and where.
+    pub(super) port_ssl: Option<(u16, Pos)>,
+    pub(super) rpc: Rpc,
+    /// `client_encryption_options`; None when the file does not set it.
+    pub(super) encryption: Option<EncryptionOptions>,
+}
+
+/// The address the native transport binds (`rpc_address` / `rpc_interface`), as written: warnings
+/// about it are only given when a client listener needs it.
+pub(super) enum Rpc {
+    /// An IP address, maybe a wildcard (`localhost` is 127.0.0.1).
+    Ip(IpAddr),
+    /// Neither is set: Cassandra takes the address of this host's name.
+    Absent,
+    HostName(String, Pos),
+    /// The interface and whether IPv6 is preferred.
+    Interface(String, Pos, bool),
+    /// Both are set, which Cassandra refuses; where rpc_interface is.
+    Both(Pos),
 }
 
 /// The address Cassandra listens on.
@@ -74,12 +110,84 @@ impl Reader {
         )?;
         self.authenticator(top.get("internode_authenticator"))?;
         let encryption = self.encryption_options(top.get(SEO), ssl_storage_port)?;
+        let native = self.native(&top)?;
         Ok(CassandraYaml {
             cluster_name,
             storage_port,
             ssl_storage_port,
             listen,
             encryption,
+            native,
+        })
+    }
+
+    /// The native transport settings and `client_encryption_options`.
+    fn native(&mut self, top: &Keyed<'_, '_>) -> Result<Native, CassandraYamlError> {
+        let start = top.get("start_native_transport");
+        let not_started = match start {
+            Some(node) if self.boolean("start_native_transport", node)? == Some(false) => {
+                Some(node.at)
+            }
+            _ => None,
+        };
+        let port = self
+            .port("native_transport_port", top.get("native_transport_port"))?
+            .unwrap_or(DEFAULT_NATIVE_PORT);
+        let ssl = top.get("native_transport_port_ssl");
+        let port_ssl = self
+            .port("native_transport_port_ssl", ssl)?
+            .zip(ssl.map(|n| n.at));
+        let rpc = self.rpc(
+            top.get("rpc_address"),
+            top.get("rpc_interface"),
+            top.get("rpc_interface_prefer_ipv6"),
+        )?;
+        let encryption = match top.get(CEO) {
+            Some(node) if !node.is_null() => {
+                let Kind::Map(entries) = &node.kind else {
+                    return Err(self.type_error(CEO, EXPECTED_MAPPING, node, ""));
+                };
+                Some(self.client_encryption_options(entries)?)
+            }
+            _ => None,
+        };
+        Ok(Native {
+            not_started,
+            port,
+            port_ssl,
+            rpc,
+            encryption,
+        })
+    }
+
+    fn rpc(
+        &self,
+        address: Option<&Node<'_>>,
+        interface: Option<&Node<'_>>,
+        prefer_ipv6: Option<&Node<'_>>,
+    ) -> Result<Rpc, CassandraYamlError> {
+        let address = match address {
+            Some(node) => self
+                .string("rpc_address", node)?
+                .map(|a| (a.trim().to_owned(), node.at)),
+            None => None,
+        };
+        let interface = match interface {
+            Some(node) => self.string("rpc_interface", node)?.map(|i| (i, node.at)),
+            None => None,
+        };
+        let prefer_ipv6 = self.boolean_opt("rpc_interface_prefer_ipv6", prefer_ipv6)? == Some(true);
+        Ok(match (address, interface) {
+            (Some(_), Some((_, at))) => Rpc::Both(at),
+            (None, Some((interface, at))) => Rpc::Interface(interface, at, prefer_ipv6),
+            (None, None) => Rpc::Absent,
+            (Some((address, _)), None) if address.eq_ignore_ascii_case("localhost") => {
+                Rpc::Ip(IpAddr::from([127, 0, 0, 1]))
+            }
+            (Some((address, at)), None) => match address.parse::<IpAddr>() {
+                Ok(ip) => Rpc::Ip(ip),
+                Err(_) => Rpc::HostName(address, at),
+            },
         })
     }
 
@@ -122,7 +230,7 @@ impl Reader {
         &mut self,
         node: Option<&Node<'_>>,
         ssl_storage_port: u16,
-    ) -> Result<ServerEncryptionOptions, CassandraYamlError> {
+    ) -> Result<EncryptionOptions, CassandraYamlError> {
         match node {
             Some(node) if !node.is_null() => {
                 let Kind::Map(entries) = &node.kind else {
@@ -136,7 +244,7 @@ impl Reader {
                      truststore {DEFAULT_TRUSTSTORE}, password {DEFAULT_PASSWORD:?}, no client \
                      authentication)"
                 ));
-                Ok(ServerEncryptionOptions::default())
+                Ok(EncryptionOptions::new(SEO, "tls"))
             }
         }
     }

@@ -1,9 +1,11 @@
 //! `server_encryption_options` as Cassandra 3.11 to trunk read it: every key is type-checked, then
-//! kept in [`ServerEncryptionOptions`] or, when ringseal has no use for it, named in a warning.
+//! kept in [`EncryptionOptions`] or, when ringseal has no use for it, named in a warning. The keys both
+//! sections share (stores, passwords, protocols, suites, client authentication, the SSL context
+//! factory) are read here for `client_encryption_options` too ([`Reader::common_option`]).
 
 use super::error::CassandraYamlError;
 use super::values::{EXPECTED_MAPPING, Reader};
-use super::yaml::{Entries, Kind, Node, Pos, last_wins};
+use super::yaml::{Entries, Entry, Kind, Node, Pos, last_wins};
 
 pub(super) const SEO: &str = "server_encryption_options";
 const PEM_FACTORY: &str = "org.apache.cassandra.security.PEMBasedSslContextFactory";
@@ -49,9 +51,16 @@ const PEM_PARAMETERS: [&str; 5] = [
     "outbound_private_key_password",
 ];
 
-/// `server_encryption_options` as read. `None`: not set (Cassandra's default).
+/// `server_encryption_options` or `client_encryption_options` as read. `None`: not set (Cassandra's
+/// default).
 #[derive(Default)]
-pub(super) struct ServerEncryptionOptions {
+pub(super) struct EncryptionOptions {
+    /// The section's name, for messages.
+    pub(super) section: &'static str,
+    /// Where its TLS settings go in the ringseal config, for messages ("tls").
+    pub(super) tls_key: &'static str,
+    /// `enabled` (client_encryption_options only; the server's is warned about), and where it is.
+    pub(super) enabled: Option<(bool, Pos)>,
     pub(super) internode_encryption: Option<(String, Pos)>,
     pub(super) optional: Option<bool>,
     pub(super) keystore: Option<String>,
@@ -95,24 +104,43 @@ pub(super) enum ClientAuth {
     Optional,
 }
 
+impl EncryptionOptions {
+    pub(super) fn new(section: &'static str, tls_key: &'static str) -> Self {
+        Self {
+            section,
+            tls_key,
+            ..Self::default()
+        }
+    }
+}
+
 impl Reader {
+    /// The entries of an encryption options section, duplicates and odd keys warned about.
+    pub(super) fn section_entries<'n, 'a>(
+        &mut self,
+        section: &str,
+        entries: &'n Entries<'a>,
+    ) -> Vec<Entry<'n, 'a>> {
+        let keyed = last_wins(entries);
+        for (name, lines) in &keyed.duplicates {
+            self.findings.duplicate(&format!("{section}.{name}"), lines);
+        }
+        for key in keyed.odd {
+            let why = "a key that is not a plain name; ignored".into();
+            self.findings.warn_at(section, key.at, why);
+        }
+        keyed.entries
+    }
+
     /// Reads `server_encryption_options`: every key is type-checked, then kept or warned about.
     pub(super) fn server_encryption_options(
         &mut self,
         entries: &Entries<'_>,
         ssl_storage_port: u16,
-    ) -> Result<ServerEncryptionOptions, CassandraYamlError> {
-        let keyed = last_wins(entries);
-        for (name, lines) in &keyed.duplicates {
-            self.findings.duplicate(&format!("{SEO}.{name}"), lines);
-        }
-        for key in keyed.odd {
-            let why = "a key that is not a plain name; ignored".into();
-            self.findings.warn_at(SEO, key.at, why);
-        }
-        let mut seo = ServerEncryptionOptions::default();
+    ) -> Result<EncryptionOptions, CassandraYamlError> {
+        let mut seo = EncryptionOptions::new(SEO, "tls");
         let mut legacy: Vec<Pos> = Vec::new();
-        for (name, key_node, value) in keyed.entries {
+        for (name, key_node, value) in self.section_entries(SEO, entries) {
             if value.is_null() && SEO_KEYS.contains(&name) {
                 continue; // not set: Cassandra's default
             }
@@ -143,26 +171,21 @@ impl Reader {
     /// One key of `server_encryption_options` into `seo`, or a warning.
     fn encryption_option(
         &mut self,
-        seo: &mut ServerEncryptionOptions,
+        seo: &mut EncryptionOptions,
         option: &SeoEntry<'_, '_, '_>,
         ssl_storage_port: u16,
     ) -> Result<(), CassandraYamlError> {
+        if self.common_option(seo, option)? {
+            return Ok(());
+        }
         let SeoEntry {
             name, key, value, ..
         } = *option;
         let at = value.at;
-        let positioned = |s: Option<String>| s.map(|s| (s, at));
         match name {
             "internode_encryption" => {
                 seo.internode_encryption = Some((self.internode_encryption(key, value)?, at));
             }
-            "optional" => seo.optional = self.boolean(key, value)?,
-            "keystore" => seo.keystore = self.string(key, value)?,
-            "keystore_password" => seo.keystore_password = self.string(key, value)?,
-            "keystore_password_file" => seo.keystore_password_file = self.string(key, value)?,
-            "truststore" => seo.truststore = self.string(key, value)?,
-            "truststore_password" => seo.truststore_password = self.string(key, value)?,
-            "truststore_password_file" => seo.truststore_password_file = self.string(key, value)?,
             "outbound_keystore" => seo.outbound_keystore = self.string(key, value)?,
             "outbound_keystore_password" => {
                 seo.outbound_keystore_password = self.string(key, value)?;
@@ -170,6 +193,31 @@ impl Reader {
             "outbound_keystore_password_file" => {
                 seo.outbound_keystore_password_file = self.string(key, value)?;
             }
+            _ => self.ignored_option(option, ssl_storage_port)?,
+        }
+        Ok(())
+    }
+
+    /// A key both encryption sections have, read into `eo`: false when `option` is not one.
+    pub(super) fn common_option(
+        &mut self,
+        eo: &mut EncryptionOptions,
+        option: &SeoEntry<'_, '_, '_>,
+    ) -> Result<bool, CassandraYamlError> {
+        let SeoEntry {
+            name, key, value, ..
+        } = *option;
+        let seo = eo;
+        let at = value.at;
+        let positioned = |s: Option<String>| s.map(|s| (s, at));
+        match name {
+            "optional" => seo.optional = self.boolean(key, value)?,
+            "keystore" => seo.keystore = self.string(key, value)?,
+            "keystore_password" => seo.keystore_password = self.string(key, value)?,
+            "keystore_password_file" => seo.keystore_password_file = self.string(key, value)?,
+            "truststore" => seo.truststore = self.string(key, value)?,
+            "truststore_password" => seo.truststore_password = self.string(key, value)?,
+            "truststore_password_file" => seo.truststore_password_file = self.string(key, value)?,
             "store_type" => seo.store_type = positioned(self.string(key, value)?),
             "keystore_type" => seo.keystore_type = positioned(self.string(key, value)?),
             "truststore_type" => seo.truststore_type = positioned(self.string(key, value)?),
@@ -183,9 +231,42 @@ impl Reader {
                 seo.require_endpoint_verification = self.boolean(key, value)?;
             }
             "ssl_context_factory" => self.ssl_context_factory(key, value, seo)?,
-            _ => self.ignored_option(option, ssl_storage_port)?,
+            _ => return self.ignored_common(option),
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// A key both sections have that ringseal does not take: a warning saying why, when its value
+    /// asks for something. False when `option` is not one of them.
+    pub(super) fn ignored_common(
+        &mut self,
+        option: &SeoEntry<'_, '_, '_>,
+    ) -> Result<bool, CassandraYamlError> {
+        let SeoEntry {
+            name, key, value, ..
+        } = *option;
+        let why = match name {
+            "algorithm" => {
+                let v = self.string(key, value)?.unwrap_or_default();
+                format!(
+                    "{v:?} selects Java's key and trust manager implementation; ignored: ringseal \
+                     verifies certificate chains with webpki"
+                )
+            }
+            "max_certificate_validity_period" => {
+                self.string(key, value)?;
+                "ringseal does not limit how long peer certificates may be valid; ignored".into()
+            }
+            "certificate_validity_warn_threshold" => {
+                self.string(key, value)?;
+                "ringseal warns about its own certificate 30, 14, 7 and 1 days before it expires \
+                 and exports every certificate's expiry as a metric; ignored"
+                    .into()
+            }
+            _ => return Ok(false),
+        };
+        self.findings.warn_at(key, value.at, why);
+        Ok(true)
     }
 
     /// A key of `server_encryption_options` that ringseal does not take: a warning saying why,
@@ -219,23 +300,6 @@ impl Reader {
                     "true: Cassandra itself listens with TLS on ssl_storage_port \
                      {ssl_storage_port}, the port ringseal's inbound listener takes; set it to false"
                 )
-            }
-            "algorithm" => {
-                let v = self.string(key, value)?.unwrap_or_default();
-                format!(
-                    "{v:?} selects Java's key and trust manager implementation; ignored: ringseal \
-                     verifies certificate chains with webpki"
-                )
-            }
-            "max_certificate_validity_period" => {
-                self.string(key, value)?;
-                "ringseal does not limit how long peer certificates may be valid; ignored".into()
-            }
-            "certificate_validity_warn_threshold" => {
-                self.string(key, value)?;
-                "ringseal warns about its own certificate 30, 14, 7 and 1 days before it expires \
-                 and exports every certificate's expiry as a metric; ignored"
-                    .into()
             }
             _ => {
                 let why = "not a server_encryption_options setting of any Cassandra version \
@@ -299,7 +363,7 @@ impl Reader {
         &mut self,
         key: &str,
         value: &Node<'_>,
-        seo: &mut ServerEncryptionOptions,
+        seo: &mut EncryptionOptions,
     ) -> Result<(), CassandraYamlError> {
         let Kind::Map(entries) = &value.kind else {
             return Err(self.type_error(key, EXPECTED_MAPPING, value, ""));
@@ -312,7 +376,7 @@ impl Reader {
         for (name, key_node, v) in keyed.entries {
             let sub = format!("{key}.{name}");
             match name {
-                "class_name" => seo.factory = self.factory_class(&sub, v)?,
+                "class_name" => seo.factory = self.factory_class(&sub, v, seo.tls_key)?,
                 "parameters" => parameters = Some((sub, v)),
                 _ => self.findings.warn_at(
                     &sub,
@@ -337,7 +401,12 @@ impl Reader {
     }
 
     /// `ssl_context_factory.class_name`: a factory other than Cassandra's two is warned about.
-    fn factory_class(&mut self, key: &str, v: &Node<'_>) -> Result<Factory, CassandraYamlError> {
+    fn factory_class(
+        &mut self,
+        key: &str,
+        v: &Node<'_>,
+        tls_key: &str,
+    ) -> Result<Factory, CassandraYamlError> {
         let class = self.string(key, v)?.unwrap_or_default();
         let full = if class.contains('.') {
             class.clone()
@@ -353,9 +422,10 @@ impl Reader {
                     v.at,
                     format!(
                         "{class:?}: ringseal cannot run Cassandra's SSL context factories; the \
-                         keystore and truststore are read as files, so set tls.keystore and \
-                         tls.truststore in the ringseal config if this factory loads them from \
-                         elsewhere"
+                         keystore and truststore are read as files, so set {tls}.keystore and \
+                         {tls}.truststore in the ringseal config if this factory loads them from \
+                         elsewhere",
+                        tls = tls_key
                     ),
                 );
                 Factory::Custom(class)
@@ -367,7 +437,7 @@ impl Reader {
     /// every parameter is warned about, since ringseal takes key material from files only.
     fn factory_parameter(
         &mut self,
-        seo: &mut ServerEncryptionOptions,
+        seo: &mut EncryptionOptions,
         name: &str,
         param: &str,
         key_at: Pos,
@@ -383,10 +453,10 @@ impl Reader {
             return Ok(());
         }
         let (store, flag) = match name {
-            "private_key" if pem => ("tls.keystore", &mut seo.inline_key),
-            "trusted_certificates" if pem => ("tls.truststore", &mut seo.inline_trust),
-            "outbound_private_key" if pem => {
-                ("tls.outbound_keystore", &mut seo.inline_outbound_key)
+            "private_key" if pem => ("keystore", &mut seo.inline_key),
+            "trusted_certificates" if pem => ("truststore", &mut seo.inline_trust),
+            "outbound_private_key" if pem && seo.section == SEO => {
+                ("outbound_keystore", &mut seo.inline_outbound_key)
             }
             "private_key_password" | "outbound_private_key_password" if pem => {
                 self.string(param, v)?;
@@ -411,19 +481,20 @@ impl Reader {
             param,
             key_at,
             format!(
-                "inline PEM material is not read by ringseal; write it to a file and set {store} to \
-                 it (type \"pem\") in the ringseal config"
+                "inline PEM material is not read by ringseal; write it to a file and set {}.{store} \
+                 to it (type \"pem\") in the ringseal config",
+                seo.tls_key
             ),
         );
         Ok(())
     }
 }
 
-/// One entry of `server_encryption_options`: its name, its full key for messages, where the key
+/// One entry of an encryption options section: its name, its full key for messages, where the key
 /// and the value are.
-struct SeoEntry<'n, 'k, 'a> {
-    name: &'n str,
-    key: &'k str,
-    key_at: Pos,
-    value: &'n Node<'a>,
+pub(super) struct SeoEntry<'n, 'k, 'a> {
+    pub(super) name: &'n str,
+    pub(super) key: &'k str,
+    pub(super) key_at: Pos,
+    pub(super) value: &'n Node<'a>,
 }

@@ -795,3 +795,117 @@ fn a_file_inbound_without_addresses_takes_the_derived_ones() {
     assert_eq!(inbound["listen"].as_str(), Some("0.0.0.0:7001"));
     assert!(!inbound.contains_key("forward"));
 }
+
+fn client_listener(d: &Derived) -> Option<&Table> {
+    d.table["inbound"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_table)
+        .find(|l| l.get("name").and_then(Value::as_str) == Some("client"))
+}
+
+const CLIENT_ON: &str =
+    "native_transport_port_ssl: 9142\nclient_encryption_options:\n  enabled: true\n";
+
+#[test]
+fn every_client_encryption_key_is_mapped_or_warned() {
+    let d = ok(&format!(
+        "listen_address: 10.0.0.1\nrpc_address: 10.0.0.1\n{CLIENT_ON}  internode_encryption: all\n  \
+         outbound_keystore: /o.p12\n  keystore_pasword: x\n  algorithm: SunX509\n  keystore: ~\n"
+    ));
+    let ceo = |k: &str| format!("client_encryption_options.{k}");
+    assert_eq!(
+        warned(&d),
+        [
+            ceo("enabled"),
+            ceo("internode_encryption"),
+            ceo("outbound_keystore"),
+            ceo("keystore_pasword"),
+            ceo("algorithm"),
+        ]
+    );
+    assert!(d.warnings[1].ends_with(
+        "a server_encryption_options setting, not one of client_encryption_options (Cassandra \
+         refuses it here); ignored"
+    ));
+    assert!(d.warnings[3].contains("not a client_encryption_options setting"));
+    let client = client_listener(&d).unwrap();
+    assert_eq!(
+        client["tls"]["keystore"].as_str(),
+        Some("/opt/cassandra/conf/.keystore"),
+        "null: Cassandra's default"
+    );
+    assert!(
+        !client["tls"]
+            .as_table()
+            .unwrap()
+            .contains_key("outbound_keystore"),
+        "a server key is not taken from the client section"
+    );
+}
+
+#[test]
+fn rpc_address_forms_for_the_client_listener() {
+    let addresses = |rpc: &str| {
+        let d = ok(&format!("listen_address: 10.0.0.1\n{rpc}{CLIENT_ON}"));
+        let addr = client_listener(&d).map(|c| {
+            format!(
+                "{} -> {}",
+                c["listen"].as_str().unwrap(),
+                c["forward"].as_str().unwrap()
+            )
+        });
+        let warned: Vec<String> = warned(&d)
+            .into_iter()
+            .filter(|w| !w.starts_with("client_encryption_options.enabled"))
+            .collect();
+        (addr, warned, d.client_template.is_some())
+    };
+    let (addr, w, _) = addresses("rpc_address: localhost\n");
+    assert_eq!(addr.as_deref(), Some("127.0.0.1:9142 -> 127.0.0.1:9042"));
+    assert!(w.is_empty());
+    let (addr, _, _) = addresses("rpc_address: 0.0.0.0\n");
+    assert_eq!(addr.as_deref(), Some("0.0.0.0:9142 -> 127.0.0.1:9042"));
+    let (addr, _, _) = addresses("rpc_address: '::'\n");
+    assert_eq!(addr.as_deref(), Some("[::]:9142 -> [::1]:9042"));
+    for (rpc, key) in [
+        ("", "rpc_address"),
+        ("rpc_address: cass-1.example.com\n", "rpc_address"),
+        ("rpc_interface: eth0\n", "rpc_interface"),
+        (
+            "rpc_address: 10.0.0.1\nrpc_interface: eth0\n",
+            "rpc_interface",
+        ),
+    ] {
+        let (addr, w, template) = addresses(rpc);
+        assert_eq!(addr, None, "{rpc:?}: the ringseal config must give them");
+        assert_eq!(w, [key], "{rpc:?}");
+        assert!(
+            template,
+            "{rpc:?}: a file listener named client is still completed"
+        );
+    }
+}
+
+#[test]
+fn no_client_listener_without_a_cql_server_or_a_client_section() {
+    let d = ok(&format!(
+        "rpc_address: 10.0.0.1\nstart_native_transport: false\n{CLIENT_ON}"
+    ));
+    assert!(client_listener(&d).is_none());
+    assert_eq!(warned(&d), ["listen_address", "start_native_transport"]);
+    let d = ok("listen_address: 10.0.0.1\n");
+    assert!(client_listener(&d).is_none() && d.client_template.is_none());
+    assert!(d.notes.iter().any(|n| n.starts_with(
+        "client_encryption_options is not set: Cassandra serves CQL clients without TLS on \
+         native_transport_port 9042, and no client listener is derived"
+    )));
+    // The same port twice is one port: TLS only there, no plaintext port to forward to.
+    let d = ok(
+        "rpc_address: 10.0.0.1\nlisten_address: 10.0.0.1\nnative_transport_port_ssl: 9042\n\
+                client_encryption_options:\n  enabled: true\n",
+    );
+    assert!(client_listener(&d).is_none());
+    assert!(d.warnings[0].contains("true without a separate native_transport_port_ssl"));
+}
