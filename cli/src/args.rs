@@ -56,7 +56,7 @@ pub enum Command {
     /// plaintext out) and, with --compare, stunnel, HAProxy and nginx pairs with the same
     /// certificates and suite, interleaved: throughput, proxy CPU per GB, handshakes, added latency,
     /// memory per idle connection. Prints a table (ratios are ringseal / peer).
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 /// `run --log-format`.

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(&args),
         Command::Rules(args) => cmd::rules::run(&args),
         Command::Certs { command } => cmd::certs::run(command),
-        Command::Bench(args) => cmd::bench::run(args, &runtime),
+        Command::Bench(args) => cmd::bench::run(*args, &runtime),
         Command::Demo { duration } => cmd::demo::run(duration, &runtime),
     }
 }

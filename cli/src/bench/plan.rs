@@ -150,7 +150,7 @@ mod tests {
         let crate::args::Command::Bench(a) = args.command else {
             panic!("not bench")
         };
-        let o = Options::from_args(a).unwrap();
+        let o = Options::from_args(*a).unwrap();
         let setups = plan(&o);
         let main = &setups[0];
         assert!(std::ptr::eq(main.suite, default_suite()));
