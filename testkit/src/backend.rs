@@ -32,6 +32,8 @@ pub mod protocol {
 /// The sink's buffer: large, like iperf3's default 128 KiB, so the backend's own syscalls stay a
 /// small part of the machine's work.
 pub const BULK_BUFFER: usize = 256 * 1024;
+/// The most an echo connection reads (and writes back) at once: a large Cassandra message.
+const ECHO_BUFFER_MAX: usize = 128 * 1024;
 /// A bulk transfer that makes no progress for this long has stalled: it fails instead of hanging.
 pub const STALL: Duration = Duration::from_secs(30);
 
@@ -269,7 +271,9 @@ async fn serve_protocol(mut conn: TcpStream, answered: &AtomicU64) -> std::io::R
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         }
         protocol::ECHO => {
-            // Small buffer: an idle echo connection should cost the backend little.
+            // Small buffer: an idle echo connection should cost the backend little. It grows the
+            // first time a read fills it (large messages), so a 64 KiB message goes back in one
+            // write, as a storage node would send it, not in sixteen.
             let mut buf = vec![0u8; 4096];
             loop {
                 let n = conn.read(&mut buf).await?;
@@ -277,6 +281,9 @@ async fn serve_protocol(mut conn: TcpStream, answered: &AtomicU64) -> std::io::R
                     break;
                 }
                 conn.write_all(&buf[..n]).await?;
+                if n == buf.len() && buf.len() < ECHO_BUFFER_MAX {
+                    buf.resize(ECHO_BUFFER_MAX, 0);
+                }
             }
         }
         protocol::REQUEST => {

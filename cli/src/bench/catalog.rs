@@ -120,12 +120,17 @@ pub enum Test {
     STime,
     /// Memory of the pair at `--connections` idle established connections.
     Memory,
+    /// Cassandra-like internode traffic: many long-lived connections, each with a few small
+    /// messages (and the odd large one) in flight to an echo backend: messages/s, proxy CPU-µs per
+    /// message, p50/p99/p99.9 round trip.
+    Messages,
 }
 
 impl Test {
-    pub const ALL: [Test; 6] = [
+    pub const ALL: [Test; 7] = [
         Self::Bulk,
         Self::Latency,
+        Self::Messages,
         Self::Handshake,
         Self::Kx,
         Self::STime,
@@ -140,6 +145,7 @@ impl Test {
             Self::Kx => "kx",
             Self::STime => "s_time",
             Self::Memory => "memory",
+            Self::Messages => "messages",
         }
     }
 }
@@ -228,6 +234,16 @@ pub fn metrics_of(test: Test, peer: Peer) -> Vec<Metric> {
         (Test::Handshake, _) => vec![HandshakesPerSec, OutCpuMsPerHandshake, InCpuMsPerHandshake],
         (Test::Kx | Test::STime, _) => vec![HandshakesPerSec, ServerCpuMsPerHandshake],
         (Test::Memory, _) => vec![MemKibPerConnPair, MemKibPerConnOut, MemKibPerConnIn],
+        (Test::Messages, Peer::Direct) => vec![MessagesPerSec, RttP50Us, RttP99Us, RttP999Us],
+        (Test::Messages, _) => vec![
+            MessagesPerSec,
+            CpuUsPerMessage,
+            OutCpuUsPerMessage,
+            InCpuUsPerMessage,
+            RttP50Us,
+            RttP99Us,
+            RttP999Us,
+        ],
     }
 }
 
@@ -247,6 +263,11 @@ pub enum Metric {
     MemKibPerConnPair,
     MemKibPerConnOut,
     MemKibPerConnIn,
+    MessagesPerSec,
+    CpuUsPerMessage,
+    OutCpuUsPerMessage,
+    InCpuUsPerMessage,
+    RttP999Us,
 }
 
 impl Metric {
@@ -266,6 +287,11 @@ impl Metric {
             Self::MemKibPerConnPair => "pair_kib_per_idle_connection",
             Self::MemKibPerConnOut => "outbound_kib_per_idle_connection",
             Self::MemKibPerConnIn => "inbound_kib_per_idle_connection",
+            Self::MessagesPerSec => "messages_per_s",
+            Self::CpuUsPerMessage => "proxy_cpu_us_per_message",
+            Self::OutCpuUsPerMessage => "outbound_cpu_us_per_message",
+            Self::InCpuUsPerMessage => "inbound_cpu_us_per_message",
+            Self::RttP999Us => "rtt_p999_us",
         }
     }
 
@@ -285,6 +311,11 @@ impl Metric {
             Self::MemKibPerConnPair => "pair KiB/conn",
             Self::MemKibPerConnOut => "outbound KiB/conn",
             Self::MemKibPerConnIn => "inbound KiB/conn",
+            Self::MessagesPerSec => "messages/s",
+            Self::CpuUsPerMessage => "proxy CPU µs/msg",
+            Self::OutCpuUsPerMessage => "outbound CPU µs/msg",
+            Self::InCpuUsPerMessage => "inbound CPU µs/msg",
+            Self::RttP999Us => "RTT p99.9 µs",
         }
     }
 
@@ -292,8 +323,13 @@ impl Metric {
         match self {
             Self::GbitPerSec => "Gbit/s",
             Self::CpuSecPerGb => "CPU-s/GB",
-            Self::AddedP50Us | Self::AddedP99Us | Self::RttP50Us | Self::RttP99Us => "us",
-            Self::HandshakesPerSec => "1/s",
+            Self::AddedP50Us
+            | Self::AddedP99Us
+            | Self::RttP50Us
+            | Self::RttP99Us
+            | Self::RttP999Us => "us",
+            Self::HandshakesPerSec | Self::MessagesPerSec => "1/s",
+            Self::CpuUsPerMessage | Self::OutCpuUsPerMessage | Self::InCpuUsPerMessage => "CPU-us",
             Self::OutCpuMsPerHandshake
             | Self::InCpuMsPerHandshake
             | Self::ServerCpuMsPerHandshake => "CPU-ms",
@@ -302,17 +338,24 @@ impl Metric {
     }
 
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Self::GbitPerSec | Self::HandshakesPerSec)
+        matches!(
+            self,
+            Self::GbitPerSec | Self::HandshakesPerSec | Self::MessagesPerSec
+        )
     }
 
     /// Decimals in the table.
     pub fn decimals(self) -> usize {
         match self {
-            Self::GbitPerSec | Self::CpuSecPerGb => 2,
+            Self::GbitPerSec
+            | Self::CpuSecPerGb
+            | Self::CpuUsPerMessage
+            | Self::OutCpuUsPerMessage
+            | Self::InCpuUsPerMessage => 2,
             Self::OutCpuMsPerHandshake
             | Self::InCpuMsPerHandshake
             | Self::ServerCpuMsPerHandshake => 3,
-            Self::HandshakesPerSec => 0,
+            Self::HandshakesPerSec | Self::MessagesPerSec => 0,
             _ => 1,
         }
     }

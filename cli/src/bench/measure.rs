@@ -4,12 +4,13 @@
 //! CPU is read from `/proc` for both sides of the pair before and after the workload, so every
 //! peer is charged the same way; the load generator's own CPU is never counted.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use super::anchors::{Certs, Cpu, Pair};
 use super::catalog::{Group, Metric, Peer, STimeClient, Suite};
+use super::messages;
 use super::options::Options;
 use super::plan::{Setup, Step};
 use super::report::{Cell, Results};
@@ -37,6 +38,7 @@ pub async fn measure(
     match step {
         Step::Bulk => bulk(bench, pair).await,
         Step::Latency => latency(bench, pair).await,
+        Step::Messages => messages(bench, pair).await,
         Step::Handshake => handshakes_through(bench, pair.context("handshakes need a pair")?).await,
         Step::Kx(group) => {
             let pair = pair.context("handshakes need a pair")?;
@@ -79,6 +81,42 @@ async fn latency(bench: &Bench<'_>, pair: Option<&Pair>) -> anyhow::Result<Vec<(
         (Metric::RttP50Us, workload::percentile(&rtts, 0.50)),
         (Metric::RttP99Us, workload::percentile(&rtts, 0.99)),
     ])
+}
+
+/// The small-message workload; CPU is read after the warm-up and after the drain, so it covers
+/// exactly the messages counted.
+async fn messages(bench: &Bench<'_>, pair: Option<&Pair>) -> anyhow::Result<Vec<(Metric, f64)>> {
+    let duration = bench.opts.duration;
+    let warmup = (duration / 5).min(Duration::from_secs(1));
+    let mut cpu = Vec::with_capacity(2);
+    let m = messages::run(
+        entry(bench, pair),
+        &bench.opts.messages,
+        warmup,
+        duration,
+        messages::DRAIN,
+        || cpu.extend(pair.map(Pair::cpu)),
+    )
+    .await?;
+    let mut out = vec![(Metric::MessagesPerSec, m.per_sec)];
+    if let [before, after] = cpu[..] {
+        let per = |secs: f64| secs * 1e6 / m.counted as f64;
+        let (o, i) = (
+            after.outbound - before.outbound,
+            after.inbound - before.inbound,
+        );
+        out.push((Metric::CpuUsPerMessage, per(o + i)));
+        out.push((Metric::OutCpuUsPerMessage, per(o)));
+        out.push((Metric::InCpuUsPerMessage, per(i)));
+    }
+    for (q, metric) in [
+        (0.50, Metric::RttP50Us),
+        (0.99, Metric::RttP99Us),
+        (0.999, Metric::RttP999Us),
+    ] {
+        out.push((metric, workload::percentile(&m.rtts_us, q)));
+    }
+    Ok(out)
 }
 
 /// New connections through the pair: each a full mutual handshake between the two proxies.

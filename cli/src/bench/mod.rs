@@ -18,12 +18,14 @@
 //! * [`anchors`]: the pairs (config generation, processes, `/proc` accounting) and the test PKI files.
 //! * [`workload`]: the load generator: the backend, bulk transfer, 1 KiB ping-pong, connection churn
 //!   (one full mutual handshake per connection), TLS handshakes against the inbound side, `openssl
-//!   s_time`, idle connections.
+//!   s_time`, idle connections; [`messages`]: the small-message workload (many connections, a few
+//!   messages in flight on each, every echo checked).
 //! * [`report`]: medians, ratios, the table, JSON and CSV; [`plot`]: the SVG chart.
 
 pub mod anchors;
 pub mod catalog;
 pub mod measure;
+pub mod messages;
 pub mod options;
 pub mod plan;
 pub mod plot;

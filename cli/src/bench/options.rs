@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::catalog::{Anchor, Group, KeyType, SUITES, Suite, Test, find_suite};
+use super::messages::{MAX_MESSAGE, MIN_MESSAGE, MessageMix};
 
 /// `ringseal bench ...`
 #[derive(Debug, clap::Args)]
@@ -31,13 +32,40 @@ pub struct BenchArgs {
     /// (--quick: 64MiB).
     #[arg(long, value_parser = parse_size)]
     pub bytes: Option<u64>,
-    /// How long each handshake and ping-pong run lasts. Default: 5s (--quick: 1s).
+    /// How long each handshake, ping-pong and small-message run lasts (the small-message test
+    /// warms up for a fifth of it more, at most 1s). Default: 5s (--quick: 1s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
     /// Idle connections for the memory test; needs about 2 open files per connection in this
     /// process and in each proxy (the limit is raised when allowed). Default: 10000 (--quick: 200).
     #[arg(long)]
     pub connections: Option<usize>,
+    /// Small-message test: simulated Cassandra peers, each with --connections-per-peer long-lived
+    /// connections through the pair.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub message_peers: usize,
+    /// Small-message test: connections per simulated peer (Cassandra 4.0+ opens three: urgent,
+    /// small and large messages).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub connections_per_peer: usize,
+    /// Small-message test: messages outstanding on each connection; the next one is sent when the
+    /// echo of one is back.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub in_flight: usize,
+    /// Small-message test: sizes of the common messages, MIN-MAX (uniform), or one size; units as
+    /// --bytes.
+    #[arg(long, value_name = "MIN-MAX", default_value = "512-4KiB", value_parser = parse_size_range)]
+    pub message_size: (u64, u64),
+    /// Small-message test: the size of the occasional large message (a big mutation).
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub large_message: u64,
+    /// Small-message test: one message in N (at random) is large; 0: none.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub large_every: u32,
+    /// Small-message test: seeds the message sizes and contents, so that every peer (and every
+    /// run with the same seed) gets the same messages.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
     /// Runs of every measurement, interleaved across peers; medians are reported. Default: 3
     /// (--quick: 1).
     #[arg(long)]
@@ -90,6 +118,8 @@ pub struct Options {
     pub bytes: u64,
     pub duration: Duration,
     pub connections: usize,
+    /// The small-message test's workload.
+    pub messages: MessageMix,
     pub repeat: usize,
     pub anchors: Vec<Anchor>,
     pub quick: bool,
@@ -101,6 +131,7 @@ pub struct Options {
 impl Options {
     pub fn from_args(a: BenchArgs) -> anyhow::Result<Self> {
         let quick = a.quick;
+        let messages = message_mix(&a)?;
         let suites = suites(&a.suites, quick)?;
         let key_types = match (a.key_types.is_empty(), quick) {
             (false, _) => dedup(a.key_types),
@@ -138,6 +169,7 @@ impl Options {
             bytes,
             duration,
             connections,
+            messages,
             repeat,
             anchors: dedup(a.compare),
             quick,
@@ -150,6 +182,75 @@ impl Options {
     pub fn wants(&self, t: Test) -> bool {
         self.tests.contains(&t)
     }
+}
+
+/// The most connections the small-message test opens: a 1000-node cluster's three per peer, well
+/// within the open-file limits the memory test already copes with.
+const MAX_MESSAGE_CONNECTIONS: usize = 4096;
+
+/// The small-message options, each checked against its bounds.
+fn message_mix(a: &BenchArgs) -> anyhow::Result<MessageMix> {
+    anyhow::ensure!(
+        (1..=1000).contains(&a.message_peers),
+        "--message-peers must be 1 to 1000"
+    );
+    anyhow::ensure!(
+        (1..=100).contains(&a.connections_per_peer),
+        "--connections-per-peer must be 1 to 100"
+    );
+    // Two descriptors per connection in this process (client and backend side) and in each proxy.
+    let connections = a.message_peers * a.connections_per_peer;
+    anyhow::ensure!(
+        connections <= MAX_MESSAGE_CONNECTIONS,
+        "--message-peers x --connections-per-peer = {connections} connections; at most \
+         {MAX_MESSAGE_CONNECTIONS}"
+    );
+    anyhow::ensure!(
+        (1..=1024).contains(&a.in_flight),
+        "--in-flight must be 1 to 1024"
+    );
+    let bounds = MIN_MESSAGE as u64..=MAX_MESSAGE as u64;
+    let (min, max) = a.message_size;
+    anyhow::ensure!(
+        bounds.contains(&min) && bounds.contains(&max),
+        "--message-size {min}-{max}: sizes must be {MIN_MESSAGE} B to {} MiB (a message carries an \
+         8-byte sequence number)",
+        MAX_MESSAGE >> 20
+    );
+    anyhow::ensure!(
+        a.large_every == 0 || bounds.contains(&a.large_message),
+        "--large-message {}: must be {MIN_MESSAGE} B to {} MiB",
+        a.large_message,
+        MAX_MESSAGE >> 20
+    );
+    Ok(MessageMix {
+        peers: a.message_peers,
+        connections_per_peer: a.connections_per_peer,
+        in_flight: a.in_flight,
+        // Bounded above: these fit.
+        size_min: min as usize,
+        size_max: max as usize,
+        large: a.large_message as usize,
+        large_every: a.large_every,
+        seed: a.seed,
+    })
+}
+
+/// Parses `--message-size`: `MIN-MAX` or one size, each as [`parse_size`] takes it.
+pub fn parse_size_range(s: &str) -> Result<(u64, u64), String> {
+    let (min, max) = match s.split_once('-') {
+        Some((a, b)) => (parse_size(a)?, parse_size(b)?),
+        None => {
+            let v = parse_size(s)?;
+            (v, v)
+        }
+    };
+    if min > max {
+        return Err(format!(
+            "{s:?}: the smaller size comes first (e.g. 512-4KiB)"
+        ));
+    }
+    Ok((min, max))
 }
 
 /// `--suites` by name, each once; none given: all of them (`--quick`: one TLS 1.3, one TLS 1.2).
@@ -237,5 +338,9 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("3 parsecs").is_err());
+        assert_eq!(parse_size_range("512-4KiB").unwrap(), (512, 4096));
+        assert_eq!(parse_size_range("1k").unwrap(), (1024, 1024));
+        assert!(parse_size_range("4k-512").is_err());
+        assert!(parse_size_range("1k-").is_err());
     }
 }

@@ -10,6 +10,7 @@ use super::report::Key;
 pub enum Step {
     Bulk,
     Latency,
+    Messages,
     Handshake,
     Kx(Group),
     STime(STimeClient),
@@ -20,6 +21,7 @@ impl Step {
         match self {
             Self::Bulk => Test::Bulk,
             Self::Latency => Test::Latency,
+            Self::Messages => Test::Messages,
             Self::Handshake => Test::Handshake,
             Self::Kx(_) => Test::Kx,
             Self::STime(_) => Test::STime,
@@ -42,13 +44,14 @@ impl Step {
 
     /// Whether the direct baseline runs too (before the proxies, in every repetition).
     pub fn has_direct(self) -> bool {
-        matches!(self, Self::Bulk | Self::Latency)
+        matches!(self, Self::Bulk | Self::Latency | Self::Messages)
     }
 
     pub fn label(self, suite: &Suite, key: KeyType) -> String {
         match self {
             Self::Bulk => format!("bulk {} ({})", suite.iana, key.name()),
             Self::Latency => format!("ping-pong {} ({})", suite.iana, key.name()),
+            Self::Messages => format!("small messages {} ({})", suite.iana, key.name()),
             Self::Handshake => format!("handshakes through the pair ({})", key.name()),
             Self::Kx(g) => format!("handshakes to the inbound side ({})", g.name()),
             Self::STime(c) => format!("openssl s_time -new, {}", c.label()),
@@ -77,7 +80,7 @@ impl Setup {
     }
 }
 
-/// The setups in the order they run: the suites (bulk, latency), then the handshake tests on the
+/// The setups in the order they run: the suites (bulk, latency, messages), then the handshake tests on the
 /// default suite. The memory test is not here: it starts a fresh pair per run.
 pub fn plan(o: &Options) -> Vec<Setup> {
     let mut setups: Vec<Setup> = Vec::new();
@@ -98,6 +101,9 @@ pub fn plan(o: &Options) -> Vec<Setup> {
         }
         if o.wants(Test::Latency) {
             add(s, s.key_type(), Step::Latency);
+        }
+        if o.wants(Test::Messages) {
+            add(s, s.key_type(), Step::Messages);
         }
     }
     let d = default_suite();
@@ -150,6 +156,13 @@ mod tests {
         assert!(std::ptr::eq(main.suite, default_suite()));
         assert_eq!(main.key_type, KeyType::EcdsaP256);
         assert!(main.steps.contains(&Step::Bulk) && main.steps.contains(&Step::Handshake));
+        // Small messages run per suite, like bulk, with the direct baseline.
+        assert!(
+            setups
+                .iter()
+                .all(|s| s.steps.contains(&Step::Messages) == (s.key_type == s.suite.key_type()))
+        );
+        assert!(Step::Messages.has_direct());
         assert!(main.steps.contains(&Step::Kx(Group::X25519Mlkem768)));
         assert!(setups.iter().any(|s| s.key_type == KeyType::Ed25519));
     }

@@ -1,5 +1,5 @@
 //! `--plot FILE.svg`: grouped bar charts, one panel per comparison (suites, key types, key exchange
-//! groups, latency, memory), one colour per peer.
+//! groups, latency, small messages, memory), one colour per peer.
 //!
 //! Hand-written SVG rather than the `plotters` crate: the chart is a few dozen rectangles and text
 //! elements, which takes less code than configuring plotters, adds no dependency (plotters' SVG
@@ -52,7 +52,7 @@ fn panel(
         .filter(|row| tests.contains(&row.key.test) && row.key.metric == metric)
     {
         let label = match row.key.test {
-            Test::Bulk | Test::Latency => {
+            Test::Bulk | Test::Latency | Test::Messages => {
                 if row.key.suite.key_type() == row.key.key_type {
                     row.key.suite.short.to_owned()
                 } else {
@@ -125,10 +125,13 @@ fn short(v: f64) -> String {
 /// The panels in chart order, each with the tests and metric it shows; panels without rows are left
 /// out.
 #[rustfmt::skip]
-const PANELS: [(&[Test], Metric, &str); 6] = [
+const PANELS: [(&[Test], Metric, &str); 9] = [
     (&[Test::Bulk], Metric::GbitPerSec, "Bulk throughput through the pair, per suite"),
     (&[Test::Bulk], Metric::CpuSecPerGb, "Proxy CPU per GB (both sides), per suite"),
     (&[Test::Latency], Metric::AddedP99Us, "Added p99 latency, 1 KiB ping-pong, per suite"),
+    (&[Test::Messages], Metric::MessagesPerSec, "Small messages/s through the pair, per suite"),
+    (&[Test::Messages], Metric::CpuUsPerMessage, "Proxy CPU per small message (both sides), per suite"),
+    (&[Test::Messages], Metric::RttP99Us, "p99 round trip of small messages, per suite"),
     (&[Test::Handshake], Metric::HandshakesPerSec, "Mutual handshakes/s through the pair, per key type"),
     (&[Test::Kx, Test::STime], Metric::ServerCpuMsPerHandshake, "Server CPU per full mutual handshake, per key exchange"),
     (&[Test::Memory], Metric::MemKibPerConnPair, "Memory per idle connection (both sides)"),

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::catalog::{Group, KeyType, Metric, Peer, STimeClient, Suite, Test};
+use super::messages::MessageMix;
 use super::options::Options;
 
 /// What a row measures.
@@ -43,7 +44,7 @@ impl Key {
     /// The row label within its test's section.
     pub fn scenario(&self) -> String {
         match self.test {
-            Test::Bulk | Test::Latency => {
+            Test::Bulk | Test::Latency | Test::Messages => {
                 if self.suite.key_type() == self.key_type {
                     self.suite.iana.to_owned()
                 } else {
@@ -127,6 +128,8 @@ pub struct Meta {
     pub bytes: u64,
     pub duration_s: f64,
     pub connections: usize,
+    /// The small-message test's workload.
+    pub messages: MessageMix,
     pub quick: bool,
 }
 
@@ -164,6 +167,7 @@ impl Meta {
             bytes: o.bytes,
             duration_s: o.duration.as_secs_f64(),
             connections,
+            messages: o.messages.clone(),
             quick: o.quick,
         }
     }
@@ -268,6 +272,11 @@ fn section_title(test: Test, m: &Meta) -> String {
         Test::Memory => format!(
             "Resident memory per idle established connection at {} connections (fresh pair, RSS delta)",
             m.connections
+        ),
+        Test::Messages => format!(
+            "Small messages for {d}s after a warm-up: {}, to an echo backend, every echo checked; CPU = both \
+             proxies per message (direct = no proxy); RTT = each message's round trip",
+            m.messages.describe()
         ),
     }
 }

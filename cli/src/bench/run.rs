@@ -157,7 +157,11 @@ impl Runner<'_> {
             suite,
             certs: certs.clone(),
             backend: self.bench.backend.addr,
-            max_connections: self.bench.connections + 64,
+            max_connections: self
+                .bench
+                .connections
+                .max(self.bench.opts.messages.connections())
+                + 64,
         }
     }
 

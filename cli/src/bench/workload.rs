@@ -146,7 +146,7 @@ pub fn percentile(samples: &[f64], q: f64) -> f64 {
 
 /// One connection through the pair that proves the whole path: plaintext in, a full mutual
 /// handshake between the proxies, plaintext out to the backend, and one byte back.
-async fn round_trip(entry: SocketAddr) -> anyhow::Result<TcpStream> {
+pub(super) async fn round_trip(entry: SocketAddr) -> anyhow::Result<TcpStream> {
     tokio::time::timeout(CONNECT_DEADLINE, async {
         let mut conn = TcpStream::connect(entry).await?;
         conn.set_nodelay(true)?;

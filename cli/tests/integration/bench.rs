@@ -7,7 +7,15 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const TESTS: [&str; 6] = ["bulk", "latency", "handshake", "kx", "s_time", "memory"];
+const TESTS: [&str; 7] = [
+    "bulk",
+    "latency",
+    "messages",
+    "handshake",
+    "kx",
+    "s_time",
+    "memory",
+];
 
 struct Run {
     stdout: String,
@@ -89,10 +97,17 @@ fn median(r: &Value) -> f64 {
 
 /// Every metric an anchor must deliver when it runs at all (X25519MLKEM768 is not among them:
 /// OpenSSL 3.0 has no ML-KEM).
-const ESSENTIAL: [(&str, &str, Option<&str>); 10] = [
+const ESSENTIAL: [(&str, &str, Option<&str>); 17] = [
     ("bulk", "gbit_per_s", None),
     ("bulk", "proxy_cpu_s_per_gb", None),
     ("latency", "added_latency_p99_us", None),
+    ("messages", "messages_per_s", None),
+    ("messages", "proxy_cpu_us_per_message", None),
+    ("messages", "outbound_cpu_us_per_message", None),
+    ("messages", "inbound_cpu_us_per_message", None),
+    ("messages", "rtt_p50_us", None),
+    ("messages", "rtt_p99_us", None),
+    ("messages", "rtt_p999_us", None),
     ("handshake", "handshakes_per_s", None),
     ("handshake", "inbound_cpu_ms_per_handshake", None),
     ("kx", "server_cpu_ms_per_handshake", Some("X25519")),
@@ -127,6 +142,10 @@ fn quick_run_prints_table_json_csv_and_svg() {
         "closes at once",
         "one request (-www)",
         "pair KiB/conn",
+        "Small messages for 1s",
+        "messages/s",
+        "proxy CPU µs/msg",
+        "RTT p99.9 µs",
         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
         "ed25519",
         "direct",
@@ -220,8 +239,8 @@ fn quick_run_prints_table_json_csv_and_svg() {
         .collect();
     assert_eq!(
         panels.len(),
-        6,
-        "bulk, CPU, latency, handshakes, kx, memory"
+        9,
+        "bulk, CPU, latency, messages/s, CPU per message, message p99, handshakes, kx, memory"
     );
     for p in &panels {
         assert!(
@@ -231,6 +250,123 @@ fn quick_run_prints_table_json_csv_and_svg() {
                     .and_then(|v| v.parse::<f64>().ok())
                     .is_some()),
             "a panel without a ringseal bar"
+        );
+    }
+}
+
+/// `--tests messages` alone, tiny: its section, every metric for ringseal and the direct baseline
+/// (no CPU: no proxy), the workload's shape in the JSON meta, CSV rows and the three SVG panels.
+#[test]
+fn messages_run_reports_rate_cpu_and_round_trips() {
+    let run = bench(&[
+        "--tests",
+        "messages",
+        "--suites",
+        "TLS_AES_128_GCM_SHA256",
+        "--duration",
+        "300ms",
+        "--message-peers",
+        "2",
+        "--connections-per-peer",
+        "2",
+        "--in-flight",
+        "2",
+        "--message-size",
+        "100-2KiB",
+        "--large-every",
+        "10",
+    ]);
+    let t = &run.stdout;
+    let title = "Small messages for 0.3s after a warm-up: 2 peers x 2 connections, 2 in flight each, \
+                 100-2048 B, 1 in 10 of 65536 B, to an echo backend";
+    assert!(t.contains(title), "no {title:?} in the table:\n{t}");
+    for label in [
+        "messages/s",
+        "proxy CPU µs/msg",
+        "outbound CPU µs/msg",
+        "inbound CPU µs/msg",
+        "RTT p50 µs",
+        "RTT p99 µs",
+        "RTT p99.9 µs",
+    ] {
+        let line = t
+            .lines()
+            .find(|l| l.contains(label))
+            .unwrap_or_else(|| panic!("no {label:?} row:\n{t}"));
+        assert!(
+            line.split_whitespace()
+                .last()
+                .is_some_and(|v| v == "-" || v.parse::<f64>().is_ok()),
+            "{label}: no value in {line:?}"
+        );
+    }
+    assert!(
+        !t.contains("Bulk transfer"),
+        "only messages was asked for:\n{t}"
+    );
+
+    let doc = run.json();
+    let mix = &doc["meta"]["messages"];
+    assert_eq!(mix["peers"], 2, "{mix}");
+    assert_eq!(mix["connections_per_peer"], 2, "{mix}");
+    assert_eq!(mix["in_flight"], 2, "{mix}");
+    assert_eq!(mix["size_min"], 100, "{mix}");
+    assert_eq!(mix["size_max"], 2048, "{mix}");
+    assert_eq!(mix["large"], 65536, "{mix}");
+    assert_eq!(mix["large_every"], 10, "{mix}");
+    for (test, metric, _) in ESSENTIAL.iter().filter(|e| e.0 == "messages") {
+        let r = find(&doc, "ringseal", test, metric, None);
+        assert!(r["note"].is_null(), "{metric}: {}", r["note"]);
+        // /proc counts CPU in clock ticks: one side of a tiny run may round to zero, not both.
+        let least = if metric.ends_with("bound_cpu_us_per_message") {
+            0.0
+        } else {
+            f64::MIN_POSITIVE
+        };
+        assert!(median(r) >= least, "{metric}: {r}");
+        if !metric.contains("cpu") {
+            assert!(median(find(&doc, "direct", test, metric, None)) > 0.0);
+        }
+    }
+    assert!(
+        !results(&doc, "direct").any(|r| r["metric"].as_str().unwrap().contains("cpu")),
+        "the direct baseline runs no proxy"
+    );
+    assert!(
+        results(&doc, "ringseal").all(|r| r["test"] == "messages"),
+        "only messages was asked for"
+    );
+
+    let csv = std::fs::read_to_string(run.path("bench.csv")).unwrap();
+    for metric in ["messages_per_s", "proxy_cpu_us_per_message", "rtt_p999_us"] {
+        let row = format!("messages,TLS_AES_128_GCM_SHA256,TLSv1.3,ecdsa-p256,,,{metric},");
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with(&row) && l.contains(",ringseal,")),
+            "no CSV row {row}...ringseal:\n{csv}"
+        );
+    }
+
+    let svg = std::fs::read_to_string(run.path("bench.svg")).unwrap();
+    let svg = roxmltree::Document::parse(&svg).unwrap();
+    let panels: Vec<_> = svg
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("panel"))
+        .collect();
+    assert_eq!(
+        panels
+            .iter()
+            .map(|p| p.attribute("data-unit"))
+            .collect::<Vec<_>>(),
+        [Some("1/s"), Some("CPU-us"), Some("us")],
+        "messages/s, CPU per message, p99 round trip"
+    );
+    for p in &panels {
+        assert!(
+            p.descendants().any(|n| n.attribute("class") == Some("bar")
+                && n.attribute("data-series") == Some("ringseal")
+                && n.attribute("data-group") == Some("1.3 AES-128-GCM")),
+            "a messages panel without a ringseal bar"
         );
     }
 }
@@ -286,7 +422,12 @@ fn compare_runs_stunnel_haproxy_and_nginx_in_the_same_run() {
         }
         // Ratios against ringseal (latency differences can be at or below zero on a noisy
         // machine, and then have no meaningful ratio, so only rates are checked here).
-        for (test, metric) in [("bulk", "gbit_per_s"), ("handshake", "handshakes_per_s")] {
+        for (test, metric) in [
+            ("bulk", "gbit_per_s"),
+            ("messages", "messages_per_s"),
+            ("messages", "proxy_cpu_us_per_message"),
+            ("handshake", "handshakes_per_s"),
+        ] {
             let r = find(&doc, anchor, test, metric, None);
             assert!(
                 r["ratio_ringseal_to_peer"]
