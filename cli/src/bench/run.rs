@@ -54,7 +54,7 @@ impl Lineup {
         if let Some(v) = &openssl {
             versions.insert("openssl".to_owned(), v.clone());
         }
-        let connections = idle_connections(opts.connections, &peers);
+        let connections = idle_connections(opts, &peers);
         Self {
             peers,
             versions,
@@ -64,10 +64,15 @@ impl Lineup {
     }
 }
 
-/// How many idle connections the memory test can hold open with every peer running.
-fn idle_connections(asked: usize, peers: &[Peer]) -> usize {
-    let mut connections = anchors::raise_fd_limit(asked);
-    if connections < asked {
+/// How many idle connections the memory test can hold open with every peer running (said on
+/// stderr only when the memory test runs). The limit is raised for the small-message test's
+/// connections as well.
+fn idle_connections(opts: &Options, peers: &[Peer]) -> usize {
+    let asked = opts.connections;
+    let fits = anchors::raise_fd_limit(asked.max(opts.messages.connections()));
+    let mut connections = asked.min(fits);
+    let memory = opts.wants(Test::Memory);
+    if connections < asked && memory {
         eprintln!(
             "the open-file limit ({}) allows {connections} idle connections (two descriptors each, in this \
              process and in every proxy), not {asked}: measuring memory at {connections} (raising the hard limit \
@@ -77,11 +82,13 @@ fn idle_connections(asked: usize, peers: &[Peer]) -> usize {
     }
     if peers.contains(&Peer::Stunnel) && connections > anchors::stunnel_max_clients() {
         connections = anchors::stunnel_max_clients();
-        eprintln!(
-            "stunnel serves at most 125/256 of its open-file limit ({}): measuring memory at {connections} \
+        if memory {
+            eprintln!(
+                "stunnel serves at most 125/256 of its open-file limit ({}): measuring memory at {connections} \
              connections for every peer",
-            anchors::fd_limit()
-        );
+                anchors::fd_limit()
+            );
+        }
     }
     connections
 }
