@@ -140,6 +140,82 @@ async fn quiet_then_bulk_then_quiet_again() {
     assert_eq!(sidecar.stop().await.cut, 0);
 }
 
+/// Small messages each way, each read by the relay in a read that empties the socket, then the
+/// half-closes, in both orders: what arrives after a short read (the next message, close_notify, a
+/// FIN) must still wake the relay, which no longer reads a socket again after a short read only to
+/// find it empty.
+async fn messages_then_half_close(first: First) {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let pki = Pki::new();
+    let mut config = config(&pki, backend_addr);
+    config.offload = ringseal::config::Offload::Off;
+    let sidecar = Sidecar::start(config).await;
+    let mut tls = connect(&client(pki.roots(), Some(&pki.node)), sidecar.addr)
+        .await
+        .unwrap();
+    let (mut backend, _) = within("accept", listener.accept()).await.unwrap();
+    // One byte, a message, and one of two records: each waits for the other side to read it first.
+    let sizes = [1usize, 700, 20_000];
+    for (i, &n) in sizes.iter().enumerate() {
+        let ping = vec![i as u8 + 1; n];
+        tls.write_all(&ping).await.unwrap();
+        let mut got = vec![0u8; n];
+        within("to the backend", backend.read_exact(&mut got))
+            .await
+            .unwrap();
+        assert_eq!(got, ping);
+        let pong = vec![i as u8 + 101; n];
+        backend.write_all(&pong).await.unwrap();
+        let mut got = vec![0u8; n];
+        within("to the peer", tls.read_exact(&mut got))
+            .await
+            .unwrap();
+        assert_eq!(got, pong);
+    }
+    // The first side ends; the other still sends one message through the half-closed connection,
+    // then ends too. Each end of stream arrives after everything was read.
+    let mut rest = Vec::new();
+    match first {
+        First::Peer => {
+            tls.shutdown().await.unwrap(); // close_notify, then FIN
+            within("FIN at the backend", backend.read_to_end(&mut rest))
+                .await
+                .unwrap();
+            assert!(rest.is_empty());
+            backend.write_all(b"last").await.unwrap();
+            backend.shutdown().await.unwrap();
+            within("close_notify at the peer", tls.read_to_end(&mut rest))
+                .await
+                .unwrap();
+        }
+        First::Backend => {
+            backend.shutdown().await.unwrap();
+            within("close_notify at the peer", tls.read_to_end(&mut rest))
+                .await
+                .unwrap();
+            assert!(rest.is_empty());
+            tls.write_all(b"last").await.unwrap();
+            tls.shutdown().await.unwrap();
+            within("FIN at the backend", backend.read_to_end(&mut rest))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(rest, b"last");
+    assert_eq!(sidecar.stop().await.cut, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_then_peer_closes_first() {
+    messages_then_half_close(First::Peer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_then_backend_closes_first() {
+    messages_then_half_close(First::Backend).await;
+}
+
 /// A TLS client whose TCP socket can be taken back, to end it without close_notify or with a reset.
 async fn raw_client(pki: &Pki, sidecar: SocketAddr) -> Tls {
     connect(&client(pki.roots(), Some(&pki.node)), sidecar)

@@ -17,6 +17,10 @@
 //!   16 KiB records in its send queue ([`MAX_OUT`] at a time, its limit raised from 64 KiB), which goes
 //!   out with ONE `writev`.
 //!
+//! * both: a read that returns less than the buffer had room for has emptied the socket, so the next
+//!   read waits for readiness instead of making a `recv` that only returns `EAGAIN`
+//!   ([`socket_io::try_read_drain`]).
+//!
 //! rustls's buffered API, not its unbuffered one: the unbuffered API copies as often (once more on
 //! send, once less on receive) and would need the handshake rewritten around it.
 //!
@@ -42,7 +46,7 @@ use super::poll_loop::{Deadlines, Directions, Phase, Side};
 use super::{Close, Outcome, RelayLimits};
 use crate::metrics::ByteCounters;
 use buffer::{Buf, MAX_IN, MAX_OUT, SHRINK_AFTER};
-use socket_io::{Dir, NbWrite, poll_nb};
+use socket_io::{Dir, NbWrite, poll_nb, try_read_drain};
 
 pub(super) use socket_io::send_close_notify_and_fin;
 
@@ -300,7 +304,7 @@ impl UserspaceRelay {
             return Step::Proceed;
         }
         let (tls, cin) = (&self.tls, &mut self.cin);
-        match poll_nb(cx, tls, Dir::Read, || tls.try_read(cin.spare())) {
+        match poll_nb(cx, tls, Dir::Read, || try_read_drain(tls, cin.spare())) {
             Poll::Pending => Step::Done(Gather::Pending),
             Poll::Ready(Ok(0)) => {
                 // Let rustls see the EOF: its reader then tells a clean close_notify from a
@@ -453,7 +457,7 @@ impl UserspaceRelay {
                         continue;
                     }
                     let (plain, pin) = (&self.plain, &mut self.pin);
-                    match poll_nb(cx, plain, Dir::Read, || plain.try_read(pin.spare())) {
+                    match poll_nb(cx, plain, Dir::Read, || try_read_drain(plain, pin.spare())) {
                         Poll::Pending => return progress,
                         Poll::Ready(Ok(0)) => {
                             if !discard {

@@ -1,11 +1,12 @@
 //! Non-blocking socket operations for the user-space relay: one system call, and readiness
 //! registered with the task when it would block.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::task::{Context, Poll};
 
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Which readiness a blocked operation waits for.
@@ -39,6 +40,30 @@ pub(super) fn poll_nb<T>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => return Poll::Ready(r),
         }
+    }
+}
+
+/// Reads into `buf` like `TcpStream::try_read`, except that a read which returns less than `buf` had
+/// room for ends the socket's readiness the way `EAGAIN` would: the receive queue was empty when the
+/// read returned, so the next read waits for the next readiness event instead of making a `recvfrom`
+/// that finds nothing (one per small message otherwise). tokio clears the readiness only if no event
+/// arrived since it was seen, so bytes (or a FIN) arriving meanwhile still wake the task; a FIN seen
+/// already is never cleared.
+pub(super) fn try_read_drain(sock: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let room = buf.len();
+    let mut short = None;
+    let read = sock.try_io(Interest::READABLE, || {
+        let n = (&*SockRef::from(sock)).read(buf)?;
+        if n > 0 && n < room {
+            // Reported as WouldBlock so that tokio clears the readiness; the bytes are returned below.
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (read, short) {
+        (Err(_), Some(n)) => Ok(n),
+        (read, _) => read,
     }
 }
 
