@@ -2,42 +2,60 @@
 
 use std::sync::Arc;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// SIGTERM or SIGINT: graceful shutdown; a second one exits at once. SIGHUP: reload now.
-pub async fn on_signals(shutdown: CancellationToken, reload: Option<Arc<Notify>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop ringseal with SIGKILL");
-        return;
-    };
-    let mut round = 0;
-    while round < 2 {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = hup.recv() => {
-                // Without a handler SIGHUP would kill the process; `systemctl reload` must not.
-                match &reload {
-                    Some(r) => r.notify_one(),
-                    None => tracing::info!("SIGHUP: nothing to reload"),
-                }
-                continue;
+/// The handlers of SIGTERM, SIGINT and SIGHUP. Installed before the process binds and says it is
+/// ready: a SIGHUP that arrives right after READY=1 (systemd's reload) must reload, not kill the
+/// process with the default action; a signal that arrives before [`Signals::handle`] runs waits.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// `None` (with a warning) when the handlers cannot be installed. Needs a tokio runtime.
+    pub fn install() -> Option<Self> {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some(Self { term, int, hup }),
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop ringseal with SIGKILL");
+                None
             }
-        };
-        round += 1;
-        // Act first, log second: whatever happens to the log line, the signal takes effect.
-        if round == 1 {
-            shutdown.cancel();
-            tracing::info!("{name}: shutting down");
-        } else {
-            tracing::warn!("{name} again: exiting now");
-            std::process::exit(130);
+        }
+    }
+
+    /// SIGTERM or SIGINT: graceful shutdown; a second one exits at once. SIGHUP: reload now.
+    pub async fn handle(mut self, shutdown: CancellationToken, reload: Option<Arc<Notify>>) {
+        let mut round = 0;
+        while round < 2 {
+            let name = tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+                _ = self.hup.recv() => {
+                    // Without a handler SIGHUP would kill the process; `systemctl reload` must not.
+                    match &reload {
+                        Some(r) => r.notify_one(),
+                        None => tracing::info!("SIGHUP: nothing to reload"),
+                    }
+                    continue;
+                }
+            };
+            round += 1;
+            // Act first, log second: whatever happens to the log line, the signal takes effect.
+            if round == 1 {
+                shutdown.cancel();
+                tracing::info!("{name}: shutting down");
+            } else {
+                tracing::warn!("{name} again: exiting now");
+                std::process::exit(130);
+            }
         }
     }
 }

@@ -32,7 +32,7 @@ use ringseal::tls::settings::ClientAuth;
 use ringseal::tls::verify::AllowList;
 use ringseal::{Server, metrics as m};
 
-use crate::signals::on_signals;
+use crate::signals::Signals;
 
 const CLUSTER: &str = "DemoCluster";
 /// The CA of the CQL listener's certificate: not the cluster's, as drivers often trust another one.
@@ -61,7 +61,9 @@ struct ClientPort {
 pub fn run(duration: Duration, runtime: &tokio::runtime::Runtime) -> std::process::ExitCode {
     runtime.block_on(async {
         let stop = CancellationToken::new();
-        tokio::spawn(on_signals(stop.clone(), None));
+        if let Some(signals) = Signals::install() {
+            tokio::spawn(signals.handle(stop.clone(), None));
+        }
         match demo(duration, stop).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => super::failure(&format_args!("demo failed: {e:#}")),

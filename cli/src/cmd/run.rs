@@ -9,7 +9,7 @@ use super::check::report::{Purpose, examine};
 use super::config_error;
 use crate::args::{LogFormat, SourceArgs};
 use crate::notify::{Notifier, spawn_watchdog};
-use crate::signals::on_signals;
+use crate::signals::Signals;
 
 pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Runtime) -> ExitCode {
     // With JSON logs, a log shipper reads stderr: the one error line is a JSON line too.
@@ -40,13 +40,17 @@ pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Ru
     }
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
+        // Before READY=1: a reload signal right after it must find its handler.
+        let signals = Signals::install();
         let notifier = Arc::new(Notifier::default());
         spawn_watchdog(notifier.clone());
         let server = match ringseal::Server::bind(loaded.config).await {
             Ok(s) => s.with_events(notifier),
             Err(e) => return config_error(&e),
         };
-        tokio::spawn(on_signals(shutdown.clone(), Some(server.reload_handle())));
+        if let Some(signals) = signals {
+            tokio::spawn(signals.handle(shutdown.clone(), Some(server.reload_handle())));
+        }
         server.serve(shutdown).await;
         ExitCode::SUCCESS
     })
