@@ -25,30 +25,11 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use ringseal_testkit::backend::{Backend, Mode, protocol};
-use ringseal_testkit::process::{Lines, Proc, address_after, ringseal_binary, ringseal_run};
+use ringseal_testkit::process::{Proc, env_or, ringseal_binary, ringseal_started};
 use ringseal_testkit::{Pki, TLS_TABLE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Starts `ringseal run` with `config` (written to `dir/NAME.toml`); returns it and the address in
-/// its start line after `marker`.
-fn proxy(bin: &Path, dir: &Path, name: &str, config: &str, marker: &str) -> (Proc, SocketAddr) {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let mut proc = Proc::launch(name, ringseal_run(bin, &[], &path), Lines::Start).unwrap();
-    let line = proc
-        .wait_line(marker, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{name} did not start: {e}"));
-    (proc, address_after(&line, marker))
-}
 
 /// One binary's sidecar pair in front of the echo backend.
 struct Pair {
@@ -60,14 +41,14 @@ struct Pair {
 
 impl Pair {
     fn start(bin: PathBuf, dir: &Path, tls: &str, echo: SocketAddr, i: usize) -> Self {
-        let (inbound, inbound_addr) = proxy(
+        let (inbound, inbound_addr) = ringseal_started(
             &bin,
             dir,
             &format!("inbound{i}"),
             &format!("{tls}[[inbound]]\nlisten = \"127.0.0.1:0\"\nforward = \"{echo}\"\n"),
             "starting inbound mTLS listener on ",
         );
-        let (outbound, addr) = proxy(
+        let (outbound, addr) = ringseal_started(
             &bin,
             dir,
             &format!("outbound{i}"),

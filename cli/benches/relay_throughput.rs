@@ -14,37 +14,16 @@
 //! binary, e.g. a copy built from main, for before/after comparisons).
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ringseal_testkit::backend::{Backend, Mode};
-use ringseal_testkit::process::{Lines, Proc, address_after, ringseal_binary, ringseal_run};
+use ringseal_testkit::process::{Proc, env_or, ringseal_binary, ringseal_started};
 use ringseal_testkit::{Pki, TLS_TABLE};
 
 /// Source buffer: large, so that this process is not the bottleneck.
 const IO_BUF: usize = 256 * 1024;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Starts `ringseal run` with `config` (written to `dir/NAME.toml`); returns it and the address in
-/// its start line after `marker`.
-fn proxy(bin: &Path, dir: &Path, name: &str, config: &str, marker: &str) -> (Proc, SocketAddr) {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config).unwrap();
-    // Only the start line is read; later lines are dropped so the child never blocks on a full pipe.
-    let mut proc = Proc::launch(name, ringseal_run(bin, &[], &path), Lines::Start).unwrap();
-    let line = proc
-        .wait_line(marker, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{name} did not start: {e}"));
-    let addr = address_after(&line, marker);
-    (proc, addr)
-}
 
 /// CPU seconds of both proxies: (utime + stime, schedstat).
 fn cpu(a: &Proc, b: &Proc) -> (f64, f64) {
@@ -83,7 +62,7 @@ fn main() {
     // when it ended.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sink = runtime.block_on(Backend::bind(Mode::Count)).unwrap();
-    let (inbound, inbound_addr) = proxy(
+    let (inbound, inbound_addr) = ringseal_started(
         &bin,
         dir.path(),
         "inbound",
@@ -93,7 +72,7 @@ fn main() {
         ),
         "starting inbound mTLS listener on ",
     );
-    let (outbound, outbound_addr) = proxy(
+    let (outbound, outbound_addr) = ringseal_started(
         &bin,
         dir.path(),
         "outbound",

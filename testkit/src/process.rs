@@ -518,6 +518,33 @@ fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Starts `ringseal run` (binary `bin`) with `config`, written to `dir/NAME.toml`, for the relay
+/// benches; returns it and the address in its start line after `marker`. Only the start line is
+/// read; later lines are dropped so the child never blocks on a full pipe.
+pub fn ringseal_started(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    config: &str,
+    marker: &str,
+) -> (Proc, SocketAddr) {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let mut proc = Proc::launch(name, ringseal_run(bin, &[], &path), Lines::Start).unwrap();
+    let line = proc
+        .wait_line(marker, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{name} did not start: {e}"));
+    (proc, address_after(&line, marker))
+}
+
+/// A bench knob from the environment, else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
