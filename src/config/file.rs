@@ -149,7 +149,8 @@ pub struct FileTls {
 /// `[inbound.tls]` / `[outbound.tls]`: one listener's TLS policy, the keys of `[tls]` (but
 /// `reload_interval`, which is per process) merged over `[tls]` by group: naming any identity key
 /// replaces the whole identity, any trust key the whole trust, and the other keys one by one (the three
-/// ways of giving `outbound_keystore`'s password count as one key).
+/// ways of giving `outbound_keystore`'s password count as one key). Its fields repeat [`FileTls`]'s
+/// because serde's `flatten` cannot be combined with `deny_unknown_fields`, and a typo here must fail.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListenerTls {
