@@ -2,8 +2,9 @@
 //! (`benches/`, `cli/benches/`) and `ringseal bench`: one PKI builder ([`pki`]), one backend standing
 //! in for the storage port ([`backend`]), one process spawner ([`process`]), in-process sidecars and
 //! TLS clients ([`sidecar`], [`client`]), a CQL stand-in for Cassandra's client port ([`cql`]),
-//! in-memory TLS ([`memtls`]), seeded streams ([`stream`]), seeded mutations ([`mutate`]), network
-//! namespaces ([`netns`]), external tools ([`tools`]) and metrics scraping ([`scrape`]).
+//! in-memory TLS ([`memtls`]), a peer's TLS port seen from the peer ([`tls_peer`]), seeded streams
+//! ([`stream`]), seeded mutations ([`mutate`]), network namespaces ([`netns`]), external tools
+//! ([`tools`]) and metrics scraping ([`scrape`]).
 //!
 //! Everything panics on failure (a test's failure is its message) except what `ringseal bench` uses
 //! at run time, which returns errors an operator can read.
@@ -19,6 +20,7 @@ pub mod process;
 pub mod scrape;
 pub mod sidecar;
 pub mod stream;
+pub mod tls_peer;
 pub mod tools;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -29,6 +31,7 @@ pub use client::{Tls, client, connect, connect_from, echo, roundtrip};
 pub use pki::Pki;
 pub use scrape::{sample, samples, scrape};
 pub use sidecar::{Sidecar, TLS_TABLE, config, config_with, start_out, write_config};
+pub use tls_peer::TlsPeer;
 
 pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

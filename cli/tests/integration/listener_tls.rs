@@ -2,6 +2,8 @@
 //! with their own CA and identity (`[inbound.tls]`), each refusing the other's client certificates;
 //! client auth "optional" and false; a per-listener keystore with a wrong password; a reload that
 //! breaks one listener's material and keeps it on its old material while the other takes its new one.
+//! Two outbound listeners of one process (`[outbound.tls]`), each dialling with its own CA and client
+//! certificate, each refused by the other's peer; one that only narrows `protocols`.
 //! Each of these configs is refused by a build without per-listener policies (unknown `name`/`tls`).
 
 use std::net::SocketAddr;
@@ -12,8 +14,11 @@ use std::sync::Arc;
 use ringseal::pki::{Ca, Identity, NodeSpec};
 use ringseal::tls::x509::CertInfo;
 use ringseal_testkit::process::{Proc, address_after};
+use ringseal_testkit::tls_peer::Seen;
 use ringseal_testkit::*;
 use rustls::RootCertStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The cluster PKI (internode, `[tls]`) and a second CA for the client port, with the client port's
 /// server certificate and one driver certificate.
@@ -476,4 +481,211 @@ fn check_reports_each_listener_and_names_it_in_its_problems() {
         !stdout.contains("error: listener \"internode\""),
         "{stdout}"
     );
+}
+
+/// The cluster's PKI (`[tls]`) and another data centre's, with a peer's TLS port for each: each
+/// requires client certificates of its own CA and presents a server certificate from it.
+struct TwoDcs {
+    cluster: Pki,
+    dc2: Pki,
+    cluster_peer: TlsPeer,
+    dc2_peer: TlsPeer,
+}
+
+impl TwoDcs {
+    async fn new() -> Self {
+        let cluster = Pki::new();
+        let dc2 = Pki::new_named("DC2");
+        let cluster_peer = TlsPeer::start(&cluster, &cluster.issue("node2", &[LOCALHOST])).await;
+        let dc2_peer = TlsPeer::start(&dc2, &dc2.issue("dc2-node1", &[LOCALHOST])).await;
+        Self {
+            cluster,
+            dc2,
+            cluster_peer,
+            dc2_peer,
+        }
+    }
+
+    /// node.crt/node.key/ca.crt (the cluster's), dc2.crt/dc2.key/dc2-ca.crt (DC2's node1).
+    fn write(&self, dir: &Path) {
+        self.cluster.write(dir);
+        std::fs::write(dir.join("dc2.crt"), &self.dc2.node.cert_pem).unwrap();
+        std::fs::write(dir.join("dc2.key"), &self.dc2.node.key_pem).unwrap();
+        std::fs::write(dir.join("dc2-ca.crt"), &self.dc2.ca.cert_pem).unwrap();
+    }
+}
+
+const CLUSTER_NODE: &str = "CN=node1, OU=TestCluster";
+const DC2_NODE: &str = "CN=node1, OU=DC2";
+
+/// `[tls]` (the cluster's), a metrics endpoint and two outbound listeners: "outbound" with `[tls]`
+/// towards `first`, "dc2" with `dc2_tls` as its `[outbound.tls]` towards `second`.
+fn two_outbound(first: SocketAddr, second: SocketAddr, dc2_tls: &str) -> String {
+    format!(
+        "{TLS_TABLE}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{first}\"\n\n\
+         [[outbound]]\nname = \"dc2\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{second}\"\n\n\
+         [outbound.tls]\n{dc2_tls}\n"
+    )
+}
+
+/// DC2's identity and CA.
+const DC2_TLS: &str = "cert = \"dc2.crt\"\nkey = \"dc2.key\"\nca = \"dc2-ca.crt\"\n";
+
+/// Starts `ringseal run` on `config` in `dir`; returns it with the addresses of its outbound
+/// listeners "outbound" and `second` (by the names their start lines carry) and its metrics address.
+fn start_outbound(
+    dir: tempfile::TempDir,
+    config: &str,
+    second: &str,
+) -> (Proc, [SocketAddr; 2], SocketAddr) {
+    let path = dir.path().join("ringseal.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut proc = Proc::spawn(&[], &path, dir);
+    let metrics = address_after(&proc.wait_for("serving metrics on "), "serving metrics on ");
+    let mut first = None;
+    let mut other = None;
+    for _ in 0..2 {
+        let line = proc.wait_for("starting outbound listener");
+        let addr = address_after(&line, "listener on ");
+        if line.contains("listener=\"outbound\"") {
+            first = Some(addr);
+        } else if line.contains(&format!("listener=\"{second}\"")) {
+            other = Some(addr);
+        }
+    }
+    let listeners = [first.unwrap(), other.unwrap()];
+    (proc, listeners, metrics)
+}
+
+/// The local node's plaintext through the outbound listener at `to`, echoed by the peer.
+async fn through(to: SocketAddr, msg: &[u8]) {
+    let mut local = TcpStream::connect(to).await.unwrap();
+    local.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    within("echo through the peer", local.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, msg);
+}
+
+/// The local node's connection through the outbound listener at `to` ends (EOF or reset) without a
+/// byte delivered to it.
+async fn refused_through(to: SocketAddr) {
+    let mut local = TcpStream::connect(to).await.unwrap();
+    // The peer may already have refused: the write may fail, the read decides.
+    let _ = local.write_all(b"mutation for the wrong peer").await;
+    let mut buf = [0u8; 64];
+    match within("local close", local.read(&mut buf)).await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} bytes reached the node: {:?}", &buf[..n]),
+    }
+}
+
+fn outbound_handshakes(m: &str, listener: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut all = vec![("direction", "outbound"), ("listener", listener)];
+    all.extend_from_slice(labels);
+    samples(m, "ringseal_handshakes_total", &all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_outbound_listeners_dial_with_their_own_identity_and_ca() {
+    let p = TwoDcs::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    p.write(dir.path());
+    let config = two_outbound(p.cluster_peer.addr, p.dc2_peer.addr, DC2_TLS);
+    let (mut proc, [outbound, dc2], metrics) = start_outbound(dir, &config, "dc2");
+
+    // Each listener's peer trusts only its own CA and verifies the client certificate, so an echo
+    // proves the listener presented a certificate of that CA and trusted the peer's.
+    through(outbound, b"gossip").await;
+    through(dc2, b"gossip to dc2").await;
+    let tls13 = |subject: &str| Seen {
+        subject: subject.to_owned(),
+        protocol: "TLSv1.3",
+    };
+    assert_eq!(p.cluster_peer.seen(), [tls13(CLUSTER_NODE)]);
+    assert_eq!(p.dc2_peer.seen(), [tls13(DC2_NODE)]);
+    assert_eq!(p.cluster_peer.failed() + p.dc2_peer.failed(), 0);
+
+    let m = scrape_until(metrics, |m| {
+        outbound_handshakes(m, "dc2", &[("result", "ok")]) >= 1.0
+    })
+    .await;
+    for listener in ["outbound", "dc2"] {
+        let ok = outbound_handshakes(&m, listener, &[("result", "ok")]);
+        assert_eq!(ok, 1.0, "{listener}: {m}");
+        let refused = outbound_handshakes(&m, listener, &[("result", "refused")]);
+        assert_eq!(refused, 0.0, "{listener}: {m}");
+    }
+    proc.check_alive().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outbound_listener_refuses_the_other_listeners_peer() {
+    let p = TwoDcs::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    p.write(dir.path());
+    // Crossed: the cluster's listener dials DC2's peer, DC2's listener the cluster's.
+    let config = two_outbound(p.dc2_peer.addr, p.cluster_peer.addr, DC2_TLS);
+    let (mut proc, [outbound, dc2], metrics) = start_outbound(dir, &config, "dc2");
+
+    refused_through(outbound).await;
+    refused_through(dc2).await;
+    // The listener refused the peer's server certificate (its CA is not the listener's): the peer
+    // saw a failed handshake and never a client certificate.
+    p.dc2_peer.wait_failed(1).await;
+    p.cluster_peer.wait_failed(1).await;
+    assert_eq!(p.cluster_peer.seen(), []);
+    assert_eq!(p.dc2_peer.seen(), []);
+
+    let m = scrape_until(metrics, |m| {
+        refusals(m, "outbound", "unknown_ca") >= 1.0 && refusals(m, "dc2", "unknown_ca") >= 1.0
+    })
+    .await;
+    for listener in ["outbound", "dc2"] {
+        let refused = outbound_handshakes(
+            &m,
+            listener,
+            &[("result", "refused"), ("reason", "unknown_ca")],
+        );
+        assert_eq!(refused, 1.0, "{listener}: {m}");
+        let ok = outbound_handshakes(&m, listener, &[("result", "ok")]);
+        assert_eq!(ok, 0.0, "{listener}: {m}");
+    }
+    proc.check_alive().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_listener_that_only_narrows_protocols_keeps_the_inherited_identity_and_trust() {
+    let p = TwoDcs::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    p.write(dir.path());
+    let peer = p.cluster_peer.addr;
+    let config = format!(
+        "{TLS_TABLE}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{peer}\"\n\n\
+         [[outbound]]\nname = \"legacy\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{peer}\"\n\n\
+         [outbound.tls]\nprotocols = [\"TLSv1.2\"]\n"
+    );
+    let (mut proc, [outbound, legacy], metrics) = start_outbound(dir, &config, "legacy");
+
+    // The peer offers both versions: each listener's own `protocols` decides.
+    through(outbound, b"modern").await;
+    through(legacy, b"legacy").await;
+    let seen = |protocol| Seen {
+        subject: CLUSTER_NODE.to_owned(),
+        protocol,
+    };
+    assert_eq!(p.cluster_peer.seen(), [seen("TLSv1.3"), seen("TLSv1.2")]);
+
+    let m = scrape_until(metrics, |m| {
+        outbound_handshakes(m, "legacy", &[("result", "ok")]) >= 1.0
+    })
+    .await;
+    for (listener, protocol) in [("outbound", "TLSv1.3"), ("legacy", "TLSv1.2")] {
+        let ok = outbound_handshakes(&m, listener, &[("result", "ok"), ("protocol", protocol)]);
+        assert_eq!(ok, 1.0, "{listener}: {m}");
+    }
+    proc.check_alive().unwrap();
 }
