@@ -272,7 +272,9 @@ async fn after_first_bytes(
             return super::no_data(&ctx.who, peer, ctx.listen, how);
         }
         Ok(Opening::Sniffed(Sniffed::Tls)) => {
-            tokio::time::timeout_at(deadline, handshake(&stream, peer, ctx))
+            // Boxed, and the connection it returns too: inline, the handshake's state and rustls's
+            // connection would size this future, which an idle relayed connection keeps for its life.
+            tokio::time::timeout_at(deadline, Box::pin(handshake(&stream, peer, ctx)))
                 .await
                 .unwrap_or_else(|_| Err(timed_out(ctx)))
                 .map(Accepted::Tls)
@@ -320,7 +322,7 @@ async fn refuse(
 /// A verified peer: takes an established slot, connects `forward` and relays.
 async fn relay_verified(
     tls: TcpStream,
-    conn: rustls::Connection,
+    conn: Box<rustls::Connection>,
     peer: SocketAddr,
     ctx: &InboundContext,
     pending: Pending,
@@ -340,12 +342,12 @@ async fn relay_verified(
     }
 
     let Some(backend) = connect_forward(peer, ctx).await else {
-        relay::close_without_data(tls, conn).await;
+        relay::close_without_data(tls, *conn).await;
         return;
     };
     let _ = backend.set_nodelay(true);
 
-    let relay = relay::Relay::start(tls, conn, backend, ctx.offload).await;
+    let relay = relay::Relay::start(tls, *conn, backend, ctx.offload).await;
     let active = ActiveConnection::start(&ctx.who, true, relay.path().label());
     let ended = Ended {
         peer,
@@ -445,11 +447,10 @@ async fn passthrough(
 }
 
 /// What the first bytes and the handshake came to.
-// Returned once per connection and unpacked at once: boxing the connection would only add an
-// allocation to every handshake.
-#[allow(clippy::large_enum_variant)]
+// The connection is boxed: inline, its size would stay reserved in the connection's future for the
+// whole life of the relay.
 enum Accepted {
-    Tls(rustls::Connection),
+    Tls(Box<rustls::Connection>),
     /// Permissive mode only.
     Plain(Sniffed),
 }
@@ -504,7 +505,7 @@ async fn handshake(
     stream: &TcpStream,
     peer: SocketAddr,
     ctx: &InboundContext,
-) -> Result<rustls::Connection, Refusal> {
+) -> Result<Box<rustls::Connection>, Refusal> {
     let tls = ctx.snapshot.load();
     let config = if tls.endpoint_verification {
         // The verifier must know the peer's address and rustls gives it none, so this connection gets a
@@ -519,7 +520,7 @@ async fn handshake(
         .map(rustls::Connection::Server)
         .map_err(|e| Refusal::new(Reason::Io, format!("cannot start the TLS session: {e}")))?;
     match relay::handshake(stream, &mut conn).await {
-        Ok(()) => Ok(conn),
+        Ok(()) => Ok(Box::new(conn)),
         Err(e) => Err(super::refusal_from_io(&e)),
     }
 }

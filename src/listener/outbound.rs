@@ -361,7 +361,9 @@ async fn serve_local_connection(
         metrics::plaintext_fallback(&ctx.who, reason);
         return relay_plain(local, from, plain, remote, ctx, pending, started).await;
     }
-    let (tls, conn) = match dial(peer, &snapshot, ctx).await {
+    // Boxed, and the connection it returns too: inline, the handshake's state and rustls's connection
+    // would size the task, which an idle relayed connection keeps for its whole life.
+    let (tls, conn) = match Box::pin(dial(peer, &snapshot, ctx)).await {
         Ok(ok) => ok,
         Err((refusal, no_tls)) => {
             let known = ctx.tls_peers.has_tls(ip);
@@ -432,7 +434,7 @@ async fn relay_verified(
     from: SocketAddr,
     peer: SocketAddr,
     tls: TcpStream,
-    conn: rustls::Connection,
+    conn: Box<rustls::Connection>,
     permissive: bool,
     ctx: &OutboundContext,
     pending: Pending,
@@ -458,7 +460,7 @@ async fn relay_verified(
     };
     tracing::debug!(peer = %peer, "outbound {from} -> {peer} established ({protocol}, {suite})");
 
-    let relay = relay::Relay::start(tls, conn, local, ctx.offload).await;
+    let relay = relay::Relay::start(tls, *conn, local, ctx.offload).await;
     let active = ActiveConnection::start(&ctx.who, true, relay.path().label());
     let ended = Ended {
         peer,
@@ -531,7 +533,7 @@ async fn dial(
     peer: SocketAddr,
     snapshot: &OutboundSnapshot,
     ctx: &OutboundContext,
-) -> Result<(TcpStream, rustls::Connection), DialFailure> {
+) -> Result<(TcpStream, Box<rustls::Connection>), DialFailure> {
     let mut tcp = connect_peer(peer, snapshot, ctx).await?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::IpAddress(peer.ip().into());
@@ -549,7 +551,7 @@ async fn dial(
         }
     };
     match tokio::time::timeout(ctx.limits.handshake_timeout, handshake).await {
-        Ok(Ok(None)) => Ok((tcp, conn)),
+        Ok(Ok(None)) => Ok((tcp, Box::new(conn))),
         Ok(Ok(Some(first))) => Err((
             Refusal::new(
                 Reason::NotTls,
