@@ -105,6 +105,19 @@ async fn presented(config: &Arc<rustls::ClientConfig>, to: SocketAddr) -> String
     CertInfo::parse(cert).unwrap().subject
 }
 
+/// The subjects the internode listener and the client port present, each to its own client.
+async fn presented_by_both(
+    node: &Arc<rustls::ClientConfig>,
+    internode: SocketAddr,
+    driver: &Arc<rustls::ClientConfig>,
+    client_port: SocketAddr,
+) -> [String; 2] {
+    [
+        presented(node, internode).await,
+        presented(driver, client_port).await,
+    ]
+}
+
 fn refusals(m: &str, listener: &str, reason: &str) -> f64 {
     samples(
         m,
@@ -130,12 +143,8 @@ async fn two_listeners_with_their_own_cas_accept_only_their_own_clients() {
     let driver = p.client(Some(&p.driver));
     // Each listener presents its own identity.
     assert_eq!(
-        presented(&node, internode).await,
-        "CN=node1, OU=TestCluster"
-    );
-    assert_eq!(
-        presented(&driver, client_port).await,
-        "CN=cql-node1, OU=Clients"
+        presented_by_both(&node, internode, &driver, client_port).await,
+        ["CN=node1, OU=TestCluster", "CN=cql-node1, OU=Clients"]
     );
     // Each accepts the certificates of its own CA ...
     roundtrip(&node, LOCALHOST, internode).await.unwrap();
@@ -324,12 +333,8 @@ async fn a_reload_that_breaks_one_listener_keeps_it_on_its_old_material() {
     let node = p.client(Some(&p.cluster.node));
     let driver = p.client(Some(&p.driver));
     assert_eq!(
-        presented(&node, internode).await,
-        "CN=node1, OU=TestCluster"
-    );
-    assert_eq!(
-        presented(&driver, client_port).await,
-        "CN=cql-node1, OU=Clients"
+        presented_by_both(&node, internode, &driver, client_port).await,
+        ["CN=node1, OU=TestCluster", "CN=cql-node1, OU=Clients"]
     );
 
     // New material for both listeners: the internode identity is renewed, the client port gets a
@@ -357,12 +362,11 @@ async fn a_reload_that_breaks_one_listener_keeps_it_on_its_old_material() {
 
     // The internode listener presents its new identity; the client port its old one, still working.
     assert_eq!(
-        presented(&node, internode).await,
-        "CN=node1-renewed, OU=TestCluster"
-    );
-    assert_eq!(
-        presented(&driver, client_port).await,
-        "CN=cql-node1, OU=Clients"
+        presented_by_both(&node, internode, &driver, client_port).await,
+        [
+            "CN=node1-renewed, OU=TestCluster",
+            "CN=cql-node1, OU=Clients"
+        ]
     );
     roundtrip(&node, LOCALHOST, internode).await.unwrap();
     roundtrip(&driver, LOCALHOST, client_port).await.unwrap();
