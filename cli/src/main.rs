@@ -9,6 +9,7 @@ mod cmd;
 mod logging;
 mod notify;
 mod signals;
+mod upgrade;
 
 use std::process::ExitCode;
 

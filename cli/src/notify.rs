@@ -29,7 +29,14 @@ impl Notifier {
 impl Events for Notifier {
     fn ready(&self, status: &Status) {
         let line = status.to_string();
-        self.send(&[NotifyState::Ready, NotifyState::Status(&line)]);
+        // MAINPID: a successor started by SIGUSR2 (`upgrade`) becomes the service's main process
+        // once it serves (the unit's NotifyAccess=all lets systemd hear it); the first process names
+        // itself, which changes nothing.
+        self.send(&[
+            NotifyState::Ready,
+            NotifyState::Status(&line),
+            NotifyState::MainPid(std::process::id()),
+        ]);
     }
 
     fn reloading(&self) {

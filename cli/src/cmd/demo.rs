@@ -62,7 +62,7 @@ pub fn run(duration: Duration, runtime: &tokio::runtime::Runtime) -> std::proces
     runtime.block_on(async {
         let stop = CancellationToken::new();
         if let Some(signals) = Signals::install() {
-            tokio::spawn(signals.handle(stop.clone(), None));
+            tokio::spawn(signals.handle(stop.clone(), None, Err("the demo cannot be upgraded")));
         }
         match demo(duration, stop).await {
             Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use super::config_error;
 use crate::args::{LogFormat, SourceArgs};
 use crate::notify::{Notifier, spawn_watchdog};
 use crate::signals::Signals;
+use crate::upgrade::Successor;
 
 pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Runtime) -> ExitCode {
     // With JSON logs, a log shipper reads stderr: the one error line is a JSON line too.
@@ -38,6 +39,8 @@ pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Ru
     for w in report.warnings.iter().chain(&report.errors) {
         tracing::warn!("{w}");
     }
+    // Now, before a package upgrade can replace the binary this path names.
+    let successor = Successor::capture().ok_or("the running binary's path cannot be read");
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         // Before READY=1: a reload signal right after it must find its handler.
@@ -49,7 +52,8 @@ pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Ru
             Err(e) => return config_error(&e),
         };
         if let Some(signals) = signals {
-            tokio::spawn(signals.handle(shutdown.clone(), Some(server.reload_handle())));
+            let reload = Some(server.reload_handle());
+            tokio::spawn(signals.handle(shutdown.clone(), reload, successor));
         }
         server.serve(shutdown).await;
         ExitCode::SUCCESS
