@@ -104,6 +104,11 @@ impl InboundSnapshot {
 pub struct InboundHandle(Arc<InboundContext>);
 
 impl InboundHandle {
+    /// Its metric labels and established connections now (a hand-over counts those that stay).
+    pub fn established(&self) -> (metrics::Listener, usize) {
+        (self.0.who.clone(), self.0.admission.established())
+    }
+
     pub fn apply(&self, cfg: &Inbound<LoadedTls>) {
         self.0.snapshot.store(Arc::new(InboundSnapshot::build(cfg)));
         self.0.reload_error.set(None);
@@ -144,8 +149,12 @@ impl InboundListener {
         offload: Offload,
         log_connections: bool,
         loopback: Arc<crate::tcp::Loopback>,
+        inherited: Option<std::os::fd::OwnedFd>,
     ) -> std::io::Result<Self> {
-        let listener = super::bind(cfg.listen, limits.backlog())?;
+        let listener = match inherited {
+            Some(fd) => super::adopt(fd, cfg.listen)?,
+            None => super::bind(cfg.listen, limits.backlog())?,
+        };
         let listen = listener.local_addr()?;
         let who = metrics::Listener::new(Direction::Inbound, cfg.name.shared());
         let ctx = Arc::new(InboundContext {
@@ -166,6 +175,12 @@ impl InboundListener {
             reload_error: ReloadError::default(),
         });
         Ok(Self { listener, ctx })
+    }
+
+    /// A duplicate of the listening socket's descriptor (the same socket), to hand over.
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd().try_clone_to_owned()
     }
 
     pub fn handle(&self) -> InboundHandle {
@@ -210,7 +225,8 @@ impl InboundListener {
     }
 
     /// Accepts until shutdown; see [`super::serve`].
-    pub async fn serve(self, life: super::Lifecycle) {
+    /// Accepts until `life.shutdown`; hands the listener back (a hand-over may resume it).
+    pub async fn serve(self, life: super::Lifecycle) -> Self {
         super::serve(
             &self.listener,
             life,
@@ -222,6 +238,7 @@ impl InboundListener {
             },
         )
         .await;
+        self
     }
 }
 

@@ -72,6 +72,11 @@ impl OutboundSnapshot {
 pub struct OutboundHandle(Arc<OutboundContext>);
 
 impl OutboundHandle {
+    /// Its metric labels and established connections now (a hand-over counts those that stay).
+    pub fn established(&self) -> (metrics::Listener, usize) {
+        (self.0.who.clone(), self.0.admission.established())
+    }
+
     pub fn apply(&self, cfg: &Outbound<LoadedTls>) {
         self.0
             .snapshot
@@ -233,8 +238,12 @@ impl OutboundListener {
         tls_peers: Arc<TlsPeers>,
         log_connections: bool,
         loopback: Arc<crate::tcp::Loopback>,
+        inherited: Option<std::os::fd::OwnedFd>,
     ) -> std::io::Result<Self> {
-        let listener = super::bind(cfg.listen, limits.backlog())?;
+        let listener = match inherited {
+            Some(fd) => super::adopt(fd, cfg.listen)?,
+            None => super::bind(cfg.listen, limits.backlog())?,
+        };
         let listen = listener.local_addr()?;
         let who = metrics::Listener::new(Direction::Outbound, cfg.name.shared());
         Ok(Self {
@@ -257,6 +266,12 @@ impl OutboundListener {
                 reload_error: ReloadError::default(),
             }),
         })
+    }
+
+    /// A duplicate of the listening socket's descriptor (the same socket), to hand over.
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd().try_clone_to_owned()
     }
 
     pub fn handle(&self) -> OutboundHandle {
@@ -305,7 +320,8 @@ impl OutboundListener {
         }
     }
 
-    pub async fn serve(self, life: super::Lifecycle) {
+    /// Accepts until `life.shutdown`; hands the listener back (a hand-over may resume it).
+    pub async fn serve(self, life: super::Lifecycle) -> Self {
         super::serve(
             &self.listener,
             life,
@@ -317,6 +333,7 @@ impl OutboundListener {
             },
         )
         .await;
+        self
     }
 }
 
