@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
@@ -373,9 +374,15 @@ async fn relay_verified(
         offload: relay.path().label(),
         started,
     };
-    let outcome = relay
-        .run(super::relay_limits(&ctx.limits), active.bytes.clone())
-        .await;
+    let limits = super::relay_limits(&ctx.limits);
+    let outcome = match relay
+        .run(limits, active.bytes.clone(), CancellationToken::new())
+        .await
+    {
+        relay::Finish::Done(outcome) => outcome,
+        // Nothing asks a connection to move yet; were one released, it is taken straight back.
+        relay::Finish::Released(r) => relay::take_back(r, limits, active.bytes.clone()).await,
+    };
     super::report_close(active, &ended, &outcome, ctx.log_connections);
 }
 
@@ -459,7 +466,18 @@ async fn passthrough(
         started,
     };
     let limits = super::relay_limits(&ctx.limits);
-    let outcome = relay::plain(plain, backend, limits, active.bytes.clone()).await;
+    let outcome = match relay::plain(
+        plain,
+        backend,
+        limits,
+        active.bytes.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    {
+        relay::Finish::Done(outcome) => outcome,
+        relay::Finish::Released(r) => relay::take_back(r, limits, active.bytes.clone()).await,
+    };
     super::report_close(active, &ended, &outcome, ctx.log_connections);
 }
 

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, Admission, Pending};
 use super::status::ReloadError;
@@ -486,9 +487,15 @@ async fn relay_verified(
         offload: relay.path().label(),
         started,
     };
-    let outcome = relay
-        .run(super::relay_limits(&ctx.limits), active.bytes.clone())
-        .await;
+    let limits = super::relay_limits(&ctx.limits);
+    let outcome = match relay
+        .run(limits, active.bytes.clone(), CancellationToken::new())
+        .await
+    {
+        relay::Finish::Done(outcome) => outcome,
+        // Nothing asks a connection to move yet; were one released, it is taken straight back.
+        relay::Finish::Released(r) => relay::take_back(r, limits, active.bytes.clone()).await,
+    };
     super::report_close(active, &ended, &outcome, ctx.log_connections);
 }
 
@@ -751,7 +758,18 @@ async fn relay_plain(
     };
     let limits = super::relay_limits(&ctx.limits);
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
-    let outcome = relay::plain(remote, local, limits, active.bytes.clone()).await;
+    let outcome = match relay::plain(
+        remote,
+        local,
+        limits,
+        active.bytes.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    {
+        relay::Finish::Done(outcome) => outcome,
+        relay::Finish::Released(r) => relay::take_back(r, limits, active.bytes.clone()).await,
+    };
     super::report_close(active, &ended, &outcome, ctx.log_connections);
 }
 

@@ -65,6 +65,9 @@
 pub(crate) mod handshake;
 mod ktls;
 mod poll_loop;
+// Interim: the hand-over (src/listener, src/lib.rs) is the user of this API.
+#[allow(dead_code)]
+mod release;
 mod splice;
 mod userspace;
 
@@ -74,6 +77,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ByteCounters;
 use poll_loop::{arm_reset, disarm_reset};
@@ -81,6 +85,10 @@ use poll_loop::{arm_reset, disarm_reset};
 pub use crate::config::Offload;
 pub use handshake::{first_record, handshake, refuse};
 pub use ktls::{KtlsSupport, KtlsUnavailable, support};
+#[allow(unused_imports)]
+pub use release::{
+    Finish, KtlsState, PipeState, RelayState, Released, StateCipher, resume, take_back,
+};
 
 /// Deadlines that apply while relaying.
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +98,8 @@ pub struct RelayLimits {
 }
 
 /// Which path a connection's bytes take: the `offload` label of `ringseal_connections_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Path {
     Ktls,
     Userspace,
@@ -242,14 +251,23 @@ impl Relay {
         }
     }
 
-    /// Relays until both directions finish. The future is the path's own relay (no more than it
-    /// needs while the connection lives: it is part of every connection's task).
-    pub fn run(self, limits: RelayLimits, counters: ByteCounters) -> Run {
+    /// Relays until both directions finish, or (kTLS only) until `release` is cancelled and the
+    /// relay reaches a quiescent point ([`Finish::Released`]). The future is the path's own relay (no
+    /// more than it needs while the connection lives: it is part of every connection's task).
+    pub fn run(
+        self,
+        limits: RelayLimits,
+        counters: ByteCounters,
+        release: CancellationToken,
+    ) -> Run {
         Run(match *self.chosen {
+            // rustls holds the TLS state in user space: this relay never moves.
             ChosenPath::Userspace(tls, conn, plain) => Running::Userspace(
                 userspace::UserspaceRelay::new(tls, conn, plain, limits, counters),
             ),
-            ChosenPath::Ktls(engaged) => Running::Ktls(Box::pin(engaged.relay(limits, counters))),
+            ChosenPath::Ktls(engaged) => {
+                Running::Boxed(Box::pin(engaged.relay(limits, counters, release)))
+            }
             ChosenPath::Refused(why) => Running::Refused(Some(Outcome {
                 from_peer: 0,
                 to_peer: 0,
@@ -263,24 +281,24 @@ impl Relay {
 pub struct Run(Running);
 
 // One per connection: boxing the user-space relay would only add an allocation. The kTLS relay's
-// future cannot be named here, so it is boxed (a few hundred bytes).
+// future (and a resumed relay's) cannot be named here, so it is boxed (a few hundred bytes).
 #[allow(clippy::large_enum_variant)]
 enum Running {
     Userspace(userspace::UserspaceRelay),
-    Ktls(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+    Boxed(Pin<Box<dyn Future<Output = Finish> + Send>>),
     Refused(Option<Outcome>),
 }
 
 impl Future for Run {
-    type Output = Outcome;
+    type Output = Finish;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finish> {
         match &mut self.get_mut().0 {
-            Running::Userspace(r) => Pin::new(r).poll(cx),
-            Running::Ktls(r) => r.as_mut().poll(cx),
-            Running::Refused(outcome) => {
-                Poll::Ready(outcome.take().expect("polled after completion"))
-            }
+            Running::Userspace(r) => Pin::new(r).poll(cx).map(Finish::Done),
+            Running::Boxed(r) => r.as_mut().poll(cx),
+            Running::Refused(outcome) => Poll::Ready(Finish::Done(
+                outcome.take().expect("polled after completion"),
+            )),
         }
     }
 }
@@ -329,14 +347,16 @@ pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Relays plaintext both ways (permissive mode's plaintext legs) with `splice(2)`, propagating each end
 /// of stream; `peer` is the side whose bytes count as `from_peer`. Same close policy (FIN in order,
-/// resets on an abort) and deadlines as the TLS paths.
+/// resets on an abort) and deadlines as the TLS paths. Once `release` is cancelled, the relay is
+/// released at its next quiescent point ([`Finish::Released`]).
 pub async fn plain(
     peer: TcpStream,
     backend: TcpStream,
     limits: RelayLimits,
     counters: ByteCounters,
-) -> Outcome {
+    release: CancellationToken,
+) -> Finish {
     arm_reset(&peer);
     arm_reset(&backend);
-    splice::plain(peer, backend, limits, counters).await
+    splice::plain(peer, backend, limits, counters, release).await
 }

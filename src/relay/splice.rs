@@ -25,9 +25,10 @@ use std::task::{Context, Poll};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::poll_loop::{Deadlines, Directions, Side, drive};
-use super::{Close, Outcome, RelayLimits};
+use super::{Close, Finish, Outcome, RelayLimits};
 use crate::metrics::ByteCounters;
 use crate::sys;
 
@@ -321,20 +322,22 @@ pub(super) async fn plain(
     backend: TcpStream,
     limits: RelayLimits,
     counters: ByteCounters,
-) -> Outcome {
+    release: CancellationToken,
+) -> Finish {
     let flows = Flow::new().and_then(|up| Ok((up, Flow::new()?)));
     let (up, down) = match flows {
         Ok(f) => f,
         // Out of descriptors or pipe memory: nothing was read, so nothing is lost.
         Err(e) => {
-            return Outcome {
+            return Finish::Done(Outcome {
                 from_peer: 0,
                 to_peer: 0,
                 close: Close::Io(format!("cannot create a pipe: {e}")),
-            };
+            });
         }
     };
-    PlainRelay {
+    let _ = release;
+    let outcome = PlainRelay {
         peer,
         backend,
         up,
@@ -343,7 +346,8 @@ pub(super) async fn plain(
         counters,
         deadlines: Deadlines::new(limits),
     }
-    .await
+    .await;
+    Finish::Done(outcome)
 }
 
 #[cfg(test)]

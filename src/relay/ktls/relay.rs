@@ -13,6 +13,7 @@ use std::task::{Context, Poll, ready};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::control::{
     ALERT_CLOSE_NOTIFY, ALERT_FATAL, ALERT_NO_RENEGOTIATION, ALERT_WARNING, CONTROL_BUF, Control,
@@ -23,7 +24,7 @@ use super::record_limit::TxLimit;
 use crate::metrics::ByteCounters;
 use crate::relay::poll_loop::{Deadlines, Directions, Phase, Side, drive};
 use crate::relay::splice::{CHUNK, Pump, poll_io};
-use crate::relay::{Close, Outcome, RelayLimits};
+use crate::relay::{Close, Finish, Outcome, RelayLimits};
 use crate::sys;
 
 /// One connection on the kTLS path: the kernel encrypts and decrypts, bytes move through a pipe
@@ -63,9 +64,11 @@ impl Engaged {
         self,
         limits: RelayLimits,
         counters: ByteCounters,
-    ) -> impl Future<Output = Outcome> {
+        release: CancellationToken,
+    ) -> impl Future<Output = Finish> + Send {
         let failed = self.close.is_some();
-        KtlsRelay {
+        let _ = release;
+        let relay = KtlsRelay {
             tls: self.tls,
             plain: self.plain,
             up_pump: self.up,
@@ -88,7 +91,8 @@ impl Engaged {
             to_peer: 0,
             counters,
             deadlines: Deadlines::new(limits),
-        }
+        };
+        async move { Finish::Done(relay.await) }
     }
 }
 
