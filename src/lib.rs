@@ -86,6 +86,8 @@ pub struct Server {
     loopback: Arc<tcp::Loopback>,
     /// Taking over from an old process: finished once this one accepts.
     takeover: Option<handover::Takeover>,
+    /// The connections that can move to a new process.
+    moves: Arc<listener::moves::Moves>,
 }
 
 /// A bound listener, between runs of its accept loop (a hand-over stops and may resume them).
@@ -148,12 +150,14 @@ impl Server {
                 tcp::Loopback::host()
             }),
         );
+        let moves = Arc::new(listener::moves::Moves::default());
         let mut inbound = Vec::with_capacity(config.inbound.len());
         for (i, l) in config.inbound.iter().enumerate() {
             let log = config.logging.connections;
             let fd = inherit(Kind::Inbound, l.listen);
+            let (limits, moves) = (&config.limits, moves.clone());
             let bound =
-                InboundListener::bind(l, &config.limits, config.offload, log, loopback.clone(), fd)
+                InboundListener::bind(l, limits, config.offload, log, loopback.clone(), fd, moves)
                     .await;
             inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
@@ -169,9 +173,17 @@ impl Server {
                 .clone();
             let (limits, log) = (&config.limits, config.logging.connections);
             let fd = inherit(Kind::Outbound, l.listen);
-            let bound =
-                OutboundListener::bind(l, limits, config.offload, peers, log, loopback.clone(), fd)
-                    .await;
+            let bound = OutboundListener::bind(
+                l,
+                limits,
+                config.offload,
+                peers,
+                log,
+                loopback.clone(),
+                fd,
+                moves.clone(),
+            )
+            .await;
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }
@@ -191,6 +203,7 @@ impl Server {
             events: Arc::new(events::NoEvents),
             loopback,
             takeover,
+            moves,
         })
     }
 
@@ -303,6 +316,21 @@ impl Server {
         health.set_listeners_bound(true);
         // Bound since `bind`, accepting now: peers may be sent here.
         self.events.ready(&status);
+        let adopter = listener::moves::Adopter {
+            listeners: inbound_handles
+                .iter()
+                .map(|h| h.joinable())
+                .chain(outbound_handles.iter().map(|h| h.joinable()))
+                .collect(),
+            moves: self.moves.clone(),
+            life: listener::Lifecycle {
+                shutdown: stop.clone(),
+                cut: cut.clone(),
+                tracker: tracker.clone(),
+            },
+            limits: listener::relay_limits(&self.config.limits),
+            log_connections: self.config.logging.connections,
+        };
         let (control, mut requests) = tokio::sync::mpsc::channel(4);
         let live: handover::old::Live = Arc::new(move || {
             inbound_handles
@@ -315,8 +343,7 @@ impl Server {
             self.config.handover.socket.clone(),
             self.takeover.take(),
             offers,
-            control,
-            live,
+            (control, live, adopter),
             stop.clone(),
         ));
         let mut finished = None;
@@ -457,13 +484,16 @@ async fn handover_task(
     socket: Option<std::path::PathBuf>,
     takeover: Option<handover::Takeover>,
     offers: Vec<handover::old::Offer>,
-    control: tokio::sync::mpsc::Sender<handover::old::Request>,
-    live: handover::old::Live,
+    (control, live, adopter): (
+        tokio::sync::mpsc::Sender<handover::old::Request>,
+        handover::old::Live,
+        listener::moves::Adopter,
+    ),
     stop: CancellationToken,
 ) {
     if let Some(t) = takeover {
         let (pid, received) = (t.pid, t.received());
-        match t.finish().await {
+        match t.finish(&adopter).await {
             Ok(done) => {
                 metrics::handover("new", "ok");
                 tracing::info!(
@@ -504,7 +534,8 @@ async fn handover_task(
         "hand-over socket {}: a new ringseal run takes over here",
         path.display()
     );
-    handover::old::serve(listener, offers, control, live, stop).await;
+    let moves = adopter.moves.clone();
+    handover::old::serve(listener, offers, control, live, moves, stop).await;
 }
 
 /// Binds and serves `config` until `shutdown`.

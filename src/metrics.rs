@@ -470,6 +470,32 @@ impl ActiveConnection {
         }
     }
 
+    /// A connection adopted from the old process in a hand-over: active here, but not counted again
+    /// in `ringseal_connections_total` (the old process counted it when it was accepted).
+    pub fn adopted(who: &Listener, tls: bool) -> Self {
+        let tls = if tls { "true" } else { "false" };
+        let (d, l) = (who.d(), who.l());
+        let gauge = gauge!(CONNECTIONS_ACTIVE, "direction" => d, "listener" => l.clone(),
+            "tls" => tls);
+        gauge.increment(1.0);
+        Self {
+            who: who.clone(),
+            gauge,
+            bytes: ByteCounters {
+                from_peer: counter!(BYTES, "direction" => d, "listener" => l.clone(),
+                    "flow" => "from_peer"),
+                to_peer: counter!(BYTES, "direction" => d, "listener" => l, "flow" => "to_peer"),
+            },
+            counted: false,
+        }
+    }
+
+    /// The connection moved to the new process: no longer active here, neither closed nor cut
+    /// (`ringseal_handover_connections_total{result="moved"}` counts it).
+    pub fn moved(mut self) {
+        self.counted = true;
+    }
+
     pub fn direction(&self) -> Direction {
         self.who.dir
     }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use super::protocol::{Kind, ListenerId, Message, Refusal, VERSION};
 use super::wire::{Seq, own_uid};
 use super::{StepError, recv, send, unexpected};
+use crate::listener::moves::Adopter;
+use crate::relay::Released;
 
 /// What [`contact`] found at the hand-over socket.
 pub enum Contact {
@@ -196,8 +198,9 @@ impl Takeover {
         self.listeners.len()
     }
 
-    /// This process accepts on every listener now: the old one stops accepting and drains.
-    pub async fn finish(self) -> Result<TookOver, HandoverError> {
+    /// This process accepts on every listener now: the old one stops accepting, sends the
+    /// connections that can move (`adopter` continues each), and drains the rest.
+    pub(crate) async fn finish(self, adopter: &Adopter) -> Result<TookOver, HandoverError> {
         let step = |source| HandoverError::Step {
             path: self.path.clone(),
             old: self.pid,
@@ -206,10 +209,35 @@ impl Takeover {
         send(&self.conn, "Accepting", &Message::Accepting, &[])
             .await
             .map_err(step)?;
-        let (moved, stayed) = match recv(&self.conn, "Done").await.map_err(step)? {
-            (Message::Done { moved, stayed }, _) => (moved, stayed),
-            (other, _) => return Err(step(unexpected("Done", &other))),
+        let mut lost = 0;
+        let (moved, stayed) = loop {
+            match recv(&self.conn, "Done").await.map_err(step)? {
+                (Message::Done { moved, stayed }, _) => break (moved, stayed),
+                (Message::Connection { id, meta, state }, fds) => {
+                    // Ours from the acknowledgement on: acknowledged first, so that an old process
+                    // that hears nothing resumes it itself.
+                    send(&self.conn, "Adopted", &Message::Adopted { id }, &[])
+                        .await
+                        .map_err(step)?;
+                    let (peer, listener) = (meta.peer, meta.listener.clone());
+                    if let Err(why) = adopter.adopt(meta, Released { state, fds }) {
+                        lost += 1;
+                        tracing::warn!(
+                            peer = %peer,
+                            "connection with {peer} on {listener} from pid {}: {why}; it is closed",
+                            self.pid
+                        );
+                    }
+                }
+                (other, _) => return Err(step(unexpected("Done", &other))),
+            }
         };
+        if lost > 0 {
+            tracing::warn!(
+                "{lost} connection(s) received from pid {} could not continue",
+                self.pid
+            );
+        }
         send(&self.conn, "Bye", &Message::Bye, &[])
             .await
             .map_err(step)?;

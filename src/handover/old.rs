@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{Kind, ListenerId, Message, Refusal, VERSION};
 use super::wire::{Peer, Seq, SeqListener, own_uid};
 use super::{StepError, recv, send, test_pause, unexpected};
+use crate::listener::moves::{Move, Moves};
 use crate::metrics;
 
 /// A listening socket the old process may hand over: how its config names it, where it is bound,
@@ -50,6 +51,7 @@ pub async fn serve(
     offers: Vec<Offer>,
     control: mpsc::Sender<Request>,
     live: Live,
+    moves: Arc<Moves>,
     stop: CancellationToken,
 ) {
     let offers = Arc::new(offers);
@@ -115,10 +117,15 @@ pub async fn serve(
             continue;
         }
         *busy.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
-        let (offers, control, live, busy) =
-            (offers.clone(), control.clone(), live.clone(), busy.clone());
+        let (offers, control, live, busy, moves) = (
+            offers.clone(),
+            control.clone(),
+            live.clone(),
+            busy.clone(),
+            moves.clone(),
+        );
         tokio::spawn(async move {
-            let ok = hand_over(conn, peer, &offers, &control, &live).await;
+            let ok = hand_over(conn, peer, &offers, &control, &live, &moves).await;
             if !ok {
                 *busy.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
@@ -134,6 +141,7 @@ async fn hand_over(
     offers: &[Offer],
     control: &mpsc::Sender<Request>,
     live: &Live,
+    moves: &Moves,
 ) -> bool {
     let pid = u32::try_from(peer.pid).unwrap_or_default();
     tracing::info!("pid {pid} asks to take over");
@@ -158,10 +166,17 @@ async fn hand_over(
         return false;
     }
     test_pause("stopped").await;
+    // Established now, moved or not.
     let per_listener = live();
-    let stayed: u64 = per_listener.iter().map(|(_, n)| *n as u64).sum();
+    let mut moved = Vec::new();
     let done = async {
-        send(&conn, "Done", &Message::Done { moved: 0, stayed }, &[]).await?;
+        moved = move_connections(&conn, moves).await?;
+        let established: u64 = per_listener.iter().map(|(_, n)| *n as u64).sum();
+        let m = Message::Done {
+            moved: moved.len() as u64,
+            stayed: established.saturating_sub(moved.len() as u64),
+        };
+        send(&conn, "Done", &m, &[]).await?;
         match recv(&conn, "Bye").await? {
             (Message::Bye, _) => Ok(()),
             (other, _) => Err(unexpected("Bye", &other)),
@@ -177,17 +192,101 @@ async fn hand_over(
         return false;
     }
     metrics::handover("old", "ok");
+    let moved_total = moved.len() as u64;
+    let established: u64 = per_listener.iter().map(|(_, n)| *n as u64).sum();
+    let stayed = established.saturating_sub(moved_total);
     for (who, n) in &per_listener {
-        metrics::handover_connections(who, "stayed", *n as u64);
+        let went = moved
+            .iter()
+            .filter(|(dir, name)| *dir == who.dir && name == who.name())
+            .count();
+        metrics::handover_connections(who, "moved", went as u64);
+        metrics::handover_connections(who, "stayed", (*n - went.min(*n)) as u64);
     }
     let finished = Finished {
         pid,
         handed: listeners,
-        moved: 0,
+        moved: moved_total,
         stayed,
     };
     let _ = control.send(Request::Finish(finished)).await;
     true
+}
+
+/// How long the old process waits for its movable relays to reach a quiescent point and release. A
+/// relay that is half-closed or aborting never releases: it stays, like a user-space one.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Asks every movable relay to release and sends each released one to the new process, which
+/// acknowledges it before touching it. Returns (direction, listener) of each one moved. On an error
+/// the connection in flight and every one released after it resume here.
+async fn move_connections(
+    conn: &Seq,
+    moves: &Moves,
+) -> Result<Vec<(metrics::Direction, String)>, StepError> {
+    let mut released = moves.begin();
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    let mut moved = Vec::new();
+    let mut id = 0u64;
+    let result = loop {
+        let next = tokio::select! {
+            m = released.recv() => m,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => None,
+        };
+        let Some(m) = next else {
+            // Every movable relay has released (or ended), or the wait is over.
+            if (moves.live() == 0 && released.is_empty()) || tokio::time::Instant::now() >= deadline
+            {
+                break Ok(moved);
+            }
+            continue;
+        };
+        id += 1;
+        let Move {
+            meta,
+            released: parts,
+            reply,
+        } = m;
+        let dir = match meta.direction.as_str() {
+            "outbound" => metrics::Direction::Outbound,
+            _ => metrics::Direction::Inbound,
+        };
+        let name = meta.listener.clone();
+        let message = Message::Connection {
+            id,
+            meta,
+            state: parts.state.clone(),
+        };
+        let fds: Vec<_> = parts.fds.iter().map(|f| f.as_fd()).collect();
+        let sent = async {
+            send(conn, "Connection", &message, &fds).await?;
+            match recv(conn, "Adopted").await? {
+                (Message::Adopted { id: acked }, _) if acked == id => Ok(()),
+                (other, _) => Err(unexpected("Adopted", &other)),
+            }
+        }
+        .await;
+        drop(fds);
+        match sent {
+            Ok(()) => {
+                // Ours no longer: the descriptors close here, the sockets live on in the new process.
+                drop(parts);
+                let _ = reply.send(None);
+                moved.push((dir, name));
+            }
+            Err(e) => {
+                let _ = reply.send(Some(parts));
+                break Err(e);
+            }
+        }
+    };
+    // Those released from now on, or queued, resume here.
+    moves.end();
+    released.close();
+    while let Ok(m) = released.try_recv() {
+        let _ = m.reply.send(Some(m.released));
+    }
+    result
 }
 
 /// Whether the new process's listener `want` takes over `offer`: same kind, and its configured

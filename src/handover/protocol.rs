@@ -6,7 +6,11 @@
 //! old -> new  Refused{reason}                       busy (another hand-over), version: the new exits
 //!          or Listeners{pid, listeners} + one fd each   the listening sockets both processes want
 //! new -> old  Accepting                             the new accepts on those and on what it bound
-//! old         stops accepting (keeps its descriptors until Bye: resumes if the new goes away)
+//! old         stops accepting (keeps its descriptors until Bye: resumes if the new goes away), asks
+//!             its kTLS and spliced relays to release
+//! old -> new  Connection{id, meta, state} + its descriptors, per released connection
+//! new -> old  Adopted{id}                           before the new one touches it; without it the old
+//!                                                   one resumes the connection itself
 //! old -> new  Done{moved, stayed}
 //! new -> old  Bye                                   the new owns the listeners and the socket path
 //! ```
@@ -58,9 +62,9 @@ pub enum Refusal {
     Version { version: u32 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
-pub enum Message {
+pub(crate) enum Message {
     Hello {
         version: u32,
         pid: u32,
@@ -75,6 +79,16 @@ pub enum Message {
         listeners: Vec<ListenerId>,
     },
     Accepting,
+    /// One released connection; its descriptors attached in the order `state` documents.
+    Connection {
+        id: u64,
+        meta: crate::listener::moves::Meta,
+        state: crate::relay::RelayState,
+    },
+    /// Sent before the new process touches connection `id`: from then on it is the new one's.
+    Adopted {
+        id: u64,
+    },
     Done {
         moved: u64,
         stayed: u64,
@@ -99,6 +113,8 @@ impl Message {
             Self::Refused { .. } => "Refused",
             Self::Listeners { .. } => "Listeners",
             Self::Accepting => "Accepting",
+            Self::Connection { .. } => "Connection",
+            Self::Adopted { .. } => "Adopted",
             Self::Done { .. } => "Done",
             Self::Bye => "Bye",
         }

@@ -15,7 +15,6 @@ use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, Admission, Pending};
 use super::sniff::{Sniffed, sniff};
@@ -65,6 +64,8 @@ struct InboundContext {
     loopback: Arc<crate::tcp::Loopback>,
     /// Why the last reload kept this listener on its previous material, for `/status`.
     reload_error: ReloadError,
+    /// This process's movable connections (a hand-over asks them to release).
+    moves: Arc<super::moves::Moves>,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -110,6 +111,16 @@ impl InboundHandle {
         (self.0.who.clone(), self.0.admission.established())
     }
 
+    /// What a connection adopted from an old process joins.
+    pub fn joinable(&self) -> super::moves::Joinable {
+        super::moves::Joinable {
+            who: self.0.who.clone(),
+            admission: self.0.admission.clone(),
+            limits: super::relay_limits(&self.0.limits),
+            log_connections: self.0.log_connections,
+        }
+    }
+
     pub fn apply(&self, cfg: &Inbound<LoadedTls>) {
         self.0.snapshot.store(Arc::new(InboundSnapshot::build(cfg)));
         self.0.reload_error.set(None);
@@ -151,6 +162,7 @@ impl InboundListener {
         log_connections: bool,
         loopback: Arc<crate::tcp::Loopback>,
         inherited: Option<std::os::fd::OwnedFd>,
+        moves: Arc<super::moves::Moves>,
     ) -> std::io::Result<Self> {
         let listener = match inherited {
             Some(fd) => super::adopt(fd, cfg.listen)?,
@@ -174,6 +186,7 @@ impl InboundListener {
             last_connect: LastConnect::default(),
             loopback,
             reload_error: ReloadError::default(),
+            moves,
         });
         Ok(Self { listener, ctx })
     }
@@ -375,15 +388,11 @@ async fn relay_verified(
         started,
     };
     let limits = super::relay_limits(&ctx.limits);
-    let outcome = match relay
-        .run(limits, active.bytes.clone(), CancellationToken::new())
-        .await
-    {
-        relay::Finish::Done(outcome) => outcome,
-        // Nothing asks a connection to move yet; were one released, it is taken straight back.
-        relay::Finish::Released(r) => relay::take_back(r, limits, active.bytes.clone()).await,
-    };
-    super::report_close(active, &ended, &outcome, ctx.log_connections);
+    // A user-space relay never releases: rustls holds its TLS state.
+    let movable = relay.path() != relay::Path::Userspace;
+    let run = relay.run(limits, active.bytes.clone(), ctx.moves.token());
+    let log = ctx.log_connections;
+    super::moves::relay_to_end(&ctx.moves, movable, run, active, &ended, limits, log).await;
 }
 
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
@@ -466,19 +475,15 @@ async fn passthrough(
         started,
     };
     let limits = super::relay_limits(&ctx.limits);
-    let outcome = match relay::plain(
+    let run = relay::plain(
         plain,
         backend,
         limits,
         active.bytes.clone(),
-        CancellationToken::new(),
-    )
-    .await
-    {
-        relay::Finish::Done(outcome) => outcome,
-        relay::Finish::Released(r) => relay::take_back(r, limits, active.bytes.clone()).await,
-    };
-    super::report_close(active, &ended, &outcome, ctx.log_connections);
+        ctx.moves.token(),
+    );
+    let log = ctx.log_connections;
+    super::moves::relay_to_end(&ctx.moves, true, run, active, &ended, limits, log).await;
 }
 
 /// What the first bytes and the handshake came to.

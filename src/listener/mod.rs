@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod inbound;
+pub mod moves;
 pub mod outbound;
 pub mod sniff;
 pub mod status;

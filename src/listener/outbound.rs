@@ -21,7 +21,6 @@ use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, Admission, Pending};
 use super::status::ReloadError;
@@ -76,6 +75,16 @@ impl OutboundHandle {
     /// Its metric labels and established connections now (a hand-over counts those that stay).
     pub fn established(&self) -> (metrics::Listener, usize) {
         (self.0.who.clone(), self.0.admission.established())
+    }
+
+    /// What a connection adopted from an old process joins.
+    pub fn joinable(&self) -> super::moves::Joinable {
+        super::moves::Joinable {
+            who: self.0.who.clone(),
+            admission: self.0.admission.clone(),
+            limits: super::relay_limits(&self.0.limits),
+            log_connections: self.0.log_connections,
+        }
     }
 
     pub fn apply(&self, cfg: &Outbound<LoadedTls>) {
@@ -229,6 +238,8 @@ struct OutboundContext {
     loopback: Arc<crate::tcp::Loopback>,
     /// Why the last reload kept this listener on its previous material, for `/status`.
     reload_error: ReloadError,
+    /// This process's movable connections (a hand-over asks them to release).
+    moves: Arc<super::moves::Moves>,
 }
 
 impl OutboundListener {
@@ -240,6 +251,7 @@ impl OutboundListener {
         log_connections: bool,
         loopback: Arc<crate::tcp::Loopback>,
         inherited: Option<std::os::fd::OwnedFd>,
+        moves: Arc<super::moves::Moves>,
     ) -> std::io::Result<Self> {
         let listener = match inherited {
             Some(fd) => super::adopt(fd, cfg.listen)?,
@@ -265,6 +277,7 @@ impl OutboundListener {
                 log_connections,
                 loopback,
                 reload_error: ReloadError::default(),
+                moves,
             }),
         })
     }
@@ -488,15 +501,11 @@ async fn relay_verified(
         started,
     };
     let limits = super::relay_limits(&ctx.limits);
-    let outcome = match relay
-        .run(limits, active.bytes.clone(), CancellationToken::new())
-        .await
-    {
-        relay::Finish::Done(outcome) => outcome,
-        // Nothing asks a connection to move yet; were one released, it is taken straight back.
-        relay::Finish::Released(r) => relay::take_back(r, limits, active.bytes.clone()).await,
-    };
-    super::report_close(active, &ended, &outcome, ctx.log_connections);
+    // A user-space relay never releases: rustls holds its TLS state.
+    let movable = relay.path() != relay::Path::Userspace;
+    let run = relay.run(limits, active.bytes.clone(), ctx.moves.token());
+    let log = ctx.log_connections;
+    super::moves::relay_to_end(&ctx.moves, movable, run, active, &ended, limits, log).await;
 }
 
 /// Permissive mode, for a peer without a TLS endpoint that was never verified: counts, logs
@@ -758,19 +767,15 @@ async fn relay_plain(
     };
     let limits = super::relay_limits(&ctx.limits);
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
-    let outcome = match relay::plain(
+    let run = relay::plain(
         remote,
         local,
         limits,
         active.bytes.clone(),
-        CancellationToken::new(),
-    )
-    .await
-    {
-        relay::Finish::Done(outcome) => outcome,
-        relay::Finish::Released(r) => relay::take_back(r, limits, active.bytes.clone()).await,
-    };
-    super::report_close(active, &ended, &outcome, ctx.log_connections);
+        ctx.moves.token(),
+    );
+    let log = ctx.log_connections;
+    super::moves::relay_to_end(&ctx.moves, true, run, active, &ended, limits, log).await;
 }
 
 impl OutboundContext {
