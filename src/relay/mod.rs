@@ -5,7 +5,9 @@
 //! at a record boundary) or ends a refused one with [`refuse`] (FIN after the alert, never a reset),
 //! then [`Relay::start`] takes the socket with its finished rustls connection and the plaintext socket
 //! and picks the path; [`Relay::path`] names it for the connection counter, and [`Relay::run`] returns
-//! an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext legs.
+//! [`Finish::Done`] with an [`Outcome`] when both directions are finished, or [`Finish::Released`]
+//! when asked to let the connection go ([`resume`] takes it up again, see *Release and resume*).
+//! [`plain`] relays permissive mode's plaintext legs.
 //!
 //! # Paths
 //! * **kTLS** (`offload="ktls"`, [`ktls`]): when the kernel has the `tls` module and takes the
@@ -61,12 +63,31 @@
 //!   everything before it is delivered to the backend, then the connection aborts (`PeerKeyUpdate`).
 //!   Records after the KeyUpdate are never read.
 //! * A NewSessionTicket is read and ignored (ringseal never resumes sessions).
+//!
+//! # Release and resume
+//! A kTLS or spliced-plaintext relay can move to another process (a restart or upgrade hands its
+//! connections over) because all of its state but a few bytes is in the kernel: the sockets (with
+//! kTLS, the keys and record sequence numbers too), and the pipes with the bytes they hold. Once the
+//! `release` token passed to [`Relay::run`] or [`plain`] is cancelled, the relay stops at its next
+//! quiescent point, a round that moved nothing with both directions open and no abort (kTLS: both
+//! keys in the kernel, no handshake message half read), and returns [`Finish::Released`]:
+//! * **What moves**: the two sockets, deregistered from this process's runtime; both pipes with
+//!   their contents; and a [`RelayState`] with the rest: the bytes relayed so far, how much each
+//!   pipe holds (checked against the pipe on resume), and under kTLS the plaintext already read
+//!   into user space and not yet delivered, whether we are the client, and the cipher and limit of
+//!   our key (its exact record count is read back from the kernel by [`resume`], never carried).
+//!   The armed reset is a socket option, so it moves with the socket.
+//! * **What never moves**: a relay that is half-closed or aborting (it finishes where it is, within
+//!   `close_linger`), and the user-space path, whose TLS state is in rustls (it ignores the token).
+//!   The deadlines do not move either: `idle_timeout` and `close_linger` start afresh on resume.
+//! * [`resume`], in any process, checks each descriptor (connected TCP sockets; under kTLS a TX key
+//!   of the state's cipher on the peer socket, whose `tls` ULP is not set again; the read and the
+//!   write end of one pipe each way), registers the sockets with its runtime and continues byte
+//!   for byte: nothing read is lost or read twice, and neither end notices the move.
 
 pub(crate) mod handshake;
 mod ktls;
 mod poll_loop;
-// Interim: the hand-over (src/listener, src/lib.rs) is the user of this API.
-#[allow(dead_code)]
 mod release;
 mod splice;
 mod userspace;
@@ -85,6 +106,7 @@ use poll_loop::{arm_reset, disarm_reset};
 pub use crate::config::Offload;
 pub use handshake::{first_record, handshake, refuse};
 pub use ktls::{KtlsSupport, KtlsUnavailable, support};
+// The process hand-over (src/listener, src/lib.rs) moves connections with these.
 #[allow(unused_imports)]
 pub use release::{
     Finish, KtlsState, PipeState, RelayState, Released, StateCipher, resume, take_back,

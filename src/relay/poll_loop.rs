@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
 
-use super::{Close, Outcome, RelayLimits};
+use super::{Close, Finish, Outcome, RelayLimits};
 
 /// Rounds of a relay loop before yielding to the scheduler, so one busy connection cannot starve others.
 const BUDGET: u32 = 32;
@@ -128,6 +129,25 @@ pub(super) trait Directions {
     fn drain_parts(&mut self) -> (&mut Deadlines, [Option<&TcpStream>; 2]);
     /// Records a deadline that passed and returns the outcome.
     fn end(&mut self, close: Option<Close>) -> Outcome;
+    /// Whether the relay could be released now (see [`Release`]): nothing is half done. Asked
+    /// between rounds only; the user-space relay never can be (rustls holds the TLS state).
+    fn releasable(&self) -> bool {
+        false
+    }
+}
+
+/// A relay that can give up its connection at a quiescent point (see [`super::release`]).
+pub(super) trait Release: Directions + Sized {
+    /// Takes the relay apart: its descriptors (the sockets deregistered from this runtime) and its
+    /// state. Only called when [`Directions::releasable`].
+    fn release(self) -> Finish;
+}
+
+/// What [`drive_until`] came to.
+pub(super) enum Driven {
+    Done(Outcome),
+    /// A round moved nothing, the relay is releasable, and a release was asked for.
+    Release,
 }
 
 /// The poll loop every path shares: rounds until nothing moves (yielding after [`BUDGET`] rounds),
@@ -135,6 +155,19 @@ pub(super) trait Directions {
 /// sockets close with FIN; after an abort, once the kernel has delivered what was written (or the
 /// abort's deadline passed), and the sockets close with a reset.
 pub(super) fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<Outcome> {
+    drive_until(this, cx, false).map(|driven| match driven {
+        Driven::Done(outcome) => outcome,
+        Driven::Release => unreachable!("no release was asked for"),
+    })
+}
+
+/// [`drive`], and with `release`, stops at the first round that moved nothing while the relay is
+/// [`Directions::releasable`] (before any deadline: a released relay's deadlines start afresh).
+pub(super) fn drive_until<D: Directions>(
+    this: &mut D,
+    cx: &mut Context<'_>,
+    release: bool,
+) -> Poll<Driven> {
     let mut rounds = 0;
     loop {
         let progress = this.step(cx);
@@ -148,15 +181,18 @@ pub(super) fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<O
                 for sock in this.sockets() {
                     disarm_reset(sock);
                 }
-                return Poll::Ready(this.end(None));
+                return Poll::Ready(Driven::Done(this.end(None)));
             }
             let (deadlines, legs) = this.drain_parts();
             if poll_drained(cx, deadlines, legs).is_ready() {
-                return Poll::Ready(this.end(None));
+                return Poll::Ready(Driven::Done(this.end(None)));
             }
             break;
         }
         if !progress {
+            if release && !aborted && this.releasable() {
+                return Poll::Ready(Driven::Release);
+            }
             break;
         }
         this.deadlines().progressed();
@@ -168,8 +204,36 @@ pub(super) fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<O
     }
     let (up, down) = this.finished();
     match this.deadlines().poll(cx, up || down) {
-        Some(close) => Poll::Ready(this.end(Some(close))),
+        Some(close) => Poll::Ready(Driven::Done(this.end(Some(close)))),
         None => Poll::Pending,
+    }
+}
+
+/// [`drive`] for a relay that can be released: until `release` is cancelled it is driven as any
+/// other, and while it is parked and releasable it also waits for the token (polled only then, so
+/// a relay that moves bytes pays nothing for it, and a half-closed or aborting one never again).
+/// Once cancelled, the relay is released at its next round that moves nothing, or finishes here if
+/// it stops being releasable first.
+pub(super) async fn drive_releasable<D: Release>(
+    mut relay: D,
+    release: CancellationToken,
+) -> Finish {
+    let early = {
+        let mut cancelled = std::pin::pin!(release.cancelled());
+        std::future::poll_fn(|cx| match drive_until(&mut relay, cx, false) {
+            Poll::Ready(driven) => Poll::Ready(Some(driven)),
+            Poll::Pending if relay.releasable() => cancelled.as_mut().poll(cx).map(|()| None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+    };
+    let driven = match early {
+        Some(driven) => driven,
+        None => std::future::poll_fn(|cx| drive_until(&mut relay, cx, true)).await,
+    };
+    match driven {
+        Driven::Done(outcome) => Finish::Done(outcome),
+        Driven::Release => relay.release(),
     }
 }
 

@@ -6,8 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsFd;
-use std::pin::Pin;
+use std::os::fd::{AsFd, OwnedFd};
 use std::task::{Context, Poll, ready};
 
 use socket2::SockRef;
@@ -21,14 +20,16 @@ use super::control::{
 };
 use super::handover::Engaged;
 use super::record_limit::TxLimit;
+use super::support::cipher_name;
 use crate::metrics::ByteCounters;
-use crate::relay::poll_loop::{Deadlines, Directions, Phase, Side, drive};
+use crate::relay::poll_loop::{Deadlines, Directions, Phase, Release, Side, drive_releasable};
+use crate::relay::release::{KtlsState, Parts, RelayState, StateCipher};
 use crate::relay::splice::{CHUNK, Pump, poll_io};
-use crate::relay::{Close, Finish, Outcome, RelayLimits};
-use crate::sys;
+use crate::relay::{Close, Finish, Outcome, Path, RelayLimits};
+use crate::sys::{self, KtlsCipher};
 
 /// One connection on the kTLS path: the kernel encrypts and decrypts, bytes move through a pipe
-/// each way, both directions polled in turn by [`drive`].
+/// each way, both directions polled in turn by [`drive_releasable`].
 pub(super) struct KtlsRelay {
     tls: TcpStream,
     plain: TcpStream,
@@ -67,7 +68,6 @@ impl Engaged {
         release: CancellationToken,
     ) -> impl Future<Output = Finish> + Send {
         let failed = self.close.is_some();
-        let _ = release;
         let relay = KtlsRelay {
             tls: self.tls,
             plain: self.plain,
@@ -92,7 +92,81 @@ impl Engaged {
             counters,
             deadlines: Deadlines::new(limits),
         };
-        async move { Finish::Done(relay.await) }
+        drive_releasable(relay, release)
+    }
+}
+
+/// Checks the peer socket of a released kTLS relay before anything is touched: it must carry a TX
+/// key of the state's cipher (the `tls` ULP stays on the socket; it is not set again). Returns the
+/// key's record budget, counted from the exact sequence number the kernel reports now.
+pub(in crate::relay) fn check_resumed(
+    peer: &OwnedFd,
+    state: &RelayState,
+) -> Result<TxLimit, String> {
+    let ktls = state.ktls.as_ref().ok_or("the state has no kTLS part")?;
+    let cipher = from_state(ktls.cipher);
+    let seq = sys::tx_record_seq(peer.as_fd(), cipher).map_err(|e| {
+        format!(
+            "not a kTLS socket with a {} TX key (getsockopt TLS_TX: {e})",
+            cipher_name(cipher)
+        )
+    })?;
+    Ok(TxLimit::new(cipher, seq, ktls.confidentiality_limit))
+}
+
+/// Continues a released kTLS relay (its parts checked by [`crate::relay::resume`] with
+/// [`check_resumed`]).
+pub(in crate::relay) fn resume(
+    parts: Parts,
+    state: &RelayState,
+    tx: TxLimit,
+    limits: RelayLimits,
+    counters: ByteCounters,
+    release: CancellationToken,
+) -> impl Future<Output = Finish> + Send + use<> {
+    let (pending, client) = state
+        .ktls
+        .as_ref()
+        .map_or((Vec::new(), false), |k| (k.pending.clone(), k.client));
+    let relay = KtlsRelay {
+        tls: parts.peer,
+        plain: parts.backend,
+        up_pump: parts.up,
+        down_pump: parts.down,
+        pending,
+        pending_pos: 0,
+        control: Vec::new(),
+        handshake: HandshakeReader::default(),
+        client,
+        tx: Some(tx),
+        rx_done: false,
+        tls_wr_dead: false,
+        tls_app_dead: false,
+        plain_wr_dead: false,
+        up: Phase::Open,
+        down: Phase::Open,
+        close: None,
+        from_peer: state.from_peer,
+        to_peer: state.to_peer,
+        counters,
+        deadlines: Deadlines::new(limits),
+    };
+    drive_releasable(relay, release)
+}
+
+fn to_state(cipher: KtlsCipher) -> StateCipher {
+    match cipher {
+        KtlsCipher::Aes128Gcm => StateCipher::Aes128Gcm,
+        KtlsCipher::Aes256Gcm => StateCipher::Aes256Gcm,
+        KtlsCipher::Chacha20Poly1305 => StateCipher::Chacha20Poly1305,
+    }
+}
+
+fn from_state(cipher: StateCipher) -> KtlsCipher {
+    match cipher {
+        StateCipher::Aes128Gcm => KtlsCipher::Aes128Gcm,
+        StateCipher::Aes256Gcm => KtlsCipher::Aes256Gcm,
+        StateCipher::Chacha20Poly1305 => KtlsCipher::Chacha20Poly1305,
     }
 }
 
@@ -416,12 +490,37 @@ impl Directions for KtlsRelay {
         }
         self.outcome()
     }
+
+    /// Both directions open and in order, both keys in the kernel, no control record half read
+    /// (one is read whole by `recvmsg`; a handshake message may span records).
+    fn releasable(&self) -> bool {
+        !self.aborting()
+            && self.up == Phase::Open
+            && self.down == Phase::Open
+            && !(self.rx_done || self.tls_wr_dead || self.tls_app_dead || self.plain_wr_dead)
+            && self.tx.is_some()
+            && self.handshake.idle()
+    }
 }
 
-impl Future for KtlsRelay {
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        drive(self.get_mut(), cx)
+impl Release for KtlsRelay {
+    fn release(self) -> Finish {
+        let Some(tx) = &self.tx else {
+            unreachable!("released without its TX key (not releasable)");
+        };
+        let (cipher, confidentiality_limit) = tx.released();
+        let ktls = KtlsState {
+            pending: self.pending[self.pending_pos..].to_vec(),
+            client: self.client,
+            cipher: to_state(cipher),
+            confidentiality_limit,
+        };
+        let parts = Parts {
+            peer: self.tls,
+            backend: self.plain,
+            up: self.up_pump,
+            down: self.down_pump,
+        };
+        parts.release(Path::Ktls, self.from_peer, self.to_peer, Some(ktls))
     }
 }
