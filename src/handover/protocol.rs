@@ -64,6 +64,8 @@ pub enum Refusal {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
+// A message lives for one send or receive: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Message {
     Hello {
         version: u32,

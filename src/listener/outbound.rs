@@ -243,6 +243,7 @@ struct OutboundContext {
 }
 
 impl OutboundListener {
+    #[allow(clippy::too_many_arguments)]
     pub async fn bind(
         cfg: &Outbound<LoadedTls>,
         limits: &Limits,

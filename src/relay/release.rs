@@ -278,6 +278,9 @@ fn registered(fd: OwnedFd) -> io::Result<TcpStream> {
 
 /// Relays a released connection to its end in this process (nobody took it over). A connection that
 /// cannot be resumed is lost: its descriptors close, with the reset armed.
+// Unused since `listener::moves` resumes a connection a hand-over gave back with the registry's token
+// (a later hand-over may move it again).
+#[allow(dead_code)]
 pub async fn take_back(
     mut released: Released,
     limits: RelayLimits,
