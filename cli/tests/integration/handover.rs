@@ -476,3 +476,136 @@ fn listening_sockets(port: u16) -> usize {
         })
         .count()
 }
+
+/// Permissive plaintext connections (spliced) streaming both ways survive 3 hand-overs byte for byte,
+/// neither end seeing a close: each moves to the new process. A user-space TLS connection stays in
+/// the first process, which exits once it ends. The logs and the new process's metrics say so.
+#[test]
+fn spliced_connections_move_and_tls_ones_stay() {
+    use ringseal_testkit::stream::{MIB, Seeded, Sink, expected_hash};
+    use tokio::io::AsyncWriteExt;
+    const LEN: usize = 4 * MIB;
+    let setup = Setup::new();
+    let config = setup.config(
+        "ringseal",
+        &format!("mode = \"permissive\"\n{HANDOVER}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &[("internode", "127.0.0.1:0")],
+    );
+    let (mut first, addr) = start(&setup, &config, &[]);
+    let line = first.seen.iter().find(|l| l.contains("serving metrics on"));
+    let metrics = address_after(line.expect("a metrics line"), "metrics on ");
+    // The user-space TLS connection: open, verified, idle.
+    let client = setup.client();
+    let mut tls = setup.rt.block_on(async {
+        let mut tls = within("tls connect", connect(&client, addr)).await.unwrap();
+        within("tls echo", echo(&mut tls, b"before")).await.unwrap();
+        tls
+    });
+    // Two plaintext connections, each writing a seeded stream in quarters (the next quarter once the
+    // hand-over of that phase is done) and reading its echo.
+    let (phase, phases) = tokio::sync::watch::channel(0usize);
+    let streams: Vec<_> = (0..2u64)
+        .map(|seed| {
+            let (progress, watched) = tokio::sync::watch::channel(0usize);
+            let mut phases = phases.clone();
+            let task = setup.rt.spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut r, mut w) = tcp.into_split();
+                let (all, echoed) = tokio::sync::oneshot::channel();
+                let reader = tokio::spawn(async move {
+                    let mut sink = Sink::default();
+                    sink.read(&mut r, Some(LEN), Some(&progress)).await;
+                    let during = sink.end;
+                    let _ = all.send(());
+                    // Both ends close only now: the echo of our FIN.
+                    sink.read(&mut r, None, None).await;
+                    (sink, during)
+                });
+                let mut data = Seeded::new(seed + 1, LEN);
+                let mut written = 0;
+                while let Some(chunk) = data.next_chunk() {
+                    w.write_all(chunk).await.unwrap();
+                    written += chunk.len();
+                    let quarter = written / (LEN / 4);
+                    if quarter < 4 && written % (LEN / 4) == 0 {
+                        phases.wait_for(|p| *p >= quarter).await.unwrap();
+                    }
+                }
+                // Everything echoed before our FIN, so that no end is seen during the hand-overs.
+                let _ = within("the whole echo", echoed).await;
+                w.shutdown().await.unwrap();
+                within("echo to the end", reader).await.unwrap()
+            });
+            (seed, watched, task)
+        })
+        .collect();
+    let wait_progress = |at: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (_, watched, _) in &streams {
+            while *watched.borrow() < at {
+                assert!(Instant::now() < deadline, "no echo progress");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+    let mut old = first.child.id();
+    let mut current: Option<Proc> = None;
+    for round in 1..=3 {
+        // Each stream's quarter has been echoed: its relay runs (spliced) before the hand-over.
+        wait_progress(round * LEN / 4);
+        let mut new = setup.spawn(&config, &[]);
+        let line = new.wait_for(&format!("took over from pid {old}"));
+        let stay = if round == 1 { 1 } else { 0 };
+        assert!(
+            line.contains(&format!("2 connections moved here, {stay} stay with it")),
+            "{line}"
+        );
+        let line = match current.as_mut() {
+            None => first.wait_for(&format!("handed over to pid {}", pid(&new))),
+            Some(p) => p.wait_for(&format!("handed over to pid {}", pid(&new))),
+        };
+        assert!(
+            line.contains(&format!("2 connections moved, {stay} stay")),
+            "{line}"
+        );
+        if let Some(mut p) = current.take() {
+            assert!(p.wait_exit().success());
+        }
+        new.wait_for("hand-over socket");
+        phase.send_replace(round);
+        old = pid(&new);
+        current = Some(new);
+    }
+    // The last process counts the moved connections as active, not as new ones.
+    let exposition = scrape(metrics);
+    let active = samples(
+        &exposition,
+        "ringseal_connections_active",
+        &[("tls", "false")],
+    );
+    assert_eq!(active, 2.0, "{exposition}");
+    let total = samples(
+        &exposition,
+        "ringseal_connections_total",
+        &[("tls", "false")],
+    );
+    assert_eq!(total, 0.0, "{exposition}");
+    for (seed, _, task) in streams {
+        let (sink, during) = setup.rt.block_on(within("stream", task)).unwrap();
+        assert_eq!(
+            during, None,
+            "stream {seed} saw its end during the hand-overs"
+        );
+        assert_eq!(sink.end, Some(Ok(())));
+        assert_eq!(sink.len, LEN);
+        assert_eq!(sink.sha256(), expected_hash(seed + 1, LEN), "stream {seed}");
+    }
+    assert_eq!(setup.backend.accepted(), 3, "no connection was made again");
+    // The TLS connection stayed with the first process, which still relays it, and exits after it.
+    setup.rt.block_on(async {
+        within("tls echo", echo(&mut tls, b"after")).await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    first.wait_for("all connections finished; exiting");
+    assert!(first.wait_exit().success());
+}
