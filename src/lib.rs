@@ -386,8 +386,8 @@ impl Server {
                 }
             }
             tracing::info!(
-                "handed over to pid {}: {} listeners, {} connections moved, {} stay until they end or \
-                 limits.shutdown_grace ({})",
+                "handed over to pid {}: {} listeners, {} connections moved, {} stay (user-space TLS, \
+                 or half-closed) until they end or limits.shutdown_grace ({})",
                 f.pid,
                 f.handed.len(),
                 f.moved,
@@ -496,9 +496,15 @@ async fn handover_task(
         match t.finish(&adopter).await {
             Ok(done) => {
                 metrics::handover("new", "ok");
+                let policy = if done.moved > 0 {
+                    "; the moved connections keep the policy they were verified under, this \
+                     config's applies to new ones"
+                } else {
+                    ""
+                };
                 tracing::info!(
                     "took over from pid {pid}: {received} listeners, {} connections moved here, {} \
-                     stay with it until they end",
+                     stay with it until they end{policy}",
                     done.moved,
                     done.stayed
                 );

@@ -19,7 +19,14 @@
 //! the hand-over, the old one keeps its listening sockets and resumes accepting if the new one goes
 //! away: a failed hand-over leaves the old process serving everything.
 //!
-//! Connections stay in the process that accepted them (they drain within `limits.shutdown_grace`).
+//! Connections: once the new process accepts, the old one asks its kTLS and spliced-plaintext relays
+//! to release at a quiescent point (`crate::listener::moves`) and sends each one's sockets, pipes and
+//! state; the new process acknowledges a connection before touching it (an old process that hears no
+//! acknowledgement resumes it itself) and continues it under its listener of the same name. The new
+//! process's policy (identity, trust, allow-lists) applies to new connections only: moved ones were
+//! verified under the old one's, as a reload keeps them. User-space TLS connections (rustls holds
+//! their state), and relays that are half-closed or aborting, stay and drain within
+//! `limits.shutdown_grace`.
 
 pub(crate) mod new;
 pub(crate) mod old;

@@ -353,3 +353,59 @@ async fn offer(conn: &Seq, offers: &[Offer]) -> Result<Option<Vec<(Kind, SocketA
         (other, _) => Err(unexpected("Accepting", &other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(kind: Kind, name: &str, listen: &str, bound: &str) -> Offer {
+        Offer {
+            id: ListenerId {
+                kind,
+                name: name.into(),
+                listen: listen.parse().unwrap(),
+            },
+            bound: bound.parse().unwrap(),
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+        }
+    }
+
+    fn want(kind: Kind, name: &str, listen: &str) -> ListenerId {
+        ListenerId {
+            kind,
+            name: name.into(),
+            listen: listen.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn listeners_match_by_kind_and_configured_or_bound_address() {
+        let fixed = offer(Kind::Inbound, "a", "0.0.0.0:7001", "0.0.0.0:7001");
+        assert!(matches(
+            &fixed,
+            &want(Kind::Inbound, "renamed", "0.0.0.0:7001")
+        ));
+        assert!(!matches(&fixed, &want(Kind::Outbound, "a", "0.0.0.0:7001")));
+        assert!(!matches(&fixed, &want(Kind::Inbound, "a", "0.0.0.0:7002")));
+        let ephemeral = offer(Kind::Inbound, "a", "127.0.0.1:0", "127.0.0.1:40000");
+        // The port it got, or port 0 again under the same name; another port-0 listener is another
+        // listener.
+        assert!(matches(
+            &ephemeral,
+            &want(Kind::Inbound, "b", "127.0.0.1:40000")
+        ));
+        assert!(matches(
+            &ephemeral,
+            &want(Kind::Inbound, "a", "127.0.0.1:0")
+        ));
+        assert!(!matches(
+            &ephemeral,
+            &want(Kind::Inbound, "b", "127.0.0.1:0")
+        ));
+        let metrics = offer(Kind::Metrics, "metrics", "127.0.0.1:9464", "127.0.0.1:9464");
+        assert!(!matches(
+            &metrics,
+            &want(Kind::Inbound, "metrics", "127.0.0.1:9464")
+        ));
+    }
+}
