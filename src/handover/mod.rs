@@ -46,7 +46,8 @@ use wire::Seq;
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Test-only hook: `RINGSEAL_TEST_HANDOVER_PAUSE=STEP:FILE` stops a hand-over at `STEP` (old side:
-/// `hello`, `listeners`, `stopped`) until `FILE` exists (at most 30 s), so that a test can kill either
+/// `hello`, `listeners`, `stopped`; new side: `adopt`, a connection received, not acknowledged) until
+/// `FILE` exists (at most 30 s), so that a test can kill either
 /// process at that point. Not for production use.
 pub const TEST_PAUSE_ENV: &str = "RINGSEAL_TEST_HANDOVER_PAUSE";
 

@@ -214,6 +214,7 @@ impl Takeover {
             match recv(&self.conn, "Done").await.map_err(step)? {
                 (Message::Done { moved, stayed }, _) => break (moved, stayed),
                 (Message::Connection { id, meta, state }, fds) => {
+                    super::test_pause("adopt").await;
                     // Ours from the acknowledgement on: acknowledged first, so that an old process
                     // that hears nothing resumes it itself.
                     send(&self.conn, "Adopted", &Message::Adopted { id }, &[])

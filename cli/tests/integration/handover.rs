@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ringseal_testkit::process::{Lines, Proc, address_after, ringseal_binary, ringseal_run};
 use ringseal_testkit::*;
+use tokio::io::AsyncWriteExt;
 
 const HANDOVER: &str = "[handover]\nsocket = \"handover.sock\"\n";
 
@@ -482,9 +483,7 @@ fn listening_sockets(port: u16) -> usize {
 /// the first process, which exits once it ends. The logs and the new process's metrics say so.
 #[test]
 fn spliced_connections_move_and_tls_ones_stay() {
-    use ringseal_testkit::stream::{MIB, Seeded, Sink, expected_hash};
-    use tokio::io::AsyncWriteExt;
-    const LEN: usize = 4 * MIB;
+    use ringseal_testkit::stream::expected_hash;
     let setup = Setup::new();
     let config = setup.config(
         "ringseal",
@@ -506,37 +505,8 @@ fn spliced_connections_move_and_tls_ones_stay() {
     let (phase, phases) = tokio::sync::watch::channel(0usize);
     let streams: Vec<_> = (0..2u64)
         .map(|seed| {
-            let (progress, watched) = tokio::sync::watch::channel(0usize);
-            let mut phases = phases.clone();
-            let task = setup.rt.spawn(async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-                let (mut r, mut w) = tcp.into_split();
-                let (all, echoed) = tokio::sync::oneshot::channel();
-                let reader = tokio::spawn(async move {
-                    let mut sink = Sink::default();
-                    sink.read(&mut r, Some(LEN), Some(&progress)).await;
-                    let during = sink.end;
-                    let _ = all.send(());
-                    // Both ends close only now: the echo of our FIN.
-                    sink.read(&mut r, None, None).await;
-                    (sink, during)
-                });
-                let mut data = Seeded::new(seed + 1, LEN);
-                let mut written = 0;
-                while let Some(chunk) = data.next_chunk() {
-                    w.write_all(chunk).await.unwrap();
-                    written += chunk.len();
-                    let quarter = written / (LEN / 4);
-                    if quarter < 4 && written % (LEN / 4) == 0 {
-                        phases.wait_for(|p| *p >= quarter).await.unwrap();
-                    }
-                }
-                // Everything echoed before our FIN, so that no end is seen during the hand-overs.
-                let _ = within("the whole echo", echoed).await;
-                w.shutdown().await.unwrap();
-                within("echo to the end", reader).await.unwrap()
-            });
-            (seed, watched, task)
+            let (watched, task) = stream(&setup, addr, seed + 1, phases.clone());
+            (seed + 1, watched, task)
         })
         .collect();
     let wait_progress = |at: usize| {
@@ -598,7 +568,7 @@ fn spliced_connections_move_and_tls_ones_stay() {
         );
         assert_eq!(sink.end, Some(Ok(())));
         assert_eq!(sink.len, LEN);
-        assert_eq!(sink.sha256(), expected_hash(seed + 1, LEN), "stream {seed}");
+        assert_eq!(sink.sha256(), expected_hash(seed, LEN), "stream {seed}");
     }
     assert_eq!(setup.backend.accepted(), 3, "no connection was made again");
     // The TLS connection stayed with the first process, which still relays it, and exits after it.
@@ -608,4 +578,96 @@ fn spliced_connections_move_and_tls_ones_stay() {
     });
     first.wait_for("all connections finished; exiting");
     assert!(first.wait_exit().success());
+}
+
+/// The length of [`stream`]'s streams.
+const LEN: usize = 4 * ringseal_testkit::stream::MIB;
+
+/// How a [`stream`] ended: what came back, and whether it had ended before all of it was echoed.
+type Streamed = (
+    ringseal_testkit::stream::Sink,
+    Option<Result<(), std::io::ErrorKind>>,
+);
+
+/// A plaintext connection to `addr` writing a seeded stream (`seed`, [`LEN`]) in quarters, the next
+/// one once `phases` reaches its number, and reading its echo; `FIN` only once all of it is back.
+/// Returns the echo's progress and the task.
+fn stream(
+    setup: &Setup,
+    addr: SocketAddr,
+    seed: u64,
+    mut phases: tokio::sync::watch::Receiver<usize>,
+) -> (
+    tokio::sync::watch::Receiver<usize>,
+    tokio::task::JoinHandle<Streamed>,
+) {
+    use ringseal_testkit::stream::{Seeded, Sink};
+
+    let (progress, watched) = tokio::sync::watch::channel(0usize);
+    let task = setup.rt.spawn(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut r, mut w) = tcp.into_split();
+        let (all, echoed) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let mut sink = Sink::default();
+            sink.read(&mut r, Some(LEN), Some(&progress)).await;
+            let during = sink.end;
+            let _ = all.send(());
+            // Both ends close only now: the echo of our FIN.
+            sink.read(&mut r, None, None).await;
+            (sink, during)
+        });
+        let mut data = Seeded::new(seed, LEN);
+        let mut written = 0;
+        while let Some(chunk) = data.next_chunk() {
+            w.write_all(chunk).await.unwrap();
+            written += chunk.len();
+            let quarter = written / (LEN / 4);
+            if quarter < 4 && written % (LEN / 4) == 0 {
+                phases.wait_for(|p| *p >= quarter).await.unwrap();
+            }
+        }
+        // Everything echoed before our FIN, so that no end is seen during the hand-overs.
+        let _ = within("the whole echo", echoed).await;
+        w.shutdown().await.unwrap();
+        within("echo to the end", reader).await.unwrap()
+    });
+    (watched, task)
+}
+
+/// The new process SIGKILLed after a connection was sent to it but before it acknowledged it: the
+/// old process resumes the connection itself (byte for byte, no end seen) and keeps serving.
+#[test]
+fn new_killed_before_acknowledging_a_connection_old_resumes_it() {
+    use ringseal_testkit::stream::expected_hash;
+    let setup = Setup::new();
+    let release = setup.dir.path().join("release");
+    let pause = format!("adopt:{}", release.display());
+    let config = setup.config(
+        "ringseal",
+        &format!("mode = \"permissive\"\n{HANDOVER}"),
+        &[("internode", "127.0.0.1:0")],
+    );
+    let (mut old, addr) = start(&setup, &config, &[]);
+    let (phase, phases) = tokio::sync::watch::channel(0usize);
+    let (watched, task) = stream(&setup, addr, 7, phases);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while *watched.borrow() < LEN / 4 {
+        assert!(Instant::now() < deadline, "no echo progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut new = setup.spawn(&config, &[("RINGSEAL_TEST_HANDOVER_PAUSE", &pause)]);
+    new.wait_for("paused at adopt");
+    new.signal("KILL");
+    new.wait_exit();
+    let line = old.wait_for("accepting again on every listener");
+    assert!(line.contains("failed at Adopted"), "{line}");
+    phase.send_replace(3);
+    let (sink, during) = setup.rt.block_on(within("stream", task)).unwrap();
+    assert_eq!(during, None, "the stream saw its end");
+    assert_eq!(sink.end, Some(Ok(())));
+    assert_eq!((sink.len, sink.sha256()), (LEN, expected_hash(7, LEN)));
+    assert_eq!(setup.backend.accepted(), 1, "no connection was made again");
+    assert!(setup.roundtrip(addr).is_ok());
+    old.check_alive().unwrap();
 }
