@@ -572,7 +572,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_ktls_relay_is_released_only_with_nothing_half_done() {
-        let half_done: [(&str, fn(&mut KtlsRelay)); 9] = [
+        type HalfDone = (&'static str, fn(&mut KtlsRelay));
+        let half_done: [HalfDone; 9] = [
             ("aborting", |r| r.close = Some(Close::PeerReset)),
             ("close_notify received", |r| r.rx_done = true),
             ("up finished", |r| r.up = Phase::Done),
