@@ -22,14 +22,14 @@ use super::handover::Engaged;
 use super::record_limit::TxLimit;
 use super::support::cipher_name;
 use crate::metrics::ByteCounters;
-use crate::relay::poll_loop::{Deadlines, Directions, Phase, Release, Side, drive_releasable};
+use crate::relay::poll_loop::{Deadlines, Directions, Phase, Releasable, Release, Side};
 use crate::relay::release::{KtlsState, Parts, RelayState, StateCipher};
 use crate::relay::splice::{CHUNK, Pump, poll_io};
 use crate::relay::{Close, Finish, Outcome, Path, RelayLimits};
 use crate::sys::{self, KtlsCipher};
 
 /// One connection on the kTLS path: the kernel encrypts and decrypts, bytes move through a pipe
-/// each way, both directions polled in turn by [`drive_releasable`].
+/// each way, both directions polled in turn by [`Releasable`].
 pub(super) struct KtlsRelay {
     tls: TcpStream,
     plain: TcpStream,
@@ -92,7 +92,7 @@ impl Engaged {
             counters,
             deadlines: Deadlines::new(limits),
         };
-        drive_releasable(relay, release)
+        Releasable::new(relay, release)
     }
 }
 
@@ -151,7 +151,7 @@ pub(in crate::relay) fn resume(
         counters,
         deadlines: Deadlines::new(limits),
     };
-    drive_releasable(relay, release)
+    Releasable::new(relay, release)
 }
 
 fn to_state(cipher: KtlsCipher) -> StateCipher {
