@@ -1,5 +1,7 @@
 //! The poll loop every relay path shares ([`drive`]): rounds of both directions until nothing moves,
-//! the idle and linger deadlines, and an abort's drain-then-reset (the close semantics of [`super`]).
+//! the idle and linger deadlines, and an abort's drain-then-reset (the close semantics of [`super`]);
+//! and for the kTLS and plaintext relays, [`Releasable`]: the same loop, released at a quiescent
+//! point once asked to (see [`super::release`]).
 
 use std::future::Future;
 use std::os::fd::AsFd;
