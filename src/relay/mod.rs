@@ -371,14 +371,14 @@ pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 /// of stream; `peer` is the side whose bytes count as `from_peer`. Same close policy (FIN in order,
 /// resets on an abort) and deadlines as the TLS paths. Once `release` is cancelled, the relay is
 /// released at its next quiescent point ([`Finish::Released`]).
-pub async fn plain(
+pub fn plain(
     peer: TcpStream,
     backend: TcpStream,
     limits: RelayLimits,
     counters: ByteCounters,
     release: CancellationToken,
-) -> Finish {
+) -> impl Future<Output = Finish> + Send + use<> {
     arm_reset(&peer);
     arm_reset(&backend);
-    splice::plain(peer, backend, limits, counters, release).await
+    splice::plain(peer, backend, limits, counters, release)
 }

@@ -1,5 +1,7 @@
 //! The poll loop every relay path shares ([`drive`]): rounds of both directions until nothing moves,
-//! the idle and linger deadlines, and an abort's drain-then-reset (the close semantics of [`super`]).
+//! the idle and linger deadlines, and an abort's drain-then-reset (the close semantics of [`super`]);
+//! and for the kTLS and plaintext relays, [`Releasable`]: the same loop, released at a quiescent
+//! point once asked to (see [`super::release`]).
 
 use std::future::Future;
 use std::os::fd::AsFd;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{Close, Finish, Outcome, RelayLimits};
 
@@ -209,31 +211,55 @@ pub(super) fn drive_until<D: Directions>(
     }
 }
 
-/// [`drive`] for a relay that can be released: until `release` is cancelled it is driven as any
-/// other, and while it is parked and releasable it also waits for the token (polled only then, so
-/// a relay that moves bytes pays nothing for it, and a half-closed or aborting one never again).
-/// Once cancelled, the relay is released at its next round that moves nothing, or finishes here if
-/// it stops being releasable first.
-pub(super) async fn drive_releasable<D: Release>(
-    mut relay: D,
-    release: CancellationToken,
-) -> Finish {
-    let early = {
-        let mut cancelled = std::pin::pin!(release.cancelled());
-        std::future::poll_fn(|cx| match drive_until(&mut relay, cx, false) {
-            Poll::Ready(driven) => Poll::Ready(Some(driven)),
-            Poll::Pending if relay.releasable() => cancelled.as_mut().poll(cx).map(|()| None),
-            Poll::Pending => Poll::Pending,
+pin_project_lite::pin_project! {
+    /// [`drive`] for a relay that can be released: until `release` is cancelled it is driven as
+    /// any other, and while it is parked and releasable it also waits for the token (polled only
+    /// then, so a relay that moves bytes pays nothing for it, and a half-closed or aborting one never
+    /// again). Once cancelled, the relay is released at its next round that moves nothing, or
+    /// finishes here if it stops being releasable first. A struct rather than an `async fn`, so that
+    /// the relay is held once: it is part of every connection's task.
+    pub(super) struct Releasable<D> {
+        // `None` once finished.
+        relay: Option<D>,
+        requested: bool,
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+    }
+}
+
+impl<D: Release + Unpin> Releasable<D> {
+    pub(super) fn new(relay: D, release: CancellationToken) -> Self {
+        Self {
+            relay: Some(relay),
+            requested: false,
+            cancelled: release.cancelled_owned(),
+        }
+    }
+}
+
+impl<D: Release + Unpin> Future for Releasable<D> {
+    type Output = Finish;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finish> {
+        let this = self.project();
+        let relay = this.relay.as_mut().expect("polled after completion");
+        let mut driven = drive_until(relay, cx, *this.requested);
+        if driven.is_pending()
+            && !*this.requested
+            && relay.releasable()
+            && this.cancelled.poll(cx).is_ready()
+        {
+            *this.requested = true;
+            driven = drive_until(relay, cx, true);
+        }
+        let Poll::Ready(driven) = driven else {
+            return Poll::Pending;
+        };
+        let relay = this.relay.take().expect("polled after completion");
+        Poll::Ready(match driven {
+            Driven::Done(outcome) => Finish::Done(outcome),
+            Driven::Release => relay.release(),
         })
-        .await
-    };
-    let driven = match early {
-        Some(driven) => driven,
-        None => std::future::poll_fn(|cx| drive_until(&mut relay, cx, true)).await,
-    };
-    match driven {
-        Driven::Done(outcome) => Finish::Done(outcome),
-        Driven::Release => relay.release(),
     }
 }
 

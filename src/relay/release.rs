@@ -205,7 +205,7 @@ impl Parts {
         check_peer: impl FnOnce(&OwnedFd, &RelayState) -> Result<T, String>,
     ) -> io::Result<(Self, RelayState, T)> {
         let Released { state, fds } = released;
-        let path = state.path;
+        let (path, count) = (state.path, fds.len());
         match (path, &state.ktls) {
             (Path::Userspace, _) => {
                 return Err(refused(path, "the user-space path is never released"));
@@ -221,7 +221,7 @@ impl Parts {
         else {
             return Err(refused(
                 path,
-                format!("expected 6 descriptors ({})", FD_ROLES.join(", ")),
+                format!("{count} descriptors, expected 6 ({})", FD_ROLES.join(", ")),
             ));
         };
         let what = |i: usize, why: String| {
@@ -821,7 +821,11 @@ mod tests {
         // Five descriptors, a state that does not fit its path.
         let (mut fds, _far) = parts().await;
         fds.pop();
-        assert!(refusal(splice.clone(), fds).contains("expected 6 descriptors"));
+        let e = refusal(splice.clone(), fds);
+        assert!(
+            e.contains("5 descriptors, expected 6 (peer socket, "),
+            "{e}"
+        );
         let (fds, _far) = parts().await;
         let e = refusal(
             RelayState {

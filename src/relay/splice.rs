@@ -4,7 +4,7 @@
 //!
 //! On [`plain`]'s legs FIN is the orderly end and passes through as FIN; a reset, a deadline or an
 //! abort of the other direction stops both directions' reads, delivers what the pipes hold, and
-//! [`drive_releasable`] then resets both legs (the close semantics of [`super`]).
+//! [`Releasable`] then resets both legs (the close semantics of [`super`]).
 //!
 //! A pump is filled only when it is empty, so `EAGAIN` from filling always means "the source has
 //! nothing", never "the pipe is full", and is drained completely before the next fill. A pipe holds
@@ -15,7 +15,7 @@
 //! with the size). Each direction of a connection has its own pipe: two descriptors per direction,
 //! six per connection with the two sockets.
 
-use std::future::Future;
+use std::future::{Future, Ready};
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,9 +25,10 @@ use rustix::fs::{FileType, OFlags};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use super::poll_loop::{Deadlines, Directions, Release, Side, drive_releasable};
+use super::poll_loop::{Deadlines, Directions, Releasable, Release, Side};
 use super::release::{Parts, PipeState, RelayState};
 use super::{Close, Finish, Outcome, Path, RelayLimits};
 use crate::metrics::ByteCounters;
@@ -240,7 +241,7 @@ impl Flow {
 }
 
 /// Permissive mode's plaintext legs, spliced both ways.
-struct PlainRelay {
+pub(super) struct PlainRelay {
     peer: TcpStream,
     backend: TcpStream,
     /// peer -> backend
@@ -411,26 +412,28 @@ pub(super) fn resume(
         counters,
         deadlines: Deadlines::new(limits),
     };
-    drive_releasable(relay, release)
+    Releasable::new(relay, release)
 }
 
-pub(super) async fn plain(
+/// A plaintext relay's future (not an `async fn`: the relay is held once, it is part of the
+/// connection's task).
+pub(super) fn plain(
     peer: TcpStream,
     backend: TcpStream,
     limits: RelayLimits,
     counters: ByteCounters,
     release: CancellationToken,
-) -> Finish {
+) -> Either<Ready<Finish>, Releasable<PlainRelay>> {
     let flows = Flow::new().and_then(|up| Ok((up, Flow::new()?)));
     let (up, down) = match flows {
         Ok(f) => f,
         // Out of descriptors or pipe memory: nothing was read, so nothing is lost.
         Err(e) => {
-            return Finish::Done(Outcome {
+            return Either::Left(std::future::ready(Finish::Done(Outcome {
                 from_peer: 0,
                 to_peer: 0,
                 close: Close::Io(format!("cannot create a pipe: {e}")),
-            });
+            })));
         }
     };
     let relay = PlainRelay {
@@ -442,7 +445,7 @@ pub(super) async fn plain(
         counters,
         deadlines: Deadlines::new(limits),
     };
-    drive_releasable(relay, release).await
+    Either::Right(Releasable::new(relay, release))
 }
 
 #[cfg(test)]

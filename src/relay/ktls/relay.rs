@@ -22,14 +22,14 @@ use super::handover::Engaged;
 use super::record_limit::TxLimit;
 use super::support::cipher_name;
 use crate::metrics::ByteCounters;
-use crate::relay::poll_loop::{Deadlines, Directions, Phase, Release, Side, drive_releasable};
+use crate::relay::poll_loop::{Deadlines, Directions, Phase, Releasable, Release, Side};
 use crate::relay::release::{KtlsState, Parts, RelayState, StateCipher};
 use crate::relay::splice::{CHUNK, Pump, poll_io};
 use crate::relay::{Close, Finish, Outcome, Path, RelayLimits};
 use crate::sys::{self, KtlsCipher};
 
 /// One connection on the kTLS path: the kernel encrypts and decrypts, bytes move through a pipe
-/// each way, both directions polled in turn by [`drive_releasable`].
+/// each way, both directions polled in turn by [`Releasable`].
 pub(super) struct KtlsRelay {
     tls: TcpStream,
     plain: TcpStream,
@@ -92,7 +92,7 @@ impl Engaged {
             counters,
             deadlines: Deadlines::new(limits),
         };
-        drive_releasable(relay, release)
+        Releasable::new(relay, release)
     }
 }
 
@@ -151,7 +151,7 @@ pub(in crate::relay) fn resume(
         counters,
         deadlines: Deadlines::new(limits),
     };
-    drive_releasable(relay, release)
+    Releasable::new(relay, release)
 }
 
 fn to_state(cipher: KtlsCipher) -> StateCipher {
@@ -522,5 +522,107 @@ impl Release for KtlsRelay {
             down: self.down_pump,
         };
         parts.release(Path::Ktls, self.from_peer, self.to_peer, Some(ktls))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::release::PipeState;
+
+    /// A kTLS relay over plain loopback sockets (no key in the kernel: only its release is tried).
+    async fn relay() -> (KtlsRelay, [TcpStream; 2]) {
+        let pair = || async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            (a, l.accept().await.unwrap().0)
+        };
+        let ((tls, far_peer), (plain, far_backend)) = (pair().await, pair().await);
+        let relay = KtlsRelay {
+            tls,
+            plain,
+            up_pump: Pump::new().unwrap(),
+            down_pump: Pump::new().unwrap(),
+            pending: b"abcdef".to_vec(),
+            pending_pos: 2,
+            control: Vec::new(),
+            handshake: HandshakeReader::default(),
+            client: true,
+            tx: Some(TxLimit::new(KtlsCipher::Aes256Gcm, 7, 1 << 23)),
+            rx_done: false,
+            tls_wr_dead: false,
+            tls_app_dead: false,
+            plain_wr_dead: false,
+            up: Phase::Open,
+            down: Phase::Open,
+            close: None,
+            from_peer: 100,
+            to_peer: 200,
+            counters: ByteCounters {
+                from_peer: metrics::Counter::noop(),
+                to_peer: metrics::Counter::noop(),
+            },
+            deadlines: Deadlines::new(RelayLimits {
+                idle: None,
+                linger: std::time::Duration::from_secs(1),
+            }),
+        };
+        (relay, [far_peer, far_backend])
+    }
+
+    #[tokio::test]
+    async fn a_ktls_relay_is_released_only_with_nothing_half_done() {
+        type HalfDone = (&'static str, fn(&mut KtlsRelay));
+        let half_done: [HalfDone; 9] = [
+            ("aborting", |r| r.close = Some(Close::PeerReset)),
+            ("close_notify received", |r| r.rx_done = true),
+            ("up finished", |r| r.up = Phase::Done),
+            ("down closing", |r| r.down = Phase::Closing),
+            ("peer not writable", |r| r.tls_wr_dead = true),
+            ("no more data to the peer", |r| r.tls_app_dead = true),
+            ("backend not writable", |r| r.plain_wr_dead = true),
+            ("no TX key", |r| r.tx = None),
+            ("a handshake message half read", |r| {
+                assert_eq!(r.handshake.next_message(&mut &[4u8, 0][..]), None);
+            }),
+        ];
+        for (what, make) in half_done {
+            let (mut r, _far) = relay().await;
+            assert!(r.releasable());
+            make(&mut r);
+            assert!(!r.releasable(), "released while {what}");
+        }
+
+        let (r, _far) = relay().await;
+        let released = match r.release() {
+            Finish::Released(released) => released,
+            Finish::Done(o) => panic!("not released: {o:?}"),
+        };
+        assert_eq!(released.fds.len(), 6);
+        let state = released.state;
+        assert_eq!(state.path, Path::Ktls);
+        assert_eq!((state.from_peer, state.to_peer), (100, 200));
+        let empty = PipeState {
+            held: 0,
+            grow: true,
+        };
+        assert_eq!((state.up, state.down), (empty, empty));
+        assert_eq!(
+            state.ktls,
+            Some(KtlsState {
+                // Only what was not yet delivered.
+                pending: b"cdef".to_vec(),
+                client: true,
+                cipher: StateCipher::Aes256Gcm,
+                confidentiality_limit: 1 << 23,
+            })
+        );
+        for c in [
+            KtlsCipher::Aes128Gcm,
+            KtlsCipher::Aes256Gcm,
+            KtlsCipher::Chacha20Poly1305,
+        ] {
+            assert_eq!(from_state(to_state(c)), c);
+        }
     }
 }
