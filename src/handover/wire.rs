@@ -61,7 +61,10 @@ impl Seq {
             SocketFlags::CLOEXEC,
             None,
         )?;
-        // Blocking: a Unix connect completes at once or fails (a full backlog waits briefly).
+        // Blocking: a Unix connect completes at once or fails; only a full backlog makes it wait, and
+        // SO_SNDTIMEO bounds that wait.
+        let limit = Some(super::STEP_TIMEOUT);
+        rustix::net::sockopt::set_socket_timeout(&fd, rustix::net::sockopt::Timeout::Send, limit)?;
         rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
         Self::new(fd)
     }
