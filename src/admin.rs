@@ -166,12 +166,19 @@ pub struct AdminEndpoint {
 }
 
 impl AdminEndpoint {
-    /// Binds `addr`; the error names `metrics.listen`.
-    pub async fn bind(addr: SocketAddr) -> Result<Self, BindError> {
+    /// Binds `addr`, or uses `inherited`: its listening socket handed over by the old process. The
+    /// error names `metrics.listen`.
+    pub async fn bind_inherited(
+        addr: SocketAddr,
+        inherited: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Self, BindError> {
         // The system's largest backlog, like the listeners: a burst of connections waits for the accept
         // loop (which never stops draining it) instead of being dropped.
         let bind = || {
-            let listener = crate::listener::bind(addr, crate::config::system_backlog())?;
+            let listener = match inherited {
+                Some(fd) => crate::listener::adopt(fd, addr)?,
+                None => crate::listener::bind(addr, crate::config::system_backlog())?,
+            };
             let local = listener.local_addr()?;
             Ok::<_, std::io::Error>((listener, local))
         };
@@ -183,6 +190,12 @@ impl AdminEndpoint {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A duplicate of the listening socket's descriptor, to hand over.
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd().try_clone_to_owned()
     }
 
     /// Serves `prometheus`'s exposition and `health` until `shutdown`.

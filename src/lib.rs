@@ -20,6 +20,8 @@
 //! * [`metrics`]: every metric name and label value; `admin` serves them (`/metrics`, `/healthz`,
 //!   `/readyz`) and the sidecar's state (`/status`) when `[metrics]` is configured.
 //! * [`events`]: what a service manager hears (ready, reloading, reloaded, stopping, a status line).
+//! * [`handover`]: a new `ringseal run` takes the listening sockets over from the running one without
+//!   refusing a connection; the old one drains.
 //! * [`pki`]: certificates for `ringseal certs` (cluster CA, node certificates, CSR signing), the demo
 //!   and the tests.
 //!
@@ -35,6 +37,7 @@ pub(crate) mod files;
 /// For the fuzz targets in `fuzz/` only.
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handover;
 pub(crate) mod listener;
 pub mod metrics;
 pub mod pki;
@@ -81,6 +84,39 @@ pub struct Server {
     events: Arc<dyn events::Events>,
     /// `[tcp] loopback_congestion_control`, decided against the kernel with the listeners.
     loopback: Arc<tcp::Loopback>,
+    /// Taking over from an old process: finished once this one accepts.
+    takeover: Option<handover::Takeover>,
+    /// The connections that can move to a new process.
+    moves: Arc<listener::moves::Moves>,
+}
+
+/// A bound listener, between runs of its accept loop (a hand-over stops and may resume them).
+enum Bound {
+    Inbound(InboundListener),
+    Outbound(OutboundListener),
+}
+
+impl Bound {
+    fn kind(&self) -> handover::protocol::Kind {
+        match self {
+            Self::Inbound(_) => handover::protocol::Kind::Inbound,
+            Self::Outbound(_) => handover::protocol::Kind::Outbound,
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Inbound(l) => l.local_addr(),
+            Self::Outbound(l) => l.local_addr(),
+        }
+    }
+
+    fn spawn(self, life: listener::Lifecycle) -> tokio::task::JoinHandle<Self> {
+        match self {
+            Self::Inbound(l) => tokio::spawn(async move { Self::Inbound(l.serve(life).await) }),
+            Self::Outbound(l) => tokio::spawn(async move { Self::Outbound(l.serve(life).await) }),
+        }
+    }
 }
 
 /// What shutdown did.
@@ -93,6 +129,19 @@ pub struct Drained {
 impl Server {
     /// Binds every listener (nothing is accepted until [`Server::serve`]).
     pub async fn bind(config: Config<LoadedTls>) -> Result<Self, BindError> {
+        Self::bind_taking_over(config, None).await
+    }
+
+    /// Binds every listener, using the listening sockets `takeover` received from the old process
+    /// where it has one for the address (each checked: TCP, listening, that address) and binding the
+    /// others. [`Server::serve`] then finishes the hand-over once it accepts.
+    pub async fn bind_taking_over(
+        config: Config<LoadedTls>,
+        mut takeover: Option<handover::Takeover>,
+    ) -> Result<Self, BindError> {
+        use handover::protocol::Kind;
+        let mut inherit =
+            |kind: Kind, listen: SocketAddr| takeover.as_mut().and_then(|t| t.take(kind, listen));
         // `load_tls` refused a name this process cannot set; should the kernel's settings change in
         // between, the legs keep the host's default rather than the sidecar failing.
         let loopback = Arc::new(
@@ -101,11 +150,14 @@ impl Server {
                 tcp::Loopback::host()
             }),
         );
+        let moves = Arc::new(listener::moves::Moves::default());
         let mut inbound = Vec::with_capacity(config.inbound.len());
         for (i, l) in config.inbound.iter().enumerate() {
             let log = config.logging.connections;
+            let fd = inherit(Kind::Inbound, l.listen);
+            let (limits, moves) = (&config.limits, moves.clone());
             let bound =
-                InboundListener::bind(l, &config.limits, config.offload, log, loopback.clone())
+                InboundListener::bind(l, limits, config.offload, log, loopback.clone(), fd, moves)
                     .await;
             inbound.push(bound.map_err(|e| BindError::new(format!("inbound[{i}]"), l.listen, e))?);
         }
@@ -120,14 +172,26 @@ impl Server {
                 })
                 .clone();
             let (limits, log) = (&config.limits, config.logging.connections);
-            let bound =
-                OutboundListener::bind(l, limits, config.offload, peers, log, loopback.clone())
-                    .await;
+            let fd = inherit(Kind::Outbound, l.listen);
+            let bound = OutboundListener::bind(
+                l,
+                limits,
+                config.offload,
+                peers,
+                log,
+                loopback.clone(),
+                fd,
+                moves.clone(),
+            )
+            .await;
             outbound
                 .push(bound.map_err(|e| BindError::new(format!("outbound[{i}]"), l.listen, e))?);
         }
         let admin = match &config.metrics {
-            Some(m) => Some(admin::AdminEndpoint::bind(m.listen).await?),
+            Some(m) => {
+                let fd = inherit(Kind::Metrics, m.listen);
+                Some(admin::AdminEndpoint::bind_inherited(m.listen, fd).await?)
+            }
             None => None,
         };
         Ok(Self {
@@ -138,6 +202,8 @@ impl Server {
             reload: Arc::new(tokio::sync::Notify::new()),
             events: Arc::new(events::NoEvents),
             loopback,
+            takeover,
+            moves,
         })
     }
 
@@ -169,9 +235,9 @@ impl Server {
             .collect()
     }
 
-    /// Serves until `shutdown` fires, then stops accepting, lets open connections finish for
-    /// `limits.shutdown_grace`, and cuts the rest.
-    pub async fn serve(self, shutdown: CancellationToken) -> Drained {
+    /// Serves until `shutdown` fires (or a new process has taken over: `[handover]`), then stops
+    /// accepting, lets open connections finish for `limits.shutdown_grace`, and cuts the rest.
+    pub async fn serve(mut self, shutdown: CancellationToken) -> Drained {
         let status = events::Status {
             inbound: self.inbound_addrs(),
             outbound: self.outbound_addrs(),
@@ -179,12 +245,20 @@ impl Server {
             identity_not_after: self.config.tls.material.identity.not_after,
             last_reload: None,
         };
+        // Everything below stops with `stop`: the caller's shutdown, or the end of a hand-over.
+        let stop = shutdown.child_token();
+        let offers = self.handover_offers();
         // The admin endpoint first: it installs the recorder that everything below records into.
         let earliest = reload::earliest_identity(&self.config);
         let health = Arc::new(admin::Health::new(
             earliest.unwrap_or(&self.config.tls.material.identity),
         ));
-        admin::start(self.admin, &self.config, health.clone(), shutdown.clone());
+        admin::start(
+            self.admin.take(),
+            &self.config,
+            health.clone(),
+            stop.clone(),
+        );
         metrics::describe();
         relay::log_offload(self.config.offload);
         tracing::info!(
@@ -193,12 +267,6 @@ impl Server {
         );
         let cut = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let life = listener::Lifecycle {
-            shutdown: shutdown.clone(),
-            cut: cut.clone(),
-            tracker: tracker.clone(),
-        };
-        let mut accept_loops = Vec::new();
         let inbound_handles: Vec<_> = self.inbound.iter().map(InboundListener::handle).collect();
         let outbound_handles: Vec<_> = self.outbound.iter().map(OutboundListener::handle).collect();
         health.status.start(
@@ -206,33 +274,131 @@ impl Server {
             inbound_handles.clone(),
             outbound_handles.clone(),
         );
-        for (l, cfg) in self.inbound.into_iter().zip(&self.config.inbound) {
+        let mut bound = Vec::new();
+        for (l, cfg) in std::mem::take(&mut self.inbound)
+            .into_iter()
+            .zip(&self.config.inbound)
+        {
             l.log_start(cfg);
-            accept_loops.push(tokio::spawn(l.serve(life.clone())));
+            bound.push(Bound::Inbound(l));
         }
-        for (l, cfg) in self.outbound.into_iter().zip(&self.config.outbound) {
+        for (l, cfg) in std::mem::take(&mut self.outbound)
+            .into_iter()
+            .zip(&self.config.outbound)
+        {
             l.log_start(cfg);
-            accept_loops.push(tokio::spawn(l.serve(life.clone())));
+            bound.push(Bound::Outbound(l));
         }
+        // The accept loops run until `accepting` fires: `stop`, or a hand-over's request to stop
+        // (then they hand their listeners back, in case the hand-over fails and they resume).
+        let mut accepting = stop.child_token();
+        let start = |bound: Vec<Bound>, accepting: &CancellationToken| -> Vec<_> {
+            let life = listener::Lifecycle {
+                shutdown: accepting.clone(),
+                cut: cut.clone(),
+                tracker: tracker.clone(),
+            };
+            bound.into_iter().map(|b| b.spawn(life.clone())).collect()
+        };
+        let mut loops = start(bound, &accepting);
         if let Some(sources) = self.config.sources.clone() {
             let reloader = reload::Reloader::new(
                 sources,
                 self.config.clone(),
-                inbound_handles,
-                outbound_handles,
+                inbound_handles.clone(),
+                outbound_handles.clone(),
                 health.clone(),
                 self.events.clone(),
                 status.clone(),
             );
-            tokio::spawn(reload::run(reloader, self.reload.clone(), shutdown.clone()));
+            tokio::spawn(reload::run(reloader, self.reload.clone(), stop.clone()));
         }
         health.set_listeners_bound(true);
         // Bound since `bind`, accepting now: peers may be sent here.
         self.events.ready(&status);
-        for l in accept_loops {
-            let _ = l.await;
+        let adopter = listener::moves::Adopter {
+            listeners: inbound_handles
+                .iter()
+                .map(|h| h.joinable())
+                .chain(outbound_handles.iter().map(|h| h.joinable()))
+                .collect(),
+            moves: self.moves.clone(),
+            life: listener::Lifecycle {
+                shutdown: stop.clone(),
+                cut: cut.clone(),
+                tracker: tracker.clone(),
+            },
+            limits: listener::relay_limits(&self.config.limits),
+            log_connections: self.config.logging.connections,
+        };
+        let (control, mut requests) = tokio::sync::mpsc::channel(4);
+        let live: handover::old::Live = Arc::new(move || {
+            inbound_handles
+                .iter()
+                .map(|h| h.established())
+                .chain(outbound_handles.iter().map(|h| h.established()))
+                .collect()
+        });
+        tokio::spawn(handover_task(
+            self.config.handover.socket.clone(),
+            self.takeover.take(),
+            offers,
+            (control, live, adopter),
+            stop.clone(),
+        ));
+        let mut finished = None;
+        let mut stopped: Vec<Bound> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(request) = requests.recv() => match request {
+                    handover::old::Request::Stop(ack) => {
+                        accepting.cancel();
+                        for l in loops.drain(..) {
+                            stopped.extend(l.await.ok());
+                        }
+                        let _ = ack.send(());
+                    }
+                    handover::old::Request::Resume => {
+                        accepting = stop.child_token();
+                        loops = start(std::mem::take(&mut stopped), &accepting);
+                    }
+                    handover::old::Request::Finish(f) => {
+                        finished = Some(f);
+                        stop.cancel();
+                        break;
+                    }
+                },
+            }
         }
-        // The accept loops end when `shutdown` fires: the drain starts now.
+        for l in loops {
+            stopped.extend(l.await.ok());
+        }
+        if let Some(f) = &finished {
+            for l in &stopped {
+                if !f.handed.contains(&(l.kind(), l.local_addr())) {
+                    tracing::info!(
+                        "closing the {} listener on {}: pid {} does not listen there",
+                        l.kind().as_str(),
+                        l.local_addr(),
+                        f.pid
+                    );
+                }
+            }
+            tracing::info!(
+                "handed over to pid {}: {} listeners, {} connections moved, {} stay (user-space TLS, \
+                 or half-closed) until they end or limits.shutdown_grace ({})",
+                f.pid,
+                f.handed.len(),
+                f.moved,
+                f.stayed,
+                humantime::format_duration(self.config.limits.shutdown_grace)
+            );
+        }
+        // Our descriptors of the listening sockets close here; those handed over stay open in the
+        // new process.
+        drop(stopped);
+        // The accept loops have ended: the drain starts now.
         self.events.stopping();
         health.set_listeners_bound(false);
         // The listening sockets are closed now: new peers get a refusal and reconnect elsewhere later.
@@ -260,6 +426,122 @@ impl Server {
         }
         drained
     }
+
+    /// What this process may hand over: a duplicate of every listening socket's descriptor, with the
+    /// address its config names and the one it is bound to.
+    fn handover_offers(&self) -> Vec<handover::old::Offer> {
+        use handover::protocol::{Kind, ListenerId};
+        let mut offers = Vec::new();
+        let mut offer = |kind: Kind, name: &str, listen, bound, fd: std::io::Result<_>| match fd {
+            Ok(fd) => offers.push(handover::old::Offer {
+                id: ListenerId {
+                    kind,
+                    name: name.to_owned(),
+                    listen,
+                },
+                bound,
+                fd,
+            }),
+            Err(e) => tracing::warn!(
+                "the {} listener on {bound} cannot be handed over: {e}",
+                kind.as_str()
+            ),
+        };
+        for (l, cfg) in self.inbound.iter().zip(&self.config.inbound) {
+            offer(
+                Kind::Inbound,
+                cfg.name.as_str(),
+                cfg.listen,
+                l.local_addr(),
+                l.dup_fd(),
+            );
+        }
+        for (l, cfg) in self.outbound.iter().zip(&self.config.outbound) {
+            offer(
+                Kind::Outbound,
+                cfg.name.as_str(),
+                cfg.listen,
+                l.local_addr(),
+                l.dup_fd(),
+            );
+        }
+        if let (Some(a), Some(m)) = (&self.admin, &self.config.metrics) {
+            offer(
+                Kind::Metrics,
+                "metrics",
+                m.listen,
+                a.local_addr(),
+                a.dup_fd(),
+            );
+        }
+        offers
+    }
+}
+
+/// The hand-over's part of serving: first finish taking over from the old process (if this one does),
+/// then serve hand-overs to the next one on `socket`.
+async fn handover_task(
+    socket: Option<std::path::PathBuf>,
+    takeover: Option<handover::Takeover>,
+    offers: Vec<handover::old::Offer>,
+    (control, live, adopter): (
+        tokio::sync::mpsc::Sender<handover::old::Request>,
+        handover::old::Live,
+        listener::moves::Adopter,
+    ),
+    stop: CancellationToken,
+) {
+    if let Some(t) = takeover {
+        let (pid, received) = (t.pid, t.received());
+        match t.finish(&adopter).await {
+            Ok(done) => {
+                metrics::handover("new", "ok");
+                let policy = if done.moved > 0 {
+                    "; the moved connections keep the policy they were verified under, this \
+                     config's applies to new ones"
+                } else {
+                    ""
+                };
+                tracing::info!(
+                    "took over from pid {pid}: {received} listeners, {} connections moved here, {} \
+                     stay with it until they end{policy}",
+                    done.moved,
+                    done.stayed
+                );
+            }
+            Err(e) => {
+                metrics::handover("new", "failed");
+                tracing::warn!(
+                    "hand-over from pid {pid} did not finish: {e}; serving the {received} listeners it \
+                     handed over and those bound here"
+                );
+            }
+        }
+    }
+    let Some(path) = socket else {
+        tracing::info!(
+            "hand-over off: no [handover] socket and no $RUNTIME_DIRECTORY; a restart refuses \
+             connections while no process listens"
+        );
+        return;
+    };
+    let listener = match handover::wire::SeqListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(
+                "hand-over socket {}: cannot listen: {e}; a restart will refuse connections while no \
+                 process listens (fix [handover] socket or its directory)",
+                path.display()
+            );
+            return;
+        }
+    };
+    tracing::info!(
+        "hand-over socket {}: a new ringseal run takes over here",
+        path.display()
+    );
+    let moves = adopter.moves.clone();
+    handover::old::serve(listener, offers, control, live, moves, stop).await;
 }
 
 /// Binds and serves `config` until `shutdown`.

@@ -24,6 +24,8 @@ pub const PLAINTEXT_FALLBACKS: &str = "ringseal_plaintext_fallbacks_total";
 pub const TURNED_AWAY: &str = "ringseal_connections_turned_away_total";
 pub const HANDSHAKES_IN_PROGRESS: &str = "ringseal_handshakes_in_progress";
 pub const ADMIN_EVICTIONS: &str = "ringseal_admin_connections_evicted_total";
+pub const HANDOVERS: &str = "ringseal_handovers_total";
+pub const HANDOVER_CONNECTIONS: &str = "ringseal_handover_connections_total";
 
 /// Every metric name above: what `/metrics` may contain, and what dashboards and alerts may reference.
 pub const ALL: &[&str] = &[
@@ -43,6 +45,8 @@ pub const ALL: &[&str] = &[
     TURNED_AWAY,
     HANDSHAKES_IN_PROGRESS,
     ADMIN_EVICTIONS,
+    HANDOVERS,
+    HANDOVER_CONNECTIONS,
 ];
 
 /// Why a handshake was refused: the `reason` label, a small fixed set.
@@ -265,6 +269,18 @@ pub fn describe() {
         "Connections to this endpoint closed to make room for a new one (the least recently active, \
          when all slots were taken)"
     );
+    describe_counter!(
+        HANDOVERS,
+        "Process hand-overs (a new `ringseal run` taking over the listeners) by role (old: this \
+         process handed over; new: it took over) and result (ok; refused: another uid, busy or another \
+         protocol version; failed: the other process went away or timed out, and the old one kept \
+         serving)"
+    );
+    describe_counter!(
+        HANDOVER_CONNECTIONS,
+        "Connections open when this process handed over, by listener, direction and result (moved: \
+         continued by the new process; stayed: drained here until they end or limits.shutdown_grace)"
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -302,6 +318,9 @@ pub fn register_zeroes(listeners: &[Listener]) {
             .increment(0);
         }
         handshakes_in_progress(who).increment(0.0);
+        for result in ["moved", "stayed"] {
+            handover_connections(who, result, 0);
+        }
         // Only inbound listeners look at a connection before its first byte (outbound ones dial the
         // peer at once): probes counted from 0, so the first one shows in `increase()`.
         if who.dir == Direction::Inbound {
@@ -326,6 +345,23 @@ pub fn register_zeroes(listeners: &[Listener]) {
     }
     counter!(LOG_LINES_DROPPED).increment(0);
     counter!(ADMIN_EVICTIONS).increment(0);
+    for role in ["old", "new"] {
+        for result in ["ok", "refused", "failed"] {
+            counter!(HANDOVERS, "role" => role, "result" => result).increment(0);
+        }
+    }
+}
+
+/// A hand-over ended: `role` old|new, `result` ok|refused|failed.
+pub fn handover(role: &'static str, result: &'static str) {
+    counter!(HANDOVERS, "role" => role, "result" => result).increment(1);
+}
+
+/// `n` connections of `who` were moved to the new process or stayed here (`result`).
+pub fn handover_connections(who: &Listener, result: &'static str, n: u64) {
+    counter!(HANDOVER_CONNECTIONS, "direction" => who.d(), "listener" => who.l(),
+        "result" => result)
+    .increment(n);
 }
 
 /// A connection closed by admission control.
@@ -432,6 +468,32 @@ impl ActiveConnection {
             },
             counted: false,
         }
+    }
+
+    /// A connection adopted from the old process in a hand-over: active here, but not counted again
+    /// in `ringseal_connections_total` (the old process counted it when it was accepted).
+    pub fn adopted(who: &Listener, tls: bool) -> Self {
+        let tls = if tls { "true" } else { "false" };
+        let (d, l) = (who.d(), who.l());
+        let gauge = gauge!(CONNECTIONS_ACTIVE, "direction" => d, "listener" => l.clone(),
+            "tls" => tls);
+        gauge.increment(1.0);
+        Self {
+            who: who.clone(),
+            gauge,
+            bytes: ByteCounters {
+                from_peer: counter!(BYTES, "direction" => d, "listener" => l.clone(),
+                    "flow" => "from_peer"),
+                to_peer: counter!(BYTES, "direction" => d, "listener" => l, "flow" => "to_peer"),
+            },
+            counted: false,
+        }
+    }
+
+    /// The connection moved to the new process: no longer active here, neither closed nor cut
+    /// (`ringseal_handover_connections_total{result="moved"}` counts it).
+    pub fn moved(mut self) {
+        self.counted = true;
     }
 
     pub fn direction(&self) -> Direction {

@@ -230,6 +230,7 @@ impl Reloader {
             permissive: config.permissive,
             logging: config.logging,
             tcp: config.tcp,
+            handover: config.handover,
         };
         let restart_needed = self.layout_changes(&config);
         metrics::reload(failures.is_empty());

@@ -45,6 +45,19 @@ pub fn describe<Tls: Negotiation>(c: &Config<Tls>, ktls: &str) -> String {
     let _ = writeln!(out, "offload    {} ({ktls})", c.offload);
     let _ = writeln!(
         out,
+        "handover   {}",
+        c.handover.socket.as_ref().map_or(
+            "off (no [handover] socket and no $RUNTIME_DIRECTORY): a restart refuses connections while \
+             no process listens"
+                .into(),
+            |s| format!(
+                "a new `ringseal run` takes over listeners and movable connections through {}",
+                s.display()
+            )
+        )
+    );
+    let _ = writeln!(
+        out,
         "logging    {}",
         if c.logging.connections {
             "one info line per relayed connection when it ends"

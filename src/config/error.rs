@@ -212,6 +212,23 @@ pub enum Problem {
     )]
     StateFileIsDirectory(PathBuf),
 
+    // [handover]
+    #[error("is empty; name a socket, e.g. \"/run/ringseal/handover.sock\", or remove the key")]
+    EmptyHandoverSocket,
+    #[error(
+        "{path} is longer than {max} bytes (a Unix socket path holds 107, and a temporary name is bound \
+         first); choose a shorter path, e.g. \"/run/ringseal/handover.sock\"",
+        path = .0.display(),
+        max = crate::config::Handover::MAX_PATH
+    )]
+    HandoverSocketTooLong(PathBuf),
+    #[error(
+        "{dir} is a directory; name a socket in it, e.g. \"{file}\"",
+        dir = .0.display(),
+        file = .0.join("handover.sock").display()
+    )]
+    HandoverSocketIsDirectory(PathBuf),
+
     // [limits]
     #[error(
         "{0} is out of range: at least 1 and at most {MAX_CONNECTIONS} (each connection holds 2 to 6 \

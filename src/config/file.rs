@@ -35,6 +35,16 @@ pub struct FileConfig {
     pub logging: FileLogging,
     #[serde(default)]
     pub tcp: FileTcp,
+    #[serde(default)]
+    pub handover: FileHandover,
+}
+
+/// `[handover]`: where a new `ringseal run` finds this one to take its listeners and connections over.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHandover {
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
 }
 
 /// `[tcp]`: the congestion control of the loopback legs (see `crate::tcp`).

@@ -60,6 +60,8 @@ pub struct Config<Tls = TlsSettings> {
     pub logging: Logging,
     /// `[tcp]`: the congestion control of the loopback legs. Decided at start, fixed then.
     pub tcp: Tcp,
+    /// `[handover]`: the Unix socket of the process hand-over. Fixed at start.
+    pub handover: Handover,
 }
 
 impl<Tls> Config<Tls> {
@@ -77,6 +79,7 @@ impl<Tls> Config<Tls> {
             permissive: Permissive::default(),
             logging: Logging::default(),
             tcp: Tcp::default(),
+            handover: Handover::default(),
         }
     }
 
@@ -117,6 +120,7 @@ impl<Tls> Config<Tls> {
             permissive: self.permissive,
             logging: self.logging,
             tcp: self.tcp,
+            handover: self.handover,
         })
     }
 }
@@ -191,6 +195,23 @@ pub struct Tcp {
     /// Which congestion control the legs to and from this host's node use (`crate::tcp::Loopback`
     /// resolves it against the kernel).
     pub loopback_congestion_control: crate::tcp::LoopbackCongestion,
+}
+
+/// `[handover]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handover {
+    /// The hand-over socket: `[handover] socket`, else `$RUNTIME_DIRECTORY/handover.sock` when systemd
+    /// set `RuntimeDirectory=`; `None`: no hand-over (a restart refuses connections while no process
+    /// listens, as before).
+    pub socket: Option<PathBuf>,
+}
+
+impl Handover {
+    /// The file name under `$RUNTIME_DIRECTORY` when `[handover] socket` is not set.
+    pub const DEFAULT_NAME: &str = "handover.sock";
+    /// `sun_path` holds 108 bytes with its NUL; the serving side binds a temporary name (the path plus
+    /// `.PID.tmp`, at most 17 more bytes) before renaming it over the path.
+    pub const MAX_PATH: usize = 107 - 17;
 }
 
 /// `[metrics]`.

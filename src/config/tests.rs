@@ -38,7 +38,8 @@ use tempfile::TempDir;
 use time::OffsetDateTime;
 
 use super::file::{
-    FileAllow, FileInbound, FileLimits, FileListenerTls, FileLogging, FilePermissive, FileTls,
+    FileAllow, FileHandover, FileInbound, FileLimits, FileListenerTls, FileLogging, FilePermissive,
+    FileTls,
 };
 use super::*;
 use crate::pki::{Ca, NodeSpec};
@@ -446,6 +447,9 @@ fn reference_config_has_every_key() {
         fields_of::<FileLogging>(),
         "[logging]"
     );
+    let mut handover = keys(t["handover"].as_table().unwrap());
+    handover.extend(commented_keys(&read(&path), "[handover]"));
+    assert_eq!(handover, fields_of::<FileHandover>(), "[handover]");
     let inbound = t["inbound"].as_array().unwrap();
     assert!(!inbound.is_empty());
     for l in inbound {
@@ -822,4 +826,30 @@ fn listeners_with_equal_policies_share_the_loaded_material() {
     // The client listener's policy differs (client auth), so it has its own.
     assert!(!same(&c.tls, &c.inbound[1].tls));
     assert_eq!(c.inbound[1].tls.require_client_auth, ClientAuth::Optional);
+}
+
+#[test]
+fn the_handover_socket_defaults_to_the_runtime_directory() {
+    use super::validate::default_handover_socket as default;
+    assert_eq!(default(None), None);
+    assert_eq!(default(Some("".into())), None);
+    assert_eq!(
+        default(Some("/run/ringseal".into())),
+        Some(PathBuf::from("/run/ringseal/handover.sock"))
+    );
+    assert_eq!(
+        default(Some("/run/ringseal:/run/other".into())),
+        Some(PathBuf::from("/run/ringseal/handover.sock"))
+    );
+    // A key given is relative to the config file's directory.
+    let m = Material::generate();
+    let text = format!(
+        "[handover]\nsocket = \"h.sock\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n[[inbound]]\n\
+         listen = \"0.0.0.0:7001\"\nforward = \"127.0.0.1:7000\"\n",
+        m.path("cert"),
+        m.path("key"),
+        m.path("ca")
+    );
+    let c = Config::from_toml(&text, &m.dir.path().join("x.toml")).unwrap();
+    assert_eq!(c.handover.socket, Some(m.dir.path().join("h.sock")));
 }

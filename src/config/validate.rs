@@ -9,8 +9,9 @@ use super::file::{
     self, FileAllow, FileConfig, FileInbound, FileLimits, FileListenerTls, FileOutbound, FileTls,
 };
 use super::{
-    Config, ConfigError, Inbound, Limits, ListenerName, Logging, MAX_CONNECTIONS, MAX_DURATION,
-    MIN_RELOAD_INTERVAL, MetricsSettings, Mode, Outbound, Permissive, Problem, Target, Tcp,
+    Config, ConfigError, Handover, Inbound, Limits, ListenerName, Logging, MAX_CONNECTIONS,
+    MAX_DURATION, MIN_RELOAD_INTERVAL, MetricsSettings, Mode, Outbound, Permissive, Problem,
+    Target, Tcp,
 };
 use crate::secret::Secret;
 use crate::tls::allow::{AllowList, canonical_ip};
@@ -87,6 +88,7 @@ impl FileConfig {
             tcp: Tcp {
                 loopback_congestion_control: self.tcp.loopback_congestion_control,
             },
+            handover: handover(self.handover, std::env::var_os("RUNTIME_DIRECTORY"), &cx)?,
         })
     }
 }
@@ -658,6 +660,47 @@ fn metrics(
 }
 
 /// `[permissive]`: the memory's length within bounds, the state file a file (not a directory).
+/// `$RUNTIME_DIRECTORY/handover.sock`; systemd separates several directories with ':', the first is
+/// the one to use. `None` when the variable is unset or empty.
+pub(super) fn default_handover_socket(
+    runtime_directory: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let dirs = runtime_directory?;
+    let first = dirs.to_string_lossy().split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first).join(Handover::DEFAULT_NAME))
+}
+
+/// `[handover] socket`, relative to the config file's directory; absent: under systemd's
+/// `RuntimeDirectory=` (`runtime_directory`, its first entry), else off.
+fn handover(
+    h: file::FileHandover,
+    runtime_directory: Option<std::ffi::OsString>,
+    cx: &Ctx<'_>,
+) -> Result<Handover, ConfigError> {
+    let socket = match h.socket {
+        Some(s) if s.as_os_str().is_empty() => {
+            return Err(cx.invalid("handover.socket", Problem::EmptyHandoverSocket));
+        }
+        Some(s) => cx.base.join(s),
+        None => match default_handover_socket(runtime_directory) {
+            Some(s) => s,
+            None => return Ok(Handover::default()),
+        },
+    };
+    if socket.as_os_str().len() > Handover::MAX_PATH {
+        return Err(cx.invalid("handover.socket", Problem::HandoverSocketTooLong(socket)));
+    }
+    if socket.is_dir() {
+        return Err(cx.invalid(
+            "handover.socket",
+            Problem::HandoverSocketIsDirectory(socket),
+        ));
+    }
+    Ok(Handover {
+        socket: Some(socket),
+    })
+}
+
 fn permissive(p: file::FilePermissive, cx: &Ctx<'_>) -> Result<Permissive, ConfigError> {
     let memory = p.tls_peer_memory;
     if !(Permissive::MIN_MEMORY..=Permissive::MAX_MEMORY).contains(&memory) {

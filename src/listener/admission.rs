@@ -262,6 +262,16 @@ pub struct Established {
     _permit: OwnedSemaphorePermit,
 }
 
+impl Admission {
+    /// A slot for a connection adopted from the old process: `None` when every slot is taken, and
+    /// the connection stays all the same (it was established before the hand-over; refusing it now
+    /// would cut a working connection).
+    pub fn adopt(&self) -> Option<Established> {
+        let permit = self.established.clone().try_acquire_owned().ok()?;
+        Some(Established { _permit: permit })
+    }
+}
+
 /// Makes the close of `stream` a reset (SO_LINGER 0): a turned-away connection is an abort, not an
 /// orderly end, and a reset leaves no TIME_WAIT entry behind on our side during a flood.
 pub fn reset(stream: &TcpStream) {

@@ -64,6 +64,8 @@ struct InboundContext {
     loopback: Arc<crate::tcp::Loopback>,
     /// Why the last reload kept this listener on its previous material, for `/status`.
     reload_error: ReloadError,
+    /// This process's movable connections (a hand-over asks them to release).
+    moves: Arc<super::moves::Moves>,
 }
 
 /// Everything a handshake needs, built from one snapshot of the TLS material and the peer policy.
@@ -104,6 +106,21 @@ impl InboundSnapshot {
 pub struct InboundHandle(Arc<InboundContext>);
 
 impl InboundHandle {
+    /// Its metric labels and established connections now (a hand-over counts those that stay).
+    pub fn established(&self) -> (metrics::Listener, usize) {
+        (self.0.who.clone(), self.0.admission.established())
+    }
+
+    /// What a connection adopted from an old process joins.
+    pub fn joinable(&self) -> super::moves::Joinable {
+        super::moves::Joinable {
+            who: self.0.who.clone(),
+            admission: self.0.admission.clone(),
+            limits: super::relay_limits(&self.0.limits),
+            log_connections: self.0.log_connections,
+        }
+    }
+
     pub fn apply(&self, cfg: &Inbound<LoadedTls>) {
         self.0.snapshot.store(Arc::new(InboundSnapshot::build(cfg)));
         self.0.reload_error.set(None);
@@ -144,8 +161,13 @@ impl InboundListener {
         offload: Offload,
         log_connections: bool,
         loopback: Arc<crate::tcp::Loopback>,
+        inherited: Option<std::os::fd::OwnedFd>,
+        moves: Arc<super::moves::Moves>,
     ) -> std::io::Result<Self> {
-        let listener = super::bind(cfg.listen, limits.backlog())?;
+        let listener = match inherited {
+            Some(fd) => super::adopt(fd, cfg.listen)?,
+            None => super::bind(cfg.listen, limits.backlog())?,
+        };
         let listen = listener.local_addr()?;
         let who = metrics::Listener::new(Direction::Inbound, cfg.name.shared());
         let ctx = Arc::new(InboundContext {
@@ -164,8 +186,15 @@ impl InboundListener {
             last_connect: LastConnect::default(),
             loopback,
             reload_error: ReloadError::default(),
+            moves,
         });
         Ok(Self { listener, ctx })
+    }
+
+    /// A duplicate of the listening socket's descriptor (the same socket), to hand over.
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd().try_clone_to_owned()
     }
 
     pub fn handle(&self) -> InboundHandle {
@@ -210,7 +239,8 @@ impl InboundListener {
     }
 
     /// Accepts until shutdown; see [`super::serve`].
-    pub async fn serve(self, life: super::Lifecycle) {
+    /// Accepts until `life.shutdown`; hands the listener back (a hand-over may resume it).
+    pub async fn serve(self, life: super::Lifecycle) -> Self {
         super::serve(
             &self.listener,
             life,
@@ -222,6 +252,7 @@ impl InboundListener {
             },
         )
         .await;
+        self
     }
 }
 
@@ -356,10 +387,12 @@ async fn relay_verified(
         offload: relay.path().label(),
         started,
     };
-    let outcome = relay
-        .run(super::relay_limits(&ctx.limits), active.bytes.clone())
-        .await;
-    super::report_close(active, &ended, &outcome, ctx.log_connections);
+    let limits = super::relay_limits(&ctx.limits);
+    // A user-space relay never releases: rustls holds its TLS state.
+    let movable = relay.path() != relay::Path::Userspace;
+    let run = relay.run(limits, active.bytes.clone(), ctx.moves.token());
+    let log = ctx.log_connections;
+    super::moves::relay_to_end(&ctx.moves, movable, run, active, &ended, limits, log).await;
 }
 
 /// Connects the storage port for a peer that was accepted; `None` (logged) when it cannot be reached.
@@ -442,8 +475,15 @@ async fn passthrough(
         started,
     };
     let limits = super::relay_limits(&ctx.limits);
-    let outcome = relay::plain(plain, backend, limits, active.bytes.clone()).await;
-    super::report_close(active, &ended, &outcome, ctx.log_connections);
+    let run = relay::plain(
+        plain,
+        backend,
+        limits,
+        active.bytes.clone(),
+        ctx.moves.token(),
+    );
+    let log = ctx.log_connections;
+    super::moves::relay_to_end(&ctx.moves, true, run, active, &ended, limits, log).await;
 }
 
 /// What the first bytes and the handshake came to.

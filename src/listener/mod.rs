@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod inbound;
+pub mod moves;
 pub mod outbound;
 pub mod sniff;
 pub mod status;
@@ -34,6 +35,34 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A listening socket handed over by the old process (`crate::handover`), checked before it is used:
+/// a TCP socket, listening, bound to `expected` (or, for a port 0, to its address).
+pub fn adopt(fd: std::os::fd::OwnedFd, expected: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Protocol, Socket, Type};
+    let socket = Socket::from(fd);
+    let what = |why: String| {
+        io::Error::other(format!(
+            "the socket handed over for {expected} is {why}; not using it"
+        ))
+    };
+    if socket.r#type()? != Type::STREAM || socket.protocol()? != Some(Protocol::TCP) {
+        return Err(what("not a TCP socket".into()));
+    }
+    if !socket.is_listener()? {
+        return Err(what("not listening".into()));
+    }
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| what("not an IP socket".into()))?;
+    let same = bound == expected || (expected.port() == 0 && bound.ip() == expected.ip());
+    if !same {
+        return Err(what(format!("bound to {bound}")));
+    }
+    socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
 }
 

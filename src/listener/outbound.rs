@@ -72,6 +72,21 @@ impl OutboundSnapshot {
 pub struct OutboundHandle(Arc<OutboundContext>);
 
 impl OutboundHandle {
+    /// Its metric labels and established connections now (a hand-over counts those that stay).
+    pub fn established(&self) -> (metrics::Listener, usize) {
+        (self.0.who.clone(), self.0.admission.established())
+    }
+
+    /// What a connection adopted from an old process joins.
+    pub fn joinable(&self) -> super::moves::Joinable {
+        super::moves::Joinable {
+            who: self.0.who.clone(),
+            admission: self.0.admission.clone(),
+            limits: super::relay_limits(&self.0.limits),
+            log_connections: self.0.log_connections,
+        }
+    }
+
     pub fn apply(&self, cfg: &Outbound<LoadedTls>) {
         self.0
             .snapshot
@@ -223,9 +238,12 @@ struct OutboundContext {
     loopback: Arc<crate::tcp::Loopback>,
     /// Why the last reload kept this listener on its previous material, for `/status`.
     reload_error: ReloadError,
+    /// This process's movable connections (a hand-over asks them to release).
+    moves: Arc<super::moves::Moves>,
 }
 
 impl OutboundListener {
+    #[allow(clippy::too_many_arguments)]
     pub async fn bind(
         cfg: &Outbound<LoadedTls>,
         limits: &Limits,
@@ -233,8 +251,13 @@ impl OutboundListener {
         tls_peers: Arc<TlsPeers>,
         log_connections: bool,
         loopback: Arc<crate::tcp::Loopback>,
+        inherited: Option<std::os::fd::OwnedFd>,
+        moves: Arc<super::moves::Moves>,
     ) -> std::io::Result<Self> {
-        let listener = super::bind(cfg.listen, limits.backlog())?;
+        let listener = match inherited {
+            Some(fd) => super::adopt(fd, cfg.listen)?,
+            None => super::bind(cfg.listen, limits.backlog())?,
+        };
         let listen = listener.local_addr()?;
         let who = metrics::Listener::new(Direction::Outbound, cfg.name.shared());
         Ok(Self {
@@ -255,8 +278,15 @@ impl OutboundListener {
                 log_connections,
                 loopback,
                 reload_error: ReloadError::default(),
+                moves,
             }),
         })
+    }
+
+    /// A duplicate of the listening socket's descriptor (the same socket), to hand over.
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd().try_clone_to_owned()
     }
 
     pub fn handle(&self) -> OutboundHandle {
@@ -305,7 +335,8 @@ impl OutboundListener {
         }
     }
 
-    pub async fn serve(self, life: super::Lifecycle) {
+    /// Accepts until `life.shutdown`; hands the listener back (a hand-over may resume it).
+    pub async fn serve(self, life: super::Lifecycle) -> Self {
         super::serve(
             &self.listener,
             life,
@@ -317,6 +348,7 @@ impl OutboundListener {
             },
         )
         .await;
+        self
     }
 }
 
@@ -469,10 +501,12 @@ async fn relay_verified(
         offload: relay.path().label(),
         started,
     };
-    let outcome = relay
-        .run(super::relay_limits(&ctx.limits), active.bytes.clone())
-        .await;
-    super::report_close(active, &ended, &outcome, ctx.log_connections);
+    let limits = super::relay_limits(&ctx.limits);
+    // A user-space relay never releases: rustls holds its TLS state.
+    let movable = relay.path() != relay::Path::Userspace;
+    let run = relay.run(limits, active.bytes.clone(), ctx.moves.token());
+    let log = ctx.log_connections;
+    super::moves::relay_to_end(&ctx.moves, movable, run, active, &ended, limits, log).await;
 }
 
 /// Permissive mode, for a peer without a TLS endpoint that was never verified: counts, logs
@@ -734,8 +768,15 @@ async fn relay_plain(
     };
     let limits = super::relay_limits(&ctx.limits);
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
-    let outcome = relay::plain(remote, local, limits, active.bytes.clone()).await;
-    super::report_close(active, &ended, &outcome, ctx.log_connections);
+    let run = relay::plain(
+        remote,
+        local,
+        limits,
+        active.bytes.clone(),
+        ctx.moves.token(),
+    );
+    let log = ctx.log_connections;
+    super::moves::relay_to_end(&ctx.moves, true, run, active, &ended, limits, log).await;
 }
 
 impl OutboundContext {

@@ -5,7 +5,9 @@
 //! at a record boundary) or ends a refused one with [`refuse`] (FIN after the alert, never a reset),
 //! then [`Relay::start`] takes the socket with its finished rustls connection and the plaintext socket
 //! and picks the path; [`Relay::path`] names it for the connection counter, and [`Relay::run`] returns
-//! an [`Outcome`] when both directions are finished. [`plain`] relays permissive mode's plaintext legs.
+//! [`Finish::Done`] with an [`Outcome`] when both directions are finished, or [`Finish::Released`]
+//! when asked to let the connection go ([`resume`] takes it up again, see *Release and resume*).
+//! [`plain`] relays permissive mode's plaintext legs.
 //!
 //! # Paths
 //! * **kTLS** (`offload="ktls"`, [`ktls`]): when the kernel has the `tls` module and takes the
@@ -61,10 +63,32 @@
 //!   everything before it is delivered to the backend, then the connection aborts (`PeerKeyUpdate`).
 //!   Records after the KeyUpdate are never read.
 //! * A NewSessionTicket is read and ignored (ringseal never resumes sessions).
+//!
+//! # Release and resume
+//! A kTLS or spliced-plaintext relay can move to another process (a restart or upgrade hands its
+//! connections over) because all of its state but a few bytes is in the kernel: the sockets (with
+//! kTLS, the keys and record sequence numbers too), and the pipes with the bytes they hold. Once the
+//! `release` token passed to [`Relay::run`] or [`plain`] is cancelled, the relay stops at its next
+//! quiescent point, a round that moved nothing with both directions open and no abort (kTLS: both
+//! keys in the kernel, no handshake message half read), and returns [`Finish::Released`]:
+//! * **What moves**: the two sockets, deregistered from this process's runtime; both pipes with
+//!   their contents; and a [`RelayState`] with the rest: the bytes relayed so far, how much each
+//!   pipe holds (checked against the pipe on resume), and under kTLS the plaintext already read
+//!   into user space and not yet delivered, whether we are the client, and the cipher and limit of
+//!   our key (its exact record count is read back from the kernel by [`resume`], never carried).
+//!   The armed reset is a socket option, so it moves with the socket.
+//! * **What never moves**: a relay that is half-closed or aborting (it finishes where it is, within
+//!   `close_linger`), and the user-space path, whose TLS state is in rustls (it ignores the token).
+//!   The deadlines do not move either: `idle_timeout` and `close_linger` start afresh on resume.
+//! * [`resume`], in any process, checks each descriptor (connected TCP sockets; under kTLS a TX key
+//!   of the state's cipher on the peer socket, whose `tls` ULP is not set again; the read and the
+//!   write end of one pipe each way), registers the sockets with its runtime and continues byte
+//!   for byte: nothing read is lost or read twice, and neither end notices the move.
 
 pub(crate) mod handshake;
 mod ktls;
 mod poll_loop;
+mod release;
 mod splice;
 mod userspace;
 
@@ -74,6 +98,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ByteCounters;
 use poll_loop::{arm_reset, disarm_reset};
@@ -81,6 +106,11 @@ use poll_loop::{arm_reset, disarm_reset};
 pub use crate::config::Offload;
 pub use handshake::{first_record, handshake, refuse};
 pub use ktls::{KtlsSupport, KtlsUnavailable, support};
+// The process hand-over (src/listener, src/lib.rs) moves connections with these.
+#[allow(unused_imports)]
+pub use release::{
+    Finish, KtlsState, PipeState, RelayState, Released, StateCipher, resume, take_back,
+};
 
 /// Deadlines that apply while relaying.
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +120,8 @@ pub struct RelayLimits {
 }
 
 /// Which path a connection's bytes take: the `offload` label of `ringseal_connections_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Path {
     Ktls,
     Userspace,
@@ -242,14 +273,23 @@ impl Relay {
         }
     }
 
-    /// Relays until both directions finish. The future is the path's own relay (no more than it
-    /// needs while the connection lives: it is part of every connection's task).
-    pub fn run(self, limits: RelayLimits, counters: ByteCounters) -> Run {
+    /// Relays until both directions finish, or (kTLS only) until `release` is cancelled and the
+    /// relay reaches a quiescent point ([`Finish::Released`]). The future is the path's own relay (no
+    /// more than it needs while the connection lives: it is part of every connection's task).
+    pub fn run(
+        self,
+        limits: RelayLimits,
+        counters: ByteCounters,
+        release: CancellationToken,
+    ) -> Run {
         Run(match *self.chosen {
+            // rustls holds the TLS state in user space: this relay never moves.
             ChosenPath::Userspace(tls, conn, plain) => Running::Userspace(
                 userspace::UserspaceRelay::new(tls, conn, plain, limits, counters),
             ),
-            ChosenPath::Ktls(engaged) => Running::Ktls(Box::pin(engaged.relay(limits, counters))),
+            ChosenPath::Ktls(engaged) => {
+                Running::Boxed(Box::pin(engaged.relay(limits, counters, release)))
+            }
             ChosenPath::Refused(why) => Running::Refused(Some(Outcome {
                 from_peer: 0,
                 to_peer: 0,
@@ -263,24 +303,24 @@ impl Relay {
 pub struct Run(Running);
 
 // One per connection: boxing the user-space relay would only add an allocation. The kTLS relay's
-// future cannot be named here, so it is boxed (a few hundred bytes).
+// future (and a resumed relay's) cannot be named here, so it is boxed (a few hundred bytes).
 #[allow(clippy::large_enum_variant)]
 enum Running {
     Userspace(userspace::UserspaceRelay),
-    Ktls(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+    Boxed(Pin<Box<dyn Future<Output = Finish> + Send>>),
     Refused(Option<Outcome>),
 }
 
 impl Future for Run {
-    type Output = Outcome;
+    type Output = Finish;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finish> {
         match &mut self.get_mut().0 {
-            Running::Userspace(r) => Pin::new(r).poll(cx),
-            Running::Ktls(r) => r.as_mut().poll(cx),
-            Running::Refused(outcome) => {
-                Poll::Ready(outcome.take().expect("polled after completion"))
-            }
+            Running::Userspace(r) => Pin::new(r).poll(cx).map(Finish::Done),
+            Running::Boxed(r) => r.as_mut().poll(cx),
+            Running::Refused(outcome) => Poll::Ready(Finish::Done(
+                outcome.take().expect("polled after completion"),
+            )),
         }
     }
 }
@@ -329,14 +369,16 @@ pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Relays plaintext both ways (permissive mode's plaintext legs) with `splice(2)`, propagating each end
 /// of stream; `peer` is the side whose bytes count as `from_peer`. Same close policy (FIN in order,
-/// resets on an abort) and deadlines as the TLS paths.
-pub async fn plain(
+/// resets on an abort) and deadlines as the TLS paths. Once `release` is cancelled, the relay is
+/// released at its next quiescent point ([`Finish::Released`]).
+pub fn plain(
     peer: TcpStream,
     backend: TcpStream,
     limits: RelayLimits,
     counters: ByteCounters,
-) -> Outcome {
+    release: CancellationToken,
+) -> impl Future<Output = Finish> + Send + use<> {
     arm_reset(&peer);
     arm_reset(&backend);
-    splice::plain(peer, backend, limits, counters).await
+    splice::plain(peer, backend, limits, counters, release)
 }

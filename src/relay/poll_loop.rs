@@ -1,5 +1,7 @@
 //! The poll loop every relay path shares ([`drive`]): rounds of both directions until nothing moves,
-//! the idle and linger deadlines, and an abort's drain-then-reset (the close semantics of [`super`]).
+//! the idle and linger deadlines, and an abort's drain-then-reset (the close semantics of [`super`]);
+//! and for the kTLS and plaintext relays, [`Releasable`]: the same loop, released at a quiescent
+//! point once asked to (see [`super::release`]).
 
 use std::future::Future;
 use std::os::fd::AsFd;
@@ -10,8 +12,9 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{Close, Outcome, RelayLimits};
+use super::{Close, Finish, Outcome, RelayLimits};
 
 /// Rounds of a relay loop before yielding to the scheduler, so one busy connection cannot starve others.
 const BUDGET: u32 = 32;
@@ -128,6 +131,25 @@ pub(super) trait Directions {
     fn drain_parts(&mut self) -> (&mut Deadlines, [Option<&TcpStream>; 2]);
     /// Records a deadline that passed and returns the outcome.
     fn end(&mut self, close: Option<Close>) -> Outcome;
+    /// Whether the relay could be released now (see [`Release`]): nothing is half done. Asked
+    /// between rounds only; the user-space relay never can be (rustls holds the TLS state).
+    fn releasable(&self) -> bool {
+        false
+    }
+}
+
+/// A relay that can give up its connection at a quiescent point (see [`super::release`]).
+pub(super) trait Release: Directions + Sized {
+    /// Takes the relay apart: its descriptors (the sockets deregistered from this runtime) and its
+    /// state. Only called when [`Directions::releasable`].
+    fn release(self) -> Finish;
+}
+
+/// What [`drive_until`] came to.
+pub(super) enum Driven {
+    Done(Outcome),
+    /// A round moved nothing, the relay is releasable, and a release was asked for.
+    Release,
 }
 
 /// The poll loop every path shares: rounds until nothing moves (yielding after [`BUDGET`] rounds),
@@ -135,6 +157,19 @@ pub(super) trait Directions {
 /// sockets close with FIN; after an abort, once the kernel has delivered what was written (or the
 /// abort's deadline passed), and the sockets close with a reset.
 pub(super) fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<Outcome> {
+    drive_until(this, cx, false).map(|driven| match driven {
+        Driven::Done(outcome) => outcome,
+        Driven::Release => unreachable!("no release was asked for"),
+    })
+}
+
+/// [`drive`], and with `release`, stops at the first round that moved nothing while the relay is
+/// [`Directions::releasable`] (before any deadline: a released relay's deadlines start afresh).
+pub(super) fn drive_until<D: Directions>(
+    this: &mut D,
+    cx: &mut Context<'_>,
+    release: bool,
+) -> Poll<Driven> {
     let mut rounds = 0;
     loop {
         let progress = this.step(cx);
@@ -148,15 +183,18 @@ pub(super) fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<O
                 for sock in this.sockets() {
                     disarm_reset(sock);
                 }
-                return Poll::Ready(this.end(None));
+                return Poll::Ready(Driven::Done(this.end(None)));
             }
             let (deadlines, legs) = this.drain_parts();
             if poll_drained(cx, deadlines, legs).is_ready() {
-                return Poll::Ready(this.end(None));
+                return Poll::Ready(Driven::Done(this.end(None)));
             }
             break;
         }
         if !progress {
+            if release && !aborted && this.releasable() {
+                return Poll::Ready(Driven::Release);
+            }
             break;
         }
         this.deadlines().progressed();
@@ -168,8 +206,60 @@ pub(super) fn drive<D: Directions>(this: &mut D, cx: &mut Context<'_>) -> Poll<O
     }
     let (up, down) = this.finished();
     match this.deadlines().poll(cx, up || down) {
-        Some(close) => Poll::Ready(this.end(Some(close))),
+        Some(close) => Poll::Ready(Driven::Done(this.end(Some(close)))),
         None => Poll::Pending,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`drive`] for a relay that can be released: until `release` is cancelled it is driven as
+    /// any other, and while it is parked and releasable it also waits for the token (polled only
+    /// then, so a relay that moves bytes pays nothing for it, and a half-closed or aborting one never
+    /// again). Once cancelled, the relay is released at its next round that moves nothing, or
+    /// finishes here if it stops being releasable first. A struct rather than an `async fn`, so that
+    /// the relay is held once: it is part of every connection's task.
+    pub(super) struct Releasable<D> {
+        // `None` once finished.
+        relay: Option<D>,
+        requested: bool,
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+    }
+}
+
+impl<D: Release + Unpin> Releasable<D> {
+    pub(super) fn new(relay: D, release: CancellationToken) -> Self {
+        Self {
+            relay: Some(relay),
+            requested: false,
+            cancelled: release.cancelled_owned(),
+        }
+    }
+}
+
+impl<D: Release + Unpin> Future for Releasable<D> {
+    type Output = Finish;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finish> {
+        let this = self.project();
+        let relay = this.relay.as_mut().expect("polled after completion");
+        let mut driven = drive_until(relay, cx, *this.requested);
+        if driven.is_pending()
+            && !*this.requested
+            && relay.releasable()
+            && this.cancelled.poll(cx).is_ready()
+        {
+            *this.requested = true;
+            driven = drive_until(relay, cx, true);
+        }
+        let Poll::Ready(driven) = driven else {
+            return Poll::Pending;
+        };
+        let relay = this.relay.take().expect("polled after completion");
+        Poll::Ready(match driven {
+            Driven::Done(outcome) => Finish::Done(outcome),
+            Driven::Release => relay.release(),
+        })
     }
 }
 

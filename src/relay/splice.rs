@@ -4,7 +4,7 @@
 //!
 //! On [`plain`]'s legs FIN is the orderly end and passes through as FIN; a reset, a deadline or an
 //! abort of the other direction stops both directions' reads, delivers what the pipes hold, and
-//! [`drive`] then resets both legs (the close semantics of [`super`]).
+//! [`Releasable`] then resets both legs (the close semantics of [`super`]).
 //!
 //! A pump is filled only when it is empty, so `EAGAIN` from filling always means "the source has
 //! nothing", never "the pipe is full", and is drained completely before the next fill. A pipe holds
@@ -15,19 +15,22 @@
 //! with the size). Each direction of a connection has its own pipe: two descriptors per direction,
 //! six per connection with the two sockets.
 
-use std::future::Future;
+use std::future::{Future, Ready};
 use std::io::{self, Read};
 use std::net::Shutdown;
-use std::os::fd::AsFd;
-use std::pin::Pin;
+use std::os::fd::{AsFd, OwnedFd};
 use std::task::{Context, Poll};
 
+use rustix::fs::{FileType, OFlags};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
 
-use super::poll_loop::{Deadlines, Directions, Side, drive};
-use super::{Close, Outcome, RelayLimits};
+use super::poll_loop::{Deadlines, Directions, Releasable, Release, Side};
+use super::release::{Parts, PipeState, RelayState};
+use super::{Close, Finish, Outcome, Path, RelayLimits};
 use crate::metrics::ByteCounters;
 use crate::sys;
 
@@ -131,6 +134,44 @@ impl Pump {
         r
     }
 
+    /// Takes the pump apart for a release: what the state keeps, and its pipe's ends (read, write)
+    /// with the bytes they hold.
+    pub(super) fn release(self) -> (PipeState, [OwnedFd; 2]) {
+        let state = PipeState {
+            held: self.held,
+            grow: self.grow,
+        };
+        (state, [self.pipe.read.into(), self.pipe.write.into()])
+    }
+
+    /// Rebuilds a released pump from its pipe's ends, which must be the read and the write end of
+    /// one pipe holding exactly `state.held` bytes; `Err` says which check failed.
+    pub(super) fn resume(state: PipeState, read: OwnedFd, write: OwnedFd) -> Result<Self, String> {
+        let read_stat = pipe_end(&read, true).map_err(|e| format!("read end: {e}"))?;
+        let write_stat = pipe_end(&write, false).map_err(|e| format!("write end: {e}"))?;
+        if (read_stat.st_dev, read_stat.st_ino) != (write_stat.st_dev, write_stat.st_ino) {
+            return Err("the read and write ends belong to different pipes".into());
+        }
+        let held = rustix::io::ioctl_fionread(&read).map_err(|e| format!("FIONREAD: {e}"))?;
+        if held != state.held as u64 {
+            return Err(format!(
+                "it holds {held} bytes, the state says {}",
+                state.held
+            ));
+        }
+        let capacity =
+            rustix::pipe::fcntl_getpipe_size(&write).map_err(|e| format!("F_GETPIPE_SZ: {e}"))?;
+        Ok(Self {
+            pipe: sys::Pipe {
+                read: read.into(),
+                write: write.into(),
+            },
+            held: state.held,
+            capacity,
+            grow: state.grow,
+        })
+    }
+
     /// Throws the held bytes away (their destination is gone).
     pub(super) fn discard(&mut self) {
         let mut scratch = [0u8; 4096];
@@ -146,6 +187,27 @@ impl Pump {
     }
 }
 
+/// Checks that `fd` is a pipe end opened for reading or for writing, and makes it non-blocking (it
+/// is already, unless another process changed its flags: they belong to the open pipe, which
+/// every copy of the descriptor shares).
+fn pipe_end(fd: &OwnedFd, read: bool) -> Result<rustix::fs::Stat, String> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| format!("fstat: {e}"))?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind != FileType::Fifo {
+        return Err(format!("not a pipe but a {kind:?}"));
+    }
+    let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| format!("F_GETFL: {e}"))?;
+    let (mode, other) = match read {
+        true => (OFlags::RDONLY, "writing"),
+        false => (OFlags::WRONLY, "reading"),
+    };
+    if flags & OFlags::RWMODE != mode {
+        return Err(format!("opened for {other}"));
+    }
+    rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK).map_err(|e| format!("F_SETFL: {e}"))?;
+    Ok(stat)
+}
+
 /// One direction of a plaintext relay.
 struct Flow {
     pump: Pump,
@@ -159,18 +221,27 @@ struct Flow {
 
 impl Flow {
     fn new() -> io::Result<Self> {
-        Ok(Self {
-            pump: Pump::new()?,
+        Ok(Self::resumed(Pump::new()?, 0))
+    }
+
+    fn resumed(pump: Pump, bytes: u64) -> Self {
+        Self {
+            pump,
             src_done: false,
             dst_dead: false,
             done: false,
-            bytes: 0,
-        })
+            bytes,
+        }
+    }
+
+    /// Both ends open and nothing ended: the flow can move to another relay as it is.
+    fn open(&self) -> bool {
+        !(self.src_done || self.dst_dead || self.done)
     }
 }
 
 /// Permissive mode's plaintext legs, spliced both ways.
-struct PlainRelay {
+pub(super) struct PlainRelay {
     peer: TcpStream,
     backend: TcpStream,
     /// peer -> backend
@@ -306,35 +377,66 @@ impl Directions for PlainRelay {
             close: self.close.take().unwrap_or(Close::Clean),
         }
     }
-}
 
-impl Future for PlainRelay {
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        drive(self.get_mut(), cx)
+    fn releasable(&self) -> bool {
+        self.close.is_none() && self.up.open() && self.down.open()
     }
 }
 
-pub(super) async fn plain(
+impl Release for PlainRelay {
+    fn release(self) -> Finish {
+        let parts = Parts {
+            peer: self.peer,
+            backend: self.backend,
+            up: self.up.pump,
+            down: self.down.pump,
+        };
+        parts.release(Path::Splice, self.up.bytes, self.down.bytes, None)
+    }
+}
+
+/// Continues a released plaintext relay (its parts checked by [`super::resume`]).
+pub(super) fn resume(
+    parts: Parts,
+    state: &RelayState,
+    limits: RelayLimits,
+    counters: ByteCounters,
+    release: CancellationToken,
+) -> impl Future<Output = Finish> + Send + use<> {
+    let relay = PlainRelay {
+        peer: parts.peer,
+        backend: parts.backend,
+        up: Flow::resumed(parts.up, state.from_peer),
+        down: Flow::resumed(parts.down, state.to_peer),
+        close: None,
+        counters,
+        deadlines: Deadlines::new(limits),
+    };
+    Releasable::new(relay, release)
+}
+
+/// A plaintext relay's future (not an `async fn`: the relay is held once, it is part of the
+/// connection's task).
+pub(super) fn plain(
     peer: TcpStream,
     backend: TcpStream,
     limits: RelayLimits,
     counters: ByteCounters,
-) -> Outcome {
+    release: CancellationToken,
+) -> Either<Ready<Finish>, Releasable<PlainRelay>> {
     let flows = Flow::new().and_then(|up| Ok((up, Flow::new()?)));
     let (up, down) = match flows {
         Ok(f) => f,
         // Out of descriptors or pipe memory: nothing was read, so nothing is lost.
         Err(e) => {
-            return Outcome {
+            return Either::Left(std::future::ready(Finish::Done(Outcome {
                 from_peer: 0,
                 to_peer: 0,
                 close: Close::Io(format!("cannot create a pipe: {e}")),
-            };
+            })));
         }
     };
-    PlainRelay {
+    let relay = PlainRelay {
         peer,
         backend,
         up,
@@ -342,8 +444,8 @@ pub(super) async fn plain(
         close: None,
         counters,
         deadlines: Deadlines::new(limits),
-    }
-    .await
+    };
+    Either::Right(Releasable::new(relay, release))
 }
 
 #[cfg(test)]
@@ -357,6 +459,90 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         (a, l.accept().await.unwrap().0)
+    }
+
+    /// An aborting relay finishes here even when asked to move: both pipes hold bytes for
+    /// destinations that do not read, and the abort waits to deliver them before the resets.
+    #[tokio::test]
+    async fn an_aborting_relay_is_not_released() {
+        use crate::relay::poll_loop::{Driven, arm_reset, drive_until};
+
+        let (client, peer) = pair().await;
+        let (backend, server) = pair().await;
+        arm_reset(&peer);
+        arm_reset(&backend);
+        let limits = RelayLimits {
+            idle: None,
+            linger: std::time::Duration::from_secs(30),
+        };
+        let mut relay = PlainRelay {
+            peer,
+            backend,
+            up: Flow::new().unwrap(),
+            down: Flow::new().unwrap(),
+            close: None,
+            counters: ByteCounters {
+                from_peer: metrics::Counter::noop(),
+                to_peer: metrics::Counter::noop(),
+            },
+            deadlines: Deadlines::new(limits),
+        };
+        // Both ends write and neither reads, until nothing moves and both pipes hold bytes.
+        let chunk = vec![5u8; 64 * 1024];
+        let (mut sent, mut rounds) = ([0usize; 2], 0);
+        loop {
+            rounds += 1;
+            assert!(rounds < 100_000, "the relay never filled up");
+            let mut wrote = false;
+            for (i, end) in [&client, &server].into_iter().enumerate() {
+                if let Ok(n) = end.try_write(&chunk) {
+                    sent[i] += n;
+                    wrote = true;
+                }
+            }
+            let moved = poll_fn(|cx| Poll::Ready(relay.step(cx))).await;
+            if !wrote && !moved && !relay.up.pump.is_empty() && !relay.down.pump.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(relay.releasable(), "stalled, in order: releasable");
+
+        // An abort, as when the peer's reset has been read: what is held must still be delivered.
+        relay.close = Some(Close::PeerReset);
+        match poll_fn(|cx| Poll::Ready(drive_until(&mut relay, cx, true))).await {
+            Poll::Pending => {}
+            Poll::Ready(Driven::Release) => panic!("an aborting relay was released"),
+            Poll::Ready(Driven::Done(o)) => panic!("ended before delivering: {o:?}"),
+        }
+
+        let read = |mut end: TcpStream| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0;
+            loop {
+                match end.read(&mut buf).await {
+                    Ok(0) => return (got, None),
+                    Ok(n) => got += n,
+                    Err(e) => return (got, Some(e.kind())),
+                }
+            }
+        };
+        let (client_got, server_got) = (tokio::spawn(read(client)), tokio::spawn(read(server)));
+        let outcome = match poll_fn(|cx| drive_until(&mut relay, cx, true)).await {
+            Driven::Done(o) => o,
+            Driven::Release => panic!("an aborting relay was released"),
+        };
+        assert_eq!(outcome.close, Close::PeerReset);
+        assert_eq!(outcome.from_peer, relay.up.bytes);
+        drop(relay);
+        // Everything the relay had read arrived, then the reset (no FIN).
+        let (got, end) = server_got.await.unwrap();
+        assert_eq!(end, Some(io::ErrorKind::ConnectionReset));
+        assert_eq!(got as u64, outcome.from_peer);
+        let (got, end) = client_got.await.unwrap();
+        assert_eq!(end, Some(io::ErrorKind::ConnectionReset));
+        assert_eq!(got as u64, outcome.to_peer);
+        assert!(outcome.from_peer > 0 && outcome.from_peer < sent[0] as u64);
     }
 
     /// A pipe grows once a fill has filled it, and then moves more per splice; a fill limited to the

@@ -314,6 +314,18 @@ pub fn protocol_name(version: ProtocolVersion) -> &'static str {
     }
 }
 
+/// The name [`iana_name`] or [`protocol_name`] returns that equals `name`, "unknown" if none: a
+/// connection moved from another process carries its names as strings, metrics labels are static.
+pub fn known_name(name: &str) -> &'static str {
+    const PROTOCOLS: [&str; 5] = ["TLSv1.3", "TLSv1.2", "TLSv1.1", "TLSv1", "SSLv3"];
+    PROTOCOLS
+        .iter()
+        .copied()
+        .chain(KNOWN.iter().map(|k| k.iana))
+        .find(|k| *k == name)
+        .unwrap_or("unknown")
+}
+
 /// Maps one configured name to a provider suite, or explains why it cannot be used.
 fn resolve(name: &str, provider: &CryptoProvider) -> Result<SupportedCipherSuite, SuiteError> {
     let upper = name.trim().to_ascii_uppercase();

@@ -21,6 +21,13 @@ pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Ru
             ExitCode::from(super::EXIT_CONFIG)
         }
     };
+    let failure = |e: &dyn std::fmt::Display| match format {
+        LogFormat::Text => super::failure(e),
+        LogFormat::Json => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    };
     let loaded = match ringseal::load(&sources.sources()) {
         Ok(loaded) => loaded,
         Err(e) => return config_error(&e),
@@ -47,7 +54,28 @@ pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Ru
         let signals = Signals::install();
         let notifier = Arc::new(Notifier::default());
         spawn_watchdog(notifier.clone());
-        let server = match ringseal::Server::bind(loaded.config).await {
+        // Before binding: a running ringseal hands its listening sockets over, so no connect is
+        // refused in between (`[handover]`).
+        let takeover = match &loaded.config.handover.socket {
+            None => None,
+            Some(path) => {
+                let wanted = ringseal::handover::wanted(&loaded.config);
+                match ringseal::handover::contact(path, wanted).await {
+                    Ok(ringseal::handover::Contact::Alone) => None,
+                    Ok(ringseal::handover::Contact::TakeOver(t)) => {
+                        tracing::info!(
+                            "taking over from pid {}: received {} listening socket(s)",
+                            t.pid,
+                            t.received()
+                        );
+                        Some(t)
+                    }
+                    // Nothing is bound: the running process keeps serving.
+                    Err(e) => return failure(&e),
+                }
+            }
+        };
+        let server = match ringseal::Server::bind_taking_over(loaded.config, takeover).await {
             Ok(s) => s.with_events(notifier),
             Err(e) => return config_error(&e),
         };

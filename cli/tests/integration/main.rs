@@ -18,6 +18,7 @@ mod cql_clients;
 mod demo;
 mod doctor;
 mod downgrade;
+mod handover;
 mod identity_patterns;
 mod jks;
 mod keystores;

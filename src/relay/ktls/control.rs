@@ -33,6 +33,11 @@ pub(super) struct HandshakeReader {
 }
 
 impl HandshakeReader {
+    /// No handshake message is half read (a release must not split one).
+    pub(super) fn idle(&self) -> bool {
+        self.header_len == 0 && self.skip == 0
+    }
+
     /// The type of the next message whose header completes in `data` (its body is skipped, also
     /// across records); `None` when `data` is used up.
     pub(super) fn next_message(&mut self, data: &mut &[u8]) -> Option<u8> {

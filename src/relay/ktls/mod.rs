@@ -17,4 +17,5 @@ mod relay;
 mod support;
 
 pub(super) use handover::{Engage, Engaged, engage};
+pub(super) use relay::{check_resumed, resume};
 pub use support::{KtlsSupport, KtlsUnavailable, support};

@@ -17,10 +17,12 @@ use crate::sys::{self, KtlsCipher};
 /// sending them cannot pass `stop`; when the bound could, the exact sequence number is read back from
 /// the kernel (TLS_TX): with full records once per `stop - seq` bytes, more often only in the last
 /// [`CHUNK`] records. When no room is left, what was read is sent, then the connection aborts.
-pub(super) struct TxLimit {
+pub(in crate::relay) struct TxLimit {
     cipher: KtlsCipher,
     bound: u64,
     stop: u64,
+    /// The suite's, kept for a release (the stop is computed again where the relay resumes).
+    confidentiality_limit: u64,
 }
 
 impl TxLimit {
@@ -30,7 +32,14 @@ impl TxLimit {
             cipher,
             bound: seq,
             stop,
+            confidentiality_limit,
         }
+    }
+
+    /// (cipher, confidentiality limit): what a resumed relay needs to count on; the bound is not
+    /// kept, the exact sequence number is read from the kernel again.
+    pub(super) fn released(&self) -> (KtlsCipher, u64) {
+        (self.cipher, self.confidentiality_limit)
     }
 
     /// How many bytes may be read from the backend (and then sent) without passing the stop.

@@ -6,13 +6,13 @@
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsFd;
-use std::pin::Pin;
+use std::os::fd::{AsFd, OwnedFd};
 use std::task::{Context, Poll, ready};
 
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::control::{
     ALERT_CLOSE_NOTIFY, ALERT_FATAL, ALERT_NO_RENEGOTIATION, ALERT_WARNING, CONTROL_BUF, Control,
@@ -20,14 +20,16 @@ use super::control::{
 };
 use super::handover::Engaged;
 use super::record_limit::TxLimit;
+use super::support::cipher_name;
 use crate::metrics::ByteCounters;
-use crate::relay::poll_loop::{Deadlines, Directions, Phase, Side, drive};
+use crate::relay::poll_loop::{Deadlines, Directions, Phase, Releasable, Release, Side};
+use crate::relay::release::{KtlsState, Parts, RelayState, StateCipher};
 use crate::relay::splice::{CHUNK, Pump, poll_io};
-use crate::relay::{Close, Outcome, RelayLimits};
-use crate::sys;
+use crate::relay::{Close, Finish, Outcome, Path, RelayLimits};
+use crate::sys::{self, KtlsCipher};
 
 /// One connection on the kTLS path: the kernel encrypts and decrypts, bytes move through a pipe
-/// each way, both directions polled in turn by [`drive`].
+/// each way, both directions polled in turn by [`Releasable`].
 pub(super) struct KtlsRelay {
     tls: TcpStream,
     plain: TcpStream,
@@ -63,9 +65,10 @@ impl Engaged {
         self,
         limits: RelayLimits,
         counters: ByteCounters,
-    ) -> impl Future<Output = Outcome> {
+        release: CancellationToken,
+    ) -> impl Future<Output = Finish> + Send {
         let failed = self.close.is_some();
-        KtlsRelay {
+        let relay = KtlsRelay {
             tls: self.tls,
             plain: self.plain,
             up_pump: self.up,
@@ -88,7 +91,82 @@ impl Engaged {
             to_peer: 0,
             counters,
             deadlines: Deadlines::new(limits),
-        }
+        };
+        Releasable::new(relay, release)
+    }
+}
+
+/// Checks the peer socket of a released kTLS relay before anything is touched: it must carry a TX
+/// key of the state's cipher (the `tls` ULP stays on the socket; it is not set again). Returns the
+/// key's record budget, counted from the exact sequence number the kernel reports now.
+pub(in crate::relay) fn check_resumed(
+    peer: &OwnedFd,
+    state: &RelayState,
+) -> Result<TxLimit, String> {
+    let ktls = state.ktls.as_ref().ok_or("the state has no kTLS part")?;
+    let cipher = from_state(ktls.cipher);
+    let seq = sys::tx_record_seq(peer.as_fd(), cipher).map_err(|e| {
+        format!(
+            "not a kTLS socket with a {} TX key (getsockopt TLS_TX: {e})",
+            cipher_name(cipher)
+        )
+    })?;
+    Ok(TxLimit::new(cipher, seq, ktls.confidentiality_limit))
+}
+
+/// Continues a released kTLS relay (its parts checked by [`crate::relay::resume`] with
+/// [`check_resumed`]).
+pub(in crate::relay) fn resume(
+    parts: Parts,
+    state: &RelayState,
+    tx: TxLimit,
+    limits: RelayLimits,
+    counters: ByteCounters,
+    release: CancellationToken,
+) -> impl Future<Output = Finish> + Send + use<> {
+    let (pending, client) = state
+        .ktls
+        .as_ref()
+        .map_or((Vec::new(), false), |k| (k.pending.clone(), k.client));
+    let relay = KtlsRelay {
+        tls: parts.peer,
+        plain: parts.backend,
+        up_pump: parts.up,
+        down_pump: parts.down,
+        pending,
+        pending_pos: 0,
+        control: Vec::new(),
+        handshake: HandshakeReader::default(),
+        client,
+        tx: Some(tx),
+        rx_done: false,
+        tls_wr_dead: false,
+        tls_app_dead: false,
+        plain_wr_dead: false,
+        up: Phase::Open,
+        down: Phase::Open,
+        close: None,
+        from_peer: state.from_peer,
+        to_peer: state.to_peer,
+        counters,
+        deadlines: Deadlines::new(limits),
+    };
+    Releasable::new(relay, release)
+}
+
+fn to_state(cipher: KtlsCipher) -> StateCipher {
+    match cipher {
+        KtlsCipher::Aes128Gcm => StateCipher::Aes128Gcm,
+        KtlsCipher::Aes256Gcm => StateCipher::Aes256Gcm,
+        KtlsCipher::Chacha20Poly1305 => StateCipher::Chacha20Poly1305,
+    }
+}
+
+fn from_state(cipher: StateCipher) -> KtlsCipher {
+    match cipher {
+        StateCipher::Aes128Gcm => KtlsCipher::Aes128Gcm,
+        StateCipher::Aes256Gcm => KtlsCipher::Aes256Gcm,
+        StateCipher::Chacha20Poly1305 => KtlsCipher::Chacha20Poly1305,
     }
 }
 
@@ -412,12 +490,139 @@ impl Directions for KtlsRelay {
         }
         self.outcome()
     }
+
+    /// Both directions open and in order, both keys in the kernel, no control record half read
+    /// (one is read whole by `recvmsg`; a handshake message may span records).
+    fn releasable(&self) -> bool {
+        !self.aborting()
+            && self.up == Phase::Open
+            && self.down == Phase::Open
+            && !(self.rx_done || self.tls_wr_dead || self.tls_app_dead || self.plain_wr_dead)
+            && self.tx.is_some()
+            && self.handshake.idle()
+    }
 }
 
-impl Future for KtlsRelay {
-    type Output = Outcome;
+impl Release for KtlsRelay {
+    fn release(self) -> Finish {
+        let Some(tx) = &self.tx else {
+            unreachable!("released without its TX key (not releasable)");
+        };
+        let (cipher, confidentiality_limit) = tx.released();
+        let ktls = KtlsState {
+            pending: self.pending[self.pending_pos..].to_vec(),
+            client: self.client,
+            cipher: to_state(cipher),
+            confidentiality_limit,
+        };
+        let parts = Parts {
+            peer: self.tls,
+            backend: self.plain,
+            up: self.up_pump,
+            down: self.down_pump,
+        };
+        parts.release(Path::Ktls, self.from_peer, self.to_peer, Some(ktls))
+    }
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        drive(self.get_mut(), cx)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::release::PipeState;
+
+    /// A kTLS relay over plain loopback sockets (no key in the kernel: only its release is tried).
+    async fn relay() -> (KtlsRelay, [TcpStream; 2]) {
+        let pair = || async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            (a, l.accept().await.unwrap().0)
+        };
+        let ((tls, far_peer), (plain, far_backend)) = (pair().await, pair().await);
+        let relay = KtlsRelay {
+            tls,
+            plain,
+            up_pump: Pump::new().unwrap(),
+            down_pump: Pump::new().unwrap(),
+            pending: b"abcdef".to_vec(),
+            pending_pos: 2,
+            control: Vec::new(),
+            handshake: HandshakeReader::default(),
+            client: true,
+            tx: Some(TxLimit::new(KtlsCipher::Aes256Gcm, 7, 1 << 23)),
+            rx_done: false,
+            tls_wr_dead: false,
+            tls_app_dead: false,
+            plain_wr_dead: false,
+            up: Phase::Open,
+            down: Phase::Open,
+            close: None,
+            from_peer: 100,
+            to_peer: 200,
+            counters: ByteCounters {
+                from_peer: metrics::Counter::noop(),
+                to_peer: metrics::Counter::noop(),
+            },
+            deadlines: Deadlines::new(RelayLimits {
+                idle: None,
+                linger: std::time::Duration::from_secs(1),
+            }),
+        };
+        (relay, [far_peer, far_backend])
+    }
+
+    #[tokio::test]
+    async fn a_ktls_relay_is_released_only_with_nothing_half_done() {
+        type HalfDone = (&'static str, fn(&mut KtlsRelay));
+        let half_done: [HalfDone; 9] = [
+            ("aborting", |r| r.close = Some(Close::PeerReset)),
+            ("close_notify received", |r| r.rx_done = true),
+            ("up finished", |r| r.up = Phase::Done),
+            ("down closing", |r| r.down = Phase::Closing),
+            ("peer not writable", |r| r.tls_wr_dead = true),
+            ("no more data to the peer", |r| r.tls_app_dead = true),
+            ("backend not writable", |r| r.plain_wr_dead = true),
+            ("no TX key", |r| r.tx = None),
+            ("a handshake message half read", |r| {
+                assert_eq!(r.handshake.next_message(&mut &[4u8, 0][..]), None);
+            }),
+        ];
+        for (what, make) in half_done {
+            let (mut r, _far) = relay().await;
+            assert!(r.releasable());
+            make(&mut r);
+            assert!(!r.releasable(), "released while {what}");
+        }
+
+        let (r, _far) = relay().await;
+        let released = match r.release() {
+            Finish::Released(released) => released,
+            Finish::Done(o) => panic!("not released: {o:?}"),
+        };
+        assert_eq!(released.fds.len(), 6);
+        let state = released.state;
+        assert_eq!(state.path, Path::Ktls);
+        assert_eq!((state.from_peer, state.to_peer), (100, 200));
+        let empty = PipeState {
+            held: 0,
+            grow: true,
+        };
+        assert_eq!((state.up, state.down), (empty, empty));
+        assert_eq!(
+            state.ktls,
+            Some(KtlsState {
+                // Only what was not yet delivered.
+                pending: b"cdef".to_vec(),
+                client: true,
+                cipher: StateCipher::Aes256Gcm,
+                confidentiality_limit: 1 << 23,
+            })
+        );
+        for c in [
+            KtlsCipher::Aes128Gcm,
+            KtlsCipher::Aes256Gcm,
+            KtlsCipher::Chacha20Poly1305,
+        ] {
+            assert_eq!(from_state(to_state(c)), c);
+        }
     }
 }
