@@ -432,6 +432,7 @@ const A_METRICS: &str = "127.0.0.1:9464";
 const B_METRICS: &str = "127.0.0.1:9465";
 const C_METRICS: &str = "127.0.0.1:9466";
 const D_INBOUND: &str = "127.0.0.1:7006";
+const P_INBOUND: &str = "127.0.0.1:7008";
 const A2_OUTBOUND: &str = "127.0.0.1:7007";
 const D_METRICS: &str = "127.0.0.1:9467";
 const A2_METRICS: &str = "127.0.0.1:9468";
@@ -749,7 +750,10 @@ fn scrape_str(a: &str) -> String {
 /// has ended when the connection moves. The connection must never close: byte-identical both ways with
 /// an orderly end, one TLS connection at A2 for the whole stream, the kernel's kTLS sockets the same
 /// two throughout (`TlsCurrTxSw`/`TlsCurrRxSw` at 2 after each replacement, no decrypt error).
-async fn replaced_under_a_stream(pki: &Pki, plans: &mpsc::UnboundedSender<Plan>) {
+async fn replaced_under_a_stream(
+    pki: &Pki,
+    plans: &mpsc::UnboundedSender<Plan>,
+) -> (Proc, Proc, PathBuf, tempfile::TempDir) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const LEN: usize = 64 * MIB;
     const REPLACEMENTS: usize = 3;
@@ -799,7 +803,20 @@ async fn replaced_under_a_stream(pki: &Pki, plans: &mpsc::UnboundedSender<Plan>)
         open: open_rx,
     };
     let client_stream = tokio::spawn(duplex(r, w, 71, LEN, false, Some(client_gate)));
+    // What starting a sidecar alone adds to the kernel's kTLS counters (its support probe): a
+    // replacement may add that and nothing else (no socket gets the ULP or a key again).
+    let t0 = tls_stat();
+    let probe = sidecar(
+        pki,
+        "P",
+        &format!("[[inbound]]\nlisten = \"{P_INBOUND}\"\nforward = \"{BACKEND}\"\n"),
+        &[],
+    );
+    drop(probe);
+    let t1 = tls_stat();
+    let started = |k: &str| t1[k] - t0[k];
     let before = tls_stat();
+    let mut last = before.clone();
     for k in 1..=REPLACEMENTS {
         bounded("both writers at the next quarter", async {
             while client_at.load(Ordering::SeqCst) < k || backend_at.load(Ordering::SeqCst) < k {
@@ -824,6 +841,14 @@ async fn replaced_under_a_stream(pki: &Pki, plans: &mpsc::UnboundedSender<Plan>)
             stat_line(&now)
         );
         assert_eq!(now["TlsDecryptError"], before["TlsDecryptError"]);
+        for key in ["TlsTxSw", "TlsRxSw"] {
+            assert_eq!(
+                now[key] - last[key],
+                started(key),
+                "replacement {k}: {key} rose by more than a start-up adds: a moved socket was set up again"
+            );
+        }
+        last = now.clone();
         println!(
             "{MARK} replacement {k}: {took}; old pid {old_pid} exited; {}",
             stat_line(&now)
@@ -868,6 +893,92 @@ async fn replaced_under_a_stream(pki: &Pki, plans: &mpsc::UnboundedSender<Plan>)
         hex(&down),
         stat_line(&after)
     );
+    (a2, d, d_config, d_dir)
+}
+
+/// 8: the record count of a moved kTLS connection comes from the kernel, not from a fresh start.
+/// The backend sends 2 MiB (at least 128 records) through A2 -> D and pauses; D is replaced by a
+/// process whose record limit (RINGSEAL_TEST_KTLS_RECORD_LIMIT = 64) is already behind: it must abort
+/// the moved connection (`key_limit`) before sending a record of its own. A process that counted
+/// from zero would send up to 64 more records (up to 1 MiB): the client would get more than 2 MiB.
+async fn record_count_survives_a_replacement(
+    plans: &mpsc::UnboundedSender<Plan>,
+    mut d: Proc,
+    d_config: &Path,
+) -> Proc {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const LEN: usize = 8 * MIB;
+    let (open_tx, open_rx) = tokio::sync::watch::channel(0usize);
+    let backend_at = Arc::new(AtomicUsize::new(0));
+    let (done_tx, _done_rx) = oneshot::channel();
+    plans
+        .send(Plan::Duplex {
+            seed: 81,
+            len: LEN,
+            wait_for_peer_eof: false,
+            gate: Some(Gate {
+                reached: backend_at.clone(),
+                open: open_rx,
+            }),
+            done: done_tx,
+        })
+        .unwrap();
+    let mut client = TcpStream::connect(addr(A2_OUTBOUND)).await.unwrap();
+    bounded("the backend at its first quarter", async {
+        while backend_at.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut next = sidecar_at(
+        d_config,
+        tempfile::tempdir().unwrap(),
+        "D",
+        &[("RINGSEAL_TEST_KTLS_RECORD_LIMIT", "64")],
+    );
+    next.wait_for("took over from pid");
+    d.wait_for("handed over to pid");
+    assert!(d.wait_exit().success());
+    open_tx.send(3).unwrap();
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    let end = loop {
+        match bounded("the client's stream", client.read(&mut buf)).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                got += n;
+            }
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert_eq!(
+        end,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the moved connection aborts at its record limit: {got} bytes, then a reset"
+    );
+    assert!(
+        got <= LEN / 4,
+        "the new process sent records past the limit: the client got {got} bytes, the backend had \
+         written {} before the replacement",
+        LEN / 4
+    );
+    let mut expect = Seeded::new(81, got);
+    let mut prefix = Sha256::new();
+    while let Some(chunk) = expect.next_chunk() {
+        prefix.update(chunk);
+    }
+    assert!(
+        hash.finalize() == prefix.finalize(),
+        "a prefix of the backend's stream"
+    );
+    next.wait_for("reached its record limit");
+    println!(
+        "{MARK} record count carried across a replacement: the new process (limit 64 records) aborted \
+         the moved connection after {got} bytes (key_limit)"
+    );
+    next
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1149,7 +1260,9 @@ async fn guest() {
         closed(&ma, "outbound", "peer_reset")
     );
     // 7: replacing a sidecar moves its kTLS connection.
-    replaced_under_a_stream(&pki, &plans).await;
-    drop((a, b, c));
+    let (a2, d, d_config, d_dir) = replaced_under_a_stream(&pki, &plans).await;
+    // 8: the moved connection's record count comes from the kernel.
+    let d = record_count_survives_a_replacement(&plans, d, &d_config).await;
+    drop((a, b, c, a2, d, d_dir));
     println!("{MARK} result ok");
 }
