@@ -431,6 +431,11 @@ const C_INBOUND: &str = "127.0.0.1:7005";
 const A_METRICS: &str = "127.0.0.1:9464";
 const B_METRICS: &str = "127.0.0.1:9465";
 const C_METRICS: &str = "127.0.0.1:9466";
+const D_INBOUND: &str = "127.0.0.1:7006";
+const P_INBOUND: &str = "127.0.0.1:7008";
+const A2_OUTBOUND: &str = "127.0.0.1:7007";
+const D_METRICS: &str = "127.0.0.1:9467";
+const A2_METRICS: &str = "127.0.0.1:9468";
 /// Sidecar C's TX record limit (RINGSEAL_TEST_KTLS_RECORD_LIMIT).
 const C_RECORD_LIMIT: u64 = 300;
 
@@ -481,8 +486,14 @@ async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 /// default 30 s to finish after the first has closed.
 fn sidecar(pki: &Pki, name: &str, body: &str, env: &[(&str, &str)]) -> Proc {
     let dir = tempfile::tempdir().unwrap();
-    pki.write(dir.path());
-    let config = dir.path().join(format!("{name}.toml"));
+    let config = sidecar_config(pki, dir.path(), name, body);
+    sidecar_at(&config, dir, name, env)
+}
+
+/// Writes the PKI and `NAME.toml` into `dir`; returns the config's path.
+fn sidecar_config(pki: &Pki, dir: &Path, name: &str, body: &str) -> PathBuf {
+    pki.write(dir);
+    let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
@@ -491,9 +502,14 @@ fn sidecar(pki: &Pki, name: &str, body: &str, env: &[(&str, &str)]) -> Proc {
         ),
     )
     .unwrap();
+    config
+}
+
+/// Starts `ringseal run --config CONFIG` (keeping `dir` while it runs) and waits for kTLS.
+fn sidecar_at(config: &Path, dir: tempfile::TempDir, name: &str, env: &[(&str, &str)]) -> Proc {
     let mut env = env.to_vec();
     env.push(("RINGSEAL_LOG", "info,ringseal::relay=trace"));
-    let mut proc = Proc::spawn_with(&[], &config, dir, &env);
+    let mut proc = Proc::spawn_with(&[], config, dir, &env);
     proc.wait_for("starting ");
     let line = proc
         .seen
@@ -516,6 +532,8 @@ enum Plan {
         seed: u64,
         len: usize,
         wait_for_peer_eof: bool,
+        /// Pauses the stream at each quarter ([`Gate`]).
+        gate: Option<Gate>,
         done: oneshot::Sender<Got>,
     },
     /// Write `len` seeded bytes, then reset the connection (SO_LINGER 0).
@@ -525,13 +543,14 @@ enum Plan {
 async fn backend(listener: TcpListener, mut plans: mpsc::UnboundedReceiver<Plan>) {
     while let Some(plan) = plans.recv().await {
         let (s, _) = listener.accept().await.unwrap();
-        let (seed, len, wait_for_peer_eof, done) = match plan {
+        let (seed, len, wait_for_peer_eof, gate, done) = match plan {
             Plan::Duplex {
                 seed,
                 len,
                 wait_for_peer_eof,
+                gate,
                 done,
-            } => (seed, len, wait_for_peer_eof, done),
+            } => (seed, len, wait_for_peer_eof, gate, done),
             Plan::ResetAfter { seed, len } => {
                 tokio::spawn(async move {
                     let mut s = s;
@@ -548,7 +567,7 @@ async fn backend(listener: TcpListener, mut plans: mpsc::UnboundedReceiver<Plan>
         };
         tokio::spawn(async move {
             let (r, w) = s.into_split();
-            let got = duplex(r, w, seed, len, wait_for_peer_eof).await;
+            let got = duplex(r, w, seed, len, wait_for_peer_eof, gate).await;
             let _ = done.send(got);
         });
     }
@@ -556,13 +575,15 @@ async fn backend(listener: TcpListener, mut plans: mpsc::UnboundedReceiver<Plan>
 
 /// Reads everything from `r` while writing a seeded stream of `len` bytes to `w`, then FIN. With
 /// `second`, half the stream (all of an empty one) waits for `r`'s end: this side closes second.
-/// Writing stops quietly when the other side is gone (the key-limit case). Returns what was read.
+/// Writing stops quietly when the other side is gone (the key-limit case). With a `gate`, the
+/// writer pauses at each quarter until the gate opens. Returns what was read.
 async fn duplex(
     mut r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     mut w: impl tokio::io::AsyncWrite + Unpin,
     seed: u64,
     len: usize,
     second: bool,
+    mut gate: Option<Gate>,
 ) -> Got {
     let (eof_tx, mut eof_rx) = oneshot::channel();
     let reader = tokio::spawn(async move {
@@ -594,6 +615,9 @@ async fn duplex(
             .unwrap();
     }
     while let Some(chunk) = data.next_chunk() {
+        if let Some(g) = gate.as_mut() {
+            g.pass(sent, len).await;
+        }
         if w.write_all(chunk).await.is_err() {
             break;
         }
@@ -608,6 +632,29 @@ async fn duplex(
     bounded("reading", reader).await.unwrap()
 }
 
+/// Pauses a writer at each quarter of its stream until the test opens that quarter: both directions
+/// of a connection are in flight (neither has ended) while a sidecar is replaced.
+#[derive(Clone)]
+struct Gate {
+    /// The last quarter this writer has reached (and waits at until `open` lets it pass).
+    reached: Arc<std::sync::atomic::AtomicUsize>,
+    open: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Gate {
+    /// Called before each chunk: at the first chunk past quarter k (1..=3), waits until k is open.
+    async fn pass(&mut self, sent: usize, len: usize) {
+        use std::sync::atomic::Ordering;
+        let next = self.reached.load(Ordering::SeqCst) + 1;
+        if next <= 3 && sent >= next * len / 4 {
+            self.reached.store(next, Ordering::SeqCst);
+            bounded("the gate", self.open.wait_for(|open| *open >= next))
+                .await
+                .unwrap();
+        }
+    }
+}
+
 /// One stream through the sidecar pair: 64 MiB each way, `peer_first` closing first or second.
 async fn pair_stream(plans: &mpsc::UnboundedSender<Plan>, peer_first: bool, seeds: (u64, u64)) {
     const LEN: usize = 64 * MIB;
@@ -617,6 +664,7 @@ async fn pair_stream(plans: &mpsc::UnboundedSender<Plan>, peer_first: bool, seed
             seed: seeds.1,
             len: LEN,
             wait_for_peer_eof: peer_first,
+            gate: None,
             done: done_tx,
         })
         .unwrap();
@@ -624,7 +672,7 @@ async fn pair_stream(plans: &mpsc::UnboundedSender<Plan>, peer_first: bool, seed
     let (r, w) = client.into_split();
     let (client_got, client_hash, client_end) = bounded(
         "the client's stream",
-        duplex(r, w, seeds.0, LEN, !peer_first),
+        duplex(r, w, seeds.0, LEN, !peer_first, None),
     )
     .await;
     let (backend_got, backend_hash, backend_end) =
@@ -694,6 +742,243 @@ async fn ticket_server(pki: Arc<Pki>) {
 
 fn scrape_str(a: &str) -> String {
     scrape(addr(a))
+}
+
+/// 7: the inbound sidecar D is replaced three times (a new `ringseal run` takes over through the
+/// hand-over socket, the old one exits) while one connection through the pair A2 -> D streams 64 MiB
+/// each way. Both writers pause at each quarter until that replacement is done, so neither direction
+/// has ended when the connection moves. The connection must never close: byte-identical both ways with
+/// an orderly end, one TLS connection at A2 for the whole stream, the kernel's kTLS sockets the same
+/// two throughout (`TlsCurrTxSw`/`TlsCurrRxSw` at 2 after each replacement, no decrypt error).
+async fn replaced_under_a_stream(
+    pki: &Pki,
+    plans: &mpsc::UnboundedSender<Plan>,
+) -> (Proc, Proc, PathBuf, tempfile::TempDir) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const LEN: usize = 64 * MIB;
+    const REPLACEMENTS: usize = 3;
+    let mut a2 = sidecar(
+        pki,
+        "A2",
+        &format!(
+            "[[outbound]]\nlisten = \"{A2_OUTBOUND}\"\nupstream = \"{D_INBOUND}\"\n\n\
+             [metrics]\nlisten = \"{A2_METRICS}\"\n\n[logging]\nconnections = true\n"
+        ),
+        &[],
+    );
+    let d_dir = tempfile::tempdir().unwrap();
+    let d_config = sidecar_config(
+        pki,
+        d_dir.path(),
+        "D",
+        &format!(
+            "[[inbound]]\nlisten = \"{D_INBOUND}\"\nforward = \"{BACKEND}\"\n\n\
+             [handover]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"{D_METRICS}\"\n\n\
+             [logging]\nconnections = true\n",
+            d_dir.path().join("handover.sock").display()
+        ),
+    );
+    let mut d = sidecar_at(&d_config, tempfile::tempdir().unwrap(), "D", &[]);
+
+    let (open_tx, open_rx) = tokio::sync::watch::channel(0usize);
+    let client_at = Arc::new(AtomicUsize::new(0));
+    let backend_at = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = oneshot::channel();
+    plans
+        .send(Plan::Duplex {
+            seed: 72,
+            len: LEN,
+            wait_for_peer_eof: false,
+            gate: Some(Gate {
+                reached: backend_at.clone(),
+                open: open_rx.clone(),
+            }),
+            done: done_tx,
+        })
+        .unwrap();
+    let client = TcpStream::connect(addr(A2_OUTBOUND)).await.unwrap();
+    let (r, w) = client.into_split();
+    let client_gate = Gate {
+        reached: client_at.clone(),
+        open: open_rx,
+    };
+    let client_stream = tokio::spawn(duplex(r, w, 71, LEN, false, Some(client_gate)));
+    // What starting a sidecar alone adds to the kernel's kTLS counters (its support probe): a
+    // replacement may add that and nothing else (no socket gets the ULP or a key again).
+    let t0 = tls_stat();
+    let probe = sidecar(
+        pki,
+        "P",
+        &format!("[[inbound]]\nlisten = \"{P_INBOUND}\"\nforward = \"{BACKEND}\"\n"),
+        &[],
+    );
+    drop(probe);
+    let t1 = tls_stat();
+    let started = |k: &str| t1[k] - t0[k];
+    let before = tls_stat();
+    let mut last = before.clone();
+    for k in 1..=REPLACEMENTS {
+        bounded("both writers at the next quarter", async {
+            while client_at.load(Ordering::SeqCst) < k || backend_at.load(Ordering::SeqCst) < k {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let old_pid = d.child.id();
+        let mut next = sidecar_at(&d_config, tempfile::tempdir().unwrap(), "D", &[]);
+        let took = next.wait_for("took over from pid");
+        d.wait_for("handed over to pid");
+        let status = d.wait_exit();
+        assert!(
+            status.success(),
+            "the old D (pid {old_pid}) exited: {status}"
+        );
+        let now = tls_stat();
+        assert_eq!(
+            (now["TlsCurrTxSw"], now["TlsCurrRxSw"]),
+            (2, 2),
+            "replacement {k}: the same two kTLS sockets (A2's and D's): {}",
+            stat_line(&now)
+        );
+        assert_eq!(now["TlsDecryptError"], before["TlsDecryptError"]);
+        for key in ["TlsTxSw", "TlsRxSw"] {
+            assert_eq!(
+                now[key] - last[key],
+                started(key),
+                "replacement {k}: {key} rose by more than a start-up adds: a moved socket was set up again"
+            );
+        }
+        last = now.clone();
+        println!(
+            "{MARK} replacement {k}: {took}; old pid {old_pid} exited; {}",
+            stat_line(&now)
+        );
+        d = next;
+        open_tx.send(k).unwrap();
+    }
+    let (client_got, client_hash, client_end) =
+        bounded("the client's stream", client_stream).await.unwrap();
+    let (backend_got, backend_hash, backend_end) =
+        bounded("the backend's stream", done_rx).await.unwrap();
+    assert_eq!(client_end, Ok(()), "the client's stream ends cleanly");
+    assert_eq!(backend_end, Ok(()), "the backend's stream ends cleanly");
+    let (up, down) = (expected_hash(71, LEN), expected_hash(72, LEN));
+    assert_eq!(
+        (backend_got, &backend_hash),
+        (LEN, &up),
+        "client -> backend"
+    );
+    assert_eq!(
+        (client_got, &client_hash),
+        (LEN, &down),
+        "backend -> client"
+    );
+    // One TLS connection at A2 from start to end; the last D ended it in order.
+    d.wait_for("ended (clean)");
+    a2.wait_for("ended (clean)");
+    let ma2 = scrape_str(A2_METRICS);
+    let connections = ringseal_testkit::samples(&ma2, "ringseal_connections_total", &[]);
+    assert_eq!(connections, 1.0, "A2 opened one connection to D: {ma2}");
+    let after = tls_stat();
+    assert_eq!(
+        (after["TlsCurrTxSw"], after["TlsCurrRxSw"]),
+        (0, 0),
+        "no kTLS socket left: {}",
+        stat_line(&after)
+    );
+    println!(
+        "{MARK} D replaced {REPLACEMENTS} times under a 64 MiB-each-way kTLS stream: intact \
+         (client->backend sha256 {}, backend->client sha256 {}), one connection at A2, {}",
+        hex(&up),
+        hex(&down),
+        stat_line(&after)
+    );
+    (a2, d, d_config, d_dir)
+}
+
+/// 8: the record count of a moved kTLS connection comes from the kernel, not from a fresh start.
+/// The backend sends 2 MiB (at least 128 records) through A2 -> D and pauses; D is replaced by a
+/// process whose record limit (RINGSEAL_TEST_KTLS_RECORD_LIMIT = 64) is already behind: it must abort
+/// the moved connection (`key_limit`) before sending a record of its own. A process that counted
+/// from zero would send up to 64 more records (up to 1 MiB): the client would get more than 2 MiB.
+async fn record_count_survives_a_replacement(
+    plans: &mpsc::UnboundedSender<Plan>,
+    mut d: Proc,
+    d_config: &Path,
+) -> Proc {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const LEN: usize = 8 * MIB;
+    let (open_tx, open_rx) = tokio::sync::watch::channel(0usize);
+    let backend_at = Arc::new(AtomicUsize::new(0));
+    let (done_tx, _done_rx) = oneshot::channel();
+    plans
+        .send(Plan::Duplex {
+            seed: 81,
+            len: LEN,
+            wait_for_peer_eof: false,
+            gate: Some(Gate {
+                reached: backend_at.clone(),
+                open: open_rx,
+            }),
+            done: done_tx,
+        })
+        .unwrap();
+    let mut client = TcpStream::connect(addr(A2_OUTBOUND)).await.unwrap();
+    bounded("the backend at its first quarter", async {
+        while backend_at.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut next = sidecar_at(
+        d_config,
+        tempfile::tempdir().unwrap(),
+        "D",
+        &[("RINGSEAL_TEST_KTLS_RECORD_LIMIT", "64")],
+    );
+    next.wait_for("took over from pid");
+    d.wait_for("handed over to pid");
+    assert!(d.wait_exit().success());
+    open_tx.send(3).unwrap();
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    let end = loop {
+        match bounded("the client's stream", client.read(&mut buf)).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                got += n;
+            }
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert_eq!(
+        end,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the moved connection aborts at its record limit: {got} bytes, then a reset"
+    );
+    assert!(
+        got <= LEN / 4,
+        "the new process sent records past the limit: the client got {got} bytes, the backend had \
+         written {} before the replacement",
+        LEN / 4
+    );
+    let mut expect = Seeded::new(81, got);
+    let mut prefix = Sha256::new();
+    while let Some(chunk) = expect.next_chunk() {
+        prefix.update(chunk);
+    }
+    assert!(
+        hash.finalize() == prefix.finalize(),
+        "a prefix of the backend's stream"
+    );
+    next.wait_for("reached its record limit");
+    println!(
+        "{MARK} record count carried across a replacement: the new process (limit 64 records) aborted \
+         the moved connection after {got} bytes (key_limit)"
+    );
+    next
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -781,6 +1066,7 @@ async fn guest() {
                 seed: 0,
                 len: 0,
                 wait_for_peer_eof: true,
+                gate: None,
                 done: done_tx,
             })
             .unwrap();
@@ -827,6 +1113,7 @@ async fn guest() {
                 seed: 51,
                 len: 32 * MIB,
                 wait_for_peer_eof: false,
+                gate: None,
                 done: done_tx,
             })
             .unwrap();
@@ -972,6 +1259,10 @@ async fn guest() {
         closed(&mb, "inbound", "backend_reset"),
         closed(&ma, "outbound", "peer_reset")
     );
-    drop((a, b, c));
+    // 7: replacing a sidecar moves its kTLS connection.
+    let (a2, d, d_config, d_dir) = replaced_under_a_stream(&pki, &plans).await;
+    // 8: the moved connection's record count comes from the kernel.
+    let d = record_count_survives_a_replacement(&plans, d, &d_config).await;
+    drop((a, b, c, a2, d, d_dir));
     println!("{MARK} result ok");
 }

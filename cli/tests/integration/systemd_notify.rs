@@ -309,3 +309,153 @@ async fn runs_without_a_service_manager() {
         assert!(status.success(), "NOTIFY_SOCKET={socket:?}: {status}");
     }
 }
+
+/// Kills a process this test did not spawn itself (a successor) when the test ends, however it ends.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// SIGUSR2, the unit's upgrade (`systemctl kill --kill-whom=main --signal=SIGUSR2 ringseal`): the
+/// process starts its successor (the same binary and arguments), which takes the listener over the
+/// hand-over socket and says READY=1 with MAINPID= its own pid; the old process exits 0 without
+/// STOPPING=1 (which would tell systemd that the service stops). A client connecting all along is
+/// never refused, and the watchdog keep-alives go on from the successor after the old one is gone.
+#[tokio::test]
+async fn sigusr2_starts_a_successor_that_becomes_the_main_process() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let pki = Arc::new(Pki::new());
+    let backend = Backend::start(Mode::Echo).await;
+    let manager = Manager::bind();
+    let (dir, config) = write_config(&pki, backend.addr);
+    let socket = dir.path().join("handover.sock");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[handover]\nsocket = \"{}\"\n", socket.display()),
+    )
+    .unwrap();
+    // `exec` keeps the shell's pid: WATCHDOG_PID names ringseal, as systemd sets it.
+    let mut proc = Proc::spawn_with(
+        &["sh", "-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""],
+        &config,
+        dir,
+        &[
+            ("NOTIFY_SOCKET", manager.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let old = proc.child.id();
+    let ready = manager.next_state().await;
+    assert!(ready.contains(&"READY=1".to_owned()), "{ready:?}");
+    assert_eq!(value(&ready, "MAINPID"), Some(old.to_string().as_str()));
+    let inbound = listeners(value(&ready, "STATUS").unwrap(), "inbound")[0];
+
+    let (ok, failures, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let client_loop = {
+        let (pki, ok, failures, stop) = (pki.clone(), ok.clone(), failures.clone(), stop.clone());
+        tokio::spawn(async move {
+            let config = client(pki.roots(), Some(&pki.node));
+            while !stop.load(Ordering::SeqCst) {
+                let result = within("a handshake and an echo", async {
+                    let mut tls = connect(&config, inbound).await?;
+                    echo(&mut tls, b"ping").await
+                })
+                .await;
+                match result {
+                    Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        failures.lock().unwrap().push(e.to_string());
+                        0
+                    }
+                };
+            }
+        })
+    };
+    within("connections before the upgrade", async {
+        while ok.load(Ordering::SeqCst) < 5 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    proc.signal("USR2");
+    let ready = within("READY=1 from the successor", async {
+        loop {
+            let m = manager.next_state().await;
+            assert!(
+                !m.contains(&"STOPPING=1".to_owned()),
+                "the old process told systemd it stops: {m:?}"
+            );
+            if m.contains(&"READY=1".to_owned()) {
+                return m;
+            }
+        }
+    })
+    .await;
+    let new: u32 = value(&ready, "MAINPID")
+        .expect("MAINPID with READY=1")
+        .parse()
+        .unwrap();
+    let _successor = KillOnDrop(new);
+    assert_ne!(new, old, "READY=1 came from a new process: {ready:?}");
+    proc.wait_for(&format!("took over from pid {old}"));
+    let status = proc.wait_exit();
+    assert!(status.success(), "the old process exited {status}");
+    let after_exit = ok.load(Ordering::SeqCst);
+    within(
+        "connections and keep-alives after the old process exited",
+        async {
+            let mut keep_alives = 0;
+            while keep_alives < 3 || ok.load(Ordering::SeqCst) < after_exit + 5 {
+                let m = manager.next().await;
+                assert!(!m.contains(&"STOPPING=1".to_owned()), "{m:?}");
+                keep_alives += usize::from(m == ["WATCHDOG=1"]);
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    client_loop.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} connections failed across the upgrade: {failures:?}",
+        failures.len()
+    );
+    // The successor is the service now: SIGTERM stops it as usual.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &new.to_string()])
+        .status();
+    assert_eq!(manager.next_state().await[0], "STOPPING=1");
+}
+
+/// Without a hand-over socket SIGUSR2 cannot upgrade: one warning, and the process goes on serving
+/// (SIGUSR2's default action would have killed it).
+#[tokio::test]
+async fn sigusr2_without_a_handover_socket_is_refused_and_harmless() {
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo).await;
+    let (dir, config) = write_config(&pki, backend.addr);
+    let mut proc = Proc::spawn_with(&[], &config, dir, &[]);
+    let line = proc.wait_for("starting inbound mTLS listener");
+    let inbound = ringseal_testkit::process::address_after(&line, "listener on ");
+    proc.signal("USR2");
+    let warning = proc.wait_for("SIGUSR2");
+    assert!(
+        warning.contains("hand-over is off") && warning.contains("[handover] socket"),
+        "{warning}"
+    );
+    handshake_echo(&pki, inbound).await;
+    proc.check_alive().unwrap();
+}
