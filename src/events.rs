@@ -21,6 +21,11 @@ pub trait Events: Send + Sync {
     fn reloaded(&self, status: &Status);
     /// Shutdown started: no new connections; open ones drain.
     fn stopping(&self);
+    /// This process handed its listeners over to process `pid` and drains what stayed: the service
+    /// goes on (so not [`Events::stopping`]).
+    fn handed_over(&self, pid: u32) {
+        let _ = pid;
+    }
 }
 
 /// No one listens (the default).

@@ -398,8 +398,12 @@ impl Server {
         // Our descriptors of the listening sockets close here; those handed over stay open in the
         // new process.
         drop(stopped);
-        // The accept loops have ended: the drain starts now.
-        self.events.stopping();
+        // The accept loops have ended: the drain starts now. After a hand-over the service goes on
+        // in the new process: systemd must not hear that it stops.
+        match &finished {
+            Some(f) => self.events.handed_over(f.pid),
+            None => self.events.stopping(),
+        }
         health.set_listeners_bound(false);
         // The listening sockets are closed now: new peers get a refusal and reconnect elsewhere later.
         tracker.close();

@@ -13,10 +13,15 @@ use sd_notify::NotifyState;
 pub struct Notifier {
     /// A send failed once already: say so only the first time.
     failed: AtomicBool,
+    /// Handed over: this process no longer speaks for the service.
+    quiet: AtomicBool,
 }
 
 impl Notifier {
     fn send(&self, states: &[NotifyState]) {
+        if self.quiet.load(Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = sd_notify::notify(states)
             && !self.failed.swap(true, Ordering::Relaxed)
         {
@@ -51,6 +56,13 @@ impl Events for Notifier {
     fn reloaded(&self, status: &Status) {
         let line = status.to_string();
         self.send(&[NotifyState::Ready, NotifyState::Status(&line)]);
+    }
+
+    fn handed_over(&self, _pid: u32) {
+        // The successor is the service now (it said MAINPID= itself): not STOPPING=1, no STATUS=
+        // over its own, and no more keep-alives, which would hide a hung successor from the watchdog
+        // (NotifyAccess=all accepts them from any process of the unit).
+        self.quiet.store(true, Ordering::Relaxed);
     }
 
     fn stopping(&self) {

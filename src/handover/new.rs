@@ -29,6 +29,8 @@ pub struct Takeover {
     pub pid: u32,
     /// The listening sockets received, by the address this process configured.
     pub(crate) listeners: Vec<(ListenerId, OwnedFd)>,
+    /// How many were received (binding takes them out of `listeners`).
+    received: usize,
 }
 
 /// Why this process will not start (it has bound nothing; the old process keeps serving).
@@ -135,7 +137,7 @@ pub async fn contact(path: &Path, wanted: Vec<ListenerId>) -> Result<Contact, Ha
     };
     send(&conn, "Hello", &hello, &[]).await.map_err(step)?;
     let (answer, fds) = recv(&conn, "Listeners").await.map_err(step)?;
-    let listeners = match answer {
+    let listeners: Vec<(ListenerId, OwnedFd)> = match answer {
         Message::Listeners { listeners, .. } if listeners.len() == fds.len() => {
             listeners.into_iter().zip(fds).collect()
         }
@@ -173,6 +175,7 @@ pub async fn contact(path: &Path, wanted: Vec<ListenerId>) -> Result<Contact, Ha
         conn,
         path: path.to_owned(),
         pid: old,
+        received: listeners.len(),
         listeners,
     }))
 }
@@ -195,7 +198,7 @@ impl Takeover {
 
     /// How many listening sockets were received.
     pub fn received(&self) -> usize {
-        self.listeners.len()
+        self.received
     }
 
     /// This process accepts on every listener now: the old one stops accepting, sends the
@@ -212,7 +215,17 @@ impl Takeover {
         let mut lost = 0;
         let (moved, stayed) = loop {
             match recv(&self.conn, "Done").await.map_err(step)? {
-                (Message::Done { moved, stayed }, _) => break (moved, stayed),
+                (
+                    Message::Done {
+                        moved,
+                        stayed,
+                        listeners,
+                    },
+                    _,
+                ) => {
+                    count_moves(&listeners);
+                    break (moved, stayed);
+                }
                 (Message::Connection { id, meta, state }, fds) => {
                     super::test_pause("adopt").await;
                     // Ours from the acknowledgement on: acknowledged first, so that an old process
@@ -243,5 +256,29 @@ impl Takeover {
             .await
             .map_err(step)?;
         Ok(TookOver { moved, stayed })
+    }
+}
+
+/// Counts what the old process says moved and stayed, per listener: its own counters went with its
+/// `/metrics` listener, which this process serves now. The names are the old config's, bounded by
+/// it (a name that no config could hold, or a direction other than the two, is not counted).
+fn count_moves(listeners: &[super::protocol::ListenerMoves]) {
+    use crate::metrics::{Direction, Listener};
+    for l in listeners {
+        let dir = match l.direction.as_str() {
+            "inbound" => Direction::Inbound,
+            "outbound" => Direction::Outbound,
+            _ => continue,
+        };
+        let valid = (1..=32).contains(&l.listener.len())
+            && l.listener
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid {
+            continue;
+        }
+        let who = Listener::new(dir, l.listener.as_str().into());
+        crate::metrics::handover_connections(&who, "moved", l.moved);
+        crate::metrics::handover_connections(&who, "stayed", l.stayed);
     }
 }

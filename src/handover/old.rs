@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{Kind, ListenerId, Message, Refusal, VERSION};
+use super::protocol::{Kind, ListenerId, ListenerMoves, Message, Refusal, VERSION};
 use super::wire::{Peer, Seq, SeqListener, own_uid};
 use super::{StepError, recv, send, test_pause, unexpected};
 use crate::listener::moves::{Move, Moves};
@@ -175,6 +175,18 @@ async fn hand_over(
         let m = Message::Done {
             moved: moved.len() as u64,
             stayed: established.saturating_sub(moved.len() as u64),
+            listeners: per_listener
+                .iter()
+                .map(|(who, n)| {
+                    let went = moved_from(&moved, who);
+                    ListenerMoves {
+                        direction: who.dir.as_str().to_owned(),
+                        listener: who.name().to_owned(),
+                        moved: went as u64,
+                        stayed: (*n - went.min(*n)) as u64,
+                    }
+                })
+                .collect(),
         };
         send(&conn, "Done", &m, &[]).await?;
         match recv(&conn, "Bye").await? {
@@ -195,14 +207,7 @@ async fn hand_over(
     let moved_total = moved.len() as u64;
     let established: u64 = per_listener.iter().map(|(_, n)| *n as u64).sum();
     let stayed = established.saturating_sub(moved_total);
-    for (who, n) in &per_listener {
-        let went = moved
-            .iter()
-            .filter(|(dir, name)| *dir == who.dir && name == who.name())
-            .count();
-        metrics::handover_connections(who, "moved", went as u64);
-        metrics::handover_connections(who, "stayed", (*n - went.min(*n)) as u64);
-    }
+    // Counted by the new process (`ListenerMoves` in Done): this one's /metrics went with it.
     let finished = Finished {
         pid,
         handed: listeners,
@@ -352,6 +357,17 @@ async fn offer(conn: &Seq, offers: &[Offer]) -> Result<Option<Vec<(Kind, SocketA
         (Message::Accepting, _) => Ok(Some(handed)),
         (other, _) => Err(unexpected("Accepting", &other)),
     }
+}
+
+/// How many of `moved` came from the listener `who`.
+fn moved_from(
+    moved: &[(crate::metrics::Direction, String)],
+    who: &crate::metrics::Listener,
+) -> usize {
+    moved
+        .iter()
+        .filter(|(dir, name)| *dir == who.dir && name == who.name())
+        .count()
 }
 
 #[cfg(test)]

@@ -94,6 +94,11 @@ pub(crate) enum Message {
     Done {
         moved: u64,
         stayed: u64,
+        /// The same per listener: the new process counts them
+        /// (`ringseal_handover_connections_total`), since the old one's `/metrics` is handed over
+        /// with its listeners and its own counters are never scraped again.
+        #[serde(default)]
+        listeners: Vec<ListenerMoves>,
     },
     Bye,
 }
@@ -150,4 +155,15 @@ mod tests {
         assert_eq!(Message::decode(&hello.encode()).unwrap(), hello);
         assert!(Message::decode(b"{\"type\":\"Steal\"}").is_err());
     }
+}
+
+/// How many connections of one listener of the old process moved and stayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerMoves {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    pub listener: String,
+    pub moved: u64,
+    pub stayed: u64,
 }

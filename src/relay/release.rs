@@ -276,36 +276,6 @@ fn registered(fd: OwnedFd) -> io::Result<TcpStream> {
     Ok(sock)
 }
 
-/// Relays a released connection to its end in this process (nobody took it over). A connection that
-/// cannot be resumed is lost: its descriptors close, with the reset armed.
-// Unused since `listener::moves` resumes a connection a hand-over gave back with the registry's token
-// (a later hand-over may move it again).
-#[allow(dead_code)]
-pub async fn take_back(
-    mut released: Released,
-    limits: RelayLimits,
-    counters: ByteCounters,
-) -> Outcome {
-    loop {
-        let (from_peer, to_peer) = released.bytes();
-        let run = match resume(released, limits, counters.clone(), CancellationToken::new()) {
-            Ok(run) => run,
-            Err(e) => {
-                return Outcome {
-                    from_peer,
-                    to_peer,
-                    close: super::Close::Io(format!("cannot resume a released relay: {e}")),
-                };
-            }
-        };
-        match run.await {
-            Finish::Done(outcome) => return outcome,
-            // Not with a token nobody cancels; taken back again all the same.
-            Finish::Released(r) => released = r,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::{IoSlice, IoSliceMut};

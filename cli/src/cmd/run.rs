@@ -47,7 +47,13 @@ pub fn run(sources: &SourceArgs, format: LogFormat, runtime: &tokio::runtime::Ru
         tracing::warn!("{w}");
     }
     // Now, before a package upgrade can replace the binary this path names.
-    let successor = Successor::capture().ok_or("the running binary's path cannot be read");
+    let successor = match loaded.config.handover.socket {
+        Some(_) => Successor::capture().ok_or("the running binary's path cannot be read"),
+        None => Err(
+            "hand-over is off (set [handover] socket, or run under systemd with RuntimeDirectory=); \
+             a successor could not take the listeners over",
+        ),
+    };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         // Before READY=1: a reload signal right after it must find its handler.

@@ -180,7 +180,7 @@ fn twenty_handovers_refuse_and_reset_nothing() {
         let mut new = setup.spawn(&config, &[]);
         let line = new.wait_for("took over from pid");
         assert!(
-            line.contains(&format!("took over from pid {}", pid(&old))),
+            line.contains(&format!("took over from pid {}: 1 listeners", pid(&old))),
             "{line}"
         );
         old.wait_for(&format!("handed over to pid {}", pid(&new)));
@@ -541,6 +541,18 @@ fn spliced_connections_move_and_tls_ones_stay() {
         if let Some(mut p) = current.take() {
             assert!(p.wait_exit().success());
         }
+        // The new process counts what its predecessor moved and kept (the old one's /metrics is
+        // the new one's now); polled, as the old one's endpoint may answer a last scrape.
+        let counted = |result| {
+            let exposition = scrape(metrics);
+            let labels = [("listener", "internode"), ("result", result)];
+            samples(&exposition, "ringseal_handover_connections_total", &labels)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counted("moved") != 2.0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!((counted("moved"), counted("stayed")), (2.0, stay as f64));
         new.wait_for("hand-over socket");
         phase.send_replace(round);
         old = pid(&new);

@@ -326,7 +326,8 @@ impl Drop for KillOnDrop {
 /// hand-over socket and says READY=1 with MAINPID= its own pid; the old process exits 0 without
 /// STOPPING=1 (which would tell systemd that the service stops). A client connecting all along is
 /// never refused, and the watchdog keep-alives go on from the successor after the old one is gone.
-#[tokio::test]
+// Multi-threaded: `Proc`'s waits block their thread, and the client loop must go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_starts_a_successor_that_becomes_the_main_process() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -408,6 +409,7 @@ async fn sigusr2_starts_a_successor_that_becomes_the_main_process() {
         .parse()
         .unwrap();
     let _successor = KillOnDrop(new);
+
     assert_ne!(new, old, "READY=1 came from a new process: {ready:?}");
     proc.wait_for(&format!("took over from pid {old}"));
     let status = proc.wait_exit();
