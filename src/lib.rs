@@ -335,8 +335,14 @@ impl Server {
         let live: handover::old::Live = Arc::new(move || {
             inbound_handles
                 .iter()
-                .map(|h| h.established())
-                .chain(outbound_handles.iter().map(|h| h.established()))
+                .map(|h| {
+                    let (who, n) = h.established();
+                    (who, n, h.policy())
+                })
+                .chain(outbound_handles.iter().map(|h| {
+                    let (who, n) = h.established();
+                    (who, n, h.policy())
+                }))
                 .collect()
         });
         tokio::spawn(handover_task(
@@ -497,14 +503,24 @@ async fn handover_task(
 ) {
     if let Some(t) = takeover {
         let (pid, received) = (t.pid, t.received());
+        let own: Vec<_> = live()
+            .into_iter()
+            .map(|(who, _, print)| (who.dir.as_str().to_owned(), who.name().to_owned(), print))
+            .collect();
+        let differing = t.policy_differences(&own);
         match t.finish(&adopter).await {
             Ok(done) => {
                 metrics::handover("new", "ok");
-                let policy = if done.moved > 0 {
-                    "; the moved connections keep the policy they were verified under, this \
-                     config's applies to new ones"
+                // Verified under the old process's config, they keep it (as after a reload).
+                let policy = if done.moved > 0 && !differing.is_empty() {
+                    format!(
+                        "; this config differs from pid {pid}'s in what connections depend on: {}: \
+                         the connections moved from there keep what they were verified under, new \
+                         ones are verified under this config",
+                        differing.join(", ")
+                    )
                 } else {
-                    ""
+                    String::new()
                 };
                 tracing::info!(
                     "took over from pid {pid}: {received} listeners, {} connections moved here, {} \

@@ -31,6 +31,8 @@ pub struct Takeover {
     pub(crate) listeners: Vec<(ListenerId, OwnedFd)>,
     /// How many were received (binding takes them out of `listeners`).
     received: usize,
+    /// What the old process's connections were verified under, per listener.
+    policies: Vec<super::protocol::ListenerPolicy>,
 }
 
 /// Why this process will not start (it has bound nothing; the old process keeps serving).
@@ -137,10 +139,12 @@ pub async fn contact(path: &Path, wanted: Vec<ListenerId>) -> Result<Contact, Ha
     };
     send(&conn, "Hello", &hello, &[]).await.map_err(step)?;
     let (answer, fds) = recv(&conn, "Listeners").await.map_err(step)?;
-    let listeners: Vec<(ListenerId, OwnedFd)> = match answer {
-        Message::Listeners { listeners, .. } if listeners.len() == fds.len() => {
-            listeners.into_iter().zip(fds).collect()
-        }
+    let (listeners, policies): (Vec<(ListenerId, OwnedFd)>, _) = match answer {
+        Message::Listeners {
+            listeners,
+            policies,
+            ..
+        } if listeners.len() == fds.len() => (listeners.into_iter().zip(fds).collect(), policies),
         Message::Listeners { listeners, .. } => {
             return Err(step(StepError {
                 step: "Listeners",
@@ -177,6 +181,7 @@ pub async fn contact(path: &Path, wanted: Vec<ListenerId>) -> Result<Contact, Ha
         pid: old,
         received: listeners.len(),
         listeners,
+        policies,
     }))
 }
 
@@ -194,6 +199,40 @@ impl Takeover {
             .iter()
             .position(|(id, _)| id.kind == kind && id.listen == listen)?;
         Some(self.listeners.swap_remove(i).1)
+    }
+
+    /// The listeners whose connections were verified under another identity, trust or policy than
+    /// `own` (this process's, by direction and name) gives new ones: one phrase each, e.g.
+    /// `listener "internode" (trust, policy)`; a listener this config does not have is named so.
+    pub fn policy_differences(
+        &self,
+        own: &[(String, String, crate::tls::PolicyPrint)],
+    ) -> Vec<String> {
+        self.policies
+            .iter()
+            .filter_map(|theirs| {
+                let mine = own
+                    .iter()
+                    .find(|(dir, name, _)| *dir == theirs.direction && *name == theirs.listener);
+                match mine {
+                    None => Some(format!(
+                        "{} listener \"{}\" (not in this config)",
+                        theirs.direction, theirs.listener
+                    )),
+                    Some((_, _, print)) => {
+                        let parts = theirs.print.differences(print);
+                        (!parts.is_empty()).then(|| {
+                            format!(
+                                "{} listener \"{}\" ({})",
+                                theirs.direction,
+                                theirs.listener,
+                                parts.join(", ")
+                            )
+                        })
+                    }
+                }
+            })
+            .collect()
     }
 
     /// How many listening sockets were received.

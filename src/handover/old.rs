@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{Kind, ListenerId, ListenerMoves, Message, Refusal, VERSION};
+use super::protocol::{Kind, ListenerId, ListenerMoves, ListenerPolicy, Message, Refusal, VERSION};
 use super::wire::{Peer, Seq, SeqListener, own_uid};
 use super::{StepError, recv, send, test_pause, unexpected};
 use crate::listener::moves::{Move, Moves};
@@ -41,8 +41,10 @@ pub struct Finished {
     pub stayed: u64,
 }
 
-/// The connections established now, per listener (they stay in this process).
-pub type Live = Arc<dyn Fn() -> Vec<(metrics::Listener, usize)> + Send + Sync>;
+/// Per listener: the connections established now (they stay in this process unless they move), and
+/// what connections verified now depend on (the new process compares it with its own config).
+pub type Live =
+    Arc<dyn Fn() -> Vec<(metrics::Listener, usize, crate::tls::PolicyPrint)> + Send + Sync>;
 
 /// Serves hand-overs on `socket` until `stop`. Connections from another uid are refused (and logged);
 /// while one hand-over runs, or after one succeeded, others are refused as busy.
@@ -145,7 +147,7 @@ async fn hand_over(
 ) -> bool {
     let pid = u32::try_from(peer.pid).unwrap_or_default();
     tracing::info!("pid {pid} asks to take over");
-    let listeners = match offer(&conn, offers).await {
+    let listeners = match offer(&conn, offers, live).await {
         Ok(Some(l)) => l,
         Ok(None) => {
             metrics::handover("old", "refused");
@@ -167,7 +169,7 @@ async fn hand_over(
     }
     test_pause("stopped").await;
     // Established now, moved or not.
-    let per_listener = live();
+    let per_listener: Vec<_> = live().into_iter().map(|(who, n, _)| (who, n)).collect();
     let mut moved = Vec::new();
     let done = async {
         moved = move_connections(&conn, moves).await?;
@@ -306,7 +308,11 @@ fn matches(offer: &Offer, want: &ListenerId) -> bool {
 
 /// Hello -> Listeners, then waits for Accepting. `None`: refused (version). Returns the listeners
 /// handed (kind, bound address).
-async fn offer(conn: &Seq, offers: &[Offer]) -> Result<Option<Vec<(Kind, SocketAddr)>>, StepError> {
+async fn offer(
+    conn: &Seq,
+    offers: &[Offer],
+    live: &Live,
+) -> Result<Option<Vec<(Kind, SocketAddr)>>, StepError> {
     let wanted = match recv(conn, "Hello").await? {
         (
             Message::Hello {
@@ -347,9 +353,18 @@ async fn offer(conn: &Seq, offers: &[Offer]) -> Result<Option<Vec<(Kind, SocketA
             handed.push((o.id.kind, o.bound));
         }
     }
+    let policies = live()
+        .into_iter()
+        .map(|(who, _, print)| ListenerPolicy {
+            direction: who.dir.as_str().to_owned(),
+            listener: who.name().to_owned(),
+            print,
+        })
+        .collect();
     let m = Message::Listeners {
         pid: std::process::id(),
         listeners: ids,
+        policies,
     };
     send(conn, "Listeners", &m, &fds).await?;
     test_pause("listeners").await;

@@ -79,6 +79,9 @@ pub(crate) enum Message {
     Listeners {
         pid: u32,
         listeners: Vec<ListenerId>,
+        /// What the old process's connections were verified under, per listener (by name).
+        #[serde(default)]
+        policies: Vec<ListenerPolicy>,
     },
     Accepting,
     /// One released connection; its descriptors attached in the order `state` documents.
@@ -166,4 +169,14 @@ pub struct ListenerMoves {
     pub listener: String,
     pub moved: u64,
     pub stayed: u64,
+}
+
+/// What the connections of one listener of the old process depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerPolicy {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    pub listener: String,
+    pub print: crate::tls::PolicyPrint,
 }

@@ -78,6 +78,8 @@ struct InboundSnapshot {
     config: Arc<ServerConfig>,
     endpoint_verification: bool,
     mode: Mode,
+    /// What a connection verified with this snapshot depends on, for a hand-over to compare.
+    print: crate::tls::PolicyPrint,
 }
 
 impl InboundSnapshot {
@@ -96,6 +98,10 @@ impl InboundSnapshot {
             config,
             endpoint_verification: cfg.require_endpoint_verification,
             mode: cfg.mode,
+            print: tls.print(&format!(
+                "allow {} endpoint verification {} mode {}",
+                cfg.allow, cfg.require_endpoint_verification, cfg.mode
+            )),
         }
     }
 }
@@ -109,6 +115,11 @@ impl InboundHandle {
     /// Its metric labels and established connections now (a hand-over counts those that stay).
     pub fn established(&self) -> (metrics::Listener, usize) {
         (self.0.who.clone(), self.0.admission.established())
+    }
+
+    /// What connections verified now depend on (a hand-over compares it with the other process's).
+    pub fn policy(&self) -> crate::tls::PolicyPrint {
+        self.0.snapshot.load().print.clone()
     }
 
     /// What a connection adopted from an old process joins.

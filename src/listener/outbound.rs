@@ -44,6 +44,8 @@ struct OutboundSnapshot {
     mode: Mode,
     plaintext_fallback: Option<SocketAddr>,
     source: Option<std::net::IpAddr>,
+    /// What a connection verified with this snapshot depends on, for a hand-over to compare.
+    print: crate::tls::PolicyPrint,
 }
 
 impl OutboundSnapshot {
@@ -63,6 +65,10 @@ impl OutboundSnapshot {
             mode: cfg.mode,
             plaintext_fallback: cfg.plaintext_fallback,
             source: cfg.bind_ip,
+            print: tls.print(&format!(
+                "allow {} endpoint verification {} mode {} fallback {:?}",
+                cfg.allow, cfg.require_endpoint_verification, cfg.mode, cfg.plaintext_fallback
+            )),
         }
     }
 }
@@ -75,6 +81,11 @@ impl OutboundHandle {
     /// Its metric labels and established connections now (a hand-over counts those that stay).
     pub fn established(&self) -> (metrics::Listener, usize) {
         (self.0.who.clone(), self.0.admission.established())
+    }
+
+    /// What connections verified now depend on (a hand-over compares it with the other process's).
+    pub fn policy(&self) -> crate::tls::PolicyPrint {
+        self.0.snapshot.load().print.clone()
     }
 
     /// What a connection adopted from an old process joins.

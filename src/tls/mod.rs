@@ -224,3 +224,79 @@ pub fn client_config(
     config.enable_secret_extraction = true;
     Arc::new(config)
 }
+
+/// Digests of what a verified connection depends on, by part: our identity, the trust in peers
+/// (CAs, CRLs and how they are applied), the rest of the policy (protocols, suites, client auth and
+/// the listener's own rules, `listener_policy`). Two processes compare them at a hand-over, so that
+/// a new config's difference for the connections it takes over is said, not silent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPrint {
+    pub identity: String,
+    pub trust: String,
+    pub policy: String,
+}
+
+impl PolicyPrint {
+    /// The parts in which `other` differs from this one.
+    pub fn differences(&self, other: &Self) -> Vec<&'static str> {
+        let mut parts = Vec::new();
+        if self.identity != other.identity {
+            parts.push("identity");
+        }
+        if self.trust != other.trust {
+            parts.push("trust");
+        }
+        if self.policy != other.policy {
+            parts.push("policy");
+        }
+        parts
+    }
+}
+
+impl LoadedTls {
+    /// This material's [`PolicyPrint`], with the listener's own rules (allow-list, endpoint
+    /// verification, mode ...) as `listener_policy`.
+    pub fn print(&self, listener_policy: &str) -> PolicyPrint {
+        use aws_lc_rs::digest::{Context, SHA256};
+        let hex = |ctx: Context| -> String {
+            ctx.finish().as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let m = &self.material;
+        let mut identity = Context::new(&SHA256);
+        let outbound = m.outbound.as_ref().map(|(k, _)| k.cert.as_slice());
+        for cert in m.certified.cert.iter().chain(outbound.unwrap_or_default()) {
+            identity.update(&(cert.len() as u64).to_be_bytes());
+            identity.update(cert);
+        }
+        let mut trust = Context::new(&SHA256);
+        for der in m
+            .ca_certs
+            .iter()
+            .map(|c| c.as_ref())
+            .chain(m.crls.iter().map(|c| c.as_ref()))
+        {
+            trust.update(&(der.len() as u64).to_be_bytes());
+            trust.update(der);
+        }
+        trust.update(format!("{:?} {}", self.crl_expired, self.accept_v1).as_bytes());
+        let mut policy = Context::new(&SHA256);
+        let versions: Vec<_> = self.versions.iter().map(|v| v.version).collect();
+        let suites: Vec<_> = self.suites.iter().map(|s| s.suite()).collect();
+        policy.update(
+            format!(
+                "{versions:?} {suites:?} {:?} {listener_policy}",
+                self.require_client_auth
+            )
+            .as_bytes(),
+        );
+        PolicyPrint {
+            identity: hex(identity),
+            trust: hex(trust),
+            policy: hex(policy),
+        }
+    }
+}

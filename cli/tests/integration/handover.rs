@@ -683,3 +683,58 @@ fn new_killed_before_acknowledging_a_connection_old_resumes_it() {
     assert!(setup.roundtrip(addr).is_ok());
     old.check_alive().unwrap();
 }
+
+/// A new process whose config differs in what the moved connections depend on still takes them
+/// (they were verified under the old config, as a reload allows) and says which listener and which
+/// part differ; with the same config it says nothing of the kind.
+#[test]
+fn a_changed_config_takes_the_connections_and_says_so() {
+    use ringseal_testkit::stream::expected_hash;
+    let setup = Setup::new();
+    let head = format!("mode = \"permissive\"\n{HANDOVER}");
+    let config = setup.config("ringseal", &head, &[("internode", "127.0.0.1:0")]);
+    let changed = setup.dir.path().join("changed.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &changed,
+        text.replacen("[tls]\n", "[tls]\nprotocols = [\"TLSv1.3\"]\n", 1),
+    )
+    .unwrap();
+    let (mut first, addr) = start(&setup, &config, &[]);
+    let (phase, phases) = tokio::sync::watch::channel(0usize);
+    let (watched, task) = stream(&setup, addr, 9, phases);
+    let wait_progress = |at: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while *watched.borrow() < at {
+            assert!(Instant::now() < deadline, "no echo progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_progress(LEN / 4);
+    // The same config: moved, and no word of a difference.
+    let mut second = setup.spawn(&config, &[]);
+    let line = second.wait_for(&format!("took over from pid {}", pid(&first)));
+    assert!(line.contains("1 connections moved here"), "{line}");
+    assert!(!line.contains("differs"), "{line}");
+    assert!(first.wait_exit().success());
+    second.wait_for("hand-over socket");
+    phase.send_replace(1);
+    wait_progress(LEN / 2);
+    // Another protocol list: moved all the same, and the line names the listener and the part.
+    let mut third = setup.spawn(&changed, &[]);
+    let line = third.wait_for(&format!("took over from pid {}", pid(&second)));
+    assert!(line.contains("1 connections moved here"), "{line}");
+    assert!(
+        line.contains("differs from pid")
+            && line.contains("inbound listener \"internode\" (policy)")
+            && line.contains("keep what they were verified under"),
+        "{line}"
+    );
+    assert!(second.wait_exit().success());
+    third.wait_for("hand-over socket");
+    phase.send_replace(3);
+    let (sink, during) = setup.rt.block_on(within("stream", task)).unwrap();
+    assert_eq!(during, None, "the stream saw its end during the hand-overs");
+    assert_eq!(sink.len, LEN);
+    assert_eq!(sink.sha256(), expected_hash(9, LEN));
+}
