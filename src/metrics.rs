@@ -450,24 +450,11 @@ pub struct ActiveConnection {
 impl ActiveConnection {
     /// `offload`: the relay path's label (`relay::Path::label`).
     pub fn start(who: &Listener, tls: bool, offload: &'static str) -> Self {
-        let tls = if tls { "true" } else { "false" };
-        let (d, l) = (who.d(), who.l());
-        counter!(CONNECTIONS, "direction" => d, "listener" => l.clone(), "tls" => tls,
+        let label = if tls { "true" } else { "false" };
+        counter!(CONNECTIONS, "direction" => who.d(), "listener" => who.l(), "tls" => label,
             "offload" => offload)
         .increment(1);
-        let gauge = gauge!(CONNECTIONS_ACTIVE, "direction" => d, "listener" => l.clone(),
-            "tls" => tls);
-        gauge.increment(1.0);
-        Self {
-            who: who.clone(),
-            gauge,
-            bytes: ByteCounters {
-                from_peer: counter!(BYTES, "direction" => d, "listener" => l.clone(),
-                    "flow" => "from_peer"),
-                to_peer: counter!(BYTES, "direction" => d, "listener" => l, "flow" => "to_peer"),
-            },
-            counted: false,
-        }
+        Self::adopted(who, tls)
     }
 
     /// A connection adopted from the old process in a hand-over: active here, but not counted again

@@ -632,6 +632,41 @@ async fn duplex(
     bounded("reading", reader).await.unwrap()
 }
 
+/// Both ends of a duplex stream got the other's seeded stream (`seeds`: client's, backend's) whole,
+/// and saw an orderly end; returns the two SHA-256 (client -> backend, backend -> client).
+fn both_intact(
+    client: (usize, &Vec<u8>, Result<(), std::io::ErrorKind>),
+    backend: (usize, &Vec<u8>, Result<(), std::io::ErrorKind>),
+    seeds: (u64, u64),
+    len: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(client.2, Ok(()), "the client's stream ends cleanly");
+    assert_eq!(backend.2, Ok(()), "the backend's stream ends cleanly");
+    let up = expected_hash(seeds.0, len);
+    let down = expected_hash(seeds.1, len);
+    assert_eq!((backend.0, backend.1), (len, &up), "client -> backend");
+    assert_eq!((client.0, client.1), (len, &down), "backend -> client");
+    (up, down)
+}
+
+/// Reads `client` to its end: (length, SHA-256, `Ok` at an orderly end or the error).
+async fn read_to_end(client: &mut TcpStream) -> (usize, Sha256, Result<(), std::io::ErrorKind>) {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    let end = loop {
+        match bounded("the client's stream", client.read(&mut buf)).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                got += n;
+            }
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    (got, hash, end)
+}
+
 /// Pauses a writer at each quarter of its stream until the test opens that quarter: both directions
 /// of a connection are in flight (neither has ended) while a sidecar is replaced.
 #[derive(Clone)]
@@ -677,19 +712,11 @@ async fn pair_stream(plans: &mpsc::UnboundedSender<Plan>, peer_first: bool, seed
     .await;
     let (backend_got, backend_hash, backend_end) =
         bounded("the backend's stream", done_rx).await.unwrap();
-    assert_eq!(client_end, Ok(()), "the client's stream ends cleanly");
-    assert_eq!(backend_end, Ok(()), "the backend's stream ends cleanly");
-    let up = expected_hash(seeds.0, LEN);
-    let down = expected_hash(seeds.1, LEN);
-    assert_eq!(
-        (backend_got, &backend_hash),
-        (LEN, &up),
-        "client -> backend"
-    );
-    assert_eq!(
-        (client_got, &client_hash),
-        (LEN, &down),
-        "backend -> client"
+    let (up, down) = both_intact(
+        (client_got, &client_hash, client_end),
+        (backend_got, &backend_hash, backend_end),
+        seeds,
+        LEN,
     );
     println!(
         "{MARK} {} closes first: 64 MiB each way intact, client->backend sha256 {}, backend->client sha256 {}",
@@ -864,18 +891,11 @@ async fn replaced_under_a_stream(
         bounded("the client's stream", client_stream).await.unwrap();
     let (backend_got, backend_hash, backend_end) =
         bounded("the backend's stream", done_rx).await.unwrap();
-    assert_eq!(client_end, Ok(()), "the client's stream ends cleanly");
-    assert_eq!(backend_end, Ok(()), "the backend's stream ends cleanly");
-    let (up, down) = (expected_hash(71, LEN), expected_hash(72, LEN));
-    assert_eq!(
-        (backend_got, &backend_hash),
-        (LEN, &up),
-        "client -> backend"
-    );
-    assert_eq!(
-        (client_got, &client_hash),
-        (LEN, &down),
-        "backend -> client"
+    let (up, down) = both_intact(
+        (client_got, &client_hash, client_end),
+        (backend_got, &backend_hash, backend_end),
+        (71, 72),
+        LEN,
     );
     // One TLS connection at A2 from start to end; the last D ended it in order.
     d.wait_for("ended (clean)");
@@ -944,19 +964,7 @@ async fn record_count_survives_a_replacement(
     d.wait_for("handed over to pid");
     assert!(d.wait_exit().success());
     open_tx.send(3).unwrap();
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0;
-    let end = loop {
-        match bounded("the client's stream", client.read(&mut buf)).await {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                hash.update(&buf[..n]);
-                got += n;
-            }
-            Err(e) => break Err(e.kind()),
-        }
-    };
+    let (got, hash, end) = read_to_end(&mut client).await;
     assert_eq!(
         end,
         Err(std::io::ErrorKind::ConnectionReset),
@@ -1172,19 +1180,7 @@ async fn guest() {
             })
             .unwrap();
         let mut client = TcpStream::connect(addr(A_OUTBOUND)).await.unwrap();
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut got = 0;
-        let end = loop {
-            match bounded("the client's stream", client.read(&mut buf)).await {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    hash.update(&buf[..n]);
-                    got += n;
-                }
-                Err(e) => break Err(e.kind()),
-            }
-        };
+        let (got, hash, end) = read_to_end(&mut client).await;
         assert_eq!(
             end,
             Err(std::io::ErrorKind::ConnectionReset),
