@@ -135,6 +135,54 @@ impl Message {
 mod tests {
     use super::*;
 
+    /// The largest Connection message there can be: a kTLS relay holding a whole control record's
+    /// plaintext (as JSON numbers, up to 4 bytes each), a long peer subject. It must fit one message.
+    #[test]
+    fn the_largest_connection_fits_one_message() {
+        use crate::listener::moves::{Meta, TlsMeta};
+        use crate::relay::{KtlsState, Path, PipeState, RelayState, StateCipher};
+        let pipe = PipeState {
+            held: usize::MAX,
+            grow: false,
+        };
+        let m = Message::Connection {
+            id: u64::MAX,
+            meta: Meta {
+                listener: "x".repeat(32),
+                direction: "outbound".into(),
+                peer: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                    .parse()
+                    .unwrap(),
+                local: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                    .parse()
+                    .unwrap(),
+                tls: Some(TlsMeta {
+                    protocol: "TLSv1.3".into(),
+                    suite: "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256".into(),
+                    identity: Some("CN=".to_owned() + &"n".repeat(4096)),
+                }),
+                age_seconds: f64::MAX,
+                from_peer: u64::MAX,
+                to_peer: u64::MAX,
+            },
+            state: RelayState {
+                path: Path::Ktls,
+                from_peer: u64::MAX,
+                to_peer: u64::MAX,
+                up: pipe,
+                down: pipe,
+                ktls: Some(KtlsState {
+                    pending: vec![255; crate::relay::MAX_PENDING],
+                    client: true,
+                    cipher: StateCipher::Chacha20Poly1305,
+                    confidentiality_limit: u64::MAX,
+                }),
+            },
+        };
+        let len = m.encode().len();
+        assert!(len <= super::super::wire::MAX_MESSAGE, "{len} bytes");
+    }
+
     #[test]
     fn messages_round_trip_as_tagged_json() {
         let m = Message::Refused {

@@ -14,9 +14,11 @@ use rustix::net::{
 };
 use tokio::io::unix::AsyncFd;
 
-/// The largest message either side sends or accepts: a listener list or one connection's state is a
-/// few KiB; a peer that sends more is not a ringseal of this version.
-pub const MAX_MESSAGE: usize = 64 * 1024;
+/// The largest message either side sends or accepts: a listener list is a few KiB, one connection's
+/// state at most about 72 KiB (`relay::MAX_PENDING` bytes of plaintext as JSON numbers); a peer that
+/// sends more is not a ringseal of this version. Under the default socket buffer (`wmem_default`,
+/// 208 KiB), which bounds a SEQPACKET message.
+pub const MAX_MESSAGE: usize = 128 * 1024;
 /// The most descriptors one message carries (one per listening socket; a connection needs at most 6):
 /// what arrives beyond it is cut by the kernel (`MSG_CTRUNC`) and the message refused.
 pub const MAX_FDS: usize = 64;
@@ -277,6 +279,12 @@ mod tests {
         assert_eq!((m.as_slice(), fds.len()), (&b"one"[..], 1));
         let (m, fds) = server.recv().await.unwrap().unwrap();
         assert_eq!((m.as_slice(), fds.len()), (&b"two"[..], 0));
+        // The largest message allowed goes through whole, with a connection's six descriptors.
+        let big: Vec<u8> = (0..MAX_MESSAGE).map(|i| (i % 251) as u8).collect();
+        let six = [file.as_fd(); 6];
+        client.send(&big, &six).await.unwrap();
+        let (m, fds) = server.recv().await.unwrap().unwrap();
+        assert_eq!((m == big, fds.len()), (true, 6));
         drop(client);
         assert!(server.recv().await.unwrap().is_none());
         // Too many descriptors are refused before anything is sent.

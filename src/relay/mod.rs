@@ -108,7 +108,9 @@ pub use handshake::{first_record, handshake, refuse};
 pub use ktls::{KtlsSupport, KtlsUnavailable, support};
 // The process hand-over (src/listener, src/lib.rs) moves connections with these.
 #[allow(unused_imports)]
-pub use release::{Finish, KtlsState, PipeState, RelayState, Released, StateCipher, resume};
+pub use release::{
+    Finish, KtlsState, MAX_PENDING, PipeState, RelayState, Released, StateCipher, resume,
+};
 
 /// Deadlines that apply while relaying.
 #[derive(Debug, Clone, Copy)]

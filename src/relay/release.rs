@@ -47,6 +47,11 @@ impl Released {
     }
 }
 
+/// The most plaintext a released kTLS relay carries in its state (`KtlsState::pending`): one control
+/// record's worth, which a hand-over message holds. A relay holding more (what rustls had decrypted
+/// before kTLS took over) delivers it before it can be released.
+pub const MAX_PENDING: usize = 16 * 1024 + 256;
+
 /// Everything of a released relay that is not in its descriptors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

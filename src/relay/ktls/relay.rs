@@ -25,7 +25,10 @@ use crate::metrics::ByteCounters;
 use crate::relay::poll_loop::{Deadlines, Directions, Phase, Releasable, Release, Side};
 use crate::relay::release::{KtlsState, Parts, RelayState, StateCipher};
 use crate::relay::splice::{CHUNK, Pump, poll_io};
-use crate::relay::{Close, Finish, Outcome, Path, RelayLimits};
+use crate::relay::{Close, Finish, MAX_PENDING, Outcome, Path, RelayLimits};
+
+// What a control record leaves behind always fits a released relay's state.
+const _: () = assert!(CONTROL_BUF <= MAX_PENDING);
 use crate::sys::{self, KtlsCipher};
 
 /// One connection on the kTLS path: the kernel encrypts and decrypts, bytes move through a pipe
@@ -500,6 +503,7 @@ impl Directions for KtlsRelay {
             && !(self.rx_done || self.tls_wr_dead || self.tls_app_dead || self.plain_wr_dead)
             && self.tx.is_some()
             && self.handshake.idle()
+            && self.pending.len() - self.pending_pos <= MAX_PENDING
     }
 }
 
@@ -573,7 +577,7 @@ mod tests {
     #[tokio::test]
     async fn a_ktls_relay_is_released_only_with_nothing_half_done() {
         type HalfDone = (&'static str, fn(&mut KtlsRelay));
-        let half_done: [HalfDone; 9] = [
+        let half_done: [HalfDone; 10] = [
             ("aborting", |r| r.close = Some(Close::PeerReset)),
             ("close_notify received", |r| r.rx_done = true),
             ("up finished", |r| r.up = Phase::Done),
@@ -584,6 +588,11 @@ mod tests {
             ("no TX key", |r| r.tx = None),
             ("a handshake message half read", |r| {
                 assert_eq!(r.handshake.next_message(&mut &[4u8, 0][..]), None);
+            }),
+            // More than a hand-over message carries: delivered first.
+            ("more plaintext held than MAX_PENDING", |r| {
+                r.pending = vec![7; MAX_PENDING + 2];
+                r.pending_pos = 1;
             }),
         ];
         for (what, make) in half_done {
