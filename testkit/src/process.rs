@@ -400,7 +400,19 @@ impl Proc {
 
     /// CPU seconds (user + system) so far, at clock-tick resolution.
     pub fn cpu_seconds(&self) -> f64 {
-        self.pids().into_iter().filter_map(cpu_ticks).sum::<u64>() as f64 / TICKS_PER_SEC
+        let (user, system) = self.cpu_split_seconds();
+        user + system
+    }
+
+    /// CPU seconds so far, (user, system: in the kernel on the process's behalf), at clock-tick
+    /// resolution.
+    pub fn cpu_split_seconds(&self) -> (f64, f64) {
+        let (user, system) = self
+            .pids()
+            .into_iter()
+            .filter_map(cpu_ticks)
+            .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps));
+        (user as f64 / TICKS_PER_SEC, system as f64 / TICKS_PER_SEC)
     }
 
     /// CPU seconds from the scheduler's exact accounting (`/proc/PID/task/*/schedstat`, nanoseconds
@@ -468,11 +480,11 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
-/// utime + stime of a process (all its threads, including exited ones), in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// (utime, stime) of a process (all its threads, including exited ones), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let f = stat_fields(pid)?;
     // After the name: state(0) ppid(1) ... utime(11) stime(12).
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 /// Nanoseconds on CPU of the threads a process has now.

@@ -156,11 +156,14 @@ pub struct PairSpec {
     pub loopback_congestion_control: Option<ringseal::tcp::LoopbackCongestion>,
 }
 
-/// CPU seconds (user + system) of each side so far.
+/// CPU seconds (user + system) of each side so far, and of both sides split into user and system
+/// (kernel) time.
 #[derive(Debug, Clone, Copy)]
 pub struct Cpu {
     pub outbound: f64,
     pub inbound: f64,
+    pub user: f64,
+    pub system: f64,
 }
 
 /// A running pair.
@@ -208,9 +211,13 @@ impl Pair {
     }
 
     pub fn cpu(&self) -> Cpu {
+        let (out_user, out_system) = self.outbound.cpu_split_seconds();
+        let (in_user, in_system) = self.inbound.cpu_split_seconds();
         Cpu {
-            outbound: self.outbound.cpu_seconds(),
-            inbound: self.inbound.cpu_seconds(),
+            outbound: out_user + out_system,
+            inbound: in_user + in_system,
+            user: out_user + in_user,
+            system: out_system + in_system,
         }
     }
 

@@ -240,6 +240,8 @@ pub fn metrics_of(test: Test, peer: Peer) -> Vec<Metric> {
             CpuUsPerMessage,
             OutCpuUsPerMessage,
             InCpuUsPerMessage,
+            UserCpuUsPerMessage,
+            KernelCpuUsPerMessage,
             RttP50Us,
             RttP99Us,
             RttP999Us,
@@ -267,6 +269,10 @@ pub enum Metric {
     CpuUsPerMessage,
     OutCpuUsPerMessage,
     InCpuUsPerMessage,
+    /// Both sides' CPU per message in user space ...
+    UserCpuUsPerMessage,
+    /// ... and in the kernel (its TCP work on loopback, most of a small message's cost).
+    KernelCpuUsPerMessage,
     RttP999Us,
 }
 
@@ -291,6 +297,8 @@ impl Metric {
             Self::CpuUsPerMessage => "proxy_cpu_us_per_message",
             Self::OutCpuUsPerMessage => "outbound_cpu_us_per_message",
             Self::InCpuUsPerMessage => "inbound_cpu_us_per_message",
+            Self::UserCpuUsPerMessage => "proxy_user_cpu_us_per_message",
+            Self::KernelCpuUsPerMessage => "proxy_kernel_cpu_us_per_message",
             Self::RttP999Us => "rtt_p999_us",
         }
     }
@@ -315,6 +323,8 @@ impl Metric {
             Self::CpuUsPerMessage => "proxy CPU µs/msg",
             Self::OutCpuUsPerMessage => "outbound CPU µs/msg",
             Self::InCpuUsPerMessage => "inbound CPU µs/msg",
+            Self::UserCpuUsPerMessage => "user CPU µs/msg",
+            Self::KernelCpuUsPerMessage => "kernel CPU µs/msg",
             Self::RttP999Us => "RTT p99.9 µs",
         }
     }
@@ -329,7 +339,11 @@ impl Metric {
             | Self::RttP99Us
             | Self::RttP999Us => "us",
             Self::HandshakesPerSec | Self::MessagesPerSec => "1/s",
-            Self::CpuUsPerMessage | Self::OutCpuUsPerMessage | Self::InCpuUsPerMessage => "CPU-us",
+            Self::CpuUsPerMessage
+            | Self::OutCpuUsPerMessage
+            | Self::InCpuUsPerMessage
+            | Self::UserCpuUsPerMessage
+            | Self::KernelCpuUsPerMessage => "CPU-us",
             Self::OutCpuMsPerHandshake
             | Self::InCpuMsPerHandshake
             | Self::ServerCpuMsPerHandshake => "CPU-ms",
@@ -351,7 +365,9 @@ impl Metric {
             | Self::CpuSecPerGb
             | Self::CpuUsPerMessage
             | Self::OutCpuUsPerMessage
-            | Self::InCpuUsPerMessage => 2,
+            | Self::InCpuUsPerMessage
+            | Self::UserCpuUsPerMessage
+            | Self::KernelCpuUsPerMessage => 2,
             Self::OutCpuMsPerHandshake
             | Self::InCpuMsPerHandshake
             | Self::ServerCpuMsPerHandshake => 3,

@@ -97,7 +97,7 @@ fn median(r: &Value) -> f64 {
 
 /// Every metric an anchor must deliver when it runs at all (X25519MLKEM768 is not among them:
 /// OpenSSL 3.0 has no ML-KEM).
-const ESSENTIAL: [(&str, &str, Option<&str>); 17] = [
+const ESSENTIAL: [(&str, &str, Option<&str>); 19] = [
     ("bulk", "gbit_per_s", None),
     ("bulk", "proxy_cpu_s_per_gb", None),
     ("latency", "added_latency_p99_us", None),
@@ -105,6 +105,8 @@ const ESSENTIAL: [(&str, &str, Option<&str>); 17] = [
     ("messages", "proxy_cpu_us_per_message", None),
     ("messages", "outbound_cpu_us_per_message", None),
     ("messages", "inbound_cpu_us_per_message", None),
+    ("messages", "proxy_user_cpu_us_per_message", None),
+    ("messages", "proxy_kernel_cpu_us_per_message", None),
     ("messages", "rtt_p50_us", None),
     ("messages", "rtt_p99_us", None),
     ("messages", "rtt_p999_us", None),
@@ -286,6 +288,8 @@ fn messages_run_reports_rate_cpu_and_round_trips() {
         "proxy CPU µs/msg",
         "outbound CPU µs/msg",
         "inbound CPU µs/msg",
+        "user CPU µs/msg",
+        "kernel CPU µs/msg",
         "RTT p50 µs",
         "RTT p99 µs",
         "RTT p99.9 µs",
@@ -319,7 +323,10 @@ fn messages_run_reports_rate_cpu_and_round_trips() {
         let r = find(&doc, "ringseal", test, metric, None);
         assert!(r["note"].is_null(), "{metric}: {}", r["note"]);
         // /proc counts CPU in clock ticks: one side of a tiny run may round to zero, not both.
-        let least = if metric.ends_with("bound_cpu_us_per_message") {
+        let least = if metric.ends_with("bound_cpu_us_per_message")
+            || metric.starts_with("proxy_user")
+            || metric.starts_with("proxy_kernel")
+        {
             0.0
         } else {
             f64::MIN_POSITIVE
@@ -329,6 +336,17 @@ fn messages_run_reports_rate_cpu_and_round_trips() {
             assert!(median(find(&doc, "direct", test, metric, None)) > 0.0);
         }
     }
+    // One run: user and kernel time are the same reads of /proc as the total, split.
+    let cpu = |metric| median(find(&doc, "ringseal", "messages", metric, None));
+    let (user, kernel) = (
+        cpu("proxy_user_cpu_us_per_message"),
+        cpu("proxy_kernel_cpu_us_per_message"),
+    );
+    let total = cpu("proxy_cpu_us_per_message");
+    assert!(
+        (user + kernel - total).abs() <= 1e-6 * total.max(1.0),
+        "user {user} + kernel {kernel} is not the total {total}"
+    );
     assert!(
         !results(&doc, "direct").any(|r| r["metric"].as_str().unwrap().contains("cpu")),
         "the direct baseline runs no proxy"
