@@ -401,7 +401,7 @@ async fn relay_verified(
     let limits = super::relay_limits(&ctx.limits);
     // A user-space relay never releases: rustls holds its TLS state.
     let movable = relay.path() != relay::Path::Userspace;
-    let run = relay.run(limits, active.bytes.clone(), ctx.moves.token());
+    let run = std::pin::pin!(relay.run(limits, active.bytes.clone(), ctx.moves.token()));
     let log = ctx.log_connections;
     super::moves::relay_to_end(&ctx.moves, movable, run, active, &ended, limits, log).await;
 }
@@ -486,13 +486,13 @@ async fn passthrough(
         started,
     };
     let limits = super::relay_limits(&ctx.limits);
-    let run = relay::plain(
+    let run = std::pin::pin!(relay::plain(
         plain,
         backend,
         limits,
         active.bytes.clone(),
         ctx.moves.token(),
-    );
+    ));
     let log = ctx.log_connections;
     super::moves::relay_to_end(&ctx.moves, true, run, active, &ended, limits, log).await;
 }

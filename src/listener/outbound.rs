@@ -515,7 +515,7 @@ async fn relay_verified(
     let limits = super::relay_limits(&ctx.limits);
     // A user-space relay never releases: rustls holds its TLS state.
     let movable = relay.path() != relay::Path::Userspace;
-    let run = relay.run(limits, active.bytes.clone(), ctx.moves.token());
+    let run = std::pin::pin!(relay.run(limits, active.bytes.clone(), ctx.moves.token()));
     let log = ctx.log_connections;
     super::moves::relay_to_end(&ctx.moves, movable, run, active, &ended, limits, log).await;
 }
@@ -779,13 +779,13 @@ async fn relay_plain(
     };
     let limits = super::relay_limits(&ctx.limits);
     // The peer is the remote end: its bytes count as from_peer, as on the TLS path.
-    let run = relay::plain(
+    let run = std::pin::pin!(relay::plain(
         remote,
         local,
         limits,
         active.bytes.clone(),
         ctx.moves.token(),
-    );
+    ));
     let log = ctx.log_connections;
     super::moves::relay_to_end(&ctx.moves, true, run, active, &ended, limits, log).await;
 }

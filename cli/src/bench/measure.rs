@@ -109,7 +109,10 @@ async fn messages(bench: &Bench<'_>, pair: Option<&Pair>) -> anyhow::Result<Vec<
         out.push((Metric::OutCpuUsPerMessage, per(o)));
         out.push((Metric::InCpuUsPerMessage, per(i)));
         out.push((Metric::UserCpuUsPerMessage, per(after.user - before.user)));
-        out.push((Metric::KernelCpuUsPerMessage, per(after.system - before.system)));
+        out.push((
+            Metric::KernelCpuUsPerMessage,
+            per(after.system - before.system),
+        ));
     }
     for (q, metric) in [
         (0.50, Metric::RttP50Us),
