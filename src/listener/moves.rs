@@ -154,7 +154,7 @@ impl Drop for LiveGuard<'_> {
 ///
 /// `first` is pinned by the caller: awaited by value, the relay (1.5 KiB with rustls's connection)
 /// would be held twice in every connection's task, as this future's argument and as what it awaits
-/// (5.3 KiB here instead of under 1 KiB; README, *Benchmarks*, idle memory).
+/// (README, *Idle memory, again*).
 pub async fn relay_to_end(
     moves: &Moves,
     movable: bool,
@@ -326,8 +326,8 @@ mod tests {
 
     /// Every connection's task holds this future for the connection's whole life, so its size is
     /// idle memory per connection: the relay it runs must be held once, by the caller, and a resumed
-    /// relay boxed. Awaiting either by value here made it 5.3 KiB (idle memory +3.6 KiB per
-    /// connection on each side).
+    /// relay boxed. Awaiting either by value here held the relay twice in every task (README,
+    /// *Idle memory, again*).
     #[test]
     fn the_task_holds_the_relay_once() {
         let moves = Moves::default();

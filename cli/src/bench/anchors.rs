@@ -510,9 +510,9 @@ fn nginx_config(s: &ConfigInput) -> String {
 mod tests {
     use super::*;
 
-    /// The anchors log no connection here, so neither may ringseal's pairs: one info line per
-    /// connection measured as 0.04-0.07 ms of a handshake's CPU (the log thread's wake-ups), which
-    /// had raised ringseal's handshake CPU from 0.37x HAProxy's to 0.44-0.48x.
+    /// The anchors log no connection here, so neither may ringseal's pairs: an info line per
+    /// connection costs the log thread's wake-ups, which showed in the handshake ratios (README,
+    /// *Handshake CPU: the bench's method, fixed*).
     #[test]
     fn ringseal_pairs_log_routine_connection_ends_at_debug() {
         let dir = tempfile::tempdir().unwrap();
