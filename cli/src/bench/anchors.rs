@@ -10,9 +10,10 @@
 //! new connection is a full mutual handshake for everyone: HAProxy `no-ssl-reuse`/`no-tls-tickets`,
 //! stunnel `sessionResume = no`/`NO_TICKET`, nginx `proxy_ssl_session_reuse off`/`ssl_session_*
 //! off`. Per-connection logging is off as well (ringseal with `[logging] connections = false`, so
-//! routine closes log at debug): HAProxy and nginx log nothing here, stunnel only warnings. Anchors run as a sidecar would: HAProxy with
-//! `nbthread 1`, nginx with `worker_processes 1` (plus its idle master, counted too), stunnel as it
-//! comes (a thread per connection). ringseal runs `ringseal run` with its defaults.
+//! routine closes log at debug): HAProxy and nginx log nothing here, stunnel only warnings. Anchors
+//! run as a sidecar would: HAProxy with `nbthread 1`, nginx with `worker_processes 1` (plus its idle
+//! master, counted too), stunnel as it comes (a thread per connection). ringseal runs `ringseal run`
+//! with its defaults otherwise.
 //!
 //! Certificates, processes and their CPU time and memory come from `ringseal_testkit` (the tests'
 //! PKI builder and process spawner): utime + stime and VmRSS from /proc, summed over nginx's master
