@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -49,7 +50,7 @@ pub type Live =
 /// Serves hand-overs on `socket` until `stop`. Connections from another uid are refused (and logged);
 /// while one hand-over runs, or after one succeeded, others are refused as busy.
 pub async fn serve(
-    mut socket: SeqListener,
+    socket: SeqListener,
     offers: Vec<Offer>,
     control: mpsc::Sender<Request>,
     live: Live,
@@ -59,14 +60,11 @@ pub async fn serve(
     let offers = Arc::new(offers);
     // The pid of the process taking (or that took) over.
     let busy: Arc<Mutex<Option<u32>>> = Arc::default();
+    // Set with `busy`: from the moment a hand-over starts, the socket file is the taker's to replace.
+    let keep = socket.keeper();
     loop {
         let conn = tokio::select! {
-            _ = stop.cancelled() => {
-                if busy.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
-                    socket.keep_file();
-                }
-                return;
-            }
+            _ = stop.cancelled() => return,
             c = socket.accept() => c,
         };
         let conn = match conn {
@@ -119,17 +117,20 @@ pub async fn serve(
             continue;
         }
         *busy.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
-        let (offers, control, live, busy, moves) = (
+        keep.store(true, Ordering::SeqCst);
+        let (offers, control, live, busy, moves, keep) = (
             offers.clone(),
             control.clone(),
             live.clone(),
             busy.clone(),
             moves.clone(),
+            keep.clone(),
         );
         tokio::spawn(async move {
             let ok = hand_over(conn, peer, &offers, &control, &live, &moves).await;
             if !ok {
                 *busy.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                keep.store(false, Ordering::SeqCst);
             }
         });
     }

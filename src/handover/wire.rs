@@ -7,6 +7,8 @@ use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
@@ -177,8 +179,10 @@ pub struct SeqListener {
     /// (device, inode) of the socket file this process made: a newer process's file at the same path
     /// is never removed.
     id: (u64, u64),
-    /// False once a new process took over: its socket replaces this one at the path.
-    remove: bool,
+    /// Set once a new process takes over: its socket replaces this one at the path. Shared with the
+    /// task running the hand-over, so that it holds however this listener is dropped (also by the
+    /// runtime shutting down before the serving task saw its stop).
+    keep: Arc<AtomicBool>,
 }
 
 impl SeqListener {
@@ -214,7 +218,7 @@ impl SeqListener {
             fd: register(fd)?,
             path: path.to_owned(),
             id: (meta.dev(), meta.ino()),
-            remove: true,
+            keep: Arc::default(),
         })
     }
 
@@ -238,16 +242,18 @@ impl SeqListener {
         &self.path
     }
 
-    /// Leaves the socket file in place when dropped: the process taking over replaces it (a moment
-    /// without the file would send a third process to bind ports that are taken).
-    pub fn keep_file(&mut self) {
-        self.remove = false;
+    /// While set, the socket file is left in place when this listener is dropped: the process taking
+    /// over replaces it (a moment without the file would send a third process to bind ports that are
+    /// taken, and removing it by name could remove the new process's file, renamed over it between
+    /// the look at its inode and the removal).
+    pub fn keeper(&self) -> Arc<AtomicBool> {
+        self.keep.clone()
     }
 }
 
 impl Drop for SeqListener {
     fn drop(&mut self) {
-        if self.remove
+        if !self.keep.load(Ordering::SeqCst)
             && let Ok(meta) = std::fs::symlink_metadata(&self.path)
             && (meta.dev(), meta.ino()) == self.id
         {
@@ -310,5 +316,23 @@ mod tests {
         assert!(path.exists(), "the newer process's socket stays");
         drop(second);
         assert!(!path.exists());
+    }
+
+    /// Once a hand-over has started, the old listener leaves the path alone however it is dropped:
+    /// the taker renames its own file over it, and a removal by name racing that rename would take
+    /// the taker's file (seen once in CI: the next process found no socket and started alone).
+    #[test]
+    fn a_listener_whose_hand_over_started_leaves_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let old = SeqListener::bind(&path).unwrap();
+        old.keeper().store(true, Ordering::SeqCst);
+        drop(old);
+        assert!(path.exists(), "the file is the taker's to replace");
     }
 }
