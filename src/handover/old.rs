@@ -410,6 +410,40 @@ mod tests {
         }
     }
 
+    /// A hand-over under way when the serving task is dropped without seeing its stop (the runtime
+    /// shutting down first): the socket file stays, the taker's to replace. Removed by name, it could
+    /// be the taker's own file, renamed over this one between the look at its inode and the removal.
+    #[tokio::test]
+    async fn a_serving_task_dropped_mid_hand_over_leaves_the_socket_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sock");
+        let socket = SeqListener::bind(&path).unwrap();
+        let (control, _requests) = mpsc::channel(4);
+        let live: Live = Arc::new(Vec::new);
+        let moves = Arc::new(Moves::default());
+        let serving = tokio::spawn(serve(
+            socket,
+            Vec::new(),
+            control,
+            live,
+            moves,
+            CancellationToken::new(),
+        ));
+        let taker = Seq::connect(&path).unwrap();
+        let hello = Message::Hello {
+            version: VERSION,
+            pid: std::process::id(),
+            listeners: Vec::new(),
+        };
+        send(&taker, "Hello", &hello, &[]).await.unwrap();
+        // The answer comes from the hand-over's task: it has started.
+        let (answer, _) = recv(&taker, "Listeners").await.unwrap();
+        assert_eq!(answer.name(), "Listeners");
+        serving.abort();
+        assert!(serving.await.unwrap_err().is_cancelled());
+        assert!(path.exists(), "the socket file was removed under the taker");
+    }
+
     #[test]
     fn listeners_match_by_kind_and_configured_or_bound_address() {
         let fixed = offer(Kind::Inbound, "a", "0.0.0.0:7001", "0.0.0.0:7001");
