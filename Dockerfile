@@ -17,5 +17,9 @@ USER 65532:65532
 # [metrics] listens on 0.0.0.0:9464. No HEALTHCHECK: the image has no shell or HTTP client to run
 # one, and orchestrators probe /healthz and /readyz over HTTP themselves.
 EXPOSE 7001 9464
+# As the systemd unit (config/ringseal.service): vector copies instead of glibc 2.36's `rep movsb`,
+# several times slower on AMD Zen 3/4 for the misaligned copies rustls makes (README, "glibc's copies
+# on AMD").
+ENV GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=0x100000
 ENTRYPOINT ["/usr/local/bin/ringseal", "run"]
 CMD ["--config", "/etc/ringseal/ringseal.toml"]

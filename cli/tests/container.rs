@@ -455,8 +455,8 @@ fn instruction<'a>(stage: &'a [(String, String)], word: &str) -> &'a str {
     &found[0].1
 }
 
-/// The offline image is configured as the Dockerfile's runtime stage: same user, ports, entrypoint
-/// and command, and the binary where the Dockerfile copies it.
+/// The offline image is configured as the Dockerfile's runtime stage: same user, ports, environment,
+/// entrypoint and command, and the binary where the Dockerfile copies it.
 fn assert_matches_dockerfile(podman: &Podman, image: &str) {
     let stage = runtime_stage();
     let one = |word: &str| instruction(&stage, word);
@@ -484,6 +484,18 @@ fn assert_matches_dockerfile(podman: &Podman, image: &str) {
     assert_eq!(config["Entrypoint"], entrypoint, "ENTRYPOINT");
     let cmd: serde_json::Value = serde_json::from_str(one("CMD")).unwrap();
     assert_eq!(config["Cmd"], cmd, "CMD");
+    // GLIBC_TUNABLES (README, "glibc's copies on AMD"), as the systemd unit sets it.
+    let env = one("ENV");
+    let image_env: Vec<&str> = config["Env"]
+        .as_array()
+        .unwrap_or_else(|| panic!("image Env: {config}"))
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        image_env.contains(&env),
+        "ENV {env}: the image has {image_env:?}"
+    );
     let copy = one("COPY");
     assert_eq!(
         copy.split_whitespace().last(),

@@ -75,6 +75,7 @@ buildah copy --quiet "$ctr" "$root" / >/dev/null
 buildah config \
   --user 65532:65532 \
   --port 7001/tcp --port 9464/tcp \
+  --env GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=0x100000 \
   --entrypoint '["/usr/local/bin/ringseal", "run"]' \
   --cmd '["--config", "/etc/ringseal/ringseal.toml"]' \
   "$ctr"

@@ -155,6 +155,8 @@ pub struct PairSpec {
     pub max_connections: usize,
     /// ringseal's `[tcp] loopback_congestion_control`; `None`: its default.
     pub loopback_congestion_control: Option<ringseal::tcp::LoopbackCongestion>,
+    /// `GLIBC_TUNABLES` for both sides of every pair alike; `None`: inherited.
+    pub glibc_tunables: Option<String>,
 }
 
 /// CPU seconds (user + system) of each side so far, and of both sides split into user and system
@@ -264,7 +266,7 @@ impl Side {
         };
         if peer == Peer::Ringseal {
             write(&ringseal_config(self, spec, target))?;
-            return self.start_ringseal(&name, &file);
+            return self.start_ringseal(&name, &file, spec);
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -317,7 +319,7 @@ impl Side {
             }
             Peer::Ringseal | Peer::Direct => unreachable!("not an anchor"),
         };
-        let mut proc = Proc::launch(&name, cmd, Lines::Start)?;
+        let mut proc = Proc::launch(&name, environment(cmd, spec), Lines::Start)?;
         if let Some(stop) = stop {
             proc = proc.stop_with(stop);
         }
@@ -329,9 +331,15 @@ impl Side {
     }
 
     /// ringseal itself (this very binary) on port 0; its start line says where it listens.
-    fn start_ringseal(self, name: &str, file: &Path) -> anyhow::Result<(Proc, SocketAddr)> {
+    fn start_ringseal(
+        self,
+        name: &str,
+        file: &Path,
+        spec: &PairSpec,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
         let exe = std::env::current_exe().context("locating the ringseal binary")?;
-        let mut proc = Proc::launch(name, ringseal_run(&exe, &[], file), Lines::Start)?;
+        let cmd = environment(ringseal_run(&exe, &[], file), spec);
+        let mut proc = Proc::launch(name, cmd, Lines::Start)?;
         let needle = match self {
             Self::Inbound => "starting inbound mTLS listener on ",
             Self::Outbound => "starting outbound listener on ",
@@ -341,6 +349,15 @@ impl Side {
             .with_context(|| format!("{name}: no address in its start line {line:?}"))?;
         Ok((proc, addr))
     }
+}
+
+/// The environment every proxy of every peer starts with: the same for all, so that no pair is
+/// measured under a libc setting the others lack.
+fn environment(mut cmd: Command, spec: &PairSpec) -> Command {
+    if let Some(tunables) = &spec.glibc_tunables {
+        cmd.env("GLIBC_TUNABLES", tunables);
+    }
+    cmd
 }
 
 fn toml_str(p: &Path) -> String {
@@ -511,6 +528,35 @@ fn nginx_config(s: &ConfigInput) -> String {
 mod tests {
     use super::*;
 
+    /// `--glibc-tunables` reaches every proxy's command line alike; `inherit` (None) adds nothing.
+    #[test]
+    fn every_proxy_starts_with_the_same_glibc_tunables() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = PairSpec {
+            suite: super::super::catalog::find_suite("TLS_AES_128_GCM_SHA256").unwrap(),
+            certs: Arc::new(Certs::write(dir.path(), KeyType::EcdsaP256).unwrap()),
+            backend: "127.0.0.1:9".parse().unwrap(),
+            max_connections: 10,
+            loopback_congestion_control: None,
+            glibc_tunables: Some("glibc.cpu.x86_rep_movsb_threshold=0x100000".into()),
+        };
+        let tunables = |cmd: &Command| {
+            cmd.get_envs()
+                .find(|(k, _)| *k == "GLIBC_TUNABLES")
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        };
+        let exe = Path::new("/usr/bin/ringseal");
+        for cmd in [
+            ringseal_run(exe, &[], Path::new("pair.conf")),
+            Command::new("haproxy"),
+        ] {
+            let cmd = environment(cmd, &spec);
+            assert_eq!(tunables(&cmd), spec.glibc_tunables, "{cmd:?}");
+        }
+        spec.glibc_tunables = None;
+        assert_eq!(tunables(&environment(Command::new("nginx"), &spec)), None);
+    }
+
     /// The anchors log no connection here, so neither may ringseal's pairs: an info line per
     /// connection costs the log thread's wake-ups, which showed in the handshake ratios (README,
     /// *Handshake CPU: the bench's method, fixed*).
@@ -523,6 +569,7 @@ mod tests {
             backend: "127.0.0.1:9".parse().unwrap(),
             max_connections: 10,
             loopback_congestion_control: None,
+            glibc_tunables: None,
         };
         for side in [Side::Inbound, Side::Outbound] {
             let text = ringseal_config(side, &spec, spec.backend);

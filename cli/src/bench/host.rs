@@ -1,8 +1,9 @@
 //! The host settings a figure depends on besides the CPU model: what the CPU offers AES-GCM (AES-NI,
 //! VAES, AVX-512, VPCLMULQDQ), the TCP congestion control (a pacing default such as BBR costs every
 //! pair a timer interrupt per burst on loopback) and what ringseal's loopback legs use instead, the
-//! queueing discipline of `lo` (fq paces too), and whether kTLS was available. Two hosts' figures
-//! compare only next to these.
+//! queueing discipline of `lo` (fq paces too), whether kTLS was available, and the GLIBC_TUNABLES
+//! every proxy ran with (glibc's copy routine differs by them). Two hosts' figures compare only next
+//! to these.
 
 use serde::Serialize;
 
@@ -30,10 +31,17 @@ pub struct Host {
     pub ktls: String,
     /// Whether /proc/net/tls_stat exists (the `tls` module is loaded).
     pub tls_stat: bool,
+    /// The `GLIBC_TUNABLES` every proxy ran with ("" for none), and whether the bench set it
+    /// (`--glibc-tunables`) or the proxies inherited it.
+    pub glibc_tunables: String,
+    pub glibc_tunables_inherited: bool,
 }
 
 impl Host {
-    pub fn collect(loopback: &ringseal::tcp::LoopbackCongestion) -> Self {
+    pub fn collect(
+        loopback: &ringseal::tcp::LoopbackCongestion,
+        glibc_tunables: Option<&str>,
+    ) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let flags: Vec<&str> = cpuinfo
             .lines()
@@ -59,6 +67,11 @@ impl Host {
             ktls_available: ktls.available(),
             ktls: ktls.describe(),
             tls_stat: std::path::Path::new("/proc/net/tls_stat").exists(),
+            glibc_tunables: glibc_tunables.map_or_else(
+                || std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
+                str::to_owned,
+            ),
+            glibc_tunables_inherited: glibc_tunables.is_none(),
         }
     }
 
@@ -79,8 +92,13 @@ impl Host {
             .collect();
         // The probe's reason ends with advice for `ringseal run`; its first clause is the fact.
         let ktls = self.ktls.split(';').next().unwrap_or_default();
+        let tunables = match (self.glibc_tunables.as_str(), self.glibc_tunables_inherited) {
+            ("", _) => "none".to_owned(),
+            (t, true) => format!("{t} (inherited)"),
+            (t, false) => t.to_owned(),
+        };
         format!(
-            "CPU flags: {}; TCP congestion control {}, ringseal's loopback legs {}; lo qdisc {}; kTLS {} ({ktls})",
+            "CPU flags: {}; TCP congestion control {}, ringseal's loopback legs {}; lo qdisc {}; kTLS {} ({ktls}); GLIBC_TUNABLES of every proxy: {tunables}",
             flags.join(", "),
             self.congestion_control,
             self.ringseal_loopback_legs,

@@ -9,6 +9,9 @@ use anyhow::Context as _;
 use super::catalog::{Anchor, Group, KeyType, SUITES, Suite, Test, find_suite};
 use super::messages::{MAX_MESSAGE, MIN_MESSAGE, MessageMix};
 
+/// The `GLIBC_TUNABLES` of ringseal's systemd unit and container image (tests check they agree).
+pub const GLIBC_TUNABLES: &str = "glibc.cpu.x86_rep_movsb_threshold=0x100000";
+
 /// `ringseal bench ...`
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -100,6 +103,13 @@ pub struct BenchArgs {
     /// ringseal did before it had the setting), or an algorithm name.
     #[arg(long, value_name = "auto|host|NAME", value_parser = |s: &str| s.parse::<ringseal::tcp::LoopbackCongestion>())]
     pub loopback_congestion_control: Option<ringseal::tcp::LoopbackCongestion>,
+    /// GLIBC_TUNABLES for every proxy process of every peer alike (ringseal's and the anchors'),
+    /// named in the header; `inherit` leaves this process's environment to them. The default is
+    /// what ringseal's systemd unit and container image set: glibc 2.36 copies above 2 KiB with
+    /// `rep movsb`, several times slower on AMD Zen 3/4 for misaligned buffers (README, "glibc's
+    /// copies on AMD").
+    #[arg(long, value_name = "TUNABLES|inherit", default_value = GLIBC_TUNABLES)]
+    pub glibc_tunables: String,
     /// Internal: one --congestion block, run inside its namespace; writes table.txt, bench.json,
     /// bench.csv (and bench.svg with --plot) into DIR instead of the usual outputs.
     #[arg(long, hide = true, value_name = "DIR")]
@@ -147,6 +157,8 @@ pub struct Options {
     pub congestion: Vec<String>,
     /// `--loopback-congestion-control`; `None`: the generated configs leave it to ringseal.
     pub loopback_congestion_control: Option<ringseal::tcp::LoopbackCongestion>,
+    /// `--glibc-tunables`: the value every proxy gets; `None`: inherited.
+    pub glibc_tunables: Option<String>,
     /// Set when this process is one `--congestion` block.
     pub block_dir: Option<PathBuf>,
 }
@@ -211,6 +223,7 @@ impl Options {
             plot: a.plot,
             congestion: dedup(a.congestion),
             loopback_congestion_control: a.loopback_congestion_control,
+            glibc_tunables: (a.glibc_tunables != "inherit").then_some(a.glibc_tunables),
             block_dir: a.block_dir,
         })
     }

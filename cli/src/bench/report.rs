@@ -173,6 +173,7 @@ impl Meta {
             quick: o.quick,
             host: super::host::Host::collect(
                 &o.loopback_congestion_control.clone().unwrap_or_default(),
+                o.glibc_tunables.as_deref(),
             ),
         }
     }

@@ -170,6 +170,7 @@ impl Runner<'_> {
                 .max(self.bench.opts.messages.connections())
                 + 64,
             loopback_congestion_control: self.bench.opts.loopback_congestion_control.clone(),
+            glibc_tunables: self.bench.opts.glibc_tunables.clone(),
         }
     }
 

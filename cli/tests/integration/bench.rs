@@ -508,7 +508,8 @@ fn cpu_flags() -> Vec<String> {
 }
 
 /// The header names what else a figure depends on: CPU flags, the congestion control and what
-/// ringseal's loopback legs use, `lo`'s qdisc, kTLS; in the table, the JSON and the CSV.
+/// ringseal's loopback legs use, `lo`'s qdisc, kTLS, the proxies' GLIBC_TUNABLES; in the table, the
+/// JSON and the CSV.
 #[test]
 fn header_names_cpu_flags_congestion_control_qdisc_and_ktls() {
     let run = bench(&TINY);
@@ -539,6 +540,17 @@ fn header_names_cpu_flags_congestion_control_qdisc_and_ktls() {
     );
     assert!(host["ktls_available"].is_boolean(), "{host}");
     assert!(host["ktls"].is_string(), "{host}");
+    // By default every proxy runs with the GLIBC_TUNABLES ringseal's unit sets.
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ringseal.service"),
+    )
+    .unwrap();
+    let tunables = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment=GLIBC_TUNABLES="))
+        .expect("the unit sets GLIBC_TUNABLES");
+    assert_eq!(host["glibc_tunables"], tunables, "{host}");
+    assert_eq!(host["glibc_tunables_inherited"], false, "{host}");
 
     let line = run
         .stdout
@@ -558,6 +570,7 @@ fn header_names_cpu_flags_congestion_control_qdisc_and_ktls() {
         format!("TCP congestion control {cc}, ringseal's loopback legs {legs}"),
         format!("lo qdisc {qdisc}"),
         "kTLS ".to_owned(),
+        format!("GLIBC_TUNABLES of every proxy: {tunables}"),
     ] {
         assert!(line.contains(&part), "{part:?} missing from {line:?}");
     }

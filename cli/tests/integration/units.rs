@@ -115,6 +115,42 @@ fn ringseal_service_runs_the_packaged_binary_and_config_as_ringseal() {
     assert!(words(&u, "Unit", "Before").contains(&"cassandra.service".to_owned()));
 }
 
+/// The unit, the Dockerfile and the offline image builder give ringseal the same GLIBC_TUNABLES
+/// (README, "glibc's copies on AMD"); `integration::bench` checks the bench's default against the
+/// unit's.
+#[test]
+fn unit_and_images_set_the_same_glibc_tunables() {
+    let u = unit("ringseal.service");
+    let unit_value = one(&u, "Service", "Environment")
+        .strip_prefix("GLIBC_TUNABLES=")
+        .expect("the unit's Environment= is GLIBC_TUNABLES");
+    assert!(
+        unit_value.starts_with("glibc.cpu.x86_rep_movsb_threshold="),
+        "{unit_value}"
+    );
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let env: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ENV "))
+        .collect();
+    assert_eq!(
+        env,
+        [format!("GLIBC_TUNABLES={unit_value}")],
+        "Dockerfile ENV"
+    );
+    let builder = std::fs::read_to_string(repo().join("config/container/build-local.sh")).unwrap();
+    let envs: Vec<&str> = builder
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("--env "))
+        .map(|l| l.trim_end_matches('\\').trim())
+        .collect();
+    assert_eq!(
+        envs,
+        [format!("GLIBC_TUNABLES={unit_value}")],
+        "build-local.sh --env"
+    );
+}
+
 #[test]
 fn rules_service_applies_before_cassandra_as_root_and_removes_on_stop() {
     let u = unit("ringseal-rules.service");
